@@ -1,0 +1,73 @@
+// Package envoy holds the well-known names tollgate shares between the resources it generates
+// (translate), the Envoy bootstrap (envoy/bootstrap) and its ext_proc server (envoy/extproc),
+// plus small builders for the protobuf messages they all need. Keeping the names in one place
+// means a header or metadata key can never drift between the side that writes it and the side
+// that reads it.
+package envoy
+
+// HTTP filter names, as Envoy registers them.
+const (
+	FilterExtProc   = "envoy.filters.http.ext_proc"
+	FilterRateLimit = "envoy.filters.http.ratelimit"
+	FilterRouter    = "envoy.filters.http.router"
+)
+
+// Resource names tollgate generates.
+const (
+	// ListenerName is the client-facing HTTP listener.
+	ListenerName = "tollgate_http"
+	// RouteConfigName is the route table the listener loads over RDS.
+	RouteConfigName = "tollgate_routes"
+	// VirtualHostName is the single virtual host inside the route table.
+	VirtualHostName = "llm"
+	// ClusterExtProc is the cluster Envoy uses to reach tollgate's ext_proc server.
+	ClusterExtProc = "tollgate_extproc"
+	// ClusterRateLimit is the cluster Envoy uses to reach the ratelimit service.
+	ClusterRateLimit = "tollgate_ratelimit"
+	// ClusterXDS is the bootstrap's static cluster pointing at tollgate's ADS server.
+	ClusterXDS = "tollgate_xds"
+	// BackendClusterPrefix prefixes a backend's name to form its cluster name.
+	BackendClusterPrefix = "backend_"
+	// ModelRoutePrefix prefixes a model's name to form its route name.
+	ModelRoutePrefix = "model_"
+	// RouteModelList is the route answering GET /v1/models from the policy.
+	RouteModelList = "list_models"
+	// RouteUnknownModel is the catch-all route answering 404 for models the policy lacks.
+	RouteUnknownModel = "unknown_model"
+)
+
+// Node identity. Every Envoy of one deployment shares one snapshot; the ratelimit service
+// connects with its own node id and gets only its RateLimitConfig resources.
+const (
+	NodeCluster          = "tollgate"
+	DefaultEnvoyNodeID   = "tollgate-envoy"
+	DefaultRateLimitNode = "tollgate-ratelimit"
+)
+
+// Headers and metadata.
+const (
+	// DefaultModelHeader carries the model chosen from the request body. It is the seed's header.
+	DefaultModelHeader = "x-ai-eg-model"
+	// DefaultUserHeader names the user in trusted-header identity mode.
+	DefaultUserHeader = "x-user-id"
+	// MetadataNamespace is the dynamic metadata namespace the ext_proc server writes costs and
+	// usage into. Envoy drops ext_proc metadata in any namespace the filter does not list in
+	// metadata_options.receiving_namespaces.
+	MetadataNamespace = "io.tollgate"
+)
+
+// Default ports and addresses (all configurable).
+const (
+	DefaultListenerPort  = 8080
+	DefaultAdminAddress  = "127.0.0.1:19000"
+	DefaultXDSAddress    = "127.0.0.1:18000"
+	DefaultExtProcPort   = 1063
+	DefaultMetricsPort   = 1064
+	DefaultRateLimitPort = 8081
+)
+
+// BackendCluster returns the cluster name of a backend.
+func BackendCluster(backend string) string { return BackendClusterPrefix + backend }
+
+// ModelRoute returns the route name of a model.
+func ModelRoute(model string) string { return ModelRoutePrefix + model }

@@ -1,0 +1,131 @@
+// Package policies owns the tollgate policy file: its YAML schema, strict decoding with line
+// numbers, defaults, validation that reports every error with its field path, and watching the
+// file for edits. It knows nothing about Envoy; translate turns a valid Policy into resources.
+package policies
+
+import "time"
+
+// Policy is one tollgate policy file after decoding and defaulting.
+//
+// Field names in YAML are lowerCamelCase. Every list item is addressed by its name, never its
+// position, so reordering the file changes nothing downstream.
+type Policy struct {
+	// Listener is where Envoy accepts client traffic.
+	Listener Listener `yaml:"listener"`
+	// Identity says how a request's user is known.
+	Identity Identity `yaml:"identity"`
+	// ExtProc is where Envoy reaches tollgate's ext_proc server.
+	ExtProc Endpoint `yaml:"extProc"`
+	// RateLimit is where Envoy reaches the ratelimit service, and how it behaves when that fails.
+	RateLimit RateLimit `yaml:"rateLimit"`
+	// Backends are the upstream LLM servers.
+	Backends []Backend `yaml:"backends"`
+	// Models map a model name (the request body's "model") to a backend.
+	Models []Model `yaml:"models"`
+	// Costs say what a request costs; quotas spend them.
+	Costs []Cost `yaml:"costs"`
+	// Quotas are per-user budgets of one cost for one model in one time window.
+	Quotas []Quota `yaml:"quotas"`
+}
+
+// Listener is Envoy's client-facing HTTP listener.
+type Listener struct {
+	// Address to bind. Default 127.0.0.1; set 0.0.0.0 to accept remote clients.
+	Address string `yaml:"address"`
+	// Port to bind. Default 8080.
+	Port int `yaml:"port"`
+	// ModelHeader carries the model name chosen from the request body; routes match on it.
+	// Default x-ai-eg-model (the seed's header).
+	ModelHeader string `yaml:"modelHeader"`
+	// MaxRequestBytes bounds a request body. Larger bodies get 413. Default 1 MiB.
+	MaxRequestBytes int64 `yaml:"maxRequestBytes"`
+	// RequestTimeout bounds a whole upstream request, including long streams. Default 300s.
+	RequestTimeout Duration `yaml:"requestTimeout"`
+}
+
+// Identity says which request header names the user. Default header: x-user-id.
+type Identity struct {
+	Header string `yaml:"header"`
+}
+
+// Endpoint is a host:port that Envoy dials.
+type Endpoint struct {
+	// Address is a host name or IP. Default 127.0.0.1.
+	Address string `yaml:"address"`
+	// Port of the service.
+	Port int `yaml:"port"`
+}
+
+// RateLimit configures how Envoy talks to the ratelimit service.
+type RateLimit struct {
+	Endpoint `yaml:",inline"`
+	// Domain is the ratelimit domain the descriptors live in. Default "tollgate".
+	Domain string `yaml:"domain"`
+	// Timeout bounds one call to the ratelimit service. Default 100ms.
+	Timeout Duration `yaml:"timeout"`
+	// FailureMode is "open" (default: admit requests when the service is down) or "closed"
+	// (answer 503).
+	FailureMode string `yaml:"failureMode"`
+}
+
+// Backend is one upstream LLM server.
+type Backend struct {
+	// Name is how models refer to this backend.
+	Name string `yaml:"name"`
+	// URL is http:// or https:// with a host and optional port; a path is not allowed.
+	URL string `yaml:"url"`
+	// APIKey, when set, is sent upstream as "Authorization: Bearer <key>". Write it as
+	// "${ENV_VAR}" or {file: path}; a literal key in the file is refused.
+	APIKey Secret `yaml:"apiKey"`
+	// ConnectTimeout bounds TCP (and TLS) connection setup. Default 5s.
+	ConnectTimeout Duration `yaml:"connectTimeout"`
+}
+
+// Model routes one model name to one backend.
+type Model struct {
+	// Name as clients send it in the body's "model" field.
+	Name string `yaml:"name"`
+	// Backend is the name of a backend.
+	Backend string `yaml:"backend"`
+}
+
+// Cost types, as in the seed's llmRequestCosts.
+const (
+	CostInputToken  = "InputToken"
+	CostOutputToken = "OutputToken"
+	CostTotalToken  = "TotalToken"
+	CostCEL         = "CEL"
+)
+
+// Cost is what one request costs, computed from the response's token usage.
+type Cost struct {
+	// Name is the key the cost is published under (dynamic metadata key) and how quotas refer to it.
+	Name string `yaml:"name"`
+	// Type is InputToken, OutputToken, TotalToken, or CEL (implied when cel is set).
+	Type string `yaml:"type"`
+	// CEL is an expression over input_tokens, output_tokens, total_tokens,
+	// cached_input_tokens, reasoning_tokens (uint) and model, backend (string).
+	CEL string `yaml:"cel"`
+}
+
+// Units a quota window can have. Windows are fixed and aligned to the Unix epoch.
+var Units = []string{"second", "minute", "hour", "day", "week", "month", "year"}
+
+// Quota is a per-user budget: every distinct user gets Limit units of Cost on Model per window.
+type Quota struct {
+	// Name identifies the quota; default "<model>-<cost>-per-<per>".
+	Name string `yaml:"name"`
+	// Model is the name of a model.
+	Model string `yaml:"model"`
+	// Cost is the name of a cost.
+	Cost string `yaml:"cost"`
+	// Limit is how many cost units one user may spend per window; must be > 0.
+	Limit uint64 `yaml:"limit"`
+	// Per is the window: second, minute, hour, day, week, month (30 days) or year (365 days).
+	Per string `yaml:"per"`
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string ("5s", "100ms").
+type Duration struct {
+	time.Duration
+}
