@@ -104,7 +104,8 @@ type Cost struct {
 	// Type is InputToken, OutputToken, TotalToken, or CEL (implied when cel is set).
 	Type string `yaml:"type"`
 	// CEL is an expression over input_tokens, output_tokens, total_tokens,
-	// cached_input_tokens, reasoning_tokens (uint) and model, backend (string).
+	// cached_input_tokens, reasoning_tokens (int) and model, backend (string); the result must be a
+	// non-negative int or uint.
 	CEL string `yaml:"cel"`
 }
 

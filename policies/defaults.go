@@ -1,0 +1,99 @@
+package policies
+
+import (
+	"strings"
+	"time"
+)
+
+// Defaults for fields a policy leaves out. The ports and headers match the envoy package's
+// well-known values; they are repeated here because policies stays free of Envoy imports.
+const (
+	DefaultListenerAddress  = "127.0.0.1"
+	DefaultListenerPort     = 8080
+	DefaultModelHeader      = "x-ai-eg-model"
+	DefaultMaxRequestBytes  = 1 << 20
+	DefaultRequestTimeout   = 300 * time.Second
+	DefaultIdentityHeader   = "x-user-id"
+	DefaultExtProcAddress   = "127.0.0.1"
+	DefaultExtProcPort      = 1063
+	DefaultRateLimitAddress = "127.0.0.1"
+	DefaultRateLimitPort    = 8081
+	DefaultRateLimitDomain  = "tollgate"
+	DefaultRateLimitTimeout = 100 * time.Millisecond
+	DefaultFailureMode      = FailureModeOpen
+	DefaultConnectTimeout   = 5 * time.Second
+)
+
+// Rate limit failure modes.
+const (
+	// FailureModeOpen admits requests while the ratelimit service is unreachable.
+	FailureModeOpen = "open"
+	// FailureModeClosed answers 503 while the ratelimit service is unreachable.
+	FailureModeClosed = "closed"
+)
+
+// Bounds of listener.maxRequestBytes: below 1 KiB no chat request fits; above 64 MiB Envoy
+// would buffer unreasonable bodies in memory for every concurrent request.
+const (
+	MinRequestBytes = 1 << 10
+	MaxRequestBytes = 64 << 20
+)
+
+// applyDefaults fills fields the file left out and normalises case-insensitive values.
+// written reports whether the file gave a path a value: an explicit zero ("port: 0") is kept
+// so validation can refuse it instead of quietly replacing it.
+func applyDefaults(p *Policy, written func(path string) bool) {
+	setString := func(path string, field *string, def string) {
+		if *field == "" && !written(path) {
+			*field = def
+		}
+	}
+	setInt := func(path string, field *int, def int) {
+		if *field == 0 && !written(path) {
+			*field = def
+		}
+	}
+	setDuration := func(path string, field *Duration, def time.Duration) {
+		if field.Duration == 0 && !written(path) {
+			field.Duration = def
+		}
+	}
+
+	setString("listener.address", &p.Listener.Address, DefaultListenerAddress)
+	setInt("listener.port", &p.Listener.Port, DefaultListenerPort)
+	setString("listener.modelHeader", &p.Listener.ModelHeader, DefaultModelHeader)
+	if p.Listener.MaxRequestBytes == 0 && !written("listener.maxRequestBytes") {
+		p.Listener.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	setDuration("listener.requestTimeout", &p.Listener.RequestTimeout, DefaultRequestTimeout)
+	setString("identity.header", &p.Identity.Header, DefaultIdentityHeader)
+	setString("extProc.address", &p.ExtProc.Address, DefaultExtProcAddress)
+	setInt("extProc.port", &p.ExtProc.Port, DefaultExtProcPort)
+	setString("rateLimit.address", &p.RateLimit.Address, DefaultRateLimitAddress)
+	setInt("rateLimit.port", &p.RateLimit.Port, DefaultRateLimitPort)
+	setString("rateLimit.domain", &p.RateLimit.Domain, DefaultRateLimitDomain)
+	setDuration("rateLimit.timeout", &p.RateLimit.Timeout, DefaultRateLimitTimeout)
+	setString("rateLimit.failureMode", &p.RateLimit.FailureMode, DefaultFailureMode)
+
+	// HTTP header names are case-insensitive and Envoy keeps them lowercase.
+	p.Listener.ModelHeader = strings.ToLower(p.Listener.ModelHeader)
+	p.Identity.Header = strings.ToLower(p.Identity.Header)
+	p.RateLimit.FailureMode = strings.ToLower(p.RateLimit.FailureMode)
+
+	for i := range p.Backends {
+		b := &p.Backends[i]
+		setDuration(indexPath("backends", i)+".connectTimeout", &b.ConnectTimeout, DefaultConnectTimeout)
+	}
+	for i := range p.Costs {
+		c := &p.Costs[i]
+		if c.CEL != "" {
+			setString(indexPath("costs", i)+".type", &c.Type, CostCEL)
+		}
+	}
+	for i := range p.Quotas {
+		q := &p.Quotas[i]
+		// The seed writes "Hour"; units are matched case-insensitively.
+		q.Per = strings.ToLower(q.Per)
+		setString(indexPath("quotas", i)+".name", &q.Name, q.Model+"-"+q.Cost+"-per-"+q.Per)
+	}
+}
