@@ -1,0 +1,120 @@
+package extproc
+
+import (
+	"strings"
+
+	"github.com/google/cel-go/cel"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+)
+
+// CostKind says how a cost is computed from a response's token usage.
+type CostKind int
+
+const (
+	// CostInput is the prompt (input) token count.
+	CostInput CostKind = iota + 1
+	// CostOutput is the completion (output) token count.
+	CostOutput
+	// CostTotal is the total token count.
+	CostTotal
+	// CostCEL evaluates Cost.Program over the usage.
+	CostCEL
+)
+
+// String names the kind for logs.
+func (k CostKind) String() string {
+	switch k {
+	case CostInput:
+		return "input"
+	case CostOutput:
+		return "output"
+	case CostTotal:
+		return "total"
+	case CostCEL:
+		return "cel"
+	default:
+		return "unknown"
+	}
+}
+
+// Cost is one number published as dynamic metadata at the end of a successful response.
+type Cost struct {
+	// Name is the dynamic metadata key the cost is published under.
+	Name string
+	// Kind says which usage number the cost is, or that Program computes it.
+	Kind CostKind
+	// Program computes a CostCEL cost. The caller compiles it in an environment with int
+	// variables input_tokens, output_tokens, total_tokens, cached_input_tokens,
+	// reasoning_tokens and string variables model, backend. The result must be a
+	// non-negative int or uint; anything else is logged and the cost is not published.
+	Program cel.Program
+}
+
+// Config is what the server needs from the policy. The server never modifies a Config and
+// expects the caller not to modify one after handing it over: Update swaps whole values.
+type Config struct {
+	// ModelHeader is the routing header set from the request body's model. Default
+	// envoy.DefaultModelHeader.
+	ModelHeader string
+	// IdentityHeader names the user. Requests without it are answered 401. Default
+	// envoy.DefaultUserHeader.
+	IdentityHeader string
+	// Models maps each known model name to its backend name. It bounds the model label of
+	// metrics and feeds the CEL variable "backend".
+	Models map[string]string
+	// Costs are published, by name, in the dynamic metadata of every successful response.
+	Costs []Cost
+	// MaxRequestBytes bounds a request body; larger bodies get 413. Envoy enforces its own
+	// buffer limit too; this check keeps the answer a clean 413 when the two disagree.
+	// Default DefaultMaxRequestBytes.
+	MaxRequestBytes int64
+	// MaxResponseBytes bounds how much of a buffered (JSON) response is parsed for usage,
+	// after decompression. Default DefaultMaxResponseBytes.
+	MaxResponseBytes int64
+	// MaxEventBytes bounds one server-sent event of a streamed response. Default
+	// DefaultMaxEventBytes.
+	MaxEventBytes int
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultMaxRequestBytes  = 1 << 20
+	DefaultMaxResponseBytes = 8 << 20
+	DefaultMaxEventBytes    = 1 << 20
+)
+
+// withDefaults returns a copy of cfg with zero fields filled in and header names lowercased,
+// since Envoy hands headers to ext_proc with lowercase keys.
+func withDefaults(cfg *Config) *Config {
+	out := Config{}
+	if cfg != nil {
+		out = *cfg
+	}
+	out.ModelHeader = strings.ToLower(strings.TrimSpace(out.ModelHeader))
+	if out.ModelHeader == "" {
+		out.ModelHeader = envoy.DefaultModelHeader
+	}
+	out.IdentityHeader = strings.ToLower(strings.TrimSpace(out.IdentityHeader))
+	if out.IdentityHeader == "" {
+		out.IdentityHeader = envoy.DefaultUserHeader
+	}
+	if out.MaxRequestBytes <= 0 {
+		out.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if out.MaxResponseBytes <= 0 {
+		out.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if out.MaxEventBytes <= 0 {
+		out.MaxEventBytes = DefaultMaxEventBytes
+	}
+	return &out
+}
+
+// modelLabel bounds metric cardinality: a model the policy does not know is "_OTHER".
+func (c *Config) modelLabel(model string) string {
+	if _, ok := c.Models[model]; ok {
+		return model
+	}
+	return otherLabel
+}

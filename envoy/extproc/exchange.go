@@ -1,0 +1,559 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+)
+
+// maxJSONDepth bounds request body nesting; deeper bodies are rejected with 400 rather than
+// parsed.
+const maxJSONDepth = 64
+
+// maxModelBytes bounds the model name copied into a request header, so a huge "model" string
+// becomes a clear 400 instead of an Envoy header-size failure.
+const maxModelBytes = 512
+
+// Metadata keys published next to the configured costs. A cost with the same name wins.
+const (
+	metadataModel        = "model"
+	metadataInputTokens  = "input_tokens"
+	metadataOutputTokens = "output_tokens"
+	metadataTotalTokens  = "total_tokens"
+)
+
+// exchange is the state of one HTTP request and its response: one ext_proc gRPC stream.
+// It is used by a single goroutine.
+type exchange struct {
+	ctx     context.Context
+	cfg     *Config // the config the request started with, kept to the end
+	logger  *slog.Logger
+	metrics *Metrics
+	start   time.Time
+
+	// Request side.
+	started          bool       // request headers seen
+	api              llmapi.API // from :path
+	clientModel      string     // the client's own model header, if any
+	model            string     // the model the request is routed and accounted by
+	hasContentLength bool       // the client sent content-length (so a new body needs one)
+	requestBodySeen  bool       // the (single, buffered) request body message arrived
+	llmCall          bool       // the body was parsed: the response's usage is accounted for
+
+	// Response side.
+	encoding string      // content-encoding, lowercased
+	bodyMode bodyHandler // how the response body is read
+
+	// Streamed responses.
+	stream      *llmapi.Stream
+	gzip        *llmapi.GzipStream
+	streamErr   error
+	firstOutput time.Time
+
+	// finished is set once the outcome is recorded; later messages just get empty answers.
+	finished bool
+}
+
+// bodyHandler says what the exchange does with response body messages.
+type bodyHandler int
+
+const (
+	bodyIgnored  bodyHandler = iota // response body mode NONE: Envoy sends no body
+	bodyBuffered                    // one message with the whole JSON body
+	bodyStreamed                    // one message per chunk of an SSE stream
+)
+
+func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics) *exchange {
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, start: time.Now()}
+}
+
+// handle answers one message from Envoy.
+func (ex *exchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	if ex.finished {
+		return emptyResponseFor(req)
+	}
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return ex.onRequestHeaders(r.RequestHeaders)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return ex.onRequestBody(r.RequestBody)
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return ex.onResponseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return ex.onResponseBody(r.ResponseBody)
+	default:
+		return emptyResponseFor(req)
+	}
+}
+
+func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	ex.started = true
+	ex.start = time.Now()
+	headers := msg.GetHeaders()
+	ex.api = llmapi.APIForPath(firstHeader(headers, ":path"))
+
+	// Without a user the ratelimit filter would drop the descriptor and not limit the
+	// request at all, so the request must stop here.
+	users := headerValues(headers, ex.cfg.IdentityHeader)
+	if len(users) == 0 || strings.TrimSpace(users[0]) == "" {
+		return ex.reject(rejection{
+			status:  401,
+			outcome: outcomeRejected401,
+			err: apiError{
+				Message: fmt.Sprintf("missing user: the %s header is required", ex.cfg.IdentityHeader),
+				Type:    errorTypeAuthentication,
+				Code:    optional("missing_user"),
+			},
+			details: "tollgate_missing_user",
+		})
+	}
+	if len(users) > 1 {
+		// Two values leave it to each filter which user pays; refuse instead of guessing.
+		return ex.reject(rejection{
+			status:  400,
+			outcome: outcomeRejected400,
+			err: apiError{
+				Message: fmt.Sprintf("the %s header must appear once", ex.cfg.IdentityHeader),
+				Type:    errorTypeInvalidRequest,
+				Code:    optional("ambiguous_user"),
+			},
+			details: "tollgate_ambiguous_user",
+		})
+	}
+
+	ex.clientModel = firstHeader(headers, ex.cfg.ModelHeader)
+	ex.hasContentLength = firstHeader(headers, "content-length") != ""
+	if msg.GetEndOfStream() {
+		// No body, so no model to read: the client's header (if any) keeps routing.
+		ex.model = ex.clientModel
+	}
+	// Upstreams then send plain bodies, which keeps usage parsing off the decompression path.
+	return requestHeadersResponse(&extprocv3.CommonResponse{
+		HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+			overwrite("accept-encoding", "identity"),
+		}},
+	})
+}
+
+func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if ex.requestBodySeen || !ex.started {
+		// In BUFFERED mode Envoy sends the whole body once; anything else is not ours to judge.
+		return requestBodyResponse(nil)
+	}
+	ex.requestBodySeen = true
+	body := msg.GetBody()
+	if int64(len(body)) > ex.cfg.MaxRequestBytes {
+		return ex.reject(rejection{
+			status:  413,
+			outcome: outcomeRejected413,
+			err: apiError{
+				Message: fmt.Sprintf("request body is %d bytes, the limit is %d", len(body), ex.cfg.MaxRequestBytes),
+				Type:    errorTypeInvalidRequest,
+				Code:    optional("request_too_large"),
+			},
+			details: "tollgate_request_too_large",
+		})
+	}
+
+	parsed, err := llmapi.ParseRequest(body, maxJSONDepth)
+	if err != nil {
+		apiErr := apiError{Message: "invalid request body", Type: errorTypeInvalidRequest}
+		var reqErr *llmapi.RequestError
+		if errors.As(err, &reqErr) {
+			apiErr.Message = reqErr.Message
+			apiErr.Param = optional(reqErr.Param)
+		}
+		return ex.reject(rejection{status: 400, outcome: outcomeRejected400, err: apiErr, details: "tollgate_invalid_body"})
+	}
+
+	if !parsed.HasModel || parsed.Model == "" {
+		if ex.clientModel == "" {
+			return ex.reject(rejection{
+				status:  400,
+				outcome: outcomeRejected400,
+				err: apiError{
+					Message: "missing required parameter: model",
+					Type:    errorTypeInvalidRequest,
+					Param:   optional("model"),
+				},
+				details: "tollgate_missing_model",
+			})
+		}
+		// The route was chosen from the client's header already; nothing to change.
+		ex.model = ex.clientModel
+		ex.llmCall = true
+		return requestBodyResponse(nil)
+	}
+	if !validHeaderValue(parsed.Model) {
+		return ex.reject(rejection{
+			status:  400,
+			outcome: outcomeRejected400,
+			err: apiError{
+				Message: fmt.Sprintf("invalid model name: it must be at most %d printable characters", maxModelBytes),
+				Type:    errorTypeInvalidRequest,
+				Param:   optional("model"),
+			},
+			details: "tollgate_invalid_model",
+		})
+	}
+	ex.model = parsed.Model
+	ex.llmCall = true
+
+	// The body decides the route: a client's own model header is overwritten, never trusted.
+	common := &extprocv3.CommonResponse{
+		HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+			overwrite(ex.cfg.ModelHeader, parsed.Model),
+		}},
+		ClearRouteCache: true,
+	}
+	if parsed.Stream && !parsed.IncludeUsage && (ex.api == llmapi.ChatCompletions || ex.api == llmapi.Completions) {
+		// Without stream_options.include_usage an OpenAI stream reports no usage and could
+		// not be charged.
+		forced, err := llmapi.ForceIncludeUsage(body)
+		if err != nil {
+			ex.logger.Warn("cannot force include_usage; the stream may go uncharged",
+				"model", ex.model, "error", err)
+		} else {
+			common.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: forced}}
+			if ex.hasContentLength {
+				// With request headers sent and the body BUFFERED, Envoy keeps the client's
+				// content-length as it is, so the new length has to be set here. A request
+				// without one (chunked) stays chunked.
+				common.HeaderMutation.SetHeaders = append(common.HeaderMutation.SetHeaders,
+					overwrite("content-length", strconv.Itoa(len(forced))))
+			}
+		}
+	}
+	return requestBodyResponse(common)
+}
+
+func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	headers := msg.GetHeaders()
+	status, err := strconv.Atoi(firstHeader(headers, ":status"))
+	if err != nil || status < 200 || status > 299 {
+		// Errors cost nothing: the body is not read and no cost is published. This includes
+		// local replies of later filters (429 from the ratelimit filter, the 404 route) and
+		// Envoy's own 413 when a body overflows its buffer before reaching us.
+		if ex.llmCall {
+			errorType := otherLabel
+			if err == nil {
+				errorType = strconv.Itoa(status)
+			}
+			ex.observeDuration(errorType)
+		}
+		ex.finish(outcomeErrorStatus)
+		return responseHeadersResponse()
+	}
+	if !ex.llmCall {
+		ex.finish(outcomePassthrough)
+		return responseHeadersResponse()
+	}
+
+	ex.encoding = strings.ToLower(strings.TrimSpace(firstHeader(headers, "content-encoding")))
+	gzipped := ex.encoding == "gzip" || ex.encoding == "x-gzip"
+	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
+		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
+			"model", ex.model, "content_encoding", ex.encoding)
+		ex.finishWithoutUsage()
+		return responseHeadersResponse()
+	}
+	if msg.GetEndOfStream() {
+		ex.finishWithoutUsage()
+		return responseHeadersResponse()
+	}
+
+	mediaType, _, _ := mime.ParseMediaType(firstHeader(headers, "content-type"))
+	var mode filterv3.ProcessingMode_BodySendMode
+	switch {
+	case mediaType == "text/event-stream":
+		ex.bodyMode = bodyStreamed
+		mode = filterv3.ProcessingMode_STREAMED
+		ex.stream = llmapi.NewStream(ex.api, ex.cfg.MaxEventBytes)
+		if gzipped {
+			ex.gzip = llmapi.NewGzipStream(streamWriter{ex.stream})
+		}
+	case mediaType == "application/json" || strings.HasSuffix(mediaType, "+json"):
+		ex.bodyMode = bodyBuffered
+		mode = filterv3.ProcessingMode_BUFFERED
+	default:
+		ex.logger.Warn("successful response is neither JSON nor an event stream; usage unknown",
+			"model", ex.model, "content_type", mediaType)
+		ex.finishWithoutUsage()
+		return responseHeadersResponse()
+	}
+	resp := responseHeadersResponse()
+	resp.ModeOverride = responseBodyModeOverride(mode)
+	return resp
+}
+
+func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	resp := responseBodyResponse()
+	switch ex.bodyMode {
+	case bodyStreamed:
+		ex.feed(msg.GetBody())
+		if msg.GetEndOfStream() {
+			resp.DynamicMetadata = ex.finishWithUsage(ex.streamUsage())
+		}
+	case bodyBuffered:
+		// Envoy sends a buffered body in one message (end_of_stream is false only when
+		// trailers follow), so this is the whole body either way.
+		resp.DynamicMetadata = ex.finishWithUsage(ex.bufferedUsage(msg.GetBody()))
+	}
+	return resp
+}
+
+// feed passes one streamed chunk to the SSE parser, through gzip when needed. After an error
+// the rest of the stream is only passed through.
+func (ex *exchange) feed(chunk []byte) {
+	if ex.streamErr != nil || len(chunk) == 0 {
+		return
+	}
+	var err error
+	if ex.gzip != nil {
+		err = ex.gzip.Write(chunk)
+	} else {
+		err = ex.stream.Write(chunk)
+	}
+	if err != nil {
+		ex.streamErr = err
+		ex.logger.Warn("cannot parse response stream; usage seen so far is kept",
+			"model", ex.model, "error", err)
+		return
+	}
+	if ex.firstOutput.IsZero() && ex.stream.OutputEvents() > 0 {
+		ex.firstOutput = time.Now()
+		ex.metrics.timeToFirstToken.WithLabelValues(ex.labels()...).Observe(ex.firstOutput.Sub(ex.start).Seconds())
+	}
+}
+
+func (ex *exchange) streamUsage() llmapi.Usage {
+	if ex.gzip != nil && ex.streamErr == nil {
+		// Closing flushes what the decompressor still holds into the parser.
+		if err := ex.gzip.Close(); err != nil {
+			ex.streamErr = err
+			ex.logger.Warn("gzip response stream ended badly", "model", ex.model, "error", err)
+		}
+		ex.gzip = nil
+	}
+	return ex.stream.Usage()
+}
+
+func (ex *exchange) bufferedUsage(body []byte) llmapi.Usage {
+	if ex.encoding == "gzip" || ex.encoding == "x-gzip" {
+		plain, err := llmapi.GunzipLimited(body, ex.cfg.MaxResponseBytes)
+		if err != nil {
+			ex.logger.Warn("cannot decompress response; usage unknown", "model", ex.model, "error", err)
+			return llmapi.Usage{}
+		}
+		body = plain
+	}
+	if int64(len(body)) > ex.cfg.MaxResponseBytes {
+		ex.logger.Warn("response too large to read usage from; usage unknown",
+			"model", ex.model, "bytes", len(body), "limit", ex.cfg.MaxResponseBytes)
+		return llmapi.Usage{}
+	}
+	usage, err := llmapi.FromJSON(ex.api, body)
+	if err != nil {
+		ex.logger.Warn("cannot read usage from response", "model", ex.model, "error", err)
+		return llmapi.Usage{}
+	}
+	return usage
+}
+
+// finishWithUsage records the end of a successful response and returns the dynamic metadata
+// to publish: the costs, the model and the token counts. Without usage only the model is
+// published, so the stream-done charge finds no cost and is skipped.
+func (ex *exchange) finishWithUsage(usage llmapi.Usage) *structpb.Struct {
+	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
+	if !usage.Known {
+		ex.finishWithoutUsage()
+		return namespaced(fields)
+	}
+	if usage.TotalTokens == 0 {
+		usage.TotalTokens = usage.InputTokens + usage.OutputTokens
+	}
+	fields[metadataInputTokens] = structpb.NewNumberValue(float64(usage.InputTokens))
+	fields[metadataOutputTokens] = structpb.NewNumberValue(float64(usage.OutputTokens))
+	fields[metadataTotalTokens] = structpb.NewNumberValue(float64(usage.TotalTokens))
+	for _, cost := range ex.cfg.Costs {
+		value, err := ex.costValue(cost, usage)
+		if err != nil {
+			// Never charge a number we do not trust; the request goes uncharged for this cost.
+			ex.logger.Warn("cost not computed; not charged", "model", ex.model, "cost", cost.Name, "error", err)
+			ex.metrics.costErrors.WithLabelValues(cost.Name).Inc()
+			continue
+		}
+		fields[cost.Name] = structpb.NewNumberValue(float64(value))
+	}
+
+	labels := ex.labels()
+	ex.metrics.tokenUsage.WithLabelValues(append(labels, "input")...).Observe(float64(usage.InputTokens))
+	ex.metrics.tokenUsage.WithLabelValues(append(labels, "output")...).Observe(float64(usage.OutputTokens))
+	ex.metrics.tokenUsage.WithLabelValues(append(labels, "total")...).Observe(float64(usage.TotalTokens))
+	end := ex.observeDuration("")
+	if !ex.firstOutput.IsZero() && usage.OutputTokens > 1 {
+		perToken := end.Sub(ex.firstOutput).Seconds() / float64(usage.OutputTokens-1)
+		ex.metrics.timePerOutputToken.WithLabelValues(labels...).Observe(perToken)
+	}
+	ex.finish(outcomeOK)
+	return namespaced(fields)
+}
+
+// finishWithoutUsage records a successful response that carried no usage.
+func (ex *exchange) finishWithoutUsage() {
+	ex.logger.Warn("successful response without token usage; not charged", "model", ex.model, "api", ex.api)
+	ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
+	ex.observeDuration("")
+	ex.finish(outcomeUsageMissing)
+}
+
+// costValue computes one cost. A CEL result must be a non-negative integer.
+func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
+	switch cost.Kind {
+	case CostInput:
+		return usage.InputTokens, nil
+	case CostOutput:
+		return usage.OutputTokens, nil
+	case CostTotal:
+		return usage.TotalTokens, nil
+	case CostCEL:
+		if cost.Program == nil {
+			return 0, errors.New("no CEL program")
+		}
+		out, _, err := cost.Program.ContextEval(ex.ctx, map[string]any{
+			"input_tokens":        usage.InputTokens,
+			"output_tokens":       usage.OutputTokens,
+			"total_tokens":        usage.TotalTokens,
+			"cached_input_tokens": usage.CachedInputTokens,
+			"reasoning_tokens":    usage.ReasoningTokens,
+			"model":               ex.model,
+			"backend":             ex.cfg.Models[ex.model],
+		})
+		if err != nil {
+			return 0, err
+		}
+		switch v := out.Value().(type) {
+		case int64:
+			if v < 0 {
+				return 0, fmt.Errorf("result %d is negative", v)
+			}
+			return v, nil
+		case uint64:
+			if v > 1<<53 {
+				return 0, fmt.Errorf("result %d is too large", v)
+			}
+			return int64(v), nil
+		default:
+			return 0, fmt.Errorf("result %v is %s, want a non-negative int", out, out.Type().TypeName())
+		}
+	default:
+		return 0, fmt.Errorf("unknown cost kind %d", int(cost.Kind))
+	}
+}
+
+// reject answers the request with an error and records its outcome.
+func (ex *exchange) reject(r rejection) *extprocv3.ProcessingResponse {
+	ex.finish(r.outcome)
+	return immediateResponse(r)
+}
+
+// observeDuration records the request duration (errorType "" for success) and returns the
+// time it used as the end.
+func (ex *exchange) observeDuration(errorType string) time.Time {
+	end := time.Now()
+	ex.metrics.requestDuration.WithLabelValues(append(ex.labels(), errorType)...).Observe(end.Sub(ex.start).Seconds())
+	return end
+}
+
+// finish records the request's outcome once.
+func (ex *exchange) finish(outcome string) {
+	if ex.finished {
+		return
+	}
+	ex.finished = true
+	ex.metrics.requests.WithLabelValues(outcome).Inc()
+}
+
+// close releases the exchange when its stream ends. A stream that ends before the response
+// did (client gone, Envoy reset) is recorded as cancelled and publishes nothing.
+func (ex *exchange) close() {
+	if ex.gzip != nil {
+		if err := ex.gzip.Close(); err != nil {
+			ex.logger.Debug("closing gzip stream of an unfinished response", "error", err)
+		}
+		ex.gzip = nil
+	}
+	if ex.finished || !ex.started {
+		return
+	}
+	if ex.llmCall {
+		ex.observeDuration("cancelled")
+	}
+	ex.finish(outcomeCancelled)
+}
+
+// labels are the operation and model labels of the GenAI metrics.
+func (ex *exchange) labels() []string {
+	return []string{operationName(ex.api), ex.cfg.modelLabel(ex.model)}
+}
+
+// operationName is the GenAI gen_ai.operation.name of an API.
+func operationName(api llmapi.API) string {
+	switch api {
+	case llmapi.ChatCompletions:
+		return "chat"
+	case llmapi.Completions:
+		return "text_completion"
+	case llmapi.Responses:
+		return "responses"
+	case llmapi.AnthropicMessages:
+		return "messages"
+	default:
+		return otherLabel
+	}
+}
+
+// namespaced wraps fields in tollgate's dynamic metadata namespace.
+func namespaced(fields map[string]*structpb.Value) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		envoy.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
+	}}
+}
+
+// validHeaderValue reports whether s can be a header value as it is: not empty, not too long,
+// no control characters, no surrounding spaces (Envoy would trim them and the route would
+// no longer match the metered model).
+func validHeaderValue(s string) bool {
+	if s == "" || len(s) > maxModelBytes || strings.TrimSpace(s) != s {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// streamWriter adapts the SSE parser to io.Writer for the gzip decoder.
+type streamWriter struct{ s *llmapi.Stream }
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	if err := w.s.Write(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

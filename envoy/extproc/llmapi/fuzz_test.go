@@ -1,0 +1,172 @@
+package llmapi
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fixtureSeeds returns the contents of the testdata files with the given suffix.
+func fixtureSeeds(f *testing.F, suffix string) [][]byte {
+	f.Helper()
+	paths, err := filepath.Glob(filepath.Join("testdata", "*"+suffix))
+	if err != nil {
+		f.Fatal(err)
+	}
+	var seeds [][]byte
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seeds = append(seeds, data)
+	}
+	return seeds
+}
+
+func FuzzParseRequest(f *testing.F) {
+	for _, seed := range []string{
+		`{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":[1,2]}}`,
+		`{"stream_options":null}`, `{}`, `{"mod\u0065l":"\ud83d\ude00"}`, `[[[[`, `{"model":1}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	for _, seed := range fixtureSeeds(f, ".json") {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := ParseRequest(body, 16)
+		if !json.Valid(body) {
+			if err == nil {
+				t.Fatalf("accepted invalid JSON %q", body)
+			}
+			return
+		}
+		if err != nil {
+			return
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(body, &fields); err != nil {
+			t.Fatalf("accepted %q, which is not an object: %v", body, err)
+		}
+		if raw, ok := fields["model"]; ok != req.HasModel {
+			t.Fatalf("HasModel = %v for %q", req.HasModel, body)
+		} else if ok {
+			var model string
+			if err := json.Unmarshal(raw, &model); err != nil || model != req.Model {
+				t.Fatalf("Model = %q, encoding/json says %q (%v)", req.Model, model, err)
+			}
+		}
+		rewritten, err := ForceIncludeUsage(body)
+		if err != nil {
+			t.Fatalf("ForceIncludeUsage of an accepted body: %v", err)
+		}
+		after, err := ParseRequest(rewritten, 17) // the new member may add one level
+		if err != nil {
+			t.Fatalf("rewritten body %q does not parse: %v", rewritten, err)
+		}
+		if !after.IncludeUsage || after.Model != req.Model || after.Stream != req.Stream {
+			t.Fatalf("rewrite changed the request: %+v -> %+v", req, after)
+		}
+	})
+}
+
+func FuzzFromJSON(f *testing.F) {
+	for _, seed := range fixtureSeeds(f, ".json") {
+		for api := range AnthropicMessages + 1 {
+			f.Add(uint8(api), seed)
+		}
+	}
+	f.Add(uint8(ChatCompletions), []byte(`{"usage":{"prompt_tokens":1,"completion_tokens":-2,"total_tokens":1e3}}`))
+	f.Fuzz(func(t *testing.T, api uint8, body []byte) {
+		u, err := FromJSON(API(api%5), body)
+		if err == nil && !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON %q", body)
+		}
+		if err != nil && u != (Usage{}) {
+			t.Fatalf("usage %+v returned with error %v", u, err)
+		}
+		if !u.Known && u != (Usage{}) {
+			t.Fatalf("counters without a usage object: %+v", u)
+		}
+	})
+}
+
+// FuzzStream feeds arbitrary bytes in one piece and split at two points: the results must
+// agree, and the event buffer must stay within the limit.
+func FuzzStream(f *testing.F) {
+	for _, seed := range fixtureSeeds(f, ".sse") {
+		for api := range AnthropicMessages + 1 {
+			f.Add(uint8(api), seed, uint16(len(seed)/3), uint16(len(seed)/2))
+		}
+	}
+	f.Add(uint8(ChatCompletions), []byte("data: x\r\n\r\ndata:[DONE]\r\r"), uint16(8), uint16(9))
+	f.Fuzz(func(t *testing.T, api uint8, data []byte, split1, split2 uint16) {
+		const limit = 256
+		i := min(int(split1), len(data))
+		j := min(i+int(split2), len(data))
+		whole := runStream(API(api%5), limit, data)
+		s := NewStream(API(api%5), limit)
+		for _, c := range [][]byte{data[:i], data[i:j], data[j:]} {
+			_ = s.Write(c)
+			if cap(s.data) > limit {
+				t.Fatalf("event buffer grew to %d bytes, over the limit %d", cap(s.data), limit)
+			}
+		}
+		split := streamResult{Usage: s.Usage(), Done: s.Done(), OutputEvents: s.OutputEvents(), SkippedEvents: s.SkippedEvents()}
+		if err := s.Err(); err != nil {
+			split.Err = err.Error()
+		}
+		if split != whole {
+			t.Fatalf("split at %d,%d: %+v\nwhole: %+v", i, j, split, whole)
+		}
+	})
+}
+
+// FuzzGzipStream compares GzipStream with compress/gzip on arbitrary input: whatever the
+// standard library decodes, GzipStream must decode identically, in any chunking, and whatever
+// it rejects, GzipStream must reject too.
+func FuzzGzipStream(f *testing.F) {
+	for _, seed := range fixtureSeeds(f, ".gz") {
+		f.Add(seed, uint16(len(seed)/2))
+	}
+	var buf bytes.Buffer
+	for _, level := range []int{gzip.NoCompression, gzip.BestSpeed, gzip.HuffmanOnly, gzip.BestCompression} {
+		buf.Reset()
+		zw, _ := gzip.NewWriterLevel(&buf, level)
+		_, _ = zw.Write([]byte(strings.Repeat("data: {\"usage\":{\"prompt_tokens\":12}}\n\n", 20)))
+		_ = zw.Close()
+		f.Add(bytes.Clone(buf.Bytes()), uint16(17))
+	}
+	f.Fuzz(func(t *testing.T, compressed []byte, split uint16) {
+		if len(compressed) == 0 {
+			return // compress/gzip calls an empty body an error, GzipStream an empty stream
+		}
+		const limit = 1 << 22
+		var want []byte
+		zr, err := gzip.NewReader(bytes.NewReader(compressed))
+		if err == nil {
+			want, err = io.ReadAll(io.LimitReader(zr, limit))
+		}
+		if len(want) == limit {
+			return // a bomb: not worth decoding twice
+		}
+		i := min(int(split), len(compressed))
+		got, gotErr := gunzipStream(compressed[:i], compressed[i:])
+		if err != nil {
+			if gotErr == nil {
+				t.Fatalf("compress/gzip fails with %v, GzipStream succeeds", err)
+			}
+			return
+		}
+		if gotErr != nil || !bytes.Equal(got, want) {
+			t.Fatalf("compress/gzip decodes %d bytes, GzipStream %d bytes with error %v", len(want), len(got), gotErr)
+		}
+	})
+}

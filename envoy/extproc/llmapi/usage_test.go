@@ -1,0 +1,135 @@
+package llmapi
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func readFixture(t testing.TB, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestAPIForPath(t *testing.T) {
+	tests := map[string]API{
+		"/v1/chat/completions":              ChatCompletions,
+		"/v1/chat/completions?stream=true":  ChatCompletions,
+		"/v1/completions":                   Completions,
+		"/v1/responses":                     Responses,
+		"/v1/responses?x=1#frag":            Responses,
+		"/v1/messages":                      AnthropicMessages,
+		"/anthropic/v1/messages":            AnthropicMessages,
+		"/anthropic/v1/messages?beta=true":  AnthropicMessages,
+		"/v1/messages/count_tokens":         Unknown,
+		"/v1/chat/completions/":             Unknown,
+		"/v1/models":                        Unknown,
+		"/V1/CHAT/COMPLETIONS":              Unknown,
+		"":                                  Unknown,
+		"?":                                 Unknown,
+		"/v1/embeddings":                    Unknown,
+		"/prefix/v1/chat/completions":       Unknown,
+		"/v1/responses/resp_123/input_item": Unknown,
+	}
+	for path, want := range tests {
+		if got := APIForPath(path); got != want {
+			t.Errorf("APIForPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+func TestFromJSONFixtures(t *testing.T) {
+	tests := []struct {
+		file string
+		api  API
+		want Usage
+	}{
+		{"chat.json", ChatCompletions, Usage{InputTokens: 1117, OutputTokens: 46, TotalTokens: 1163,
+			CachedInputTokens: 1024, ReasoningTokens: 12, Known: true}},
+		{"chat_no_usage.json", ChatCompletions, Usage{}},
+		{"completions.json", Completions, Usage{InputTokens: 5, OutputTokens: 7, TotalTokens: 12, Known: true}},
+		{"responses.json", Responses, Usage{InputTokens: 328, OutputTokens: 52, TotalTokens: 380,
+			CachedInputTokens: 128, ReasoningTokens: 32, Known: true}},
+		{"anthropic.json", AnthropicMessages, Usage{InputTokens: 2095 + 1800, OutputTokens: 503,
+			TotalTokens: 2095 + 1800 + 503, CachedInputTokens: 1800, Known: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			got, err := FromJSON(tt.api, readFixture(t, tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("FromJSON = %+v\nwant        %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFromJSON(t *testing.T) {
+	tests := []struct {
+		name string
+		api  API
+		body string
+		want Usage
+	}{
+		{"total computed", ChatCompletions, `{"usage":{"prompt_tokens":3,"completion_tokens":4}}`,
+			Usage{InputTokens: 3, OutputTokens: 4, TotalTokens: 7, Known: true}},
+		{"total reported wins", ChatCompletions, `{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":10}}`,
+			Usage{InputTokens: 3, OutputTokens: 4, TotalTokens: 10, Known: true}},
+		{"usage null", ChatCompletions, `{"usage":null}`, Usage{}},
+		{"usage not an object", ChatCompletions, `{"usage":"n/a"}`, Usage{}},
+		{"empty usage", ChatCompletions, `{"usage":{}}`, Usage{Known: true}},
+		{"nested usage ignored", ChatCompletions, `{"choices":[{"usage":{"prompt_tokens":9}}]}`, Usage{}},
+		{"odd counters ignored", ChatCompletions,
+			`{"usage":{"prompt_tokens":-5,"completion_tokens":2.5,"total_tokens":"7","prompt_tokens_details":null}}`,
+			Usage{Known: true}},
+		{"overflow ignored", ChatCompletions, `{"usage":{"prompt_tokens":99999999999999999999,"completion_tokens":1}}`,
+			Usage{OutputTokens: 1, TotalTokens: 1, Known: true}},
+		{"max int64", ChatCompletions, `{"usage":{"total_tokens":9223372036854775807}}`,
+			Usage{TotalTokens: 9223372036854775807, Known: true}},
+		{"escaped keys", ChatCompletions, `{"us\u0061ge":{"prompt_t\u006fkens":8}}`,
+			Usage{InputTokens: 8, TotalTokens: 8, Known: true}},
+		{"anthropic cache creation", AnthropicMessages,
+			`{"usage":{"input_tokens":10,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":5}}`,
+			Usage{InputTokens: 60, OutputTokens: 5, TotalTokens: 65, CachedInputTokens: 30,
+				CacheCreationInputTokens: 20, Known: true}},
+		{"anthropic ignores total", AnthropicMessages, `{"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":99}}`,
+			Usage{InputTokens: 1, OutputTokens: 2, TotalTokens: 3, Known: true}},
+		{"openai ignores anthropic cache fields", ChatCompletions,
+			`{"usage":{"prompt_tokens":10,"cache_read_input_tokens":4,"completion_tokens":1}}`,
+			Usage{InputTokens: 10, OutputTokens: 1, TotalTokens: 11, Known: true}},
+		{"last duplicate wins", ChatCompletions, `{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}`,
+			Usage{InputTokens: 2, TotalTokens: 2, Known: true}},
+		{"unknown api reads usage", Unknown, `{"usage":{"input_tokens":1,"output_tokens":2}}`,
+			Usage{InputTokens: 1, OutputTokens: 2, TotalTokens: 3, Known: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := FromJSON(tt.api, []byte(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("FromJSON(%s) = %+v, want %+v", tt.body, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFromJSONErrors(t *testing.T) {
+	for _, body := range []string{
+		``, ` `, `[]`, `"usage"`, `null`, `{"usage":{"prompt_tokens":1}`, `{"usage":{"prompt_tokens":1}}}`,
+		`{"usage":{"prompt_tokens":1,}}`, `{"id":"x",`, `{"usage":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}`,
+		strings.Repeat("[", 1_000_000),
+	} {
+		if u, err := FromJSON(ChatCompletions, []byte(body)); err == nil {
+			t.Errorf("FromJSON(%.40q) = %+v, want an error", body, u)
+		}
+	}
+}

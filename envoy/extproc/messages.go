@@ -1,0 +1,166 @@
+package extproc
+
+import (
+	"encoding/json"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+)
+
+// headerValue reads a header Envoy sent. Envoy fills raw_value (bytes) by default and value
+// only when its send_header_raw_value runtime flag is off, so both are read.
+func headerValue(h *corev3.HeaderValue) string {
+	if len(h.GetRawValue()) > 0 {
+		return string(h.GetRawValue())
+	}
+	return h.GetValue()
+}
+
+// headerValues returns every value of the named (lowercase) header, in order.
+func headerValues(headers *corev3.HeaderMap, name string) []string {
+	var values []string
+	for _, h := range headers.GetHeaders() {
+		if h.GetKey() == name {
+			values = append(values, headerValue(h))
+		}
+	}
+	return values
+}
+
+// firstHeader returns the first value of the named header, or "".
+func firstHeader(headers *corev3.HeaderMap, name string) string {
+	for _, h := range headers.GetHeaders() {
+		if h.GetKey() == name {
+			return headerValue(h)
+		}
+	}
+	return ""
+}
+
+// overwrite is a header mutation entry that replaces every existing value. It sets raw_value
+// only: Envoy rejects an entry with both fields set and, by default, reads raw_value.
+func overwrite(name, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: name, RawValue: []byte(value)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func requestHeadersResponse(common *extprocv3.CommonResponse) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+		RequestHeaders: &extprocv3.HeadersResponse{Response: common},
+	}}
+}
+
+func requestBodyResponse(common *extprocv3.CommonResponse) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+		RequestBody: &extprocv3.BodyResponse{Response: common},
+	}}
+}
+
+func responseHeadersResponse() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HeadersResponse{},
+	}}
+}
+
+func responseBodyResponse() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+		ResponseBody: &extprocv3.BodyResponse{},
+	}}
+}
+
+// emptyResponseFor answers a message the server has nothing to say about (trailers, or
+// messages after the exchange is settled) with the matching empty response, which is
+// what Envoy requires for every message it sends outside observability mode.
+func emptyResponseFor(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	switch req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return requestHeadersResponse(nil)
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return requestBodyResponse(nil)
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return responseHeadersResponse()
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return responseBodyResponse()
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+			RequestTrailers: &extprocv3.TrailersResponse{},
+		}}
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+			ResponseTrailers: &extprocv3.TrailersResponse{},
+		}}
+	default:
+		return nil
+	}
+}
+
+// responseBodyModeOverride switches how Envoy sends the response body for this request only.
+// Envoy replaces the whole processing mode with the override, so every field is spelled out
+// as the filter is configured, with only the response body mode changed.
+func responseBodyModeOverride(mode filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
+	return &filterv3.ProcessingMode{
+		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
+		RequestBodyMode:     filterv3.ProcessingMode_BUFFERED,
+		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
+		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+		ResponseBodyMode:    mode,
+		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
+	}
+}
+
+// OpenAI error types used in error bodies.
+const (
+	errorTypeInvalidRequest = "invalid_request_error"
+	errorTypeAuthentication = "authentication_error"
+)
+
+// apiError is the body of an OpenAI-style error response. Param and code are null when
+// unknown, as OpenAI sends them.
+type apiError struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+// rejection describes a request the server answers itself.
+type rejection struct {
+	status  int
+	outcome string
+	err     apiError
+	// details shows up in Envoy's %RESPONSE_CODE_DETAILS%; no spaces.
+	details string
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// immediateResponse answers the client directly with a JSON error body.
+func immediateResponse(r rejection) *extprocv3.ProcessingResponse {
+	body, err := json.Marshal(struct {
+		Error apiError `json:"error"`
+	}{r.err})
+	if err != nil {
+		// Marshalling strings and string pointers cannot fail; keep a valid body regardless.
+		body = []byte(`{"error":{"message":"request rejected","type":"invalid_request_error","param":null,"code":null}}`)
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(r.status)},
+			// Envoy sets content-length of a local reply itself.
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				overwrite("content-type", "application/json"),
+			}},
+			Body:    body,
+			Details: r.details,
+		},
+	}}
+}

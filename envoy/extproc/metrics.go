@@ -1,0 +1,115 @@
+package extproc
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// otherLabel replaces any label value outside a known, bounded set, as the OpenTelemetry
+// semantic conventions do.
+const otherLabel = "_OTHER"
+
+// Label names, in Prometheus form of the OpenTelemetry GenAI attribute names.
+const (
+	labelOperation = "gen_ai_operation_name"
+	labelModel     = "gen_ai_request_model"
+	labelTokenType = "gen_ai_token_type"
+	labelErrorType = "error_type"
+)
+
+// Outcomes of one request, the values of tollgate_extproc_requests_total{outcome}.
+const (
+	outcomeOK           = "ok"            // 2xx response with known usage
+	outcomeUsageMissing = "usage_missing" // 2xx response without usage: nothing charged
+	outcomeErrorStatus  = "error_status"  // non-2xx response (upstream or local reply): not charged
+	outcomePassthrough  = "passthrough"   // no request body, so no LLM call to account for
+	outcomeCancelled    = "cancelled"     // the stream ended before the response did
+	outcomeRejected400  = "rejected_400"
+	outcomeRejected401  = "rejected_401"
+	outcomeRejected413  = "rejected_413"
+)
+
+// Metrics are the ext_proc server's Prometheus collectors.
+type Metrics struct {
+	tokenUsage         *prometheus.HistogramVec
+	requestDuration    *prometheus.HistogramVec
+	timeToFirstToken   *prometheus.HistogramVec
+	timePerOutputToken *prometheus.HistogramVec
+	requests           *prometheus.CounterVec
+	costErrors         *prometheus.CounterVec
+	usageMissing       *prometheus.CounterVec
+	activeStreams      prometheus.Gauge
+}
+
+// NewMetrics creates the collectors and registers them on reg (nil: not registered). When a
+// collector of the same name is already registered, the registered one is used, so several
+// servers can share one registry.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		tokenUsage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gen_ai_client_token_usage",
+			Help: "Tokens used per LLM response, by token type (OpenTelemetry gen_ai.client.token.usage).",
+			// 1, 4, 16, ... 67108864: the buckets the GenAI semantic conventions advise.
+			Buckets: prometheus.ExponentialBuckets(1, 4, 14),
+		}, []string{labelOperation, labelModel, labelTokenType}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gen_ai_server_request_duration_seconds",
+			Help: "Time from request headers to the end of the response (OpenTelemetry gen_ai.server.request.duration).",
+			// 0.01 ... 81.92 s.
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}, []string{labelOperation, labelModel, labelErrorType}),
+		timeToFirstToken: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gen_ai_server_time_to_first_token_seconds",
+			Help:    "Time from request headers to the first streamed output event (OpenTelemetry gen_ai.server.time_to_first_token).",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10},
+		}, []string{labelOperation, labelModel}),
+		timePerOutputToken: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gen_ai_server_time_per_output_token_seconds",
+			Help:    "Time per output token after the first, for streamed responses (OpenTelemetry gen_ai.server.time_per_output_token).",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5},
+		}, []string{labelOperation, labelModel}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_extproc_requests_total",
+			Help: "Requests seen by the ext_proc server, by outcome.",
+		}, []string{"outcome"}),
+		costErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_cost_errors_total",
+			Help: "Costs that could not be computed (CEL error or a result that is not a non-negative integer) and were not charged.",
+		}, []string{"cost"}),
+		usageMissing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_usage_missing_total",
+			Help: "Successful responses that carried no token usage, so nothing was charged.",
+		}, []string{"model"}),
+		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tollgate_extproc_streams_active",
+			Help: "ext_proc streams (HTTP requests) being served right now.",
+		}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.tokenUsage = registerOrReuse(reg, m.tokenUsage)
+	m.requestDuration = registerOrReuse(reg, m.requestDuration)
+	m.timeToFirstToken = registerOrReuse(reg, m.timeToFirstToken)
+	m.timePerOutputToken = registerOrReuse(reg, m.timePerOutputToken)
+	m.requests = registerOrReuse(reg, m.requests)
+	m.costErrors = registerOrReuse(reg, m.costErrors)
+	m.usageMissing = registerOrReuse(reg, m.usageMissing)
+	m.activeStreams = registerOrReuse(reg, m.activeStreams)
+	return m
+}
+
+// registerOrReuse registers c, or returns the collector already registered under its name.
+// Any other registration error (a name clash with a different shape) leaves c unregistered:
+// metrics must never take the server down.
+func registerOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	var already prometheus.AlreadyRegisteredError
+	if errors.As(err, &already) {
+		if existing, ok := already.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	return c
+}

@@ -1,0 +1,104 @@
+// Package extproc is tollgate's Envoy external processor (envoy.service.ext_proc.v3). Envoy
+// calls it once per HTTP request, on one gRPC stream, before the ratelimit filter and the
+// router. It
+//
+//   - rejects requests without a user (401), since the ratelimit filter would otherwise
+//     leave them unlimited;
+//   - reads the model from the JSON body and writes it into the routing header, overwriting
+//     whatever the client sent, and makes Envoy pick the route again;
+//   - makes OpenAI streams report usage (stream_options.include_usage);
+//   - reads token usage from successful JSON and server-sent-event responses and publishes
+//     the configured costs as dynamic metadata, which the ratelimit filter charges when the
+//     stream is done;
+//   - records OpenTelemetry GenAI metrics.
+//
+// The server runs in the control plane's process and takes its configuration from it
+// directly; Update swaps it without a restart.
+package extproc
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"sync/atomic"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Server is the ext_proc gRPC service. It is safe for concurrent use.
+type Server struct {
+	logger  *slog.Logger
+	metrics *Metrics
+	cfg     atomic.Pointer[Config]
+}
+
+// NewServer returns a server using cfg (see Config for defaults of zero fields). A nil logger
+// discards logs; nil metrics are created unregistered.
+func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	s := &Server{logger: logger, metrics: metrics}
+	s.cfg.Store(withDefaults(cfg))
+	return s
+}
+
+// Update swaps the configuration. Requests already in flight finish with the configuration
+// they started with, so one request is never judged by two policies.
+func (s *Server) Update(cfg *Config) {
+	s.cfg.Store(withDefaults(cfg))
+}
+
+// Register adds the ext_proc service to g.
+func (s *Server) Register(g *grpc.Server) {
+	extprocv3.RegisterExternalProcessorServer(g, processor{s})
+}
+
+// ServerOptions are the gRPC server options the ext_proc service needs. Envoy sends a whole
+// buffered body in one message, so the receive limit must exceed the request body limit
+// (plus headroom for headers and framing) or a body Envoy accepted would fail the stream and,
+// with a fail-closed filter, the request. Buffered response bodies are bounded by Envoy's
+// buffer limit; the limit here never drops below gRPC's 4 MiB default for them.
+func ServerOptions(maxRequestBytes int64) []grpc.ServerOption {
+	const headroom = 1 << 20
+	const floor = 4 << 20
+	limit := max(maxRequestBytes, floor) + headroom
+	const maxInt32 = 1<<31 - 1
+	limit = min(limit, maxInt32)
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(int(limit))}
+}
+
+// processor implements the generated service interface without exporting Process on Server.
+type processor struct{ s *Server }
+
+// Process serves one HTTP request: it answers every message Envoy sends on the stream until
+// Envoy closes it or the stream is cancelled (for example when the client disconnects).
+func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	p.s.metrics.activeStreams.Inc()
+	defer p.s.metrics.activeStreams.Dec()
+	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics)
+	defer ex.close()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		}
+		resp := ex.handle(req)
+		if resp == nil || req.GetObservabilityMode() {
+			// Observability mode ignores answers; an unknown message has none to give.
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
