@@ -1,0 +1,245 @@
+package rls
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+)
+
+// Defaults for Options. Every listener defaults to loopback: the service's debug port serves
+// pprof and its config dump, and nothing tollgate runs binds all interfaces unless told to.
+const (
+	DefaultGRPCAddr  = "127.0.0.1:8081"
+	DefaultDebugAddr = "127.0.0.1:6070"
+	// DefaultHTTPAddr is not the upstream default 8080, which is Envoy's listener.
+	DefaultHTTPAddr  = "127.0.0.1:8082"
+	DefaultRedisURL  = "127.0.0.1:6379"
+	DefaultLogLevel  = "info"
+	DefaultRedisWait = 10 * time.Second
+)
+
+// defaultRedisPort completes redis:// URLs that name no port, as Redis clients do.
+const defaultRedisPort = "6379"
+
+// Options configures the ratelimit service. The zero value of every field means its default.
+type Options struct {
+	// GRPCAddr is where Envoy calls ShouldRateLimit.
+	GRPCAddr string
+	// DebugAddr is the service's debug HTTP port (pprof, /rlconfig, /stats).
+	DebugAddr string
+	// HTTPAddr is the service's HTTP port: /healthcheck and the /json API.
+	HTTPAddr string
+	// XDSAddr is tollgate's ADS server, the source of the service's limits.
+	XDSAddr string
+	// NodeID is the node id the service presents to the ADS server; tollgate publishes the
+	// RateLimitConfig resources under it.
+	NodeID string
+	// RedisURL is host:port, redis://[user:password@]host[:port][/0] or rediss://… for TLS.
+	RedisURL string
+	// RedisWait is how long Run keeps retrying to reach Redis before giving up, so a Redis
+	// that starts a moment later (compose, systemd) does not fail the start.
+	RedisWait time.Duration
+	// LogLevel is one of trace, debug, info, warn, error.
+	LogLevel string
+	// MetricsAddr, when set, serves Prometheus metrics on http://MetricsAddr/metrics.
+	// Empty turns statistics off.
+	MetricsAddr string
+}
+
+// withDefaults returns a copy of o with every empty field set to its default.
+func (o Options) withDefaults() Options {
+	if o.GRPCAddr == "" {
+		o.GRPCAddr = DefaultGRPCAddr
+	}
+	if o.DebugAddr == "" {
+		o.DebugAddr = DefaultDebugAddr
+	}
+	if o.HTTPAddr == "" {
+		o.HTTPAddr = DefaultHTTPAddr
+	}
+	if o.XDSAddr == "" {
+		o.XDSAddr = envoy.DefaultXDSAddress
+	}
+	if o.NodeID == "" {
+		o.NodeID = envoy.DefaultRateLimitNode
+	}
+	if o.RedisURL == "" {
+		o.RedisURL = DefaultRedisURL
+	}
+	if o.RedisWait == 0 {
+		o.RedisWait = DefaultRedisWait
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = DefaultLogLevel
+	}
+	return o
+}
+
+// redisTarget is a parsed RedisURL in the shape the upstream settings want.
+type redisTarget struct {
+	// Addr is host:port.
+	Addr string
+	// Auth is the upstream REDIS_AUTH value: "password" or "user:password". It is a secret.
+	Auth string
+	TLS  bool
+}
+
+// config is validated Options with the Redis URL parsed.
+type config struct {
+	Options
+	redis    redisTarget
+	logLevel logrus.Level
+}
+
+// resolve applies defaults and validates every field, returning all problems at once, each
+// prefixed by its field name. The upstream runner answers bad settings with log.Fatal (an
+// exit from inside a library), so everything it would reject is rejected here first.
+func (o Options) resolve() (config, error) {
+	o = o.withDefaults()
+	c := config{Options: o}
+	var errs []error
+	fail := func(field string, err error) { errs = append(errs, fmt.Errorf("%s: %w", field, err)) }
+
+	listeners := []struct{ field, addr string }{
+		{"GRPCAddr", o.GRPCAddr},
+		{"DebugAddr", o.DebugAddr},
+		{"HTTPAddr", o.HTTPAddr},
+	}
+	if o.MetricsAddr != "" {
+		listeners = append(listeners, struct{ field, addr string }{"MetricsAddr", o.MetricsAddr})
+	}
+	portOwner := map[string]string{}
+	for _, l := range listeners {
+		_, port, err := splitHostPort(l.addr)
+		if err != nil {
+			fail(l.field, err)
+			continue
+		}
+		// The upstream listeners set SO_REUSEPORT, so two of them on one port would not
+		// fail: the kernel would quietly share connections between them.
+		if other, taken := portOwner[port]; taken {
+			fail(l.field, fmt.Errorf("port %s is already used by %s", port, other))
+			continue
+		}
+		portOwner[port] = l.field
+	}
+	if _, _, err := splitHostPort(o.XDSAddr); err != nil {
+		fail("XDSAddr", err)
+	}
+	if strings.TrimSpace(o.NodeID) == "" {
+		fail("NodeID", errors.New("must not be blank"))
+	}
+	if o.RedisWait < 0 {
+		fail("RedisWait", errors.New("must not be negative"))
+	}
+	level, err := parseLogLevel(o.LogLevel)
+	if err != nil {
+		fail("LogLevel", err)
+	}
+	c.logLevel = level
+	target, err := parseRedisURL(o.RedisURL)
+	if err != nil {
+		fail("RedisURL", err)
+	}
+	c.redis = target
+	return c, errors.Join(errs...)
+}
+
+// splitHostPort accepts host:port with a numeric port in 1..65535. An empty host (":8081")
+// means all interfaces, as with net.Listen; that is allowed because someone asked for it.
+func splitHostPort(addr string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("%q is not host:port", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("%q: port must be a number from 1 to 65535", addr)
+	}
+	return host, port, nil
+}
+
+// parseLogLevel accepts the level names users know; logrus would also take "panic" and
+// "fatal", which hide everything useful.
+func parseLogLevel(s string) (logrus.Level, error) {
+	switch strings.ToLower(s) {
+	case "trace":
+		return logrus.TraceLevel, nil
+	case "debug":
+		return logrus.DebugLevel, nil
+	case "info":
+		return logrus.InfoLevel, nil
+	case "warn", "warning":
+		return logrus.WarnLevel, nil
+	case "error":
+		return logrus.ErrorLevel, nil
+	}
+	return 0, fmt.Errorf("%q is not one of trace, debug, info, warn, error", s)
+}
+
+// parseRedisURL turns host:port or a redis:// / rediss:// URL into the upstream settings'
+// shape. Errors never repeat the input: it may hold a password.
+func parseRedisURL(raw string) (redisTarget, error) {
+	if !strings.Contains(raw, "://") {
+		if _, _, err := splitHostPort(raw); err != nil {
+			return redisTarget{}, errors.New("want host:port or a redis:// or rediss:// URL")
+		}
+		return redisTarget{Addr: raw}, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return redisTarget{}, errors.New("not a valid URL")
+	}
+	var t redisTarget
+	switch u.Scheme {
+	case "redis":
+	case "rediss":
+		t.TLS = true
+	default:
+		return redisTarget{}, fmt.Errorf("scheme %q is not redis or rediss", u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return redisTarget{}, errors.New("URL names no host")
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultRedisPort
+	}
+	t.Addr = net.JoinHostPort(u.Hostname(), port)
+	if _, _, err := splitHostPort(t.Addr); err != nil {
+		return redisTarget{}, errors.New("URL port must be a number from 1 to 65535")
+	}
+	// The ratelimit service has no database setting: it always uses database 0.
+	if db := strings.Trim(u.Path, "/"); db != "" && db != "0" {
+		return redisTarget{}, fmt.Errorf("database %q is not supported: the ratelimit service always uses database 0", db)
+	}
+	if u.RawQuery != "" {
+		return redisTarget{}, errors.New("URL query options are not supported")
+	}
+	if u.User != nil {
+		user := u.User.Username()
+		pass, hasPass := u.User.Password()
+		switch {
+		case !hasPass && user != "":
+			// Clients disagree on whether redis://word@host names a user or a password.
+			return redisTarget{}, errors.New("URL has a user but no password: write redis://:PASSWORD@host or redis://USER:PASSWORD@host")
+		case user != "":
+			t.Auth = user + ":" + pass
+		case strings.Contains(pass, ":"):
+			// The service splits REDIS_AUTH at the first colon into user and password, so a
+			// colon in a user-less password needs Redis' implicit user spelled out.
+			t.Auth = "default:" + pass
+		default:
+			t.Auth = pass
+		}
+	}
+	return t, nil
+}
