@@ -1,0 +1,95 @@
+package translate
+
+import (
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// grpcConnectTimeout bounds connecting to tollgate's own gRPC services; they run next to Envoy.
+const grpcConnectTimeout = time.Second
+
+// backendCluster builds the cluster of one upstream LLM backend. https backends get TLS with SNI
+// and the system's root certificates.
+func backendCluster(b policies.Backend) (*clusterv3.Cluster, error) {
+	u, err := url.Parse(b.URL)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+	}
+	host := u.Hostname()
+	port := 80
+	if u.Scheme == "https" {
+		port = 443
+	}
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil {
+			return nil, fmt.Errorf("backend %q: bad port %q", b.Name, p)
+		}
+	}
+	c := endpointCluster(envoy.BackendCluster(b.Name), host, port, b.ConnectTimeout.Duration)
+	if u.Scheme == "https" {
+		tlsCtx, err := envoy.Any(&tlsv3.UpstreamTlsContext{
+			Sni: host,
+			CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+					ValidationContext: &tlsv3.CertificateValidationContext{
+						SystemRootCerts: &tlsv3.CertificateValidationContext_SystemRootCerts{},
+					},
+				},
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = &corev3.TransportSocket{
+			Name:       "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx},
+		}
+	}
+	return c, nil
+}
+
+// grpcCluster builds the HTTP/2 cluster Envoy uses to reach one of tollgate's gRPC services.
+func grpcCluster(name string, ep policies.Endpoint) (*clusterv3.Cluster, error) {
+	c := endpointCluster(name, ep.Address, ep.Port, grpcConnectTimeout)
+	opts, err := envoy.HTTP2ProtocolOptions()
+	if err != nil {
+		return nil, err
+	}
+	c.TypedExtensionProtocolOptions = opts
+	return c, nil
+}
+
+// endpointCluster is a single-endpoint cluster: STATIC for an IP literal, STRICT_DNS for a name
+// (re-resolved, so a backend moving to new addresses is followed without a reload).
+func endpointCluster(name, host string, port int, connectTimeout time.Duration) *clusterv3.Cluster {
+	discovery := clusterv3.Cluster_STRICT_DNS
+	if envoy.IsIP(host) {
+		discovery = clusterv3.Cluster_STATIC
+	}
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
+		ConnectTimeout:       envoy.Duration(connectTimeout),
+		DnsLookupFamily:      clusterv3.Cluster_V4_PREFERRED,
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: envoy.SocketAddress(host, port),
+					}},
+				}},
+			}},
+		},
+	}
+}

@@ -1,0 +1,228 @@
+package translate
+
+import (
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	ratelimitconfv3 "github.com/envoyproxy/go-control-plane/envoy/config/ratelimit/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+const (
+	// extProcMessageTimeout bounds one ext_proc round trip. The server answers in microseconds;
+	// a stall this long means it is gone, and the request fails closed rather than hanging.
+	extProcMessageTimeout = 5 * time.Second
+	// requestHeadersTimeout closes clients that never finish sending headers (slowloris).
+	requestHeadersTimeout = 10 * time.Second
+	// streamIdleTimeout cuts a stream that has been silent this long in both directions; a
+	// healthy LLM stream sends tokens far more often, and a slow first token stays well below it.
+	streamIdleTimeout = 5 * time.Minute
+)
+
+// listener builds the client-facing listener: one HTTP connection manager with the filter chain
+// ext_proc → ratelimit → router, routes over RDS, and an access log of every request's user,
+// model and tokens.
+func listener(p *policies.Policy) (*listenerv3.Listener, error) {
+	extProc, err := extProcFilter(p)
+	if err != nil {
+		return nil, err
+	}
+	rateLimit, err := rateLimitFilter(p)
+	if err != nil {
+		return nil, err
+	}
+	router, err := httpFilter(envoy.FilterRouter, &routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	accessLog, err := accessLog(p)
+	if err != nil {
+		return nil, err
+	}
+	localReply, err := localReplyConfig()
+	if err != nil {
+		return nil, err
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: "tollgate",
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: envoy.RouteConfigName,
+			ConfigSource: &corev3.ConfigSource{
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			},
+		}},
+		HttpFilters:           []*hcmv3.HttpFilter{extProc, rateLimit, router},
+		AccessLog:             []*accesslogv3.AccessLog{accessLog},
+		LocalReplyConfig:      localReply,
+		RequestHeadersTimeout: envoy.Duration(requestHeadersTimeout),
+		StreamIdleTimeout:     envoy.Duration(streamIdleTimeout),
+		NormalizePath:         wrapperspb.Bool(true),
+		MergeSlashes:          true,
+		UseRemoteAddress:      wrapperspb.Bool(true),
+	}
+	hcmAny, err := envoy.Any(hcm)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    envoy.ListenerName,
+		Address: envoy.SocketAddress(p.Listener.Address, p.Listener.Port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
+			}},
+		}},
+	}, nil
+}
+
+// extProcFilter sends request headers and the buffered request body to the ext_proc server
+// (model routing, identity, include_usage) and response headers; the server switches the
+// response body to STREAMED or BUFFERED per request when it needs usage, so other responses
+// cost nothing extra. It fails closed: without it a request has no trustworthy model or user.
+func extProcFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
+	return httpFilter(envoy.FilterExtProc, &extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{
+			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+				ClusterName: envoy.ClusterExtProc,
+			}},
+		},
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+			RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
+			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocv3.ProcessingMode_SEND,
+			ResponseBodyMode:    extprocv3.ProcessingMode_NONE,
+			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		AllowModeOverride: true,
+		MessageTimeout:    envoy.Duration(extProcMessageTimeout),
+		FailureModeAllow:  false,
+		StatusOnError:     &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		MetadataOptions: &extprocv3.MetadataOptions{
+			ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
+				Untyped: []string{envoy.MetadataNamespace},
+			},
+		},
+	})
+}
+
+// rateLimitFilter asks the ratelimit service about every descriptor a route's rate_limits
+// build. The descriptors themselves live on the model routes.
+func rateLimitFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
+	return httpFilter(envoy.FilterRateLimit, &ratelimitv3.RateLimit{
+		Domain:          p.RateLimit.Domain,
+		Timeout:         envoy.Duration(p.RateLimit.Timeout.Duration),
+		FailureModeDeny: p.RateLimit.FailureMode == "closed",
+		StatusOnError:   &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+		RateLimitService: &ratelimitconfv3.RateLimitServiceConfig{
+			GrpcService: &corev3.GrpcService{
+				TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+					ClusterName: envoy.ClusterRateLimit,
+				}},
+			},
+			TransportApiVersion: corev3.ApiVersion_V3,
+		},
+		EnableXRatelimitHeaders: ratelimitv3.RateLimit_DRAFT_VERSION_03,
+		// x-envoy-ratelimited makes Envoy's own retry policies treat a 429 as retriable.
+		DisableXEnvoyRatelimitedHeader: true,
+	})
+}
+
+// accessLog writes one JSON line per request to stdout: who, which model, what it cost, and
+// the status, so 429s and token counts are easy to find in Envoy's output.
+func accessLog(p *policies.Policy) (*accesslogv3.AccessLog, error) {
+	meta := func(key string) string {
+		return "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + key + ")%"
+	}
+	fields := map[string]any{
+		"time":          "%START_TIME%",
+		"method":        "%REQ(:METHOD)%",
+		"path":          "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"status":        "%RESPONSE_CODE%",
+		"details":       "%RESPONSE_CODE_DETAILS%",
+		"user":          "%REQ(" + p.Identity.Header + ")%",
+		"model":         "%REQ(" + p.Listener.ModelHeader + ")%",
+		"route":         "%ROUTE_NAME%",
+		"upstream":      "%UPSTREAM_CLUSTER%",
+		"duration_ms":   "%DURATION%",
+		"input_tokens":  meta("input_tokens"),
+		"output_tokens": meta("output_tokens"),
+		"total_tokens":  meta("total_tokens"),
+	}
+	for _, c := range p.Costs {
+		fields["cost_"+c.Name] = meta(c.Name)
+	}
+	format, err := structpb.NewStruct(fields)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := envoy.Any(&streamv3.StdoutAccessLog{
+		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: format},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLog{
+		Name:       "envoy.access_loggers.stdout",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
+	}, nil
+}
+
+// localReplyConfig gives Envoy's own error replies an OpenAI-style JSON body, so clients see the
+// same error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server
+// or a route already made JSON keep their body: mappers only match the statuses Envoy itself
+// produces without one.
+func localReplyConfig() (*hcmv3.LocalReplyConfig, error) {
+	type reply struct {
+		status         uint32
+		message, etype string
+	}
+	replies := []reply{
+		{413, "Request body too large for this gateway.", "invalid_request_error"},
+		{503, "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later.", "service_unavailable"},
+		{504, "The upstream model server did not answer in time.", "timeout"},
+	}
+	cfg := &hcmv3.LocalReplyConfig{}
+	for _, r := range replies {
+		body, err := openAIError(r.message, r.etype, "", "")
+		if err != nil {
+			return nil, err
+		}
+		cfg.Mappers = append(cfg.Mappers, &hcmv3.ResponseMapper{
+			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{
+				StatusCodeFilter: &accesslogv3.StatusCodeFilter{Comparison: &accesslogv3.ComparisonFilter{
+					Op:    accesslogv3.ComparisonFilter_EQ,
+					Value: &corev3.RuntimeUInt32{DefaultValue: r.status, RuntimeKey: "tollgate.local_reply." + typev3.StatusCode(r.status).String()},
+				}},
+			}},
+			BodyFormatOverride: body,
+		})
+	}
+	return cfg, nil
+}
+
+func httpFilter(name string, cfg proto.Message) (*hcmv3.HttpFilter, error) {
+	a, err := envoy.Any(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}, nil
+}

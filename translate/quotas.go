@@ -1,0 +1,159 @@
+package translate
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// Descriptor keys. A quota's counter in the ratelimit service is keyed by
+// domain + model + quota name + user id (+ the window), all taken from names, so reordering the
+// policy file never moves a user onto another counter.
+const (
+	DescriptorModel = "model"
+	DescriptorQuota = "quota"
+	DescriptorUser  = "user"
+)
+
+var units = map[string]rlsconfv3.RateLimitUnit{
+	"second": rlsconfv3.RateLimitUnit_SECOND,
+	"minute": rlsconfv3.RateLimitUnit_MINUTE,
+	"hour":   rlsconfv3.RateLimitUnit_HOUR,
+	"day":    rlsconfv3.RateLimitUnit_DAY,
+	"week":   rlsconfv3.RateLimitUnit_WEEK,
+	"month":  rlsconfv3.RateLimitUnit_MONTH,
+	"year":   rlsconfv3.RateLimitUnit_YEAR,
+}
+
+// quotaRateLimits returns the rate_limits of one model's route: for each quota, a check at request
+// time that spends nothing (hits_addend 0: "is this user already over?") and a charge when the
+// stream is done, of the cost the ext_proc server wrote into dynamic metadata. Both entries build
+// the same descriptor, so they hit the same counter.
+func quotaRateLimits(p *policies.Policy, model string) ([]*routev3.RateLimit, error) {
+	var out []*routev3.RateLimit
+	for _, q := range quotasOf(p, model) {
+		actions := descriptorActions(p, q)
+		out = append(out,
+			&routev3.RateLimit{
+				Actions:    actions,
+				HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)},
+			},
+			&routev3.RateLimit{
+				Actions:           actions,
+				ApplyOnStreamDone: true,
+				// Unresolvable (no usage known, e.g. an upstream error) → Envoy drops this
+				// descriptor, so failed requests are not charged.
+				HitsAddend: &routev3.RateLimit_HitsAddend{
+					Format: "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + q.Cost + ")%",
+				},
+			},
+		)
+	}
+	return out, nil
+}
+
+func descriptorActions(p *policies.Policy, q policies.Quota) []*routev3.RateLimit_Action {
+	return []*routev3.RateLimit_Action{
+		genericKey(DescriptorModel, q.Model),
+		genericKey(DescriptorQuota, q.Name),
+		{ActionSpecifier: &routev3.RateLimit_Action_RequestHeaders_{RequestHeaders: &routev3.RateLimit_Action_RequestHeaders{
+			HeaderName:    p.Identity.Header,
+			DescriptorKey: DescriptorUser,
+		}}},
+	}
+}
+
+func genericKey(key, value string) *routev3.RateLimit_Action {
+	return &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
+		GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: key, DescriptorValue: value},
+	}}
+}
+
+// rateLimitConfig is the ratelimit service's view of every quota: one descriptor tree in the
+// policy's domain, model → quota → user (any value: one counter per distinct user).
+func rateLimitConfig(p *policies.Policy) (*rlsconfv3.RateLimitConfig, error) {
+	cfg := &rlsconfv3.RateLimitConfig{Name: p.RateLimit.Domain, Domain: p.RateLimit.Domain}
+	for _, m := range sortedModelsWithQuotas(p) {
+		modelNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorModel, Value: m}
+		for _, q := range quotasOf(p, m) {
+			unit, ok := units[strings.ToLower(q.Per)]
+			if !ok {
+				return nil, fmt.Errorf("quota %q: unknown unit %q", q.Name, q.Per)
+			}
+			if q.Limit > uint64(^uint32(0)) {
+				return nil, fmt.Errorf("quota %q: limit %d is above the ratelimit service's maximum %d", q.Name, q.Limit, ^uint32(0))
+			}
+			modelNode.Descriptors = append(modelNode.Descriptors, &rlsconfv3.RateLimitDescriptor{
+				Key:   DescriptorQuota,
+				Value: q.Name,
+				Descriptors: []*rlsconfv3.RateLimitDescriptor{{
+					Key:       DescriptorUser,
+					RateLimit: &rlsconfv3.RateLimitPolicy{Unit: unit, RequestsPerUnit: uint32(q.Limit), Name: q.Name},
+				}},
+			})
+		}
+		cfg.Descriptors = append(cfg.Descriptors, modelNode)
+	}
+	return cfg, nil
+}
+
+// quotasOf returns a model's quotas sorted by name, so output never depends on file order.
+func quotasOf(p *policies.Policy, model string) []policies.Quota {
+	var qs []policies.Quota
+	for _, q := range p.Quotas {
+		if q.Model == model {
+			qs = append(qs, q)
+		}
+	}
+	sort.Slice(qs, func(i, j int) bool { return qs[i].Name < qs[j].Name })
+	return qs
+}
+
+func sortedModelsWithQuotas(p *policies.Policy) []string {
+	seen := map[string]bool{}
+	var models []string
+	for _, q := range p.Quotas {
+		if !seen[q.Model] {
+			seen[q.Model] = true
+			models = append(models, q.Model)
+		}
+	}
+	sort.Strings(models)
+	return models
+}
+
+// DescriptorEntry is one key/value of a rate limit descriptor.
+type DescriptorEntry struct{ Key, Value string }
+
+// UserQuota is one quota as it applies to one user: the descriptor Envoy sends for that user's
+// requests, which is the counter the ratelimit service keeps.
+type UserQuota struct {
+	Quota   policies.Quota
+	Entries []DescriptorEntry
+}
+
+// UserQuotas lists the quotas that apply to user, for one model or (model "") all of them,
+// sorted by model then quota name. The entries match descriptorActions exactly: reading a
+// quota and spending it address the same counter.
+func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
+	p := sorted(in)
+	var out []UserQuota
+	for _, m := range sortedModelsWithQuotas(p) {
+		if model != "" && m != model {
+			continue
+		}
+		for _, q := range quotasOf(p, m) {
+			out = append(out, UserQuota{Quota: q, Entries: []DescriptorEntry{
+				{DescriptorModel, q.Model}, {DescriptorQuota, q.Name}, {DescriptorUser, user},
+			}})
+		}
+	}
+	return out
+}

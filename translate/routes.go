@@ -1,0 +1,181 @@
+package translate
+
+import (
+	"encoding/json"
+	"fmt"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// routeConfig builds the one route table: GET /v1/models answered from the policy, one route per
+// model matched on the model header (which the ext_proc server sets from the request body), and a
+// catch-all answering 404. The catch-all also matters before the body is read: Envoy matches a
+// route when headers arrive, and the ext_proc filter must be active on that first match.
+func routeConfig(p *policies.Policy) (*routev3.RouteConfiguration, error) {
+	var routes []*routev3.Route
+
+	list, err := modelListRoute(p)
+	if err != nil {
+		return nil, err
+	}
+	routes = append(routes, list)
+
+	for _, m := range p.Models {
+		r, err := modelRoute(p, m)
+		if err != nil {
+			return nil, err
+		}
+		routes = append(routes, r)
+	}
+
+	unknown, err := unknownModelRoute(p)
+	if err != nil {
+		return nil, err
+	}
+	routes = append(routes, unknown)
+
+	return &routev3.RouteConfiguration{
+		Name: envoy.RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:                   envoy.VirtualHostName,
+			Domains:                []string{"*"},
+			Routes:                 routes,
+			RequestBodyBufferLimit: wrapperspb.UInt64(uint64(p.Listener.MaxRequestBytes)),
+		}},
+		// Envoy validates that every referenced cluster exists before accepting the table.
+		ValidateClusters: wrapperspb.Bool(true),
+	}, nil
+}
+
+// modelRoute sends one model's requests to its backend and carries the model's quotas.
+func modelRoute(p *policies.Policy, m policies.Model) (*routev3.Route, error) {
+	r := &routev3.Route{
+		Name: envoy.ModelRoute(m.Name),
+		Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+			Headers: []*routev3.HeaderMatcher{{
+				Name: p.Listener.ModelHeader,
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m.Name},
+				}},
+			}},
+		},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: envoy.BackendCluster(m.Backend)},
+			// The backend's own host name, so virtual-hosted upstreams (and TLS SNI checks) work.
+			HostRewriteSpecifier: &routev3.RouteAction_AutoHostRewrite{AutoHostRewrite: wrapperspb.Bool(true)},
+			// Long streams are normal for LLMs; Envoy's 15 s default would cut them.
+			Timeout: envoy.Duration(p.Listener.RequestTimeout.Duration),
+		}},
+	}
+	limits, err := quotaRateLimits(p, m.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(limits) > 0 {
+		perRoute, err := envoy.Any(&ratelimitv3.RateLimitPerRoute{Domain: p.RateLimit.Domain, RateLimits: limits})
+		if err != nil {
+			return nil, err
+		}
+		r.TypedPerFilterConfig = map[string]*anypb.Any{envoy.FilterRateLimit: perRoute}
+	}
+	return r, nil
+}
+
+// modelListRoute answers GET /v1/models with the policy's models, in the OpenAI list shape. The
+// ext_proc filter is off here: the request has no body and needs no identity.
+func modelListRoute(p *policies.Policy) (*routev3.Route, error) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, m := range p.Models {
+		list.Data = append(list.Data, model{ID: m.Name, Object: "model", OwnedBy: m.Backend})
+	}
+	body, err := json.Marshal(list)
+	if err != nil {
+		return nil, fmt.Errorf("model list: %w", err)
+	}
+	disabled, err := envoy.Any(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+	if err != nil {
+		return nil, err
+	}
+	return &routev3.Route{
+		Name: envoy.RouteModelList,
+		Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/models"},
+			Headers: []*routev3.HeaderMatcher{{
+				Name: ":method",
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "GET"},
+				}},
+			}},
+		},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 200,
+			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(body)}},
+		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{jsonContentType()},
+		TypedPerFilterConfig: map[string]*anypb.Any{envoy.FilterExtProc: disabled},
+	}, nil
+}
+
+// unknownModelRoute answers 404 with an OpenAI-style error naming the model the client asked for.
+func unknownModelRoute(p *policies.Policy) (*routev3.Route, error) {
+	body, err := openAIError(
+		"The model '%REQ("+p.Listener.ModelHeader+")%' does not exist or is not served by this gateway.",
+		"invalid_request_error", "model", "model_not_found")
+	if err != nil {
+		return nil, err
+	}
+	return &routev3.Route{
+		Name:  envoy.RouteUnknownModel,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status:     404,
+			BodyFormat: body,
+		}},
+	}, nil
+}
+
+// openAIError is a JSON body format {"error":{message,type,param,code}} whose strings may use
+// Envoy's substitution operators; Envoy escapes the substituted values as JSON strings.
+func openAIError(message, errType, param, code string) (*corev3.SubstitutionFormatString, error) {
+	fields := map[string]any{"message": message, "type": errType}
+	if param != "" {
+		fields["param"] = param
+	}
+	if code != "" {
+		fields["code"] = code
+	}
+	s, err := structpb.NewStruct(map[string]any{"error": fields})
+	if err != nil {
+		return nil, fmt.Errorf("error body: %w", err)
+	}
+	return &corev3.SubstitutionFormatString{
+		Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s},
+		ContentType: "application/json",
+	}, nil
+}
+
+func jsonContentType() *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: "content-type", Value: "application/json"},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
