@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/policies"
+	"github.com/tollgate-dev/tollgate/translate"
+)
+
+// quotaCommand answers "how much does this user have left?" from the ratelimit service's own
+// counters: one check-only call (hits 0) per quota window that applies to the user.
+func quotaCommand(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("quota", stderr)
+	file := fs.String("f", "policy.yaml", "policy file (says which quotas apply)")
+	user := fs.String("user", "", "user id, as sent in the identity header (required)")
+	model := fs.String("model", "", "only this model's quotas")
+	addr := fs.String("ratelimit", rls.DefaultGRPCAddr, "the ratelimit service's gRPC address")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if *user == "" {
+		fmt.Fprintln(stderr, "tollgate quota: --user is required")
+		return 2
+	}
+	p, _, err := policies.Load(*file, os.LookupEnv)
+	if err != nil {
+		printErrors(stderr, err)
+		return 1
+	}
+	quotas := translate.UserQuotas(p, *user, *model)
+	if len(quotas) == 0 {
+		if *model != "" {
+			fmt.Fprintf(stderr, "tollgate quota: no quota in %s applies to model %q\n", *file, *model)
+		} else {
+			fmt.Fprintf(stderr, "tollgate quota: %s has no quotas\n", *file)
+		}
+		return 1
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate quota: %v\n", err)
+		return 1
+	}
+	defer conn.Close()
+	ds := make([]rls.Descriptor, len(quotas))
+	for i, q := range quotas {
+		for _, e := range q.Entries {
+			ds[i].Entries = append(ds[i].Entries, rls.Entry{Key: e.Key, Value: e.Value})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	statuses, err := rls.Check(ctx, conn, p.RateLimit.Domain, ds)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", *addr, err)
+		return 1
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
+	for i, st := range statuses {
+		q := quotas[i].Quota
+		if st.Limit == 0 {
+			// The service has no limit for this descriptor yet: it has not received the policy.
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
+				*user, q.Model, q.Name, q.Cost, q.Limit, q.Per)
+			continue
+		}
+		used := st.Limit - st.Remaining
+		reset := now.Add(st.ResetIn).Truncate(time.Second)
+		state := ""
+		if st.Code == "OVER_LIMIT" {
+			state = "  (over limit: requests get 429)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%d\t%d\t%s (in %s)%s\n",
+			*user, q.Model, q.Name, q.Cost, st.Limit, q.Per, used, st.Remaining,
+			reset.Format(time.RFC3339), st.ResetIn.Round(time.Second), state)
+	}
+	_ = tw.Flush()
+	return 0
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rls"
+)
+
+// ratelimitCommand runs the upstream envoyproxy/ratelimit service, unmodified, with its limits
+// served by `tollgate serve` over xDS and its counters in Redis.
+func ratelimitCommand(args []string, _, stderr io.Writer) int {
+	fs := newFlags("ratelimit", stderr)
+	var o rls.Options
+	fs.StringVar(&o.GRPCAddr, "grpc", rls.DefaultGRPCAddr, "listen address of the rate limit gRPC service Envoy calls")
+	fs.StringVar(&o.HTTPAddr, "http", rls.DefaultHTTPAddr, "listen address of the service's /healthcheck and /json API")
+	fs.StringVar(&o.DebugAddr, "debug", rls.DefaultDebugAddr, "listen address of the service's debug port (/rlconfig, /stats, pprof)")
+	fs.StringVar(&o.MetricsAddr, "metrics", "", "listen address of the service's Prometheus /metrics (empty: off)")
+	fs.StringVar(&o.XDSAddr, "xds", envoy.DefaultXDSAddress, "tollgate's ADS server, where the limits come from")
+	fs.StringVar(&o.NodeID, "node-id", envoy.DefaultRateLimitNode, "xDS node id (must match tollgate serve --ratelimit-node-id)")
+	fs.StringVar(&o.RedisURL, "redis", envOr("REDIS_URL", rls.DefaultRedisURL), "Redis: host:port or redis://[user:password@]host:port (env REDIS_URL)")
+	fs.DurationVar(&o.RedisWait, "redis-wait", rls.DefaultRedisWait, "keep trying to reach Redis this long at start")
+	fs.StringVar(&o.LogLevel, "log-level", rls.DefaultLogLevel, "trace, debug, info, warn or error")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	logger, err := newLogger(stderr, "debug", "text")
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate ratelimit: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rls.Run(ctx, logger.With("component", "ratelimit"), o); err != nil {
+		fmt.Fprintf(stderr, "tollgate ratelimit: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func envOr(name, fallback string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return fallback
+}

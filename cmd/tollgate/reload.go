@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/policies"
+	"github.com/tollgate-dev/tollgate/translate"
+	"github.com/tollgate-dev/tollgate/xds"
+)
+
+// reloader applies policy file contents: parse, translate, publish over xDS, hand the ext_proc
+// server its new config. Any failure keeps everything that is served as it was.
+type reloader struct {
+	path    string
+	env     policies.LookupEnv
+	logger  *slog.Logger
+	xds     *xds.Server
+	extProc *extproc.Server
+
+	reloads       *prometheus.CounterVec
+	lastSuccess   prometheus.Gauge
+	policyVersion *prometheus.GaugeVec
+
+	mu     sync.Mutex
+	status reloadStatus
+}
+
+// reloadStatus is what `tollgate status` shows about reloads.
+type reloadStatus struct {
+	LastAttempt   time.Time `json:"last_attempt"`
+	LastResult    string    `json:"last_result"` // "ok" or "failed"
+	LastErrors    []string  `json:"last_errors,omitempty"`
+	LastGoodAt    time.Time `json:"last_good_at"`
+	EnvoyVersion  string    `json:"envoy_version"`
+	RateLimitVer  string    `json:"ratelimit_version"`
+	Models        []string  `json:"models"`
+	Quotas        []string  `json:"quotas"`
+	FailureMode   string    `json:"ratelimit_failure_mode"`
+	ListenerURL   string    `json:"listener_url"`
+	PolicyFile    string    `json:"policy_file"`
+	AppliedChange bool      `json:"-"`
+}
+
+func newReloader(path string, env policies.LookupEnv, logger *slog.Logger, reg prometheus.Registerer, x *xds.Server, ep *extproc.Server) *reloader {
+	r := &reloader{
+		path: path, env: env, logger: logger, xds: x, extProc: ep,
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_policy_reloads_total",
+			Help: "Policy loads by result (ok, failed).",
+		}, []string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tollgate_policy_last_success_timestamp_seconds",
+			Help: "Unix time of the last policy load that was applied.",
+		}),
+		policyVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tollgate_policy_info",
+			Help: "1 for the policy version being served (the Envoy snapshot version).",
+		}, []string{"version"}),
+	}
+	r.reloads.WithLabelValues("ok")
+	r.reloads.WithLabelValues("failed")
+	reg.MustRegister(r.reloads, r.lastSuccess, r.policyVersion)
+	r.status.PolicyFile = path
+	return r
+}
+
+// apply parses and serves one version of the policy file's content.
+func (r *reloader) apply(ctx context.Context, content []byte) error {
+	now := time.Now()
+	p, err := policies.Parse(r.path, content, r.env)
+	var out *translate.Output
+	if err == nil {
+		out, err = translate.Translate(p)
+	}
+	var cfg *extproc.Config
+	if err == nil {
+		cfg, err = extProcConfig(p)
+	}
+	var res xds.PublishResult
+	if err == nil {
+		res, err = r.xds.Publish(ctx, resources(out))
+	}
+	if err != nil {
+		r.fail(now, err)
+		return err
+	}
+	r.extProc.Update(cfg)
+
+	r.reloads.WithLabelValues("ok").Inc()
+	r.lastSuccess.Set(float64(now.Unix()))
+	r.mu.Lock()
+	if r.status.EnvoyVersion != res.EnvoyVersion {
+		r.policyVersion.DeleteLabelValues(r.status.EnvoyVersion)
+	}
+	r.policyVersion.WithLabelValues(res.EnvoyVersion).Set(1)
+	r.status.LastAttempt, r.status.LastResult, r.status.LastErrors = now, "ok", nil
+	r.status.LastGoodAt = now
+	r.status.EnvoyVersion, r.status.RateLimitVer = res.EnvoyVersion, res.RateLimitVersion
+	r.status.Models, r.status.Quotas = modelNames(p), quotaSummaries(p)
+	r.status.FailureMode = p.RateLimit.FailureMode
+	r.status.ListenerURL = fmt.Sprintf("http://%s:%d", p.Listener.Address, p.Listener.Port)
+	r.mu.Unlock()
+
+	if res.EnvoyChanged || res.RateLimitChanged {
+		r.logger.Info("policy applied", "file", r.path, "envoy_version", res.EnvoyVersion,
+			"ratelimit_version", res.RateLimitVersion, "models", len(p.Models), "quotas", len(p.Quotas))
+	} else {
+		r.logger.Info("policy unchanged; nothing to push", "file", r.path, "envoy_version", res.EnvoyVersion)
+	}
+	return nil
+}
+
+func (r *reloader) fail(at time.Time, err error) {
+	r.reloads.WithLabelValues("failed").Inc()
+	lines := errorLines(err)
+	for _, l := range lines {
+		r.logger.Error("policy rejected; still serving the last good version", "error", l)
+	}
+	r.mu.Lock()
+	r.status.LastAttempt, r.status.LastResult, r.status.LastErrors = at, "failed", lines
+	r.mu.Unlock()
+}
+
+func (r *reloader) snapshot() reloadStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.LastErrors = append([]string(nil), s.LastErrors...)
+	return s
+}
+
+func errorLines(err error) []string {
+	var list *policies.Errors
+	if errors.As(err, &list) {
+		lines := make([]string, 0, len(list.List))
+		for _, e := range list.List {
+			lines = append(lines, e.Error())
+		}
+		return lines
+	}
+	return []string{err.Error()}
+}
+
+// resources converts translated output into what the xDS server publishes.
+func resources(out *translate.Output) xds.Resources {
+	var r xds.Resources
+	for _, l := range out.Listeners {
+		r.Listeners = append(r.Listeners, l)
+	}
+	for _, rc := range out.Routes {
+		r.Routes = append(r.Routes, rc)
+	}
+	for _, c := range out.Clusters {
+		r.Clusters = append(r.Clusters, c)
+	}
+	for _, c := range out.RateLimitConfigs {
+		r.RateLimitConfigs = append(r.RateLimitConfigs, types.Resource(c))
+	}
+	return r
+}
+
+// extProcConfig is the ext_proc server's share of the policy.
+func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
+	cfg := &extproc.Config{
+		ModelHeader:      p.Listener.ModelHeader,
+		IdentityHeader:   p.Identity.Header,
+		Models:           map[string]string{},
+		MaxRequestBytes:  p.Listener.MaxRequestBytes,
+		MaxResponseBytes: maxResponseBytes,
+		MaxEventBytes:    maxEventBytes,
+	}
+	for _, m := range p.Models {
+		cfg.Models[m.Name] = m.Backend
+	}
+	for _, c := range p.Costs {
+		cost := extproc.Cost{Name: c.Name}
+		switch c.Type {
+		case policies.CostInputToken:
+			cost.Kind = extproc.CostInput
+		case policies.CostOutputToken:
+			cost.Kind = extproc.CostOutput
+		case policies.CostTotalToken:
+			cost.Kind = extproc.CostTotal
+		case policies.CostCEL:
+			prog, err := policies.CompileCost(c.CEL)
+			if err != nil {
+				return nil, fmt.Errorf("cost %q: %w", c.Name, err)
+			}
+			cost.Kind, cost.Program = extproc.CostCEL, prog
+		default:
+			return nil, fmt.Errorf("cost %q: unknown type %q", c.Name, c.Type)
+		}
+		cfg.Costs = append(cfg.Costs, cost)
+	}
+	return cfg, nil
+}
+
+const (
+	// maxResponseBytes caps a buffered (non-streaming) response the ext_proc server reads usage from.
+	maxResponseBytes = 16 << 20
+	// maxEventBytes caps one SSE event; real events are a few hundred bytes.
+	maxEventBytes = 1 << 20
+)
+
+func modelNames(p *policies.Policy) []string {
+	names := make([]string, 0, len(p.Models))
+	for _, m := range p.Models {
+		names = append(names, m.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func quotaSummaries(p *policies.Policy) []string {
+	out := make([]string, 0, len(p.Quotas))
+	for _, q := range p.Quotas {
+		out = append(out, fmt.Sprintf("%s: %d %s per %s per user on %s", q.Name, q.Limit, q.Cost, q.Per, q.Model))
+	}
+	sort.Strings(out)
+	return out
+}

