@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -52,7 +53,7 @@ func listener(p *policies.Policy) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	localReply, err := localReplyConfig()
+	localReply, err := localReplyConfig(p)
 	if err != nil {
 		return nil, err
 	}
@@ -186,34 +187,52 @@ func accessLog(p *policies.Policy) (*accesslogv3.AccessLog, error) {
 	}, nil
 }
 
-// localReplyConfig gives Envoy's own error replies an OpenAI-style JSON body, so clients see the
-// same error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server
-// or a route already made JSON keep their body: mappers only match the statuses Envoy itself
-// produces without one.
-func localReplyConfig() (*hcmv3.LocalReplyConfig, error) {
+// localReplyConfig gives Envoy's own replies an OpenAI-style JSON body, so clients see the same
+// error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server or a
+// route already made JSON keep their body: mappers only match the statuses Envoy itself produces
+// without one.
+func localReplyConfig(p *policies.Policy) (*hcmv3.LocalReplyConfig, error) {
 	type reply struct {
-		status         uint32
-		message, etype string
+		status               uint32
+		message, etype, code string
+		headers              []*corev3.HeaderValueOption
 	}
 	replies := []reply{
-		{413, "Request body too large for this gateway.", "invalid_request_error"},
-		{503, "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later.", "service_unavailable"},
-		{504, "The upstream model server did not answer in time.", "timeout"},
+		{status: 413, message: "Request body too large for this gateway.", etype: "invalid_request_error"},
+		{
+			// The ratelimit filter's 429 carries the draft-03 headers: x-ratelimit-limit names
+			// the window ("50, 50;w=3600") and x-ratelimit-reset the seconds until it ends,
+			// which is exactly what Retry-After must say for a fixed window.
+			status: 429,
+			message: "Token quota exceeded for model '%REQ(" + p.Listener.ModelHeader + ")%' " +
+				"(limit and window: %RESP(x-ratelimit-limit)%). Retry after the window resets in %RESP(x-ratelimit-reset)% seconds.",
+			etype: "rate_limit_exceeded", code: "rate_limit_exceeded",
+			headers: []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: "retry-after", Value: "%RESP(x-ratelimit-reset)%"},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			}},
+		},
+		{status: 503, message: "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later.", etype: "service_unavailable"},
+		{status: 504, message: "The upstream model server did not answer in time.", etype: "timeout"},
 	}
 	cfg := &hcmv3.LocalReplyConfig{}
 	for _, r := range replies {
-		body, err := openAIError(r.message, r.etype, "", "")
+		body, err := openAIError(r.message, r.etype, "", r.code)
 		if err != nil {
 			return nil, err
 		}
 		cfg.Mappers = append(cfg.Mappers, &hcmv3.ResponseMapper{
 			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{
 				StatusCodeFilter: &accesslogv3.StatusCodeFilter{Comparison: &accesslogv3.ComparisonFilter{
-					Op:    accesslogv3.ComparisonFilter_EQ,
-					Value: &corev3.RuntimeUInt32{DefaultValue: r.status, RuntimeKey: "tollgate.local_reply." + typev3.StatusCode(r.status).String()},
+					Op: accesslogv3.ComparisonFilter_EQ,
+					Value: &corev3.RuntimeUInt32{
+						DefaultValue: r.status,
+						RuntimeKey:   fmt.Sprintf("tollgate.local_reply.status_%d", r.status),
+					},
 				}},
 			}},
 			BodyFormatOverride: body,
+			HeadersToAdd:       r.headers,
 		})
 	}
 	return cfg, nil

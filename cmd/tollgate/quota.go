@@ -75,13 +75,14 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 				*user, q.Model, q.Name, q.Cost, q.Limit, q.Per)
 			continue
 		}
-		used := st.Limit - st.Remaining
+		used := fmt.Sprint(st.Limit - st.Remaining)
 		reset := now.Add(st.ResetIn).Truncate(time.Second)
 		state := ""
 		if st.Code == "OVER_LIMIT" {
-			state = "  (over limit: requests get 429)"
+			// The service reports 0 remaining, not by how much the last charge overshot.
+			used, state = fmt.Sprintf(">=%d", st.Limit), "  (over limit: requests get 429)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%d\t%d\t%s (in %s)%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
 			*user, q.Model, q.Name, q.Cost, st.Limit, q.Per, used, st.Remaining,
 			reset.Format(time.RFC3339), st.ResetIn.Round(time.Second), state)
 	}

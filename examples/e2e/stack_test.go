@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,4 +138,49 @@ func runTollgate(t *testing.T, args ...string) string {
 		t.Fatalf("tollgate %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// startRedis runs a throwaway redis-server on a free port and returns its address.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		msg := "redis-server not found (run `task setup`)"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	port := freePort(t)
+	start(t, "redis", bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	a := addr(port)
+	eventually(t, 10*time.Second, "redis up", func() error {
+		c, err := net.DialTimeout("tcp", a, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return a
+}
+
+// startRateLimit runs `tollgate ratelimit` against the stack's control plane and Redis; Envoy
+// reaches it on the port the policy names ({{ratelimit_port}}).
+func (s *stack) startRateLimit(t *testing.T, redisAddr string) *process {
+	t.Helper()
+	p := start(t, "ratelimit", bins.tollgate, "ratelimit",
+		"--grpc", addr(s.rateLimit),
+		"--http", addr(freePort(t)),
+		"--debug", addr(freePort(t)),
+		"--xds", addr(s.xdsPort),
+		"--redis", redisAddr,
+		"--log-level", "debug")
+	eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
+		if !strings.Contains(p.logText(), "Successfully loaded new configuration") {
+			return fmt.Errorf("no config loaded yet")
+		}
+		return nil
+	})
+	return p
 }

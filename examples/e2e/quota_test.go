@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// seedPolicy is the seed demo's policy: 50 tokens per user per hour on qwen3.
+const seedPolicy = `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+identity: {header: x-user-id}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+models:
+  - {name: qwen3, backend: sim}
+  - {name: gpt-4, backend: sim}
+  - {name: gpt-3.5-turbo, backend: sim}
+costs:
+  - {name: llm_input_token, type: InputToken}
+  - {name: llm_output_token, type: OutputToken}
+  - {name: llm_total_token, type: TotalToken}
+quotas:
+  - {model: gpt-4, cost: llm_total_token, limit: 1000, per: hour}
+  - {model: gpt-3.5-turbo, cost: llm_total_token, limit: 100, per: hour}
+  - {model: qwen3, cost: llm_total_token, limit: 50, per: hour}
+`
+
+// quotaStack runs the whole gateway: llmsim, Redis, tollgate serve, tollgate ratelimit, Envoy.
+func quotaStack(t *testing.T, policy string) *stack {
+	t.Helper()
+	needEnvoy(t)
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
+	s.writePolicy(t, policy)
+	s.startTollgate(t)
+	s.startRateLimit(t, startRedis(t))
+	s.startEnvoy(t)
+	return s
+}
+
+// TestSeedScenario is the seed demo's acceptance test, the one its own run never reached:
+// alice spends 12 tokens per qwen3 request against 50 per hour, so requests 1–5 pass and 6–10
+// get a JSON 429 with Retry-After; bob and alice's other models are unaffected.
+func TestSeedScenario(t *testing.T) {
+	s := quotaStack(t, seedPolicy)
+	for _, stream := range []bool{false, true} {
+		user := "alice"
+		if stream {
+			user = "alice-streaming"
+		}
+		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
+			statuses := sendN(t, s, user, "qwen3", 10, stream)
+			want := []int{200, 200, 200, 200, 200, 429, 429, 429, 429, 429}
+			if fmt.Sprint(statuses) != fmt.Sprint(want) {
+				t.Fatalf("statuses %v, want %v", statuses, want)
+			}
+		})
+	}
+
+	r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "alice"}, chatBody("qwen3"))
+	if r.status != 429 {
+		t.Fatalf("alice's 11th qwen3 request: %d", r.status)
+	}
+	e, ok := r.json(t)["error"].(map[string]any)
+	if !ok || e["type"] != "rate_limit_exceeded" || !strings.Contains(fmt.Sprint(e["message"]), "qwen3") {
+		t.Errorf("429 body does not name the model and error type: %s", r.body)
+	}
+	if ct := r.header.Get("content-type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("429 content-type %q", ct)
+	}
+	if ra, err := strconv.Atoi(r.header.Get("retry-after")); err != nil || ra <= 0 || ra > 3600 {
+		t.Errorf("Retry-After %q, want seconds until the hour window resets", r.header.Get("retry-after"))
+	}
+	t.Logf("429: %s retry-after=%s ratelimit-limit=%q", r.body, r.header.Get("retry-after"), r.header.Get("x-ratelimit-limit"))
+
+	if got := sendN(t, s, "bob", "qwen3", 1, false); got[0] != 200 {
+		t.Errorf("bob's first qwen3 request: %d", got[0])
+	}
+	if got := sendN(t, s, "alice", "gpt-4", 1, false); got[0] != 200 {
+		t.Errorf("alice's gpt-4 request: %d", got[0])
+	}
+
+	// Allowed responses tell the client what is left.
+	r = mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "dave"}, chatBody("qwen3"))
+	if r.status != 200 || r.header.Get("x-ratelimit-remaining") == "" {
+		t.Errorf("allowed response: status %d, x-ratelimit-remaining %q", r.status, r.header.Get("x-ratelimit-remaining"))
+	}
+
+	// tollgate quota reads alice's window from the ratelimit service.
+	out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "alice", "--model", "qwen3",
+		"--ratelimit", addr(s.rateLimit))
+	t.Logf("tollgate quota:\n%s", out)
+	if !strings.Contains(out, "over limit") || !strings.Contains(out, "50/hour") {
+		t.Errorf("tollgate quota does not show alice over her 50/hour qwen3 quota:\n%s", out)
+	}
+}
+
+// sendN sends n chat requests one after another and returns their statuses.
+func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int {
+	t.Helper()
+	body := chatBody(model)
+	if stream {
+		body = fmt.Sprintf(`{"model":%q,"stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
+	}
+	var statuses []int
+	for i := 0; i < n; i++ {
+		r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body)
+		statuses = append(statuses, r.status)
+	}
+	return statuses
+}
