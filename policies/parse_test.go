@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -97,7 +98,7 @@ func TestParseSeed(t *testing.T) {
 		t.Errorf("costs[3] = %+v, want type CEL with the expression", c)
 	}
 	want := Quota{Name: "qwen3-llm_total_token-per-hour", Model: "qwen3", Cost: "llm_total_token", Limit: 50, Per: "hour"}
-	if p.Quotas[2] != want {
+	if !reflect.DeepEqual(p.Quotas[2], want) {
 		t.Errorf("quotas[2] = %+v, want %+v", p.Quotas[2], want)
 	}
 }
@@ -432,6 +433,17 @@ func TestValidationRules(t *testing.T) {
 		{"quota per unknown", "limit: 50,   per: hour", "limit: 50,   per: fortnight", "quotas[2].per", "must be one of second, minute, hour, day, week, month, year"},
 		{"quota per missing", "limit: 50,   per: hour}", "limit: 50}", "quotas[2].per", "required"},
 		{"quota name duplicate", "limit: 50,   per: hour}", "limit: 50,   per: day, name: gpt-4-llm_total_token-per-hour}", "quotas[2].name", `duplicate quota name "gpt-4-llm_total_token-per-hour" (also quotas[0])`},
+		{"quota limit above the service's maximum", "limit: 50,", "limit: 4294967296,", "quotas[2].limit", "at most 4294967295"},
+		{"override with user and tier", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{user: a, tier: b, limit: 5}]}", "quotas[2].overrides[0]", "exactly one of user and tier"},
+		{"override with neither", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{limit: 5}]}", "quotas[2].overrides[0]", "exactly one of user and tier"},
+		{"override unknown tier", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{tier: gold, limit: 5}]}", "quotas[2].overrides[0].tier", `unknown tier "gold" (none defined)`},
+		{"override limit zero", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{user: alice, limit: 0}]}", "quotas[2].overrides[0].limit", "greater than 0"},
+		{"override twice for a user", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{user: alice, limit: 5}, {user: alice, limit: 6}]}", "quotas[2].overrides[1]", "second override for user alice"},
+		{"override bad user id", "limit: 50,   per: hour}", "limit: 50,   per: hour, overrides: [{user: \"a b\", limit: 5}]}", "quotas[2].overrides[0].user", "not a valid user id"},
+		{"tier without users", "quotas:\n", "tiers: [{name: gold, users: []}]\nquotas:\n", "tiers[0].users", "at least one user"},
+		{"tier name chars", "quotas:\n", "tiers: [{name: \"go ld\", users: [a]}]\nquotas:\n", "tiers[0].name", "may contain only"},
+		{"tier duplicate name", "quotas:\n", "tiers: [{name: gold, users: [a]}, {name: gold, users: [b]}]\nquotas:\n", "tiers[1].name", `duplicate tier name "gold"`},
+		{"user in two tiers", "quotas:\n", "tiers: [{name: gold, users: [a]}, {name: free, users: [a]}]\nquotas:\n", "tiers[1].users[0]", `user "a" is already in tier "gold"`},
 		{"quota same window twice", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: gpt-4, cost: llm_total_token, limit: 50, per: hour, name: other}", "quotas[2]", "same model, cost and per as quotas[0]"},
 	}
 	for _, tt := range tests {

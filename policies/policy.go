@@ -26,6 +26,23 @@ type Policy struct {
 	Costs []Cost `yaml:"costs"`
 	// Quotas are per-user budgets of one cost for one model in one time window.
 	Quotas []Quota `yaml:"quotas"`
+	// Tiers group users so a quota can give a whole group its own limit.
+	Tiers []Tier `yaml:"tiers"`
+	// Metrics tunes what the GenAI metrics carry.
+	Metrics Metrics `yaml:"metrics"`
+}
+
+// Tier is a named group of users. A user belongs to at most one tier.
+type Tier struct {
+	Name  string   `yaml:"name"`
+	Users []string `yaml:"users"`
+}
+
+// Metrics settings.
+type Metrics struct {
+	// UserLabel adds the user id as a label (gen_ai_user_id) to the token usage metric. Off by
+	// default: every distinct user becomes a new time series.
+	UserLabel bool `yaml:"userLabel"`
 }
 
 // Listener is Envoy's client-facing HTTP listener.
@@ -124,6 +141,22 @@ type Quota struct {
 	Limit uint64 `yaml:"limit"`
 	// Per is the window: second, minute, hour, day, week, month (30 days) or year (365 days).
 	Per string `yaml:"per"`
+	// Shadow counts and reports the quota but never rejects a request: a way to try a limit
+	// on live traffic before enforcing it.
+	Shadow bool `yaml:"shadow"`
+	// Overrides give some users, or every user of a tier, a different limit on this quota. A
+	// user's own override wins over their tier's.
+	Overrides []Override `yaml:"overrides"`
+}
+
+// Override replaces a quota's limit for one user or for every user of one tier.
+type Override struct {
+	// User is a user id; set exactly one of User and Tier.
+	User string `yaml:"user"`
+	// Tier is the name of a tier.
+	Tier string `yaml:"tier"`
+	// Limit replaces the quota's limit; must be > 0.
+	Limit uint64 `yaml:"limit"`
 }
 
 // Duration is a time.Duration written in YAML as a Go duration string ("5s", "100ms").

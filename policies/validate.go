@@ -38,7 +38,8 @@ func validate(p *Policy, celEnv *cel.Env, celEnvErr error) []FieldError {
 	backends := v.backends(p.Backends)
 	models := v.models(p.Models, backends)
 	costs := v.costs(p.Costs, celEnv, celEnvErr)
-	v.quotas(p.Quotas, models, costs)
+	tiers := v.tiers(p.Tiers)
+	v.quotas(p.Quotas, models, costs, tiers)
 	return v.errs
 }
 
@@ -343,7 +344,75 @@ func (v *validator) costs(cs []Cost, env *cel.Env, envErr error) nameSet {
 	return names
 }
 
-func (v *validator) quotas(qs []Quota, models, costs nameSet) {
+// maxLimit is the largest limit the ratelimit service can hold (requests_per_unit is uint32).
+const maxLimit = 1<<32 - 1
+
+func (v *validator) tiers(ts []Tier) nameSet {
+	seen := map[string]string{}
+	memberOf := map[string]string{}
+	var names nameSet
+	for i, t := range ts {
+		path := indexPath("tiers", i)
+		v.name(path+".name", t.Name, nameRule{kind: "tier", identifier: true, maxBytes: maxNameBytes}, seen)
+		names.add(t.Name)
+		if len(t.Users) == 0 {
+			v.add(path+".users", "a tier needs at least one user")
+		}
+		for j, u := range t.Users {
+			upath := indexPath(path+".users", j)
+			switch {
+			case !validUserID(u):
+				v.add(upath, "%q is not a valid user id (printable, no whitespace, at most %d bytes)", u, maxNameBytes)
+			case memberOf[u] != "":
+				v.add(upath, "user %q is already in tier %q; a user belongs to at most one tier", u, memberOf[u])
+			default:
+				memberOf[u] = t.Name
+			}
+		}
+	}
+	return names
+}
+
+func validUserID(u string) bool { return u != "" && len(u) <= maxNameBytes && isPrintableWord(u) }
+
+func (v *validator) overrides(path string, os []Override, tiers nameSet) {
+	seen := map[string]string{}
+	for i, o := range os {
+		opath := indexPath(path, i)
+		var key string
+		switch {
+		case (o.User == "") == (o.Tier == ""):
+			v.add(opath, "set exactly one of user and tier")
+		case o.User != "" && !validUserID(o.User):
+			v.add(opath+".user", "%q is not a valid user id (printable, no whitespace, at most %d bytes)", o.User, maxNameBytes)
+		case o.User != "":
+			key = "user " + o.User
+		case !tiers.has[o.Tier]:
+			v.add(opath+".tier", "unknown tier %q (%s)", o.Tier, have(tiers.list))
+		default:
+			key = "tier " + o.Tier
+		}
+		if key != "" {
+			if first, dup := seen[key]; dup {
+				v.add(opath, "second override for %s (also %s)", key, first)
+			} else {
+				seen[key] = opath
+			}
+		}
+		v.limit(opath+".limit", o.Limit)
+	}
+}
+
+func (v *validator) limit(path string, limit uint64) {
+	switch {
+	case limit == 0:
+		v.add(path, "must be greater than 0")
+	case limit > maxLimit:
+		v.add(path, "must be at most %d (the ratelimit service's maximum), got %d", uint64(maxLimit), limit)
+	}
+}
+
+func (v *validator) quotas(qs []Quota, models, costs nameSet, tiers nameSet) {
 	seen := map[string]string{}
 	windows := map[[3]string]string{}
 	for i, q := range qs {
@@ -369,9 +438,8 @@ func (v *validator) quotas(qs []Quota, models, costs nameSet) {
 		case !costs.has[q.Cost]:
 			v.add(path+".cost", "unknown cost %q (%s)", q.Cost, have(costs.list))
 		}
-		if q.Limit == 0 {
-			v.add(path+".limit", "must be greater than 0")
-		}
+		v.limit(path+".limit", q.Limit)
+		v.overrides(path+".overrides", q.Overrides, tiers)
 		switch {
 		case q.Per == "":
 			v.add(path+".per", "required (one of %s)", strings.Join(Units, ", "))

@@ -87,17 +87,21 @@ func rateLimitConfig(p *policies.Policy) (*rlsconfv3.RateLimitConfig, error) {
 			if !ok {
 				return nil, fmt.Errorf("quota %q: unknown unit %q", q.Name, q.Per)
 			}
-			if q.Limit > uint64(^uint32(0)) {
-				return nil, fmt.Errorf("quota %q: limit %d is above the ratelimit service's maximum %d", q.Name, q.Limit, ^uint32(0))
+			quotaNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorQuota, Value: q.Name}
+			limits := userLimits(p, q)
+			users := make([]string, 0, len(limits))
+			for u := range limits {
+				users = append(users, u)
 			}
-			modelNode.Descriptors = append(modelNode.Descriptors, &rlsconfv3.RateLimitDescriptor{
-				Key:   DescriptorQuota,
-				Value: q.Name,
-				Descriptors: []*rlsconfv3.RateLimitDescriptor{{
-					Key:       DescriptorUser,
-					RateLimit: &rlsconfv3.RateLimitPolicy{Unit: unit, RequestsPerUnit: uint32(q.Limit), Name: q.Name},
-				}},
-			})
+			sort.Strings(users)
+			// A user with an override has a descriptor of their own; the service matches a
+			// key with a value before the key alone. Either way the counter is keyed by the
+			// request's entries, so adding an override never resets what a user has spent.
+			for _, u := range users {
+				quotaNode.Descriptors = append(quotaNode.Descriptors, userDescriptor(q, unit, u, limits[u]))
+			}
+			quotaNode.Descriptors = append(quotaNode.Descriptors, userDescriptor(q, unit, "", q.Limit))
+			modelNode.Descriptors = append(modelNode.Descriptors, quotaNode)
 		}
 		cfg.Descriptors = append(cfg.Descriptors, modelNode)
 	}
@@ -156,4 +160,44 @@ func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
 		}
 	}
 	return out
+}
+
+// userLimits returns the users whose limit on q differs from the default: tier members get
+// their tier's override, and a user's own override wins over it.
+func userLimits(p *policies.Policy, q policies.Quota) map[string]uint64 {
+	tierOf := map[string]string{}
+	for _, t := range p.Tiers {
+		for _, u := range t.Users {
+			tierOf[u] = t.Name
+		}
+	}
+	tierLimit := map[string]uint64{}
+	limits := map[string]uint64{}
+	for _, o := range q.Overrides {
+		if o.Tier != "" {
+			tierLimit[o.Tier] = o.Limit
+		}
+	}
+	for u, t := range tierOf {
+		if l, ok := tierLimit[t]; ok {
+			limits[u] = l
+		}
+	}
+	for _, o := range q.Overrides {
+		if o.User != "" {
+			limits[o.User] = o.Limit
+		}
+	}
+	return limits
+}
+
+// userDescriptor is the leaf of a quota's tree: one user (or, with user "", every user).
+func userDescriptor(q policies.Quota, unit rlsconfv3.RateLimitUnit, user string, limit uint64) *rlsconfv3.RateLimitDescriptor {
+	return &rlsconfv3.RateLimitDescriptor{
+		Key:   DescriptorUser,
+		Value: user,
+		// Validation keeps limits within uint32, the service's field size.
+		RateLimit:  &rlsconfv3.RateLimitPolicy{Unit: unit, RequestsPerUnit: uint32(limit), Name: q.Name},
+		ShadowMode: q.Shadow,
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -265,6 +266,29 @@ func startStack(tb testing.TB, metrics bool) *stack {
 	st := &stack{opts: opts, ads: ads, conn: dialService(tb, opts.GRPCAddr), logs: logs, stop: stop}
 	st.waitForLimit(tb, "probe", 50)
 	return st
+}
+
+// configLoadedLine is what the upstream service logs after it swaps in a new config.
+const configLoadedLine = "Successfully loaded new configuration"
+
+// publishAndWaitLoaded publishes a new qwen3 limit and waits, without calling the service,
+// until the service logs that it loaded it.
+//
+// Not calling it matters under -race: the upstream service reads a settings flag without its
+// lock while answering (service.shouldRateLimitWorker reads responseDynamicMetadataEnabled,
+// which SetConfig writes), so a request in flight during a config swap is a reported data
+// race in code tollgate does not own. Requests that start after the swap are ordered by the
+// service's config lock.
+func (st *stack) publishAndWaitLoaded(tb testing.TB, perHour uint32) {
+	tb.Helper()
+	before := strings.Count(st.logs.String(), configLoadedLine)
+	st.ads.publishQwen3Limit(tb, perHour)
+	eventually(tb, 30*time.Second, func() error {
+		if n := strings.Count(st.logs.String(), configLoadedLine); n <= before {
+			return fmt.Errorf("service logged %q %d times, want more than %d", configLoadedLine, n, before)
+		}
+		return nil
+	})
 }
 
 // dialService waits until the service's gRPC port accepts connections, then returns a

@@ -13,7 +13,8 @@ import (
 )
 
 // logBridge sends the upstream service's log lines, which it writes to logrus' process-wide
-// standard logger, to tollgate's slog logger, and turns its log.Fatal calls into errors.
+// standard logger, to tollgate's slog logger (marked source=envoyproxy/ratelimit), and turns
+// its log.Fatal calls into errors.
 type logBridge struct {
 	logger *slog.Logger
 	// failed is closed by the first Fatal log call, whose message fatalMsg keeps.
@@ -32,7 +33,7 @@ type logBridge struct {
 // inside a library. Here the calling goroutine ends instead (runtime.Goexit runs its
 // deferred calls) and Run reports the message as an error.
 func installLogBridge(logger *slog.Logger, level logrus.Level) *logBridge {
-	b := &logBridge{logger: logger.With("component", "ratelimit"), failed: make(chan struct{})}
+	b := &logBridge{logger: logger.With("source", "envoyproxy/ratelimit"), failed: make(chan struct{})}
 	std := logrus.StandardLogger()
 	hooks := make(logrus.LevelHooks)
 	hooks.Add(b)
@@ -53,7 +54,11 @@ func (b *logBridge) Fire(e *logrus.Entry) error {
 	for k, v := range e.Data {
 		attrs = append(attrs, slog.Any(k, v))
 	}
-	b.logger.LogAttrs(context.Background(), slogLevel(e.Level), msg, attrs...)
+	level := slogLevel(e.Level)
+	if level == slog.LevelWarn && isStartupNotice(msg) {
+		level = slog.LevelInfo
+	}
+	b.logger.LogAttrs(context.Background(), level, msg, attrs...)
 	if e.Level <= logrus.FatalLevel {
 		b.mu.Lock()
 		if !b.hasFatal {
@@ -86,4 +91,23 @@ func slogLevel(l logrus.Level) slog.Level {
 	default:
 		return slog.LevelDebug
 	}
+}
+
+// isStartupNotice reports the upstream service's routine start-up lines, which it logs as
+// warnings so that they show at its default level (WARN). In tollgate's logs a warning should
+// mean something needs a look, so these become info.
+func isStartupNotice(msg string) bool {
+	for _, prefix := range []string{
+		"Listening for ",
+		"connecting to redis on ",
+		"Redis pool ",
+		"Creating single with urls ",
+		"enabling authentication to redis ",
+		"enabling TLS to redis ",
+	} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
 }

@@ -15,8 +15,12 @@ func TestLogBridge(t *testing.T) {
 
 	logrus.WithField("domain", "tollgate").Warn("near the limit")
 	logrus.Debug("too detailed for info")
-	if got := logs.String(); !strings.Contains(got, `level=WARN msg="near the limit" component=ratelimit domain=tollgate`) {
+	if got := logs.String(); !strings.Contains(got, `level=WARN msg="near the limit" source=envoyproxy/ratelimit domain=tollgate`) {
 		t.Errorf("warning not forwarded with its fields:\n%s", got)
+	}
+	logrus.Warnf("Listening for gRPC on '%s'", "127.0.0.1:8081")
+	if got := logs.String(); !strings.Contains(got, `level=INFO msg="Listening for gRPC on '127.0.0.1:8081'"`) {
+		t.Errorf("routine start-up warning not logged as info:\n%s", got)
 	}
 	if strings.Contains(logs.String(), "too detailed") {
 		t.Error("debug line passed an info level")

@@ -42,7 +42,8 @@ type Options struct {
 	// NodeID is the node id the service presents to the ADS server; tollgate publishes the
 	// RateLimitConfig resources under it.
 	NodeID string
-	// RedisURL is host:port, redis://[user:password@]host[:port][/0] or rediss://… for TLS.
+	// RedisURL is host:port, redis://[user:password@]host[:port][/0] or rediss://… for TLS
+	// (verified against the system roots; REDIS_TLS_CACERT names another CA file).
 	RedisURL string
 	// RedisWait is how long Run keeps retrying to reach Redis before giving up, so a Redis
 	// that starts a moment later (compose, systemd) does not fail the start.

@@ -22,8 +22,8 @@ import (
 )
 
 const (
-	// startTimeout bounds the wait for the service's HTTP port. Starting includes opening
-	// the Redis pool, which the upstream code gives REDIS_TIMEOUT (10s by default).
+	// startTimeout bounds the wait for the service's HTTP and gRPC ports. Starting includes
+	// opening the Redis pool, which the upstream code gives REDIS_TIMEOUT (10s by default).
 	startTimeout = 30 * time.Second
 	// stopTimeout bounds a stop. The upstream xDS client blocks its Stop while it is still
 	// dialling an ADS server that never answered; Run must return anyway.
@@ -65,6 +65,9 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 		adjust(&s)
 	}
 	if err := waitForRedis(ctx, cfg.redis, s.RedisTlsConfig, cfg.RedisWait); err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop before the service started
+		}
 		return err
 	}
 	if err := checkListenable(cfg); err != nil {

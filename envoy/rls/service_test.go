@@ -23,7 +23,7 @@ func TestService(t *testing.T) {
 	st := startStack(t, true)
 
 	t.Run("logs the config it loaded", func(t *testing.T) {
-		if !strings.Contains(st.logs.String(), "Successfully loaded new configuration") {
+		if !strings.Contains(st.logs.String(), configLoadedLine) {
 			t.Errorf("service logs lack the config load line:\n%s", st.logs.String())
 		}
 	})
@@ -135,8 +135,10 @@ func TestService(t *testing.T) {
 	})
 
 	t.Run("a new snapshot applies without a restart", func(t *testing.T) {
-		st.ads.publishQwen3Limit(t, 100)
-		st.waitForLimit(t, "carol", 100)
+		st.publishAndWaitLoaded(t, 100)
+		if got := checkOne(t, st.conn, qwen3("carol")); got.Limit != 100 || got.Remaining != 100 {
+			t.Fatalf("carol after the raise = %+v, want limit 100 with 100 remaining", got)
+		}
 		// The counters survive a limit change: alice spent 60 this window.
 		got := checkOne(t, st.conn, qwen3("alice"))
 		if got.Code != "OK" || got.Remaining != 40 {
