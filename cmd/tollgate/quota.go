@@ -78,9 +78,15 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		used := fmt.Sprint(st.Limit - st.Remaining)
 		reset := now.Add(st.ResetIn).Truncate(time.Second)
 		state := ""
-		if st.Code == "OVER_LIMIT" {
+		switch {
+		case st.Code == "OVER_LIMIT":
 			// The service reports 0 remaining, not by how much the last charge overshot.
 			used, state = fmt.Sprintf(">=%d", st.Limit), "  (over limit: requests get 429)"
+		case q.Shadow && st.Remaining == 0:
+			// In shadow mode the service answers OK even when the window is spent.
+			used, state = fmt.Sprintf(">=%d", st.Limit), "  (shadow: over limit, not enforced)"
+		case q.Shadow:
+			state = "  (shadow: not enforced)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
 			*user, q.Model, q.Name, q.Cost, st.Limit, q.Per, used, st.Remaining,

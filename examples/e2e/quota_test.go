@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // seedPolicy is the seed demo's policy: 50 tokens per user per hour on qwen3.
@@ -111,4 +112,91 @@ func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int
 		statuses = append(statuses, r.status)
 	}
 	return statuses
+}
+
+const featuresPolicy = `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+models:
+  - {name: qwen3, backend: sim}
+  - {name: gpt-4, backend: sim}
+  - {name: gpt-3.5-turbo, backend: sim}
+costs:
+  - {name: tokens, type: TotalToken}
+  - {name: weighted, cel: "input_tokens * 2 + output_tokens"}
+tiers:
+  - {name: gold, users: [carol]}
+quotas:
+  - name: qwen3-hourly
+    model: qwen3
+    cost: tokens
+    limit: 50
+    per: hour
+    overrides:
+      - {tier: gold, limit: 100}
+      - {user: alice, limit: 30}
+  - {name: gpt-4-hourly, model: gpt-4, cost: tokens, limit: 1000, per: hour}
+  - {name: gpt-4-daily, model: gpt-4, cost: weighted, limit: 40, per: day}
+  - {name: turbo-trial, model: gpt-3.5-turbo, cost: tokens, limit: 12, per: hour, shadow: true}
+`
+
+// TestQuotaPolicyFeatures: overrides per user and per tier, two windows on one model (the lower
+// one, on a CEL cost, decides), and a shadow quota that counts but never rejects.
+func TestQuotaPolicyFeatures(t *testing.T) {
+	s := quotaStack(t, featuresPolicy)
+	cases := []struct {
+		user, model string
+		n           int
+		want        string
+	}{
+		// default 50: 12,24,36,48 pass, the 5th is admitted at 48 and charged to 60.
+		{"bob", "qwen3", 6, "[200 200 200 200 200 429]"},
+		// alice's own override 30: 12,24 then 36 → the 4th is rejected.
+		{"alice", "qwen3", 4, "[200 200 200 429]"},
+		// carol's tier gold: 100 → 9 pass (charged to 108), the 10th is rejected.
+		{"carol", "qwen3", 10, "[200 200 200 200 200 200 200 200 200 429]"},
+		// the daily window of the weighted cost (6*2+6 = 18 per request, 40 per day) is hit long
+		// before the hourly 1000: 18, 36, 54 → the 4th is rejected.
+		{"bob", "gpt-4", 4, "[200 200 200 429]"},
+		// shadow quota: 12 per hour, spent after one request, never enforced.
+		{"bob", "gpt-3.5-turbo", 4, "[200 200 200 200]"},
+	}
+	for _, c := range cases {
+		if got := fmt.Sprint(sendN(t, s, c.user, c.model, c.n, false)); got != c.want {
+			t.Errorf("%s on %s: %s, want %s", c.user, c.model, got, c.want)
+		}
+	}
+	out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "bob", "--ratelimit", addr(s.rateLimit))
+	t.Logf("tollgate quota --user bob:\n%s", out)
+	for _, want := range []string{"shadow: over limit, not enforced", "gpt-4-daily", "gpt-4-hourly", "1000/hour"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("tollgate quota output lacks %q", want)
+		}
+	}
+}
+
+// TestQuotaEditsApplyLive: raising a limit in the policy file lets a user through again, and
+// lowering it rejects them, with no restart of anything.
+func TestQuotaEditsApplyLive(t *testing.T) {
+	s := quotaStack(t, seedPolicy)
+	if got := fmt.Sprint(sendN(t, s, "alice", "qwen3", 6, false)); got != "[200 200 200 200 200 429]" {
+		t.Fatalf("before the edit: %s", got)
+	}
+	s.writePolicy(t, strings.Replace(seedPolicy, "limit: 50, per: hour", "limit: 500, per: hour", 1))
+	eventually(t, 20*time.Second, "raised limit lets alice through", func() error {
+		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 200 {
+			return fmt.Errorf("status %d", got)
+		}
+		return nil
+	})
+	s.writePolicy(t, strings.Replace(seedPolicy, "limit: 50, per: hour", "limit: 20, per: hour", 1))
+	eventually(t, 20*time.Second, "lowered limit rejects alice", func() error {
+		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 429 {
+			return fmt.Errorf("status %d", got)
+		}
+		return nil
+	})
 }
