@@ -112,6 +112,7 @@ func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 // process is a child process whose output goes to a log file, shown when the test fails.
 type process struct {
 	name string
+	port int // the port it listens on, when a test needs to start it again there
 	cmd  *exec.Cmd
 	log  string
 	done chan struct{}

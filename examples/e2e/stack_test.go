@@ -143,6 +143,13 @@ func runTollgate(t *testing.T, args ...string) string {
 // startRedis runs a throwaway redis-server on a free port and returns its address.
 func startRedis(t *testing.T) string {
 	t.Helper()
+	a, _ := startRedisOn(t, freePort(t))
+	return a
+}
+
+// startRedisOn runs a throwaway redis-server (no persistence) on port.
+func startRedisOn(t *testing.T, port int) (string, *process) {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		msg := "redis-server not found (run `task setup`)"
@@ -151,8 +158,7 @@ func startRedis(t *testing.T) string {
 		}
 		t.Skip(msg)
 	}
-	port := freePort(t)
-	start(t, "redis", bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+	p := start(t, "redis", bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
 	a := addr(port)
 	eventually(t, 10*time.Second, "redis up", func() error {
@@ -162,7 +168,7 @@ func startRedis(t *testing.T) string {
 		}
 		return c.Close()
 	})
-	return a
+	return a, p
 }
 
 // startRateLimit runs `tollgate ratelimit` against the stack's control plane and Redis; Envoy

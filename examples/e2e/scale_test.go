@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestScaleOutSharesOneQuota: two gateways (each an Envoy with its own tollgate) in front of one
+// ratelimit service and one Redis enforce one quota per user, whichever gateway a request takes.
+func TestScaleOutSharesOneQuota(t *testing.T) {
+	needEnvoy(t)
+	sim := startSim(t, "sim")
+	a := newStack(t, map[string]int{"sim": sim})
+	b := newStack(t, map[string]int{"sim": sim})
+	b.rateLimit = a.rateLimit
+	for _, s := range []*stack{a, b} {
+		s.writePolicy(t, seedPolicy)
+		s.startTollgate(t)
+	}
+	a.startRateLimit(t, startRedis(t))
+	a.startEnvoy(t)
+	b.startEnvoy(t)
+
+	var got []int
+	for i := 0; i < 3; i++ {
+		got = append(got, sendN(t, a, "alice", "qwen3", 1, false)[0], sendN(t, b, "alice", "qwen3", 1, false)[0])
+	}
+	if fmt.Sprint(got) != "[200 200 200 200 200 429]" {
+		t.Fatalf("alternating gateways A,B,A,B,A,B: %v, want one shared quota (5 x 200 then 429)", got)
+	}
+}
+
+// TestConcurrentOvershootIsBounded: requests in flight together all pass the request-time check
+// before any of them is charged, so a nearly spent quota can be overshot — by at most the
+// requests in flight times their cost, as check-then-charge allows, and never further.
+func TestConcurrentOvershootIsBounded(t *testing.T) {
+	needEnvoy(t)
+	const concurrency, perRequest, limit = 20, 12, 50
+	// A slow first token keeps every request of the burst in flight at once.
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--ttft", "300ms")})
+	s.writePolicy(t, seedPolicy)
+	s.startTollgate(t)
+	redisAddr := startRedis(t)
+	s.startRateLimit(t, redisAddr)
+	s.startEnvoy(t)
+
+	if got := fmt.Sprint(sendN(t, s, "racer", "qwen3", 4, false)); got != "[200 200 200 200]" {
+		t.Fatalf("spending 48 of 50: %s", got)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		admitted int
+	)
+	for i := 0; i < concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := do("POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "racer"}, chatBody("qwen3"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if r.status == 200 {
+				mu.Lock()
+				admitted++
+				mu.Unlock()
+			} else if r.status != 429 {
+				t.Errorf("status %d: %s", r.status, r.body)
+			}
+		}()
+	}
+	wg.Wait()
+	spent := 4*perRequest + admitted*perRequest
+	t.Logf("burst of %d concurrent requests at 48/%d spent: %d admitted, %d tokens spent, overshoot %d tokens",
+		concurrency, limit, admitted, spent, spent-limit)
+	if admitted < 1 {
+		t.Errorf("no request of the burst was admitted")
+	}
+	// Every admitted request is charged exactly once, whatever the overshoot: the counter in
+	// Redis is the tokens actually spent. (Charges are sent when streams end, so wait for them.)
+	eventually(t, 10*time.Second, "Redis counter equals the tokens spent", func() error {
+		n, err := redisCounter(redisAddr, "*user_racer_*")
+		if err != nil {
+			return err
+		}
+		if n != spent {
+			return fmt.Errorf("counter %d, want %d", n, spent)
+		}
+		return nil
+	})
+	if got := sendN(t, s, "racer", "qwen3", 1, false)[0]; got != 429 {
+		t.Errorf("after the burst: %d, want 429", got)
+	}
+}
+
+// redisCounter returns the value of the one Redis key matching pattern, speaking just enough of
+// the Redis protocol (inline commands) to ask for it.
+func redisCounter(addr, pattern string) (int, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := fmt.Fprintf(c, "KEYS %s\r\n", pattern); err != nil {
+		return 0, err
+	}
+	keys, err := readArray(r)
+	if err != nil {
+		return 0, err
+	}
+	if len(keys) != 1 {
+		return 0, fmt.Errorf("%d keys match %s: %v", len(keys), pattern, keys)
+	}
+	if _, err := fmt.Fprintf(c, "GET %s\r\n", keys[0]); err != nil {
+		return 0, err
+	}
+	v, err := readBulk(r)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(v)
+}
+
+func readLine(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+func readBulk(r *bufio.Reader) (string, error) {
+	head, err := readLine(r)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(head, "$") {
+		return "", fmt.Errorf("unexpected reply %q", head)
+	}
+	return readLine(r)
+}
+
+func readArray(r *bufio.Reader) ([]string, error) {
+	head, err := readLine(r)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(head, "*") {
+		return nil, fmt.Errorf("unexpected reply %q", head)
+	}
+	n, err := strconv.Atoi(head[1:])
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, n)
+	for i := 0; i < n; i++ {
+		v, err := readBulk(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
