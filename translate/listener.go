@@ -19,7 +19,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
-	"github.com/tollgate-dev/tollgate/policies"
 )
 
 const (
@@ -36,7 +35,7 @@ const (
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
 // ext_proc → ratelimit → router, routes over RDS, and an access log of every request's user,
 // model and tokens.
-func listener(p *policies.Policy) (*listenerv3.Listener, error) {
+func listener(p *input) (*listenerv3.Listener, error) {
 	extProc, err := extProcFilter(p)
 	if err != nil {
 		return nil, err
@@ -96,7 +95,7 @@ func listener(p *policies.Policy) (*listenerv3.Listener, error) {
 // (model routing, identity, include_usage) and response headers; the server switches the
 // response body to STREAMED or BUFFERED per request when it needs usage, so other responses
 // cost nothing extra. It fails closed: without it a request has no trustworthy model or user.
-func extProcFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
+func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 	return httpFilter(envoy.FilterExtProc, &extprocv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
@@ -125,7 +124,7 @@ func extProcFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
 
 // rateLimitFilter asks the ratelimit service about every descriptor a route's rate_limits
 // build. The descriptors themselves live on the model routes.
-func rateLimitFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
+func rateLimitFilter(p *input) (*hcmv3.HttpFilter, error) {
 	return httpFilter(envoy.FilterRateLimit, &ratelimitv3.RateLimit{
 		Domain:          p.RateLimit.Domain,
 		Timeout:         envoy.Duration(p.RateLimit.Timeout.Duration),
@@ -147,7 +146,7 @@ func rateLimitFilter(p *policies.Policy) (*hcmv3.HttpFilter, error) {
 
 // accessLog writes one JSON line per request to stdout: who, which model, what it cost, and
 // the status, so 429s and token counts are easy to find in Envoy's output.
-func accessLog(p *policies.Policy) (*accesslogv3.AccessLog, error) {
+func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 	meta := func(key string) string {
 		return "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + key + ")%"
 	}
@@ -191,7 +190,7 @@ func accessLog(p *policies.Policy) (*accesslogv3.AccessLog, error) {
 // error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server or a
 // route already made JSON keep their body: mappers only match the statuses Envoy itself produces
 // without one.
-func localReplyConfig(p *policies.Policy) (*hcmv3.LocalReplyConfig, error) {
+func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 	type reply struct {
 		status               uint32
 		message, etype, code string

@@ -36,9 +36,9 @@ var units = map[string]rlsconfv3.RateLimitUnit{
 // time that spends nothing (hits_addend 0: "is this user already over?") and a charge when the
 // stream is done, of the cost the ext_proc server wrote into dynamic metadata. Both entries build
 // the same descriptor, so they hit the same counter.
-func quotaRateLimits(p *policies.Policy, model string) ([]*routev3.RateLimit, error) {
+func quotaRateLimits(p *input, model string) ([]*routev3.RateLimit, error) {
 	var out []*routev3.RateLimit
-	for _, q := range quotasOf(p, model) {
+	for _, q := range p.quotasByModel[model] {
 		actions := descriptorActions(p, q)
 		out = append(out,
 			&routev3.RateLimit{
@@ -59,7 +59,7 @@ func quotaRateLimits(p *policies.Policy, model string) ([]*routev3.RateLimit, er
 	return out, nil
 }
 
-func descriptorActions(p *policies.Policy, q policies.Quota) []*routev3.RateLimit_Action {
+func descriptorActions(p *input, q policies.Quota) []*routev3.RateLimit_Action {
 	return []*routev3.RateLimit_Action{
 		genericKey(DescriptorModel, q.Model),
 		genericKey(DescriptorQuota, q.Name),
@@ -78,11 +78,11 @@ func genericKey(key, value string) *routev3.RateLimit_Action {
 
 // rateLimitConfig is the ratelimit service's view of every quota: one descriptor tree in the
 // policy's domain, model → quota → user (any value: one counter per distinct user).
-func rateLimitConfig(p *policies.Policy) (*rlsconfv3.RateLimitConfig, error) {
+func rateLimitConfig(p *input) (*rlsconfv3.RateLimitConfig, error) {
 	cfg := &rlsconfv3.RateLimitConfig{Name: p.RateLimit.Domain, Domain: p.RateLimit.Domain}
-	for _, m := range sortedModelsWithQuotas(p) {
+	for _, m := range p.modelsWithQuotas {
 		modelNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorModel, Value: m}
-		for _, q := range quotasOf(p, m) {
+		for _, q := range p.quotasByModel[m] {
 			unit, ok := units[strings.ToLower(q.Per)]
 			if !ok {
 				return nil, fmt.Errorf("quota %q: unknown unit %q", q.Name, q.Per)
@@ -108,31 +108,6 @@ func rateLimitConfig(p *policies.Policy) (*rlsconfv3.RateLimitConfig, error) {
 	return cfg, nil
 }
 
-// quotasOf returns a model's quotas sorted by name, so output never depends on file order.
-func quotasOf(p *policies.Policy, model string) []policies.Quota {
-	var qs []policies.Quota
-	for _, q := range p.Quotas {
-		if q.Model == model {
-			qs = append(qs, q)
-		}
-	}
-	sort.Slice(qs, func(i, j int) bool { return qs[i].Name < qs[j].Name })
-	return qs
-}
-
-func sortedModelsWithQuotas(p *policies.Policy) []string {
-	seen := map[string]bool{}
-	var models []string
-	for _, q := range p.Quotas {
-		if !seen[q.Model] {
-			seen[q.Model] = true
-			models = append(models, q.Model)
-		}
-	}
-	sort.Strings(models)
-	return models
-}
-
 // DescriptorEntry is one key/value of a rate limit descriptor.
 type DescriptorEntry struct{ Key, Value string }
 
@@ -147,13 +122,13 @@ type UserQuota struct {
 // sorted by model then quota name. The entries match descriptorActions exactly: reading a
 // quota and spending it address the same counter.
 func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
-	p := sorted(in)
+	p := newInput(in)
 	var out []UserQuota
-	for _, m := range sortedModelsWithQuotas(p) {
+	for _, m := range p.modelsWithQuotas {
 		if model != "" && m != model {
 			continue
 		}
-		for _, q := range quotasOf(p, m) {
+		for _, q := range p.quotasByModel[m] {
 			out = append(out, UserQuota{Quota: q, Entries: []DescriptorEntry{
 				{DescriptorModel, q.Model}, {DescriptorQuota, q.Name}, {DescriptorUser, user},
 			}})
@@ -164,13 +139,7 @@ func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
 
 // userLimits returns the users whose limit on q differs from the default: tier members get
 // their tier's override, and a user's own override wins over it.
-func userLimits(p *policies.Policy, q policies.Quota) map[string]uint64 {
-	tierOf := map[string]string{}
-	for _, t := range p.Tiers {
-		for _, u := range t.Users {
-			tierOf[u] = t.Name
-		}
-	}
+func userLimits(p *input, q policies.Quota) map[string]uint64 {
 	tierLimit := map[string]uint64{}
 	limits := map[string]uint64{}
 	for _, o := range q.Overrides {
@@ -178,8 +147,8 @@ func userLimits(p *policies.Policy, q policies.Quota) map[string]uint64 {
 			tierLimit[o.Tier] = o.Limit
 		}
 	}
-	for u, t := range tierOf {
-		if l, ok := tierLimit[t]; ok {
+	for t, l := range tierLimit {
+		for _, u := range p.usersOf[t] {
 			limits[u] = l
 		}
 	}

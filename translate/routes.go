@@ -21,7 +21,7 @@ import (
 // model matched on the model header (which the ext_proc server sets from the request body), and a
 // catch-all answering 404. The catch-all also matters before the body is read: Envoy matches a
 // route when headers arrive, and the ext_proc filter must be active on that first match.
-func routeConfig(p *policies.Policy) (*routev3.RouteConfiguration, error) {
+func routeConfig(p *input) (*routev3.RouteConfiguration, error) {
 	var routes []*routev3.Route
 
 	list, err := modelListRoute(p)
@@ -58,7 +58,7 @@ func routeConfig(p *policies.Policy) (*routev3.RouteConfiguration, error) {
 }
 
 // modelRoute sends one model's requests to its backend and carries the model's quotas.
-func modelRoute(p *policies.Policy, m policies.Model) (*routev3.Route, error) {
+func modelRoute(p *input, m policies.Model) (*routev3.Route, error) {
 	r := &routev3.Route{
 		Name: envoy.ModelRoute(m.Name),
 		Match: &routev3.RouteMatch{
@@ -94,7 +94,7 @@ func modelRoute(p *policies.Policy, m policies.Model) (*routev3.Route, error) {
 
 // modelListRoute answers GET /v1/models with the policy's models, in the OpenAI list shape. The
 // ext_proc filter is off here: the request has no body and needs no identity.
-func modelListRoute(p *policies.Policy) (*routev3.Route, error) {
+func modelListRoute(p *input) (*routev3.Route, error) {
 	type model struct {
 		ID      string `json:"id"`
 		Object  string `json:"object"`
@@ -136,7 +136,7 @@ func modelListRoute(p *policies.Policy) (*routev3.Route, error) {
 }
 
 // unknownModelRoute answers 404 with an OpenAI-style error naming the model the client asked for.
-func unknownModelRoute(p *policies.Policy) (*routev3.Route, error) {
+func unknownModelRoute(p *input) (*routev3.Route, error) {
 	body, err := openAIError(
 		"The model '%REQ("+p.Listener.ModelHeader+")%' does not exist or is not served by this gateway.",
 		"invalid_request_error", "model", "model_not_found")

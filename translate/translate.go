@@ -28,7 +28,7 @@ type Output struct {
 // Translate builds the resources for a policy that policies.Parse accepted. It does not
 // re-validate; an error means the policy slipped past validation in a way that cannot be served.
 func Translate(in *policies.Policy) (*Output, error) {
-	p := sorted(in)
+	p := newInput(in)
 
 	l, err := listener(p)
 	if err != nil {
@@ -60,7 +60,7 @@ func Translate(in *policies.Policy) (*Output, error) {
 // clusters: every backend that a model uses, plus tollgate's ext_proc and ratelimit services.
 // The ratelimit cluster exists even without quotas, so adding the first quota is a route change
 // only.
-func clusters(p *policies.Policy) ([]*clusterv3.Cluster, error) {
+func clusters(p *input) ([]*clusterv3.Cluster, error) {
 	used := map[string]bool{}
 	for _, m := range p.Models {
 		used[m.Backend] = true
@@ -89,17 +89,42 @@ func clusters(p *policies.Policy) ([]*clusterv3.Cluster, error) {
 	return out, nil
 }
 
-// sorted returns a shallow copy of the policy whose named lists are in name order, so the output
-// never depends on the order the operator wrote them in.
-func sorted(in *policies.Policy) *policies.Policy {
+// input is the policy as translation reads it: every named list in name order, so the output
+// never depends on the order the operator wrote them in, plus the lookups translation needs
+// (built once, so translation stays linear in the size of the policy).
+type input struct {
+	*policies.Policy
+	// quotasByModel holds each model's quotas in name order.
+	quotasByModel map[string][]policies.Quota
+	// modelsWithQuotas lists, in name order, the models that have quotas.
+	modelsWithQuotas []string
+	// usersOf lists each tier's users.
+	usersOf map[string][]string
+}
+
+func newInput(in *policies.Policy) *input {
 	p := *in
-	p.Backends = append([]policies.Backend(nil), in.Backends...)
-	sort.Slice(p.Backends, func(i, j int) bool { return p.Backends[i].Name < p.Backends[j].Name })
-	p.Models = append([]policies.Model(nil), in.Models...)
-	sort.Slice(p.Models, func(i, j int) bool { return p.Models[i].Name < p.Models[j].Name })
-	p.Costs = append([]policies.Cost(nil), in.Costs...)
-	sort.Slice(p.Costs, func(i, j int) bool { return p.Costs[i].Name < p.Costs[j].Name })
-	p.Quotas = append([]policies.Quota(nil), in.Quotas...)
-	sort.Slice(p.Quotas, func(i, j int) bool { return p.Quotas[i].Name < p.Quotas[j].Name })
-	return &p
+	p.Backends = sortedBy(in.Backends, func(b policies.Backend) string { return b.Name })
+	p.Models = sortedBy(in.Models, func(m policies.Model) string { return m.Name })
+	p.Costs = sortedBy(in.Costs, func(c policies.Cost) string { return c.Name })
+	p.Quotas = sortedBy(in.Quotas, func(q policies.Quota) string { return q.Name })
+	v := &input{Policy: &p, quotasByModel: map[string][]policies.Quota{}, usersOf: map[string][]string{}}
+	for _, q := range p.Quotas {
+		if len(v.quotasByModel[q.Model]) == 0 {
+			v.modelsWithQuotas = append(v.modelsWithQuotas, q.Model)
+		}
+		v.quotasByModel[q.Model] = append(v.quotasByModel[q.Model], q)
+	}
+	sort.Strings(v.modelsWithQuotas)
+	for _, t := range p.Tiers {
+		v.usersOf[t.Name] = t.Users
+	}
+	return v
+}
+
+// sortedBy returns a sorted copy of items, ordered by the key of each.
+func sortedBy[T any](items []T, key func(T) string) []T {
+	out := append([]T(nil), items...)
+	sort.SliceStable(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
+	return out
 }

@@ -84,6 +84,15 @@ func TestSeedScenario(t *testing.T) {
 		t.Errorf("alice's gpt-4 request: %d", got[0])
 	}
 
+	// No identity, no free pass: the request is rejected before the ratelimit filter, which
+	// would otherwise find no descriptor and let it through unlimited.
+	r = mustDo(t, "POST", s.url("/v1/chat/completions"), nil, chatBody("qwen3"))
+	if r.status != 401 {
+		t.Errorf("request without x-user-id: %d, want 401", r.status)
+	} else if e, ok := r.json(t)["error"].(map[string]any); !ok || e["type"] != "authentication_error" {
+		t.Errorf("401 body: %s", r.body)
+	}
+
 	// Allowed responses tell the client what is left.
 	r = mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "dave"}, chatBody("qwen3"))
 	if r.status != 200 || r.header.Get("x-ratelimit-remaining") == "" {
@@ -99,7 +108,10 @@ func TestSeedScenario(t *testing.T) {
 	}
 }
 
-// sendN sends n chat requests one after another and returns their statuses.
+// sendN sends n chat requests one after another and returns their statuses. With a ratelimit
+// service in the stack it waits after each admitted request until Envoy's charge for it has
+// been answered: charges are sent when a stream ends, after the client already has its
+// response, and a test that raced them would measure the race, not the quota.
 func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int {
 	t.Helper()
 	body := chatBody(model)
@@ -108,10 +120,41 @@ func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int
 	}
 	var statuses []int
 	for i := 0; i < n; i++ {
+		before := s.rateLimitCalls(t)
 		r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body)
 		statuses = append(statuses, r.status)
+		if r.status == 200 && s.charges {
+			// One call checked the request; the next one charges it.
+			s.awaitRateLimitCalls(t, before+2)
+		}
 	}
 	return statuses
+}
+
+const rateLimitStat = "cluster.tollgate_ratelimit.upstream_rq_"
+
+// rateLimitCalls returns how many calls Envoy made to the ratelimit service so far.
+func (s *stack) rateLimitCalls(t *testing.T) int {
+	t.Helper()
+	if !s.charges {
+		return 0
+	}
+	stats := string(mustDo(t, "GET", s.adminURL("/stats?filter=^"+rateLimitStat), nil, "").body)
+	return statValue(stats, rateLimitStat+"total")
+}
+
+// awaitRateLimitCalls waits until Envoy has made want calls to the ratelimit service and none
+// is still waiting for its answer.
+func (s *stack) awaitRateLimitCalls(t *testing.T, want int) {
+	t.Helper()
+	eventually(t, 10*time.Second, "charge answered", func() error {
+		stats := string(mustDo(t, "GET", s.adminURL("/stats?filter=^"+rateLimitStat), nil, "").body)
+		total, active := statValue(stats, rateLimitStat+"total"), statValue(stats, rateLimitStat+"active")
+		if total < want || active != 0 {
+			return fmt.Errorf("%d calls (want %d), %d in flight", total, want, active)
+		}
+		return nil
+	})
 }
 
 const featuresPolicy = `

@@ -24,6 +24,7 @@ func TestScaleOutSharesOneQuota(t *testing.T) {
 		s.startTollgate(t)
 	}
 	a.startRateLimit(t, startRedis(t))
+	b.charges = true
 	a.startEnvoy(t)
 	b.startEnvoy(t)
 

@@ -22,8 +22,10 @@ type stack struct {
 	metricsPort  int
 	rateLimit    int // port the policy points Envoy's ratelimit cluster at
 	backends     map[string]int
-	tollgate     *process
-	envoy        *process
+	// charges says Envoy charges quotas to a ratelimit service, so tests wait for charges.
+	charges  bool
+	tollgate *process
+	envoy    *process
 }
 
 // startSim runs one llmsim named name and returns its port.
@@ -175,6 +177,7 @@ func startRedisOn(t *testing.T, port int) (string, *process) {
 // reaches it on the port the policy names ({{ratelimit_port}}).
 func (s *stack) startRateLimit(t *testing.T, redisAddr string) *process {
 	t.Helper()
+	s.charges = true
 	p := start(t, "ratelimit", bins.tollgate, "ratelimit",
 		"--grpc", addr(s.rateLimit),
 		"--http", addr(freePort(t)),
