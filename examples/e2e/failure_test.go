@@ -62,7 +62,7 @@ func TestRedisDownFailClosed(t *testing.T) {
 }
 
 // redisStack is quotaStack with a handle on its Redis.
-func redisStack(t *testing.T, policy string) (*stack, *process) {
+func redisStack(t testing.TB, policy string) (*stack, *process) {
 	t.Helper()
 	needEnvoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
@@ -76,7 +76,7 @@ func redisStack(t *testing.T, policy string) (*stack, *process) {
 	return s, redis
 }
 
-func restartRedis(t *testing.T, old *process) {
+func restartRedis(t testing.TB, old *process) {
 	t.Helper()
 	startRedisOn(t, old.port)
 }

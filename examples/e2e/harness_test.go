@@ -84,7 +84,7 @@ func findEnvoy(root string) string {
 
 // needEnvoy skips without Envoy on a developer machine, but fails in CI: there a missing Envoy
 // is a broken setup, never a reason to pass.
-func needEnvoy(t *testing.T) {
+func needEnvoy(t testing.TB) {
 	t.Helper()
 	if bins.envoy != "" {
 		return
@@ -97,7 +97,7 @@ func needEnvoy(t *testing.T) {
 }
 
 // freePort asks the kernel for a free loopback port.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -120,7 +120,7 @@ type process struct {
 	err  error
 }
 
-func start(t *testing.T, name string, bin string, args ...string) *process {
+func start(t testing.TB, name string, bin string, args ...string) *process {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
@@ -181,7 +181,7 @@ func tail(b []byte, n int) []byte {
 
 // eventually polls cond until it returns nil or the deadline passes, then fails with cond's
 // last error. Conditions, not sleeps, decide when a test moves on.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error
@@ -203,7 +203,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) json(t *testing.T) map[string]any {
+func (r response) json(t testing.TB) map[string]any {
 	t.Helper()
 	var v map[string]any
 	if err := json.Unmarshal(r.body, &v); err != nil {
@@ -239,7 +239,7 @@ func do(method, url string, header map[string]string, body string) (response, er
 	return response{status: resp.StatusCode, header: resp.Header, body: b}, nil
 }
 
-func mustDo(t *testing.T, method, url string, header map[string]string, body string) response {
+func mustDo(t testing.TB, method, url string, header map[string]string, body string) response {
 	t.Helper()
 	r, err := do(method, url, header, body)
 	if err != nil {
@@ -252,7 +252,7 @@ func chatBody(model string) string {
 	return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	// Write then rename, as editors do; the watcher must follow the new inode.
 	tmp := path + ".tmp"

@@ -31,7 +31,7 @@ quotas:
 `
 
 // quotaStack runs the whole gateway: llmsim, Redis, tollgate serve, tollgate ratelimit, Envoy.
-func quotaStack(t *testing.T, policy string) *stack {
+func quotaStack(t testing.TB, policy string) *stack {
 	t.Helper()
 	needEnvoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
@@ -112,7 +112,7 @@ func TestSeedScenario(t *testing.T) {
 // service in the stack it waits after each admitted request until Envoy's charge for it has
 // been answered: charges are sent when a stream ends, after the client already has its
 // response, and a test that raced them would measure the race, not the quota.
-func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int {
+func sendN(t testing.TB, s *stack, user, model string, n int, stream bool) []int {
 	t.Helper()
 	body := chatBody(model)
 	if stream {
@@ -134,7 +134,7 @@ func sendN(t *testing.T, s *stack, user, model string, n int, stream bool) []int
 const rateLimitStat = "cluster.tollgate_ratelimit.upstream_rq_"
 
 // rateLimitCalls returns how many calls Envoy made to the ratelimit service so far.
-func (s *stack) rateLimitCalls(t *testing.T) int {
+func (s *stack) rateLimitCalls(t testing.TB) int {
 	t.Helper()
 	if !s.charges {
 		return 0
@@ -145,7 +145,7 @@ func (s *stack) rateLimitCalls(t *testing.T) int {
 
 // awaitRateLimitCalls waits until Envoy has made want calls to the ratelimit service and none
 // is still waiting for its answer.
-func (s *stack) awaitRateLimitCalls(t *testing.T, want int) {
+func (s *stack) awaitRateLimitCalls(t testing.TB, want int) {
 	t.Helper()
 	eventually(t, 10*time.Second, "charge answered", func() error {
 		stats := string(mustDo(t, "GET", s.adminURL("/stats?filter=^"+rateLimitStat), nil, "").body)

@@ -29,7 +29,7 @@ type stack struct {
 }
 
 // startSim runs one llmsim named name and returns its port.
-func startSim(t *testing.T, name string, extra ...string) int {
+func startSim(t testing.TB, name string, extra ...string) int {
 	t.Helper()
 	port := freePort(t)
 	args := append([]string{"--listen", addr(port), "--name", name}, extra...)
@@ -49,7 +49,7 @@ func startSim(t *testing.T, name string, extra ...string) int {
 
 // newStack prepares ports and a policy directory; render writes the policy from a template in
 // which {{listener}}, {{extproc}}, {{ratelimit}} and {{backend:NAME}} are replaced.
-func newStack(t *testing.T, backends map[string]int) *stack {
+func newStack(t testing.TB, backends map[string]int) *stack {
 	t.Helper()
 	dir := t.TempDir()
 	return &stack{
@@ -78,13 +78,13 @@ func (s *stack) render(tmpl string) string {
 	return out
 }
 
-func (s *stack) writePolicy(t *testing.T, tmpl string) {
+func (s *stack) writePolicy(t testing.TB, tmpl string) {
 	t.Helper()
 	writeFile(t, s.policyPath, s.render(tmpl))
 }
 
 // startTollgate runs `tollgate serve` on the stack's policy.
-func (s *stack) startTollgate(t *testing.T) {
+func (s *stack) startTollgate(t testing.TB) {
 	t.Helper()
 	s.tollgate = start(t, "tollgate", bins.tollgate, "serve",
 		"-f", s.policyPath,
@@ -100,7 +100,7 @@ func (s *stack) startTollgate(t *testing.T) {
 }
 
 // startEnvoy runs a real Envoy with tollgate's bootstrap and waits until it serves the policy.
-func (s *stack) startEnvoy(t *testing.T) {
+func (s *stack) startEnvoy(t testing.TB) {
 	t.Helper()
 	needEnvoy(t)
 	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
@@ -133,7 +133,7 @@ func (s *stack) metricsURL(path string) string {
 }
 
 // runTollgate runs a short tollgate command and returns its stdout.
-func runTollgate(t *testing.T, args ...string) string {
+func runTollgate(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := execOutput(bins.tollgate, args...)
 	if err != nil {
@@ -143,14 +143,14 @@ func runTollgate(t *testing.T, args ...string) string {
 }
 
 // startRedis runs a throwaway redis-server on a free port and returns its address.
-func startRedis(t *testing.T) string {
+func startRedis(t testing.TB) string {
 	t.Helper()
 	a, _ := startRedisOn(t, freePort(t))
 	return a
 }
 
 // startRedisOn runs a throwaway redis-server (no persistence) on port.
-func startRedisOn(t *testing.T, port int) (string, *process) {
+func startRedisOn(t testing.TB, port int) (string, *process) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -175,7 +175,7 @@ func startRedisOn(t *testing.T, port int) (string, *process) {
 
 // startRateLimit runs `tollgate ratelimit` against the stack's control plane and Redis; Envoy
 // reaches it on the port the policy names ({{ratelimit_port}}).
-func (s *stack) startRateLimit(t *testing.T, redisAddr string) *process {
+func (s *stack) startRateLimit(t testing.TB, redisAddr string) *process {
 	t.Helper()
 	s.charges = true
 	p := start(t, "ratelimit", bins.tollgate, "ratelimit",
