@@ -178,6 +178,7 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 		MaxRequestBytes:  p.Listener.MaxRequestBytes,
 		MaxResponseBytes: maxResponseBytes,
 		MaxEventBytes:    maxEventBytes,
+		UserLabel:        p.Metrics.UserLabel,
 	}
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend

@@ -112,7 +112,9 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	xdsServer.Register(xdsGRPC)
-	extProcGRPC := grpc.NewServer(extproc.ServerOptions(initial.Listener.MaxRequestBytes)...)
+	// Sized for the largest body any policy may allow, so raising listener.maxRequestBytes on a
+	// reload can never let Envoy buffer a body the ext_proc server then refuses to receive.
+	extProcGRPC := grpc.NewServer(extproc.ServerOptions(policies.MaxRequestBytes)...)
 	extProcServer.Register(extProcGRPC)
 
 	mux := http.NewServeMux()

@@ -65,6 +65,9 @@ type Config struct {
 	Models map[string]string
 	// Costs are published, by name, in the dynamic metadata of every successful response.
 	Costs []Cost
+	// UserLabel labels token usage metrics with the user id. Off by default: every distinct
+	// user becomes a new time series.
+	UserLabel bool
 	// MaxRequestBytes bounds a request body; larger bodies get 413. Envoy enforces its own
 	// buffer limit too; this check keeps the answer a clean 413 when the two disagree.
 	// Default DefaultMaxRequestBytes.

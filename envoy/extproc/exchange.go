@@ -47,6 +47,7 @@ type exchange struct {
 	// Request side.
 	started          bool       // request headers seen
 	api              llmapi.API // from :path
+	user             string     // the identity header's value
 	clientModel      string     // the client's own model header, if any
 	model            string     // the model the request is routed and accounted by
 	hasContentLength bool       // the client sent content-length (so a new body needs one)
@@ -134,6 +135,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Proc
 		})
 	}
 
+	ex.user = users[0]
 	ex.clientModel = firstHeader(headers, ex.cfg.ModelHeader)
 	ex.hasContentLength = firstHeader(headers, "content-length") != ""
 	if msg.GetEndOfStream() {
@@ -400,9 +402,18 @@ func (ex *exchange) finishWithUsage(usage llmapi.Usage) *structpb.Struct {
 	}
 
 	labels := ex.labels()
-	ex.metrics.tokenUsage.WithLabelValues(append(labels, "input")...).Observe(float64(usage.InputTokens))
-	ex.metrics.tokenUsage.WithLabelValues(append(labels, "output")...).Observe(float64(usage.OutputTokens))
-	ex.metrics.tokenUsage.WithLabelValues(append(labels, "total")...).Observe(float64(usage.TotalTokens))
+	// An empty label value is no label at all to Prometheus: without the opt-in, users add
+	// no series.
+	user := ""
+	if ex.cfg.UserLabel {
+		user = ex.user
+	}
+	for _, tokens := range []struct {
+		typ   string
+		count int64
+	}{{"input", usage.InputTokens}, {"output", usage.OutputTokens}, {"total", usage.TotalTokens}} {
+		ex.metrics.tokenUsage.WithLabelValues(labels[0], labels[1], tokens.typ, user).Observe(float64(tokens.count))
+	}
 	end := ex.observeDuration("")
 	if !ex.firstOutput.IsZero() && usage.OutputTokens > 1 {
 		perToken := end.Sub(ex.firstOutput).Seconds() / float64(usage.OutputTokens-1)

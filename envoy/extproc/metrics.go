@@ -16,6 +16,8 @@ const (
 	labelModel     = "gen_ai_request_model"
 	labelTokenType = "gen_ai_token_type"
 	labelErrorType = "error_type"
+	// labelUser is set only when the policy opts in: every user becomes a series.
+	labelUser = "gen_ai_user_id"
 )
 
 // Outcomes of one request, the values of tollgate_extproc_requests_total{outcome}.
@@ -52,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Tokens used per LLM response, by token type (OpenTelemetry gen_ai.client.token.usage).",
 			// 1, 4, 16, ... 67108864: the buckets the GenAI semantic conventions advise.
 			Buckets: prometheus.ExponentialBuckets(1, 4, 14),
-		}, []string{labelOperation, labelModel, labelTokenType}),
+		}, []string{labelOperation, labelModel, labelTokenType, labelUser}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "gen_ai_server_request_duration_seconds",
 			Help: "Time from request headers to the end of the response (OpenTelemetry gen_ai.server.request.duration).",

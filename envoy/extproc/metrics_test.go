@@ -23,8 +23,8 @@ func TestNewMetricsSharesARegistry(t *testing.T) {
 
 func TestTokenUsageBuckets(t *testing.T) {
 	m := NewMetrics(nil)
-	m.tokenUsage.WithLabelValues("chat", "qwen3", "input").Observe(67108864)
-	h := m.tokenUsage.WithLabelValues("chat", "qwen3", "input").(prometheus.Metric)
+	m.tokenUsage.WithLabelValues("chat", "qwen3", "input", "").Observe(67108864)
+	h := m.tokenUsage.WithLabelValues("chat", "qwen3", "input", "").(prometheus.Metric)
 	out := dtoMetric(t, h)
 	buckets := out.GetHistogram().GetBucket()
 	if len(buckets) != 14 || buckets[0].GetUpperBound() != 1 || buckets[13].GetUpperBound() != 67108864 {

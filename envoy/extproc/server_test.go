@@ -482,6 +482,21 @@ func TestGzipResponses(t *testing.T) {
 	})
 }
 
+// TestUserLabelOptIn: with Config.UserLabel the token usage carries the user id.
+func TestUserLabelOptIn(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.UserLabel = true
+	h := newHarness(t, cfg)
+	c := h.open(t)
+	sendChat(t, c, `{"model":"qwen3","messages":[]}`)
+	c.send(responseHeaders(false, ":status", "200", "content-type", "application/json"))
+	c.send(responseBody(readTestdata(t, "chat_completion.json"), true))
+	c.end()
+	if n := histogramCount(t, h, "gen_ai_client_token_usage", "chat", "qwen3", "input", "alice"); n != 1 {
+		t.Errorf("alice's input token observations = %d, want 1", n)
+	}
+}
+
 func TestMetricsAfterRequests(t *testing.T) {
 	h := newHarness(t, testConfig(t))
 	for _, model := range []string{"qwen3", "qwen3", "mystery-model"} {
@@ -492,15 +507,18 @@ func TestMetricsAfterRequests(t *testing.T) {
 		c.send(responseBody(readTestdata(t, "chat_completion.json"), true))
 		c.end()
 	}
-	if n := histogramCount(t, h, "gen_ai_client_token_usage", "chat", "qwen3", "input"); n != 2 {
+	if n := histogramCount(t, h, "gen_ai_client_token_usage", "chat", "qwen3", "input", ""); n != 2 {
 		t.Errorf("qwen3 input token observations = %d, want 2", n)
 	}
-	if sum := histogramSum(t, h, "gen_ai_client_token_usage", "chat", "qwen3", "total"); sum != 24 {
+	if sum := histogramSum(t, h, "gen_ai_client_token_usage", "chat", "qwen3", "total", ""); sum != 24 {
 		t.Errorf("qwen3 total tokens = %v, want 24", sum)
 	}
 	// A model outside the policy is folded into _OTHER, never its own series.
-	if n := histogramCount(t, h, "gen_ai_client_token_usage", "chat", "_OTHER", "output"); n != 1 {
+	if n := histogramCount(t, h, "gen_ai_client_token_usage", "chat", "_OTHER", "output", ""); n != 1 {
 		t.Errorf("_OTHER output observations = %d, want 1", n)
+	}
+	if strings.Contains(metricNames(t, h), "alice") {
+		t.Errorf("the user id shows up in metrics without the userLabel opt-in")
 	}
 	if n := histogramCount(t, h, "gen_ai_server_request_duration_seconds", "chat", "qwen3", ""); n != 2 {
 		t.Errorf("successful qwen3 durations = %d, want 2", n)

@@ -88,6 +88,17 @@ func TestRoutingAndHotReload(t *testing.T) {
 		}
 	})
 
+	t.Run("a body over the limit gets a JSON 413", func(t *testing.T) {
+		big := `{"model":"qwen3","messages":[{"role":"user","content":"` + strings.Repeat("x", 2<<20) + `"}]}`
+		r := mustDo(t, "POST", s.url("/v1/chat/completions"), alice, big)
+		if r.status != 413 {
+			t.Fatalf("status %d, want 413", r.status)
+		}
+		if e, ok := r.json(t)["error"].(map[string]any); !ok || e["type"] != "invalid_request_error" {
+			t.Errorf("413 body: %s", r.body)
+		}
+	})
+
 	t.Run("GET /v1/models lists the policy's models", func(t *testing.T) {
 		r := mustDo(t, "GET", s.url("/v1/models"), nil, "")
 		if r.status != 200 || !strings.Contains(string(r.body), `"qwen3"`) || !strings.Contains(string(r.body), `"gpt-4"`) {

@@ -2,8 +2,11 @@ package llmapi
 
 import (
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
+	"encoding/binary"
 	"encoding/json"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -167,6 +170,68 @@ func FuzzGzipStream(f *testing.F) {
 		}
 		if gotErr != nil || !bytes.Equal(got, want) {
 			t.Fatalf("compress/gzip decodes %d bytes, GzipStream %d bytes with error %v", len(want), len(got), gotErr)
+		}
+	})
+}
+
+// FuzzGzipRoundTrip compresses arbitrary payloads with compress/gzip at every kind of setting
+// (stored, Huffman-only, fast, best, with flushes) and decodes them in two chunks.
+func FuzzGzipRoundTrip(f *testing.F) {
+	for _, seed := range fixtureSeeds(f, ".sse") {
+		f.Add(seed, int8(gzip.DefaultCompression), uint16(100), uint16(len(seed)/4))
+	}
+	f.Add(bytes.Repeat([]byte("ab"), 20_000), int8(gzip.BestSpeed), uint16(0), uint16(3))
+	f.Fuzz(func(t *testing.T, payload []byte, level int8, flushEvery, split uint16) {
+		// Past one window, size adds time, not coverage; tiny flush intervals likewise.
+		payload = payload[:min(len(payload), 40_000)]
+		if flushEvery > 0 {
+			flushEvery = max(flushEvery, uint16(len(payload)/256))
+		}
+		lvl := int(level)%11 - 1 // -1 (default) .. 9; -2 (Huffman only) for negative inputs
+		if level < 0 {
+			lvl = gzip.HuffmanOnly
+		}
+		compressed := gzipped(t, payload, lvl, int(flushEvery), gzip.Header{})
+		i := min(int(split), len(compressed))
+		got, err := gunzipStream(compressed[:i], compressed[i:])
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("level %d flush %d split %d: err %v, equal %v", lvl, flushEvery, i, err, bytes.Equal(got, payload))
+		}
+	})
+}
+
+// FuzzInflate treats arbitrary bytes as raw DEFLATE data and compares with compress/flate:
+// wrapped into a gzip member with the right trailer, data compress/flate decodes must decode
+// identically here, and data it rejects must be rejected.
+func FuzzInflate(f *testing.F) {
+	for _, seed := range fixtureSeeds(f, ".gz") {
+		f.Add(seed[10:len(seed)-8], uint16(5)) // the raw DEFLATE part of a member
+	}
+	f.Add([]byte{0x01, 0x03, 0x00, 0xfc, 0xff, 'a', 'b', 'c'}, uint16(4)) // one stored block
+	f.Fuzz(func(t *testing.T, data []byte, split uint16) {
+		src := bytes.NewReader(data)
+		want, err := io.ReadAll(io.LimitReader(flate.NewReader(src), 1<<22))
+		if len(want) == 1<<22 {
+			return
+		}
+		member := []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}
+		if err != nil {
+			member = append(member, data...)
+			if _, gotErr := gunzipStream(member); gotErr == nil {
+				t.Fatalf("compress/flate fails with %v, GzipStream succeeds", err)
+			}
+			return
+		}
+		// compress/flate never reads past the end of the DEFLATE stream.
+		member = append(member, data[:len(data)-src.Len()]...)
+		var trailer [8]byte
+		binary.LittleEndian.PutUint32(trailer[:], crc32.ChecksumIEEE(want))
+		binary.LittleEndian.PutUint32(trailer[4:], uint32(len(want)))
+		member = append(member, trailer[:]...)
+		i := min(int(split), len(member))
+		got, gotErr := gunzipStream(member[:i], member[i:])
+		if gotErr != nil || !bytes.Equal(got, want) {
+			t.Fatalf("compress/flate decodes %d bytes, GzipStream %d bytes with error %v", len(want), len(got), gotErr)
 		}
 	})
 }

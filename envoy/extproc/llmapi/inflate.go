@@ -190,8 +190,12 @@ type inflater struct {
 	state     inflateState
 	final     bool // the current block is the last one
 	storedLen int  // bytes left in the current stored block
-	litLen    huffman
-	dist      huffman
+	// litLen and dist point at the codes of the current block: the dynamic ones read from its
+	// header, or the fixed ones, which are built once per stream because servers that flush
+	// after every event send many small fixed-code blocks.
+	litLen, dist           *huffman
+	dynLitLen, dynDist     huffman
+	fixedLitLen, fixedDist *huffman
 	// window holds up to windowSize bytes of history followed by new output; out marks the end.
 	// Output is handed over and history slid down before a match could overflow it.
 	window []byte
@@ -277,25 +281,10 @@ func (f *inflater) readBlockHeader(r *bitReader) error {
 		f.storedLen = int(length)
 		f.state = inflateStored
 	case 1: // fixed Huffman codes
-		var lengths [numLitLen]uint8
-		for i := range lengths {
-			switch {
-			case i < 144:
-				lengths[i] = 8
-			case i < 256:
-				lengths[i] = 9
-			case i < 280:
-				lengths[i] = 7
-			default:
-				lengths[i] = 8
-			}
+		if f.fixedLitLen == nil {
+			f.buildFixedCodes()
 		}
-		f.litLen.init(lengths[:])
-		var distLengths [numDist]uint8
-		for i := range distLengths {
-			distLengths[i] = 5
-		}
-		f.dist.init(distLengths[:])
+		f.litLen, f.dist = f.fixedLitLen, f.fixedDist
 		f.state = inflateHuffman
 	case 2: // dynamic Huffman codes
 		if err := f.readDynamicCodes(r); err != nil {
@@ -304,11 +293,37 @@ func (f *inflater) readBlockHeader(r *bitReader) error {
 			}
 			return err
 		}
+		f.litLen, f.dist = &f.dynLitLen, &f.dynDist
 		f.state = inflateHuffman
 	default:
 		return errCorrupt
 	}
 	return nil
+}
+
+// buildFixedCodes builds the fixed codes of RFC 1951 section 3.2.6.
+func (f *inflater) buildFixedCodes() {
+	var lengths [numLitLen]uint8
+	for i := range lengths {
+		switch {
+		case i < 144:
+			lengths[i] = 8
+		case i < 256:
+			lengths[i] = 9
+		case i < 280:
+			lengths[i] = 7
+		default:
+			lengths[i] = 8
+		}
+	}
+	f.fixedLitLen = new(huffman)
+	f.fixedLitLen.init(lengths[:])
+	var distLengths [numDist]uint8
+	for i := range distLengths {
+		distLengths[i] = 5
+	}
+	f.fixedDist = new(huffman)
+	f.fixedDist.init(distLengths[:])
 }
 
 func (f *inflater) readDynamicCodes(r *bitReader) error {
@@ -379,7 +394,7 @@ func (f *inflater) readDynamicCodes(r *bitReader) error {
 	if lengths[256] == 0 { // a block must be able to end
 		return errCorrupt
 	}
-	if !f.litLen.init(lengths[:nLit]) || !f.dist.init(lengths[nLit:nLit+nDist]) {
+	if !f.dynLitLen.init(lengths[:nLit]) || !f.dynDist.init(lengths[nLit:nLit+nDist]) {
 		return errCorrupt
 	}
 	return nil

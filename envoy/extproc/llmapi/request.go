@@ -55,7 +55,9 @@ type requestLayout struct {
 
 // ParseRequest scans a JSON request body for the fields of Request without decoding the rest
 // (bodies can be large chat histories), validating that the whole body is well-formed JSON.
-// maxDepth bounds nesting (values below 1 mean DefaultMaxDepth).
+// maxDepth bounds nesting: the top-level object is level 1, so {"a":[{}]} has three levels
+// (values below 1 mean DefaultMaxDepth). Depth is checked as containers open, so a
+// million-deep "[[[[..." fails after maxDepth bytes of work, not a million.
 //
 // Every failure is a *RequestError: malformed or truncated JSON, a body that is not an object,
 // nesting over maxDepth, a model that is not a valid UTF-8 string, a stream that is not a
