@@ -1,0 +1,52 @@
+package translate_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/tollgate-dev/tollgate/policies"
+	"github.com/tollgate-dev/tollgate/translate"
+	"github.com/tollgate-dev/tollgate/xds"
+)
+
+// FuzzTranslate: every policy that validation accepts translates into resources that pass all
+// of the checks a publish runs. Validation, not Envoy, must be where a bad policy stops.
+func FuzzTranslate(f *testing.F) {
+	inputs, _ := filepath.Glob("testdata/in/*.yaml")
+	for _, in := range inputs {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := policies.Parse("fuzz.yaml", data, testEnv)
+		if err != nil {
+			return
+		}
+		out, err := translate.Translate(p)
+		if err != nil {
+			t.Fatalf("a valid policy failed to translate: %v\n%s", err, data)
+		}
+		var r xds.Resources
+		for _, l := range out.Listeners {
+			r.Listeners = append(r.Listeners, l)
+		}
+		for _, rc := range out.Routes {
+			r.Routes = append(r.Routes, rc)
+		}
+		for _, c := range out.Clusters {
+			r.Clusters = append(r.Clusters, c)
+		}
+		for _, c := range out.RateLimitConfigs {
+			r.RateLimitConfigs = append(r.RateLimitConfigs, types.Resource(c))
+		}
+		if err := xds.Check(r); err != nil {
+			t.Fatalf("a valid policy translated into resources that fail the publish checks: %v\n%s", err, data)
+		}
+	})
+}
