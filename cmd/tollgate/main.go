@@ -16,11 +16,15 @@ var version = ""
 const usage = `tollgate: per-user token quotas for LLM traffic on plain Envoy
 
 Usage:
+  tollgate run       -f policy.yaml   run everything on one machine: control plane, ext_proc,
+                                      ratelimit service (embedded Redis unless --redis) and Envoy
   tollgate serve     -f policy.yaml   run the control plane (ADS) and the ext_proc server
+  tollgate extproc   -f policy.yaml   run the ext_proc server on its own (with serve --extproc "")
   tollgate ratelimit                  run the ratelimit service, configured over xDS by tollgate
   tollgate validate  -f policy.yaml   check a policy; print every error as file:line: path: message
   tollgate render    -f policy.yaml   print the Envoy resources and ratelimit config as YAML
   tollgate bootstrap                  print an Envoy bootstrap that connects to tollgate over ADS
+  tollgate hash-key  [--user ID]      print the SHA-256 of an API key (read from stdin) for identity.apiKeys
   tollgate quota     --user ID        show a user's quota windows: limit, used, remaining, reset
   tollgate status                     show what a running tollgate serves and who is connected
   tollgate version                    print the version
@@ -42,10 +46,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "serve":
 		return serveCommand(rest, stdout, stderr)
+	case "run":
+		return runCommand(rest, stdout, stderr)
+	case "extproc":
+		return extProcCommand(rest, stdout, stderr)
 	case "ratelimit":
 		return ratelimitCommand(rest, stdout, stderr)
 	case "validate":
 		return validateCommand(rest, stdout, stderr)
+	case "hash-key":
+		return hashKeyCommand(rest, os.Stdin, stdout, stderr)
 	case "render":
 		return renderCommand(rest, stdout, stderr)
 	case "bootstrap":

@@ -1,0 +1,89 @@
+package launch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// readyPollInterval is how often WaitReady asks the admin interface.
+const readyPollInterval = 50 * time.Millisecond
+
+// WaitReady polls the admin interface's /ready until Envoy says LIVE: it has its listeners and
+// clusters from the control plane and is serving. It returns the *ExitError if Envoy exits
+// first, or, when ctx ends, an error with the last answer /ready gave (INITIALIZING usually
+// means the control plane has not sent the configuration yet).
+func (p *Process) WaitReady(ctx context.Context) error {
+	url := "http://" + dialAddr(p.opts.AdminAddress) + "/ready"
+	client := &http.Client{Timeout: time.Second}
+	tick := time.NewTicker(readyPollInterval)
+	defer tick.Stop()
+	last := "no answer yet"
+	for {
+		state, err := readyState(ctx, client, url)
+		if err == nil && state == "LIVE" {
+			return nil
+		}
+		switch {
+		case err != nil && ctx.Err() != nil:
+			// Cut short by ctx: keep the last real answer.
+		case err != nil:
+			last = err.Error()
+		default:
+			last = "/ready says " + state
+		}
+		select {
+		case <-p.done:
+			if e := p.Err(); e != nil {
+				return e
+			}
+			return fmt.Errorf("envoy exited before it was ready (last: %s)", last)
+		case <-ctx.Done():
+			return fmt.Errorf("envoy (pid %d) is not ready: %s; see %s", p.Pid(), last, p.logPath)
+		case <-tick.C:
+		}
+	}
+}
+
+// readyState returns the server state /ready reports (LIVE, PRE_INITIALIZING, INITIALIZING,
+// DRAINING).
+func readyState(ctx context.Context, client *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256))
+	if err != nil {
+		return "", err
+	}
+	state := strings.TrimSpace(string(body))
+	if resp.StatusCode != http.StatusOK && state == "" {
+		state = resp.Status
+	}
+	return state, nil
+}
+
+// dialAddr turns a listen address into one a local client can dial: an admin interface on all
+// interfaces is reached over loopback.
+func dialAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
+}
