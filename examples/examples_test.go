@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 	"github.com/tollgate-dev/tollgate/xds"
@@ -31,19 +29,7 @@ func TestExamplePoliciesAreValid(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var r xds.Resources
-			for _, l := range out.Listeners {
-				r.Listeners = append(r.Listeners, l)
-			}
-			for _, rc := range out.Routes {
-				r.Routes = append(r.Routes, rc)
-			}
-			for _, c := range out.Clusters {
-				r.Clusters = append(r.Clusters, c)
-			}
-			for _, c := range out.RateLimitConfigs {
-				r.RateLimitConfigs = append(r.RateLimitConfigs, types.Resource(c))
-			}
+			r := xds.NewResources(out.Listeners, out.Routes, out.Clusters, out.RateLimitConfigs)
 			if err := xds.Check(r); err != nil {
 				t.Fatal(err)
 			}

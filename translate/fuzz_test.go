@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 	"github.com/tollgate-dev/tollgate/xds"
@@ -32,19 +30,7 @@ func FuzzTranslate(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a valid policy failed to translate: %v\n%s", err, data)
 		}
-		var r xds.Resources
-		for _, l := range out.Listeners {
-			r.Listeners = append(r.Listeners, l)
-		}
-		for _, rc := range out.Routes {
-			r.Routes = append(r.Routes, rc)
-		}
-		for _, c := range out.Clusters {
-			r.Clusters = append(r.Clusters, c)
-		}
-		for _, c := range out.RateLimitConfigs {
-			r.RateLimitConfigs = append(r.RateLimitConfigs, types.Resource(c))
-		}
+		r := xds.NewResources(out.Listeners, out.Routes, out.Clusters, out.RateLimitConfigs)
 		if err := xds.Check(r); err != nil {
 			t.Fatalf("a valid policy translated into resources that fail the publish checks: %v\n%s", err, data)
 		}
