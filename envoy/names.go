@@ -10,6 +10,27 @@ const (
 	FilterExtProc   = "envoy.filters.http.ext_proc"
 	FilterRateLimit = "envoy.filters.http.ratelimit"
 	FilterRouter    = "envoy.filters.http.router"
+	// FilterJWTAuthn verifies JSON Web Tokens. It writes verified payloads into dynamic
+	// metadata under its own name as the namespace.
+	FilterJWTAuthn = "envoy.filters.http.jwt_authn"
+)
+
+// JSON Web Token identity.
+const (
+	// JWTProvider is the name of the one jwt_authn provider tollgate configures.
+	JWTProvider = "tollgate"
+	// JWTPayloadKey is the key, inside the FilterJWTAuthn metadata namespace, of a verified
+	// token's payload; the ext_proc server reads the user claim from it.
+	JWTPayloadKey = "payload"
+	// ClusterJWKS is the cluster Envoy fetches a remote JSON Web Key Set through.
+	ClusterJWKS = "tollgate_jwks"
+)
+
+// Credential headers a client authenticates with in API key mode. Both are removed before a
+// request goes upstream.
+const (
+	HeaderAuthorization = "authorization"
+	HeaderAPIKey        = "x-api-key"
 )
 
 // Resource names tollgate generates.

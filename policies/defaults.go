@@ -22,6 +22,9 @@ const (
 	DefaultRateLimitTimeout = 100 * time.Millisecond
 	DefaultFailureMode      = FailureModeOpen
 	DefaultConnectTimeout   = 5 * time.Second
+	DefaultIdentityMode     = IdentityHeader
+	DefaultJWTUserClaim     = "sub"
+	DefaultJWKSCache        = 10 * time.Minute
 )
 
 // Rate limit failure modes.
@@ -66,7 +69,18 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 		p.Listener.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	setDuration("listener.requestTimeout", &p.Listener.RequestTimeout, DefaultRequestTimeout)
+	setString("identity.mode", &p.Identity.Mode, DefaultIdentityMode)
+	// Modes are matched case-insensitively and kept in their documented spelling.
+	for _, m := range IdentityModes() {
+		if strings.EqualFold(p.Identity.Mode, m) {
+			p.Identity.Mode = m
+		}
+	}
 	setString("identity.header", &p.Identity.Header, DefaultIdentityHeader)
+	if p.Identity.Mode == IdentityJWT {
+		setString("identity.jwt.userClaim", &p.Identity.JWT.UserClaim, DefaultJWTUserClaim)
+		setDuration("identity.jwt.jwksCacheDuration", &p.Identity.JWT.JWKSCacheDuration, DefaultJWKSCache)
+	}
 	setString("extProc.address", &p.ExtProc.Address, DefaultExtProcAddress)
 	setInt("extProc.port", &p.ExtProc.Port, DefaultExtProcPort)
 	setString("rateLimit.address", &p.RateLimit.Address, DefaultRateLimitAddress)

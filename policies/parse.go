@@ -63,6 +63,7 @@ func Parse(filename string, data []byte, env LookupEnv) (*Policy, error) {
 			problems = append(problems, FieldError{Path: indexPath("backends", i) + ".apiKey", Message: err.Error()})
 		}
 	}
+	problems = append(problems, resolveIdentity(&p.Identity, baseDir)...)
 	celEnv, celEnvErr := CostEnv()
 	problems = append(problems, validate(&p, celEnv, celEnvErr)...)
 

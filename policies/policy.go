@@ -60,9 +60,70 @@ type Listener struct {
 	RequestTimeout Duration `yaml:"requestTimeout"`
 }
 
-// Identity says which request header names the user. Default header: x-user-id.
+// Identity modes.
+const (
+	// IdentityHeader trusts the identity header as the client sent it. Safe only behind a proxy
+	// that authenticates users and sets the header itself.
+	IdentityHeader = "header"
+	// IdentityAPIKeys identifies users by API keys ("Authorization: Bearer <key>" or
+	// "x-api-key: <key>") whose SHA-256 hashes the policy lists.
+	IdentityAPIKeys = "apiKeys"
+	// IdentityJWT identifies users by a claim of a JSON Web Token that Envoy verifies.
+	IdentityJWT = "jwt"
+)
+
+// IdentityModes lists the valid identity modes.
+func IdentityModes() []string { return []string{IdentityHeader, IdentityAPIKeys, IdentityJWT} }
+
+// Identity says how a request's user is known.
 type Identity struct {
+	// Mode is header (default), apiKeys or jwt.
+	Mode string `yaml:"mode"`
+	// Header carries the user id to the ratelimit filter. Default x-user-id. In header mode the
+	// client's value is the identity; in apiKeys and jwt modes the gateway overwrites it.
 	Header string `yaml:"header"`
+	// APIKeys are the accepted API keys (apiKeys mode), by hash.
+	APIKeys []APIKey `yaml:"apiKeys"`
+	// APIKeysFile names a YAML file holding a list shaped like APIKeys, relative to the policy
+	// file. It is read on every policy load, and the policy watcher reloads when it changes.
+	APIKeysFile string `yaml:"apiKeysFile"`
+	// JWT configures jwt mode.
+	JWT JWT `yaml:"jwt"`
+
+	// ResolvedAPIKeys is every accepted key: APIKeys, then those read from APIKeysFile.
+	// Parse fills it; it is not written in the policy.
+	ResolvedAPIKeys []APIKey `yaml:"-"`
+}
+
+// APIKey is one accepted API key. The policy holds only its SHA-256 hash (`tollgate hash-key`
+// prints it), so a leaked policy leaks no key.
+type APIKey struct {
+	// User is the user id requests with this key are accounted to. A user may have several keys,
+	// so a key can be rotated without downtime.
+	User string `yaml:"user"`
+	// SHA256 is the hex SHA-256 of the key: 64 lowercase hex digits.
+	SHA256 string `yaml:"sha256"`
+}
+
+// JWT configures identity from a JSON Web Token in "Authorization: Bearer <token>". Envoy
+// verifies the token (signature, issuer, audiences, expiry); tollgate reads the user from a claim.
+type JWT struct {
+	// Issuer is the required "iss" claim.
+	Issuer string `yaml:"issuer"`
+	// Audiences, when set, are the accepted "aud" values; a token must name one of them.
+	Audiences []string `yaml:"audiences"`
+	// JWKSFile is a local JSON Web Key Set file (relative to the policy file), read on every
+	// policy load. Set exactly one of JWKSFile and JWKSURI.
+	JWKSFile string `yaml:"jwksFile"`
+	// JWKSURI is an http(s) URL Envoy fetches the key set from, and caches.
+	JWKSURI string `yaml:"jwksURI"`
+	// JWKSCacheDuration is how long Envoy keeps a fetched key set. Default 10m.
+	JWKSCacheDuration Duration `yaml:"jwksCacheDuration"`
+	// UserClaim names the top-level claim holding the user id. Default "sub".
+	UserClaim string `yaml:"userClaim"`
+
+	// JWKS is the content of JWKSFile. Parse fills it; it is not written in the policy.
+	JWKS string `yaml:"-"`
 }
 
 // Endpoint is a host:port that Envoy dials.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ func (v *validator) add(path, format string, args ...any) {
 func validate(p *Policy, celEnv *cel.Env, celEnvErr error) []FieldError {
 	v := &validator{}
 	v.listener(p)
+	v.identity(p.Identity)
 	v.endpoint("extProc", p.ExtProc)
 	v.endpoint("rateLimit", p.RateLimit.Endpoint)
 	v.rateLimit(p.RateLimit)
@@ -61,6 +63,97 @@ func (v *validator) listener(p *Policy) {
 	if l.ModelHeader != "" && l.ModelHeader == p.Identity.Header {
 		v.add("identity.header", "must differ from listener.modelHeader (both are %q)", l.ModelHeader)
 	}
+}
+
+// identity checks the mode and that each mode's settings appear only with it. API keys and the
+// files are checked where Parse reads them (resolveIdentity).
+func (v *validator) identity(id Identity) {
+	if !slices.Contains(IdentityModes(), id.Mode) {
+		v.add("identity.mode", "must be one of %s, got %q", strings.Join(IdentityModes(), ", "), id.Mode)
+		return
+	}
+	if id.Mode != IdentityAPIKeys {
+		if len(id.APIKeys) > 0 {
+			v.add("identity.apiKeys", "only allowed when identity.mode is %s", IdentityAPIKeys)
+		}
+		if id.APIKeysFile != "" {
+			v.add("identity.apiKeysFile", "only allowed when identity.mode is %s", IdentityAPIKeys)
+		}
+	}
+	if id.Mode != IdentityJWT && !reflect.ValueOf(id.JWT).IsZero() {
+		v.add("identity.jwt", "only allowed when identity.mode is %s", IdentityJWT)
+	}
+	if id.Mode != IdentityHeader {
+		// These headers carry credentials and are removed before the request goes upstream;
+		// the user id would go with them.
+		switch id.Header {
+		case "authorization", "x-api-key":
+			v.add("identity.header", "must not be %s in %s mode: the gateway removes it", id.Header, id.Mode)
+		}
+	}
+	switch id.Mode {
+	case IdentityAPIKeys:
+		if len(id.APIKeys) == 0 && id.APIKeysFile == "" {
+			v.add("identity", "%s mode needs apiKeys, apiKeysFile or both", IdentityAPIKeys)
+		}
+	case IdentityJWT:
+		v.jwt(id.JWT)
+	}
+}
+
+func (v *validator) jwt(j JWT) {
+	const path = "identity.jwt"
+	switch {
+	case j.Issuer == "":
+		v.add(path+".issuer", "required: the token's \"iss\" claim")
+	case !isPrintableWord(j.Issuer):
+		v.add(path+".issuer", "must be printable and contain no whitespace")
+	}
+	for i, a := range j.Audiences {
+		if !isPrintableWord(a) {
+			v.add(indexPath(path+".audiences", i), "must be a non-empty printable string without whitespace")
+		}
+	}
+	switch {
+	case (j.JWKSFile == "") == (j.JWKSURI == ""):
+		v.add(path, "set exactly one of jwksFile and jwksURI")
+	case j.JWKSURI != "":
+		if msg := checkJWKSURI(j.JWKSURI); msg != "" {
+			v.add(path+".jwksURI", "%s", msg)
+		}
+	}
+	v.positive(path+".jwksCacheDuration", j.JWKSCacheDuration)
+	switch {
+	case j.UserClaim == "":
+		v.add(path+".userClaim", "required")
+	case !isPrintableWord(j.UserClaim):
+		v.add(path+".userClaim", "must be printable and contain no whitespace")
+	}
+}
+
+// checkJWKSURI returns a problem with a key set URL, or "".
+func checkJWKSURI(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Sprintf("not a valid URL: %v", unwrapURLError(err))
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Sprintf("scheme must be https or http, got %q", u.Scheme)
+	case u.User != nil:
+		return "must not contain user info"
+	case u.Hostname() == "" || !validHost(u.Hostname()):
+		return "needs a host name or IP address"
+	case u.Fragment != "":
+		return "must not have a fragment"
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("port must be between 1 and 65535, got %q", p)
+		}
+	}
+	return ""
 }
 
 func (v *validator) endpoint(path string, e Endpoint) {

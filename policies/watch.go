@@ -3,15 +3,21 @@ package policies
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"go.yaml.in/yaml/v3"
 )
 
 // defaultPollInterval is how often Run re-reads the file regardless of events. fsnotify is not
@@ -33,12 +39,19 @@ const maxDebounceWaits = 10
 // Any event in the directory leads to a read, and the content comparison decides; this is what
 // makes renames, symlink flips and Kubernetes ConfigMap updates (which swap a "..data" symlink)
 // work without special cases. A Watcher runs one Run at a time.
+//
+// The files a policy refers to (identity.apiKeysFile, identity.jwt.jwksFile, {file: ...}
+// secrets) are read on every policy load, so their directories are watched too: when one of
+// them changes, the policy's content is delivered again even though it did not change itself.
 type Watcher struct {
 	path         string
 	debounce     time.Duration
 	pollInterval time.Duration
 	logger       *slog.Logger
 	reload       chan struct{}
+	// references lists the files a policy content refers to, as absolute paths or relative to
+	// the policy file's directory.
+	references func(content []byte) []string
 	// afterRead, when set, observes every read attempt; tests use it to know that an event
 	// has been fully handled without sleeping.
 	afterRead func(delivered bool, err error)
@@ -55,6 +68,7 @@ func NewWatcher(path string, debounce time.Duration, logger *slog.Logger) *Watch
 		pollInterval: defaultPollInterval,
 		logger:       logger,
 		reload:       make(chan struct{}, 1),
+		references:   referencedFiles,
 	}
 }
 
@@ -149,6 +163,10 @@ type watchState struct {
 	// targetDir is the directory of the file a symlinked path resolves to, watched as well
 	// so edits of the target are seen; "" when that is the parent directory itself.
 	targetDir string
+	// refDirs are the extra directories watched for referenced files.
+	refDirs map[string]bool
+	// lastRefs fingerprints the referenced files at the last delivery.
+	lastRefs string
 }
 
 // read delivers the file's content when it changed since the last delivery, or always when force.
@@ -171,12 +189,129 @@ func (s *watchState) readOnce(force bool) (bool, error) {
 		return false, err
 	}
 	s.followSymlink()
-	if s.delivered && !force && bytes.Equal(data, s.last) {
+	refs := s.referencedPaths(data)
+	s.watchReferenceDirs(refs)
+	fingerprint := fingerprintFiles(refs)
+	if s.delivered && !force && bytes.Equal(data, s.last) && fingerprint == s.lastRefs {
 		return false, nil
 	}
-	s.last, s.delivered = data, true
+	s.last, s.lastRefs, s.delivered = data, fingerprint, true
 	s.onChange(data)
 	return true, nil
+}
+
+// referencedPaths returns the absolute paths of the files content refers to, sorted.
+func (s *watchState) referencedPaths(content []byte) []string {
+	if s.w.references == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range s.w.references(content) {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(s.dir, p)
+		}
+		out = append(out, filepath.Clean(p))
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// watchReferenceDirs watches the directories of referenced files and stops watching those no
+// longer referenced. A directory that cannot be watched yet is tried again on the next read.
+func (s *watchState) watchReferenceDirs(refs []string) {
+	want := map[string]bool{}
+	for _, p := range refs {
+		if dir := filepath.Dir(p); dir != s.dir && dir != s.targetDir {
+			want[dir] = true
+		}
+	}
+	for dir := range s.refDirs {
+		if !want[dir] {
+			// The policy's own directory and its symlink target stay watched regardless.
+			if dir != s.dir && dir != s.targetDir {
+				_ = s.fsw.Remove(dir)
+			}
+			delete(s.refDirs, dir)
+		}
+	}
+	for dir := range want {
+		if s.refDirs[dir] {
+			continue
+		}
+		if err := s.fsw.Add(dir); err != nil {
+			s.w.logger.Warn("cannot watch the directory of a file the policy refers to", "dir", dir, "error", err)
+			continue
+		}
+		if s.refDirs == nil {
+			s.refDirs = map[string]bool{}
+		}
+		s.refDirs[dir] = true
+	}
+}
+
+// maxFingerprintBytes bounds how much of one referenced file is hashed; Parse refuses larger
+// files anyway.
+const maxFingerprintBytes = 64 << 20
+
+// fingerprintFiles hashes the content of each file (or the reason it cannot be read), so a
+// change to any of them is seen without keeping their contents, which may be secrets.
+func fingerprintFiles(paths []string) string {
+	if len(paths) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, p := range paths {
+		fmt.Fprintf(h, "%s\x00", p)
+		f, err := os.Open(p)
+		if err != nil {
+			fmt.Fprintf(h, "unreadable: %v\x00", err)
+			continue
+		}
+		if _, err := io.Copy(h, io.LimitReader(f, maxFingerprintBytes)); err != nil {
+			fmt.Fprintf(h, "read error: %v\x00", err)
+		}
+		f.Close()
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// referencedFiles lists the files a policy's content refers to, as written (relative to the
+// policy file's directory unless absolute): identity.apiKeysFile, identity.jwt.jwksFile and
+// backends' {file: path} keys. It reads the content loosely, so it works on a policy that
+// does not validate, and returns nothing for content that is not YAML at all.
+func referencedFiles(content []byte) []string {
+	var loose struct {
+		Identity struct {
+			APIKeysFile string `yaml:"apiKeysFile"`
+			JWT         struct {
+				JWKSFile string `yaml:"jwksFile"`
+			} `yaml:"jwt"`
+		} `yaml:"identity"`
+		Backends []struct {
+			APIKey yaml.Node `yaml:"apiKey"`
+		} `yaml:"backends"`
+	}
+	// A type error leaves the fields it could not fill empty and the rest filled.
+	_ = yaml.Unmarshal(content, &loose)
+	var out []string
+	for _, p := range []string{loose.Identity.APIKeysFile, loose.Identity.JWT.JWKSFile} {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	for _, b := range loose.Backends {
+		n := &b.APIKey
+		if n.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k, v := n.Content[i], n.Content[i+1]; k.Value == "file" && v.Kind == yaml.ScalarNode && v.Value != "" {
+				out = append(out, v.Value)
+			}
+		}
+	}
+	return out
 }
 
 // followSymlink watches the directory of the symlink target, when the path is a symlink into
@@ -193,7 +328,7 @@ func (s *watchState) followSymlink() {
 	if target == s.targetDir {
 		return
 	}
-	if s.targetDir != "" {
+	if s.targetDir != "" && !s.refDirs[s.targetDir] {
 		_ = s.fsw.Remove(s.targetDir)
 	}
 	s.targetDir = ""

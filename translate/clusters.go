@@ -18,24 +18,34 @@ import (
 // grpcConnectTimeout bounds connecting to tollgate's own gRPC services; they run next to Envoy.
 const grpcConnectTimeout = time.Second
 
-// backendCluster builds the cluster of one upstream LLM backend. https backends get TLS with SNI
-// and the system's root certificates.
+// backendCluster builds the cluster of one upstream LLM backend.
 func backendCluster(b policies.Backend) (*clusterv3.Cluster, error) {
 	u, err := url.Parse(b.URL)
 	if err != nil {
 		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 	}
+	c, err := urlCluster(envoy.BackendCluster(b.Name), u, b.ConnectTimeout.Duration)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+	}
+	return c, nil
+}
+
+// urlCluster builds a cluster reaching the host of an http or https URL; https gets TLS with
+// SNI and the system's root certificates.
+func urlCluster(name string, u *url.URL, connectTimeout time.Duration) (*clusterv3.Cluster, error) {
 	host := u.Hostname()
 	port := 80
 	if u.Scheme == "https" {
 		port = 443
 	}
 	if p := u.Port(); p != "" {
+		var err error
 		if port, err = strconv.Atoi(p); err != nil {
-			return nil, fmt.Errorf("backend %q: bad port %q", b.Name, p)
+			return nil, fmt.Errorf("bad port %q", p)
 		}
 	}
-	c := endpointCluster(envoy.BackendCluster(b.Name), host, port, b.ConnectTimeout.Duration)
+	c := endpointCluster(name, host, port, connectTimeout)
 	if u.Scheme == "https" {
 		tlsCtx, err := envoy.Any(&tlsv3.UpstreamTlsContext{
 			Sni: host,

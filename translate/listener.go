@@ -33,8 +33,8 @@ const (
 )
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
-// ext_proc → ratelimit → router, routes over RDS, and an access log of every request's user,
-// model and tokens.
+// ext_proc → ratelimit → router (jwt_authn first in jwt identity mode), routes over RDS, and an
+// access log of every request's user, model and tokens.
 func listener(p *input) (*listenerv3.Listener, error) {
 	extProc, err := extProcFilter(p)
 	if err != nil {
@@ -56,6 +56,14 @@ func listener(p *input) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	filters := []*hcmv3.HttpFilter{extProc, rateLimit, router}
+	if usesJWT(p) {
+		jwt, err := jwtAuthnFilter(p)
+		if err != nil {
+			return nil, err
+		}
+		filters = append([]*hcmv3.HttpFilter{jwt}, filters...)
+	}
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: "tollgate",
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -66,7 +74,7 @@ func listener(p *input) (*listenerv3.Listener, error) {
 				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
 			},
 		}},
-		HttpFilters:           []*hcmv3.HttpFilter{extProc, rateLimit, router},
+		HttpFilters:           filters,
 		AccessLog:             []*accesslogv3.AccessLog{accessLog},
 		LocalReplyConfig:      localReply,
 		RequestHeadersTimeout: envoy.Duration(requestHeadersTimeout),
@@ -96,6 +104,17 @@ func listener(p *input) (*listenerv3.Listener, error) {
 // response body to STREAMED or BUFFERED per request when it needs usage, so other responses
 // cost nothing extra. It fails closed: without it a request has no trustworthy model or user.
 func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
+	metadata := &extprocv3.MetadataOptions{
+		ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
+			Untyped: []string{envoy.MetadataNamespace},
+		},
+	}
+	if usesJWT(p) {
+		// The verified token payload, which names the user.
+		metadata.ForwardingNamespaces = &extprocv3.MetadataOptions_MetadataNamespaces{
+			Untyped: []string{envoy.FilterJWTAuthn},
+		}
+	}
 	return httpFilter(envoy.FilterExtProc, &extprocv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
@@ -114,11 +133,7 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 		MessageTimeout:    envoy.Duration(extProcMessageTimeout),
 		FailureModeAllow:  false,
 		StatusOnError:     &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
-		MetadataOptions: &extprocv3.MetadataOptions{
-			ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
-				Untyped: []string{envoy.MetadataNamespace},
-			},
-		},
+		MetadataOptions:   metadata,
 	})
 }
 
@@ -197,6 +212,8 @@ func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 		headers              []*corev3.HeaderValueOption
 	}
 	replies := []reply{
+		// request_headers_timeout: the client took too long to send its headers.
+		{status: 408, message: "The request headers did not arrive in time.", etype: "invalid_request_error"},
 		{status: 413, message: "Request body too large for this gateway.", etype: "invalid_request_error"},
 		{
 			// The ratelimit filter's 429 carries the draft-03 headers: x-ratelimit-limit names
@@ -211,10 +228,20 @@ func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 			}},
 		},
+		// Envoy's own 502: the backend answered with something that is not valid HTTP, or
+		// reset the connection mid-answer before the client got headers.
+		{status: 502, message: "The upstream model server sent an invalid response (%RESPONSE_CODE_DETAILS%).", etype: "bad_gateway"},
 		{status: 503, message: "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later.", etype: "service_unavailable"},
 		{status: 504, message: "The upstream model server did not answer in time.", etype: "timeout"},
 	}
 	cfg := &hcmv3.LocalReplyConfig{}
+	if usesJWT(p) {
+		mappers, err := jwtReplyMappers()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Mappers = append(cfg.Mappers, mappers...)
+	}
 	for _, r := range replies {
 		body, err := openAIError(r.message, r.etype, "", r.code)
 		if err != nil {

@@ -116,16 +116,8 @@ func modelListRoute(p *input) (*routev3.Route, error) {
 		return nil, err
 	}
 	return &routev3.Route{
-		Name: envoy.RouteModelList,
-		Match: &routev3.RouteMatch{
-			PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/models"},
-			Headers: []*routev3.HeaderMatcher{{
-				Name: ":method",
-				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-					MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "GET"},
-				}},
-			}},
-		},
+		Name:  envoy.RouteModelList,
+		Match: modelListMatch(),
 		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
 			Status: 200,
 			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(body)}},

@@ -85,6 +85,13 @@ func clusters(p *input) ([]*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	out = append(out, extProc, rateLimit)
+	if usesJWT(p) && p.Identity.JWT.JWKSURI != "" {
+		jwks, err := jwksCluster(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, jwks)
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }

@@ -4,6 +4,9 @@
 // endpoints and the per-request x-llmsim-* knobs.
 //
 //	llmsim --listen 127.0.0.1:8000 --output-tokens 6 --ttft 200ms --token-delay 20ms
+//
+// With --require-key K it answers 401 to any request without "Authorization: Bearer K", as a
+// hosted API does, so a test can prove a gateway sent the backend's key.
 package main
 
 import (
@@ -63,6 +66,8 @@ type config struct {
 	listen   string
 	logLevel slog.Level
 	opts     sim.Options
+	// requireKey, when set, is the API key every request must carry as a bearer token.
+	requireKey string
 }
 
 func parseConfig(args []string, stderr io.Writer) (config, error) {
@@ -78,6 +83,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&models, "models", strings.Join(sim.DefaultModels(), ","), "comma-separated models listed by GET /v1/models")
 	fs.StringVar(&cfg.opts.Name, "name", sim.DefaultName, "backend name reported in the x-llmsim-backend header")
 	fs.TextVar(&cfg.logLevel, "log-level", slog.LevelInfo, "log level; debug logs one line per request")
+	fs.StringVar(&cfg.requireKey, "require-key", "", "answer 401 unless a request carries 'Authorization: Bearer <this key>', as a hosted API does")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
@@ -128,7 +134,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	server := &http.Server{
-		Handler:           sim.NewHandler(cfg.opts, logger),
+		Handler:           sim.RequireKey(cfg.requireKey, sim.NewHandler(cfg.opts, logger)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -142,6 +148,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		"ttft", cfg.opts.TimeToFirstToken,
 		"token_delay", cfg.opts.TokenDelay,
 		"models", cfg.opts.Models,
+		"requires_key", cfg.requireKey != "",
 	)
 
 	select {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
@@ -21,10 +21,11 @@ import (
 // reloader applies policy file contents: parse, translate, publish over xDS, hand the ext_proc
 // server its new config. Any failure keeps everything that is served as it was.
 type reloader struct {
-	path    string
-	env     policies.LookupEnv
-	logger  *slog.Logger
-	xds     *xds.Server
+	path   string
+	env    policies.LookupEnv
+	logger *slog.Logger
+	xds    publisher
+	// extProc is nil when the ext_proc server runs in another process.
 	extProc *extproc.Server
 
 	reloads       *prometheus.CounterVec
@@ -51,7 +52,13 @@ type reloadStatus struct {
 	AppliedChange bool      `json:"-"`
 }
 
-func newReloader(path string, env policies.LookupEnv, logger *slog.Logger, reg prometheus.Registerer, x *xds.Server, ep *extproc.Server) *reloader {
+// publisher serves translated resources: *xds.Server in the control plane, or checkOnly in a
+// process that serves no xDS but must accept and reject the same policies.
+type publisher interface {
+	Publish(ctx context.Context, r xds.Resources) (xds.PublishResult, error)
+}
+
+func newReloader(path string, env policies.LookupEnv, logger *slog.Logger, reg prometheus.Registerer, x publisher, ep *extproc.Server) *reloader {
 	r := &reloader{
 		path: path, env: env, logger: logger, xds: x, extProc: ep,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -94,7 +101,9 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 		r.fail(now, err)
 		return err
 	}
-	r.extProc.Update(cfg)
+	if r.extProc != nil {
+		r.extProc.Update(cfg)
+	}
 
 	r.reloads.WithLabelValues("ok").Inc()
 	r.lastSuccess.Set(float64(now.Unix()))
@@ -151,22 +160,9 @@ func errorLines(err error) []string {
 	return []string{err.Error()}
 }
 
-// resources converts translated output into what the xDS server publishes.
+// resources groups translated output as the xDS server publishes it.
 func resources(out *translate.Output) xds.Resources {
-	var r xds.Resources
-	for _, l := range out.Listeners {
-		r.Listeners = append(r.Listeners, l)
-	}
-	for _, rc := range out.Routes {
-		r.Routes = append(r.Routes, rc)
-	}
-	for _, c := range out.Clusters {
-		r.Clusters = append(r.Clusters, c)
-	}
-	for _, c := range out.RateLimitConfigs {
-		r.RateLimitConfigs = append(r.RateLimitConfigs, types.Resource(c))
-	}
-	return r
+	return xds.NewResources(out.Listeners, out.Routes, out.Clusters, out.RateLimitConfigs)
 }
 
 // extProcConfig is the ext_proc server's share of the policy.
@@ -182,6 +178,19 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 	}
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend
+	}
+	if err := identityConfig(p, cfg); err != nil {
+		return nil, err
+	}
+	// Upstream keys go to the ext_proc server in memory only; they are never part of what is
+	// published over xDS, rendered or logged.
+	for _, b := range p.Backends {
+		if b.APIKey.IsSet() {
+			if cfg.BackendKeys == nil {
+				cfg.BackendKeys = map[string]extproc.Credential{}
+			}
+			cfg.BackendKeys[b.Name] = extproc.Credential(b.APIKey.Value())
+		}
 	}
 	for _, c := range p.Costs {
 		cost := extproc.Cost{Name: c.Name}
@@ -204,6 +213,30 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 		cfg.Costs = append(cfg.Costs, cost)
 	}
 	return cfg, nil
+}
+
+// identityConfig sets how the ext_proc server identifies users.
+func identityConfig(p *policies.Policy, cfg *extproc.Config) error {
+	switch p.Identity.Mode {
+	case policies.IdentityHeader, "":
+		cfg.Identity = extproc.IdentityFromHeader
+	case policies.IdentityAPIKeys:
+		cfg.Identity = extproc.IdentityFromAPIKey
+		cfg.APIKeys = make(map[extproc.KeyHash]string, len(p.Identity.ResolvedAPIKeys))
+		for _, k := range p.Identity.ResolvedAPIKeys {
+			var h extproc.KeyHash
+			if n, err := hex.Decode(h[:], []byte(k.SHA256)); err != nil || n != len(h) {
+				return fmt.Errorf("API key of user %q: bad sha256", k.User)
+			}
+			cfg.APIKeys[h] = k.User
+		}
+	case policies.IdentityJWT:
+		cfg.Identity = extproc.IdentityFromJWT
+		cfg.JWTClaim = p.Identity.JWT.UserClaim
+	default:
+		return fmt.Errorf("unknown identity mode %q", p.Identity.Mode)
+	}
+	return nil
 }
 
 const (

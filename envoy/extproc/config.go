@@ -1,6 +1,10 @@
 package extproc
 
 import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 
 	"github.com/google/cel-go/cel"
@@ -51,15 +55,84 @@ type Cost struct {
 	Program cel.Program
 }
 
+// IdentityMode says how the server learns a request's user.
+type IdentityMode int
+
+const (
+	// IdentityFromHeader trusts the identity header as the client sent it (the zero value).
+	IdentityFromHeader IdentityMode = iota
+	// IdentityFromAPIKey looks the client's API key up in Config.APIKeys.
+	IdentityFromAPIKey
+	// IdentityFromJWT reads Config.JWTClaim from the token payload Envoy's jwt_authn filter
+	// verified and forwarded as metadata.
+	IdentityFromJWT
+)
+
+// String names the mode for logs.
+func (m IdentityMode) String() string {
+	switch m {
+	case IdentityFromHeader:
+		return "header"
+	case IdentityFromAPIKey:
+		return "apiKeys"
+	case IdentityFromJWT:
+		return "jwt"
+	default:
+		return "unknown"
+	}
+}
+
+// KeyHash is the SHA-256 of an API key. The server keeps hashes only, never keys.
+type KeyHash [sha256.Size]byte
+
+// HashKey returns the hash of an API key as the server looks it up.
+func HashKey(key string) KeyHash { return sha256.Sum256([]byte(key)) }
+
+// redacted is how a Credential prints.
+const redacted = "[redacted]"
+
+// Credential is a secret the server sends upstream, such as a backend's API key. Every way of
+// printing it (fmt verbs, slog, JSON) shows "[redacted]"; convert it to string only where it
+// is sent.
+type Credential string
+
+// String hides the value.
+func (Credential) String() string { return redacted }
+
+// GoString hides the value from %#v.
+func (Credential) GoString() string { return redacted }
+
+// Format hides the value from every fmt verb, including inside maps and structs.
+func (Credential) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, redacted) }
+
+// LogValue hides the value from slog.
+func (Credential) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// MarshalJSON hides the value from JSON.
+func (Credential) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
 // Config is what the server needs from the policy. The server never modifies a Config and
 // expects the caller not to modify one after handing it over: Update swaps whole values.
 type Config struct {
 	// ModelHeader is the routing header set from the request body's model. Default
 	// envoy.DefaultModelHeader.
 	ModelHeader string
-	// IdentityHeader names the user. Requests without it are answered 401. Default
-	// envoy.DefaultUserHeader.
+	// IdentityHeader carries the user id to the ratelimit filter. Default
+	// envoy.DefaultUserHeader. In IdentityFromHeader mode the client's value is the user and a
+	// request without it is answered 401; in the other modes the server sets it, overwriting
+	// whatever the client sent.
 	IdentityHeader string
+	// Identity says how the user is known.
+	Identity IdentityMode
+	// APIKeys maps the hash of every accepted API key to its user (IdentityFromAPIKey).
+	APIKeys map[KeyHash]string
+	// JWTClaim is the top-level claim of a verified token that names the user
+	// (IdentityFromJWT). Default "sub".
+	JWTClaim string
+	// BackendKeys maps a backend name to the API key sent to it as
+	// "authorization: Bearer <key>" once a request's model, and so its backend, is known.
+	// Backends without a key get the request's own authorization header (or none).
+	BackendKeys map[string]Credential
 	// Models maps each known model name to its backend name. It bounds the model label of
 	// metrics and feeds the CEL variable "backend".
 	Models map[string]string
@@ -85,6 +158,7 @@ const (
 	DefaultMaxRequestBytes  = 1 << 20
 	DefaultMaxResponseBytes = 8 << 20
 	DefaultMaxEventBytes    = 1 << 20
+	DefaultJWTClaim         = "sub"
 )
 
 // withDefaults returns a copy of cfg with zero fields filled in and header names lowercased,
@@ -101,6 +175,10 @@ func withDefaults(cfg *Config) *Config {
 	out.IdentityHeader = strings.ToLower(strings.TrimSpace(out.IdentityHeader))
 	if out.IdentityHeader == "" {
 		out.IdentityHeader = envoy.DefaultUserHeader
+	}
+	out.JWTClaim = strings.TrimSpace(out.JWTClaim)
+	if out.JWTClaim == "" {
+		out.JWTClaim = DefaultJWTClaim
 	}
 	if out.MaxRequestBytes <= 0 {
 		out.MaxRequestBytes = DefaultMaxRequestBytes

@@ -88,7 +88,7 @@ func (ex *exchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.Processi
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return ex.onRequestHeaders(r.RequestHeaders)
+		return ex.onRequestHeaders(r.RequestHeaders, req.GetMetadataContext())
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return ex.onRequestBody(r.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
@@ -100,7 +100,7 @@ func (ex *exchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.Processi
 	}
 }
 
-func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Metadata) *extprocv3.ProcessingResponse {
 	ex.started = true
 	ex.start = time.Now()
 	headers := msg.GetHeaders()
@@ -108,46 +108,23 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Proc
 
 	// Without a user the ratelimit filter would drop the descriptor and not limit the
 	// request at all, so the request must stop here.
-	users := headerValues(headers, ex.cfg.IdentityHeader)
-	if len(users) == 0 || strings.TrimSpace(users[0]) == "" {
-		return ex.reject(rejection{
-			status:  401,
-			outcome: outcomeRejected401,
-			err: apiError{
-				Message: fmt.Sprintf("missing user: the %s header is required", ex.cfg.IdentityHeader),
-				Type:    errorTypeAuthentication,
-				Code:    optional("missing_user"),
-			},
-			details: "tollgate_missing_user",
-		})
+	user, rejected := ex.identify(headers, meta)
+	if rejected != nil {
+		return ex.reject(*rejected)
 	}
-	if len(users) > 1 {
-		// Two values leave it to each filter which user pays; refuse instead of guessing.
-		return ex.reject(rejection{
-			status:  400,
-			outcome: outcomeRejected400,
-			err: apiError{
-				Message: fmt.Sprintf("the %s header must appear once", ex.cfg.IdentityHeader),
-				Type:    errorTypeInvalidRequest,
-				Code:    optional("ambiguous_user"),
-			},
-			details: "tollgate_ambiguous_user",
-		})
-	}
-
-	ex.user = users[0]
+	ex.user = user
 	ex.clientModel = firstHeader(headers, ex.cfg.ModelHeader)
 	ex.hasContentLength = firstHeader(headers, "content-length") != ""
-	if msg.GetEndOfStream() {
-		// No body, so no model to read: the client's header (if any) keeps routing.
-		ex.model = ex.clientModel
-	}
+	mutation := ex.identityMutation(user)
 	// Upstreams then send plain bodies, which keeps usage parsing off the decompression path.
-	return requestHeadersResponse(&extprocv3.CommonResponse{
-		HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-			overwrite("accept-encoding", "identity"),
-		}},
-	})
+	mutation.SetHeaders = append(mutation.SetHeaders, overwrite("accept-encoding", "identity"))
+	if msg.GetEndOfStream() {
+		// No body, so no model to read: the client's header (if any) keeps routing, and its
+		// backend gets its key now.
+		ex.model = ex.clientModel
+		ex.setUpstreamKey(mutation)
+	}
+	return requestHeadersResponse(&extprocv3.CommonResponse{HeaderMutation: mutation})
 }
 
 func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
@@ -194,10 +171,16 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 				details: "tollgate_missing_model",
 			})
 		}
-		// The route was chosen from the client's header already; nothing to change.
+		// The route was chosen from the client's header already; only its backend's key
+		// may need adding.
 		ex.model = ex.clientModel
 		ex.llmCall = true
-		return requestBodyResponse(nil)
+		mutation := &extprocv3.HeaderMutation{}
+		ex.setUpstreamKey(mutation)
+		if len(mutation.SetHeaders) == 0 {
+			return requestBodyResponse(nil)
+		}
+		return requestBodyResponse(&extprocv3.CommonResponse{HeaderMutation: mutation})
 	}
 	if !validHeaderValue(parsed.Model) {
 		return ex.reject(rejection{
@@ -221,6 +204,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		}},
 		ClearRouteCache: true,
 	}
+	ex.setUpstreamKey(common.HeaderMutation)
 	if parsed.Stream && !parsed.IncludeUsage && (ex.api == llmapi.ChatCompletions || ex.api == llmapi.Completions) {
 		// Without stream_options.include_usage an OpenAI stream reports no usage and could
 		// not be charged.
@@ -512,6 +496,19 @@ func (ex *exchange) close() {
 	}
 	if ex.llmCall {
 		ex.observeDuration("cancelled")
+	}
+	if ex.bodyMode != bodyIgnored {
+		// A successful answer was being read for its usage when it broke off (the backend
+		// died mid-stream, or the client left): the backend spent tokens that can no longer be
+		// charged, so the gap is made visible rather than silent.
+		attrs := []any{"model", ex.model, "api", ex.api}
+		if ex.stream != nil {
+			seen := ex.stream.Usage()
+			attrs = append(attrs, "output_events", ex.stream.OutputEvents(), "usage_seen", seen.Known,
+				"input_tokens_seen", seen.InputTokens, "output_tokens_seen", seen.OutputTokens)
+		}
+		ex.logger.Warn("response ended before its usage; not charged", attrs...)
+		ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
 	}
 	ex.finish(outcomeCancelled)
 }

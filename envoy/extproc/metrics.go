@@ -26,7 +26,7 @@ const (
 	outcomeUsageMissing = "usage_missing" // 2xx response without usage: nothing charged
 	outcomeErrorStatus  = "error_status"  // non-2xx response (upstream or local reply): not charged
 	outcomePassthrough  = "passthrough"   // no request body, so no LLM call to account for
-	outcomeCancelled    = "cancelled"     // the stream ended before the response did
+	outcomeCancelled    = "cancelled"     // the stream ended before the response did (a started 2xx answer also counts as usage missing)
 	outcomeRejected400  = "rejected_400"
 	outcomeRejected401  = "rejected_401"
 	outcomeRejected413  = "rejected_413"
@@ -81,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"cost"}),
 		usageMissing: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_usage_missing_total",
-			Help: "Successful responses that carried no token usage, so nothing was charged.",
+			Help: "Successful responses whose token usage was never read (none reported, unreadable, or the answer broke off), so nothing was charged.",
 		}, []string{"model"}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",

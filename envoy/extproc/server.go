@@ -2,8 +2,12 @@
 // calls it once per HTTP request, on one gRPC stream, before the ratelimit filter and the
 // router. It
 //
-//   - rejects requests without a user (401), since the ratelimit filter would otherwise
-//     leave them unlimited;
+//   - identifies the user — from a trusted header, an API key looked up by its hash, or a
+//     JSON Web Token Envoy verified — and rejects requests without one (401), since the
+//     ratelimit filter would otherwise leave them unlimited. In API key and token modes it
+//     writes the user into the identity header, overwriting the client's, and removes the
+//     client's credentials before the request goes upstream;
+//   - sends a backend's own API key upstream once the model, and so the backend, is known;
 //   - reads the model from the JSON body and writes it into the routing header, overwriting
 //     whatever the client sent, and makes Envoy pick the route again;
 //   - makes OpenAI streams report usage (stream_options.include_usage);

@@ -50,6 +50,7 @@ type generation struct {
 	inputTokens  int
 	outputTokens int
 	cutAfter     int // abort after this many token events; -1 means never
+	fault        sseFault
 }
 
 func (g *generation) totalTokens() int { return g.inputTokens + g.outputTokens }
@@ -61,6 +62,8 @@ type knobs struct {
 	inputTokens  int // -1: not set
 	status       int // 0: not set
 	cutAfter     int // -1: not set
+	sseFault     sseFault
+	echo         []string // request headers to echo; nil: none
 }
 
 // parseKnobs reads the x-llmsim-* request headers. An unknown x-llmsim-* header is an error, so a
@@ -95,9 +98,14 @@ func parseKnobs(header http.Header) (knobs, error) {
 			k.status, err = knobInt(HeaderStatus, values[0], 400, 599)
 		case "X-Llmsim-Cut-After":
 			k.cutAfter, err = knobInt(HeaderCutAfter, values[0], 0, maxKnobTokens)
+		case "X-Llmsim-Sse-Fault":
+			k.sseFault, err = parseSSEFault(values[0])
+		case "X-Llmsim-Echo-Headers":
+			k.echo, err = parseEchoHeaders(strings.Join(values, ","))
 		default:
-			err = errors.New("unknown simulator header " + strings.ToLower(key) +
-				"; known: " + strings.Join([]string{HeaderOutputTokens, HeaderInputTokens, HeaderStatus, HeaderGzip, HeaderCutAfter}, ", "))
+			err = errors.New("unknown simulator header " + strings.ToLower(key) + "; known: " + strings.Join([]string{
+				HeaderOutputTokens, HeaderInputTokens, HeaderStatus, HeaderGzip, HeaderCutAfter, HeaderSSEFault, HeaderEchoHeaders,
+			}, ", "))
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -121,6 +129,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 		return
 	}
 	k, err := parseKnobs(r.Header)
+	echoHeaders(w, r, k.echo)
 	if err != nil {
 		writeError(w, k.gzip, api, http.StatusBadRequest, err.Error(), "", "invalid_llmsim_header")
 		return
@@ -152,6 +161,11 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 			HeaderCutAfter+" only applies to streaming requests (\"stream\": true)", "", "invalid_llmsim_header")
 		return
 	}
+	if k.sseFault != faultNone && !req.Stream {
+		writeError(w, k.gzip, api, http.StatusBadRequest,
+			HeaderSSEFault+" only applies to streaming requests (\"stream\": true)", "", "invalid_llmsim_header")
+		return
+	}
 	if k.status != 0 {
 		writeError(w, k.gzip, api, k.status,
 			"simulated failure requested with "+HeaderStatus, "", "llmsim_simulated_error")
@@ -168,6 +182,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 		inputTokens:  h.opts.InputTokens,
 		outputTokens: h.opts.OutputTokens,
 		cutAfter:     k.cutAfter,
+		fault:        k.sseFault,
 	}
 	if k.inputTokens >= 0 {
 		g.inputTokens = k.inputTokens
@@ -188,6 +203,7 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 	}
 
 	o := newOutput(w, k.gzip)
+	o.fault = g.fault
 	if !g.stream {
 		// A write error means the client is gone; there is nobody left to tell.
 		_ = o.sendJSON(http.StatusOK, h.completeBody(g))

@@ -12,6 +12,13 @@ import (
 type output struct {
 	w  http.ResponseWriter
 	gz *gzip.Writer // nil unless the request asked for gzip
+
+	// fault is the stream defect a test asked for (x-llmsim-sse-fault).
+	fault sseFault
+	// oversizeSent says the oversize-event fault has sent its one event.
+	oversizeSent bool
+	// openEvent says the previous event still lacks its ending blank line (unterminated fault).
+	openEvent bool
 }
 
 func newOutput(w http.ResponseWriter, useGzip bool) *output {
@@ -92,6 +99,21 @@ func (o *output) event(name string, v any) error {
 		return err
 	}
 	buf := make([]byte, 0, len(name)+len(data)+16)
+	switch o.fault {
+	case faultGarbage:
+		buf = append(buf, garbageEvents...)
+	case faultOversizeEvent:
+		if !o.oversizeSent {
+			o.oversizeSent = true
+			buf = append(buf, oversizeEvent()...)
+		}
+	case faultUnterminated:
+		// The blank line ending the previous event goes out only now that another event
+		// follows, so the last one is never ended.
+		if o.openEvent {
+			buf = append(buf, '\n')
+		}
+	}
 	if name != "" {
 		buf = append(buf, "event: "...)
 		buf = append(buf, name...)
@@ -99,15 +121,27 @@ func (o *output) event(name string, v any) error {
 	}
 	buf = append(buf, "data: "...)
 	buf = append(buf, data...)
-	buf = append(buf, "\n\n"...)
+	if o.fault == faultUnterminated {
+		buf = append(buf, '\n')
+		o.openEvent = true
+	} else {
+		buf = append(buf, "\n\n"...)
+	}
 	if _, err := o.Write(buf); err != nil {
 		return err
 	}
 	return o.flush()
 }
 
-// done writes OpenAI's end-of-stream sentinel and completes the body.
+// done writes OpenAI's end-of-stream sentinel and completes the body. An unterminated stream
+// gets no sentinel: it would end the open event and arrive as one more event.
 func (o *output) done() error {
+	if o.fault == faultUnterminated {
+		if err := o.flush(); err != nil {
+			return err
+		}
+		return o.finish()
+	}
 	if _, err := o.Write([]byte("data: [DONE]\n\n")); err != nil {
 		return err
 	}

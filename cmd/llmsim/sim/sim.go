@@ -41,6 +41,14 @@
 //	x-llmsim-gzip: 1            gzip the response body; a stream is flushed through gzip per event
 //	x-llmsim-cut-after: N       streams only: abort the connection after N token events, before any
 //	                            finish event, usage or [DONE]
+//	x-llmsim-sse-fault: F       streams only: send a malformed stream. F is "garbage" (comments,
+//	                            non-JSON data and other junk before every real event; usage
+//	                            intact), "oversize-event" (one event of OversizeEventBytes data
+//	                            first) or "unterminated" (the last event never gets its ending
+//	                            blank line, and there is no [DONE]; the body ends normally)
+//	x-llmsim-echo-headers: a,b  copy each value of request headers a and b into response headers
+//	                            x-llmsim-echo-a, x-llmsim-echo-b, to show what reached the backend
+//	                            (credential headers such as authorization are refused)
 //
 // A malformed knob is a 400, so a typo never passes silently.
 //
@@ -88,6 +96,10 @@ const (
 	HeaderStatus       = "x-llmsim-status"
 	HeaderGzip         = "x-llmsim-gzip"
 	HeaderCutAfter     = "x-llmsim-cut-after"
+	HeaderSSEFault     = "x-llmsim-sse-fault"
+	HeaderEchoHeaders  = "x-llmsim-echo-headers"
+	// HeaderEchoPrefix prefixes the lowercased name of each header x-llmsim-echo-headers echoes.
+	HeaderEchoPrefix = "x-llmsim-echo-"
 )
 
 // Options configures the simulator. The zero value is usable: every zero field takes its default.
