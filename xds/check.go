@@ -38,6 +38,18 @@ func Check(r Resources) error {
 	return err
 }
 
+// Versions runs Check and returns the versions Publish would serve r under, without serving
+// anything. A process that applies the policy but serves no xDS (a standalone ext_proc
+// server) accepts and rejects exactly what the control plane does, and can report the same
+// version.
+func Versions(r Resources) (envoyVersion, rateLimitVersion string, err error) {
+	p, err := prepare(r)
+	if err != nil {
+		return "", "", err
+	}
+	return p.envoyVersion, p.rateLimitVersion, nil
+}
+
 // prepared is a checked configuration, ready to install.
 type prepared struct {
 	envoy, rateLimit               *cachev3.Snapshot
@@ -66,12 +78,19 @@ func (p problems) err() error {
 }
 
 func prepare(r Resources) (*prepared, error) {
+	return prepareCached(r, nil)
+}
+
+// prepareCached is prepare reusing, through cache (which may be nil), what inspecting
+// unchanged resources and packed configs found before.
+func prepareCached(r Resources, cache *inspectionCache) (*prepared, error) {
+	defer cache.rotate()
 	var probs problems
 	reach := make(anyReach)
-	listeners := collect[*listenerv3.Listener](&probs, reach, "listener", "Listeners", r.Listeners)
-	routes := collect[*routev3.RouteConfiguration](&probs, reach, "route config", "Routes", r.Routes)
-	clusters := collect[*clusterv3.Cluster](&probs, reach, "cluster", "Clusters", r.Clusters)
-	rlConfigs := collect[*rlsconfv3.RateLimitConfig](&probs, reach, "ratelimit config", "RateLimitConfigs", r.RateLimitConfigs)
+	listeners := collect[*listenerv3.Listener](&probs, reach, cache, "listener", "Listeners", r.Listeners)
+	routes := collect[*routev3.RouteConfiguration](&probs, reach, cache, "route config", "Routes", r.Routes)
+	clusters := collect[*clusterv3.Cluster](&probs, reach, cache, "cluster", "Clusters", r.Clusters)
+	rlConfigs := collect[*rlsconfv3.RateLimitConfig](&probs, reach, cache, "ratelimit config", "RateLimitConfigs", r.RateLimitConfigs)
 
 	checkReferences(&probs, listeners, routes, clusters)
 	checkRateLimitConfigs(&probs, rlConfigs)
@@ -131,7 +150,7 @@ type entry[T namedMessage] struct {
 // collect checks one slice of Resources on its own and returns its usable entries: those
 // of the right type with a unique, non-empty name. Entries that fail validation are still
 // returned so references to them do not cause a second, misleading problem.
-func collect[T namedMessage](probs *problems, reach anyReach, kind, field string, in []types.Resource) []entry[T] {
+func collect[T namedMessage](probs *problems, reach anyReach, cache *inspectionCache, kind, field string, in []types.Resource) []entry[T] {
 	var zero T
 	want := zero.ProtoReflect().Descriptor().FullName()
 	seen := make(map[string]bool, len(in))
@@ -163,28 +182,28 @@ func collect[T namedMessage](probs *problems, reach anyReach, kind, field string
 		}
 		seen[name] = true
 
-		if v, ok := any(msg).(validator); ok {
-			if err := v.ValidateAll(); err != nil {
-				probs.addf("%s: %v", label, err)
-			}
-		}
-		pc := inspectPacked(msg, reach)
-		for _, p := range pc.problems {
-			probs.addf("%s: %s", label, p)
-		}
-		hashed := proto.Message(msg)
-		if !pc.canonical {
-			hashed = proto.Clone(msg)
-			canonicalize(hashed.ProtoReflect(), reach)
-		}
-		encoded, err := marshalDeterministic(hashed)
+		// The encoding identifies the content, so an unchanged resource is inspected once.
+		encoded, err := marshalDeterministic(msg)
 		if err != nil {
 			probs.addf("%s: cannot encode: %v", label, err)
+		}
+		var found *resourceInspection
+		if err == nil && cache != nil {
+			key := resourceKey(want, encoded)
+			if found = cache.resource(key); found == nil {
+				found = inspectResource(msg, encoded, reach, cache)
+				cache.storeResource(key, found)
+			}
+		} else {
+			found = inspectResource(msg, encoded, reach, cache)
+		}
+		for _, p := range found.problems {
+			probs.addf("%s: %s", label, p)
 		}
 		if name == "" {
 			continue
 		}
-		out = append(out, entry[T]{name: name, msg: msg, packed: pc.decoded, encoded: encoded})
+		out = append(out, entry[T]{name: name, msg: msg, packed: found.packed, encoded: found.encoded})
 	}
 	return out
 }
@@ -215,14 +234,18 @@ func checkReferences(probs *problems, listeners []entry[*listenerv3.Listener], r
 	routeNames := names(routes)
 	usedRoutes := make(map[string]bool, len(routes))
 
-	requireCluster := func(where, what, cluster string) {
+	// where is built only for a problem: a route config can hold tens of thousands of routes.
+	requireClusterAt := func(where func() string, what, cluster string) {
 		if cluster != "" && !clusterNames[cluster] {
-			probs.addf("%s: %s names cluster %q, which does not exist", where, what, cluster)
+			probs.addf("%s: %s names cluster %q, which does not exist", where(), what, cluster)
 		}
+	}
+	requireCluster := func(where, what, cluster string) {
+		requireClusterAt(func() string { return where }, what, cluster)
 	}
 
 	for _, rc := range routes {
-		checkRouteClusters(fmt.Sprintf("route config %q", rc.name), rc.msg, requireCluster)
+		checkRouteClusters(fmt.Sprintf("route config %q", rc.name), rc.msg, requireClusterAt)
 	}
 	for _, l := range listeners {
 		where := fmt.Sprintf("listener %q", l.name)
@@ -237,7 +260,7 @@ func checkReferences(probs *problems, listeners []entry[*listenerv3.Listener], r
 					}
 				}
 				if inline := cfg.GetRouteConfig(); inline != nil {
-					checkRouteClusters(fmt.Sprintf("%s: inline route config %q", where, inline.GetName()), inline, requireCluster)
+					checkRouteClusters(fmt.Sprintf("%s: inline route config %q", where, inline.GetName()), inline, requireClusterAt)
 				}
 			case *extprocv3.ExternalProcessor:
 				requireCluster(where, "ext_proc grpc_service", cfg.GetGrpcService().GetEnvoyGrpc().GetClusterName())
@@ -254,16 +277,18 @@ func checkReferences(probs *problems, listeners []entry[*listenerv3.Listener], r
 	}
 }
 
-func checkRouteClusters(where string, rc *routev3.RouteConfiguration, requireCluster func(where, what, cluster string)) {
+func checkRouteClusters(where string, rc *routev3.RouteConfiguration, requireCluster func(where func() string, what, cluster string)) {
 	for _, vh := range rc.GetVirtualHosts() {
-		vhWhere := fmt.Sprintf("%s: virtual host %q", where, vh.GetName())
+		vhWhere := func() string { return fmt.Sprintf("%s: virtual host %q", where, vh.GetName()) }
 		for _, mirror := range vh.GetRequestMirrorPolicies() {
 			requireCluster(vhWhere, "request mirror policy", mirror.GetCluster())
 		}
 		for i, rt := range vh.GetRoutes() {
-			rtWhere := fmt.Sprintf("%s route %q", vhWhere, rt.GetName())
-			if rt.GetName() == "" {
-				rtWhere = fmt.Sprintf("%s routes[%d]", vhWhere, i)
+			rtWhere := func() string {
+				if rt.GetName() == "" {
+					return fmt.Sprintf("%s routes[%d]", vhWhere(), i)
+				}
+				return fmt.Sprintf("%s route %q", vhWhere(), rt.GetName())
 			}
 			action := rt.GetRoute()
 			if action == nil {
@@ -295,16 +320,18 @@ func checkRateLimitConfigs(probs *problems, configs []entry[*rlsconfv3.RateLimit
 		} else {
 			domains[domain] = c.name
 		}
-		checkDescriptors(probs, where, "descriptors", c.msg.GetDescriptors())
+		checkDescriptors(probs, where, func() string { return "descriptors" }, c.msg.GetDescriptors())
 	}
 }
 
-func checkDescriptors(probs *problems, where, path string, descriptors []*rlsconfv3.RateLimitDescriptor) {
+func checkDescriptors(probs *problems, where string, path func() string, descriptors []*rlsconfv3.RateLimitDescriptor) {
 	seen := make(map[string]bool, len(descriptors))
 	for i, d := range descriptors {
-		at := fmt.Sprintf("%s: %s[%d]", where, path, i)
+		// Labels are built only for a problem: a large policy has tens of thousands of
+		// descriptors and, normally, no problems.
+		at := func() string { return fmt.Sprintf("%s: %s[%d]", where, path(), i) }
 		if d.GetKey() == "" {
-			probs.addf("%s: key is empty", at)
+			probs.addf("%s: key is empty", at())
 		}
 		// The service stores a level's descriptors by key and value joined with "_".
 		composite := d.GetKey()
@@ -312,7 +339,7 @@ func checkDescriptors(probs *problems, where, path string, descriptors []*rlscon
 			composite += "_" + d.GetValue()
 		}
 		if seen[composite] {
-			probs.addf("%s: key %q value %q repeats an earlier descriptor at this level", at, d.GetKey(), d.GetValue())
+			probs.addf("%s: key %q value %q repeats an earlier descriptor at this level", at(), d.GetKey(), d.GetValue())
 		}
 		seen[composite] = true
 
@@ -320,19 +347,21 @@ func checkDescriptors(probs *problems, where, path string, descriptors []*rlscon
 			hasUnit := limit.GetUnit() != rlsconfv3.RateLimitUnit_UNKNOWN
 			switch {
 			case limit.GetUnlimited() && hasUnit:
-				probs.addf("%s: an unlimited rate limit must not set a unit", at)
+				probs.addf("%s: an unlimited rate limit must not set a unit", at())
 			case !limit.GetUnlimited() && !hasUnit:
-				probs.addf("%s: rate limit unit is not set", at)
+				probs.addf("%s: rate limit unit is not set", at())
 			}
 			for j, rep := range limit.GetReplaces() {
 				switch rep.GetName() {
 				case "":
-					probs.addf("%s: rate_limit.replaces[%d]: name is empty", at, j)
+					probs.addf("%s: rate_limit.replaces[%d]: name is empty", at(), j)
 				case limit.GetName():
-					probs.addf("%s: rate_limit.replaces[%d]: replaces its own rate limit %q", at, j, rep.GetName())
+					probs.addf("%s: rate_limit.replaces[%d]: replaces its own rate limit %q", at(), j, rep.GetName())
 				}
 			}
 		}
-		checkDescriptors(probs, where, fmt.Sprintf("%s[%d].descriptors", path, i), d.GetDescriptors())
+		if children := d.GetDescriptors(); len(children) > 0 {
+			checkDescriptors(probs, where, func() string { return fmt.Sprintf("%s[%d].descriptors", path(), i) }, children)
+		}
 	}
 }

@@ -39,10 +39,14 @@ type packedConfigs struct {
 	canonical bool
 
 	reach anyReach
+	// cache, when not nil, answers for packed configs inspected before.
+	cache *inspectionCache
+	// visited are the packed configs met directly (not inside another packed config).
+	visited []*anyInspection
 }
 
-func inspectPacked(m proto.Message, reach anyReach) packedConfigs {
-	pc := packedConfigs{canonical: true, reach: reach}
+func inspectPacked(m proto.Message, reach anyReach, cache *inspectionCache) packedConfigs {
+	pc := packedConfigs{canonical: true, reach: reach, cache: cache}
 	pc.walk(m.ProtoReflect())
 	return pc
 }
@@ -55,7 +59,25 @@ func (pc *packedConfigs) walk(m protoreflect.Message) {
 	eachChildMessage(m, pc.reach, pc.walk)
 }
 
+// visitAny inspects one packed config, or reuses what inspecting the same bytes found before.
 func (pc *packedConfigs) visitAny(a *anypb.Any) {
+	found := pc.cache.packedConfig(a)
+	if found == nil {
+		sub := packedConfigs{canonical: true, reach: pc.reach, cache: pc.cache}
+		sub.inspectAny(a)
+		found = &anyInspection{typeURL: a.GetTypeUrl(), problems: sub.problems, decoded: sub.decoded,
+			canonical: sub.canonical, inner: sub.visited}
+		pc.cache.storePackedConfig(a, found)
+	}
+	pc.visited = append(pc.visited, found)
+	pc.problems = append(pc.problems, found.problems...)
+	pc.decoded = append(pc.decoded, found.decoded...)
+	pc.canonical = pc.canonical && found.canonical
+}
+
+// inspectAny decodes, validates and walks one packed config, and checks that its bytes are
+// canonical.
+func (pc *packedConfigs) inspectAny(a *anypb.Any) {
 	inner, err := a.UnmarshalNew()
 	if errors.Is(err, protoregistry.NotFound) {
 		// A type this binary does not link: Envoy is the only judge of it.

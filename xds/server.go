@@ -98,6 +98,8 @@ type Server struct {
 
 	// publishMu serialises Publish so the version comparison and the snapshot swap happen as one.
 	publishMu sync.Mutex
+	// inspections remembers what checking the previous publish found (under publishMu).
+	inspections *inspectionCache
 
 	versionsMu       sync.Mutex
 	envoyVersion     string
@@ -127,12 +129,13 @@ func NewServer(logger *slog.Logger, reg prometheus.Registerer, opts Options) *Se
 		clients.callbacks(), sotw.WithLogger(gcpLogger))
 
 	return &Server{
-		logger:  logger,
-		groups:  groups,
-		cache:   snapshots,
-		ads:     ads,
-		metrics: m,
-		clients: clients,
+		logger:      logger,
+		groups:      groups,
+		cache:       snapshots,
+		ads:         ads,
+		metrics:     m,
+		clients:     clients,
+		inspections: newInspectionCache(),
 	}
 }
 
@@ -162,13 +165,12 @@ func (s *Server) Publish(ctx context.Context, r Resources) (PublishResult, error
 	if err := ctx.Err(); err != nil {
 		return PublishResult{}, err
 	}
-	p, err := prepare(r)
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
+	p, err := prepareCached(r, s.inspections)
 	if err != nil {
 		return PublishResult{}, err
 	}
-
-	s.publishMu.Lock()
-	defer s.publishMu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return PublishResult{}, err
 	}

@@ -95,6 +95,10 @@ func bootstrapCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.AdminAddress, "admin", "127.0.0.1:19000", "Envoy admin interface address (host:port)")
 	fs.StringVar(&opts.NodeID, "node-id", "tollgate-envoy", "node id this Envoy reports")
 	fs.StringVar(&opts.NodeCluster, "node-cluster", "tollgate", "node cluster this Envoy reports")
+	fs.StringVar(&opts.XDSTLS.CAFile, "xds-tls-ca", "", "PEM CA certificates tollgate's xDS certificate must chain to; turns on TLS 1.3 to tollgate")
+	fs.StringVar(&opts.XDSTLS.CertFile, "xds-tls-cert", "", "PEM client certificate Envoy presents to tollgate (mutual TLS)")
+	fs.StringVar(&opts.XDSTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
+	fs.StringVar(&opts.XDSTLS.ServerName, "xds-tls-server-name", "", "name tollgate's certificate must carry, sent as SNI (default: the --xds host)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}

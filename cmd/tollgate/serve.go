@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/tollgate-dev/tollgate/envoy"
@@ -38,6 +39,8 @@ type serveOptions struct {
 	debounce      time.Duration
 	logLevel      string
 	logFormat     string
+	// xdsTLS serves ADS over TLS (mutual TLS with a client CA); zero: plain TCP.
+	xdsTLS xds.TLSFiles
 }
 
 func serveCommand(args []string, stdout, stderr io.Writer) int {
@@ -45,18 +48,25 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	var o serveOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to serve and watch")
 	fs.StringVar(&o.xdsAddr, "xds", envoy.DefaultXDSAddress, "listen address of the ADS (xDS) gRPC server")
-	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server")
+	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server; empty: none (run tollgate extproc as its own process)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "listen address of /metrics (GenAI and control-plane metrics), /status and /healthz")
 	fs.StringVar(&o.rateLimitNode, "ratelimit-node-id", envoy.DefaultRateLimitNode, "xDS node id of the ratelimit service")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&o.xdsTLS.CertFile, "xds-tls-cert", "", "PEM certificate of the ADS server; turns on TLS 1.3 for xDS")
+	fs.StringVar(&o.xdsTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
+	fs.StringVar(&o.xdsTLS.ClientCAFile, "xds-tls-client-ca", "", "PEM CA certificates; xDS clients must present a certificate signed by one (mutual TLS)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
 	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		fmt.Fprintf(stderr, "tollgate serve: %v\n", err)
+		return 2
+	}
+	if err := o.xdsTLS.Validate(); err != nil {
+		fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -74,6 +84,19 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	xdsOptions := []grpc.ServerOption{
+		// Envoy keeps one ADS stream open for hours; pings find dead peers.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if o.xdsTLS.Enabled() {
+		tlsConfig, err := o.xdsTLS.ServerConfig(logger.With("component", "xds"))
+		if err != nil {
+			return err
+		}
+		xdsOptions = append(xdsOptions, grpc.Creds(credentials.NewTLS(tlsConfig)))
+	}
+
 	content, err := os.ReadFile(o.policyFile)
 	if err != nil {
 		return fmt.Errorf("read policy: %w", err)
@@ -83,11 +106,16 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	initialCfg, err := extProcConfig(initial)
-	if err != nil {
-		return err
+	// Without an address the ext_proc server runs elsewhere (`tollgate extproc`), so request
+	// processing does not stop when this process does.
+	var extProcServer *extproc.Server
+	if o.extProcAddr != "" {
+		initialCfg, err := extProcConfig(initial)
+		if err != nil {
+			return err
+		}
+		extProcServer = extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
 	}
-	extProcServer := extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
 	if err := rl.apply(ctx, content); err != nil {
 		return err
@@ -97,25 +125,27 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("xds listener: %w", err)
 	}
-	extProcLis, err := net.Listen("tcp", o.extProcAddr)
-	if err != nil {
-		return fmt.Errorf("ext_proc listener: %w", err)
+	if !o.xdsTLS.Enabled() && !isLoopback(xdsLis.Addr()) {
+		logger.Warn("xDS is served in plain text beyond this machine: anyone who reaches it can read the configuration and connect as an Envoy; use --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca",
+			"xds", xdsLis.Addr().String())
+	}
+	var extProcLis net.Listener
+	if extProcServer != nil {
+		if extProcLis, err = net.Listen("tcp", o.extProcAddr); err != nil {
+			return fmt.Errorf("ext_proc listener: %w", err)
+		}
 	}
 	metricsLis, err := net.Listen("tcp", o.metricsAddr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 
-	xdsGRPC := grpc.NewServer(
-		// Envoy keeps one ADS stream open for hours; pings find dead peers.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	xdsGRPC := grpc.NewServer(xdsOptions...)
 	xdsServer.Register(xdsGRPC)
-	// Sized for the largest body any policy may allow, so raising listener.maxRequestBytes on a
-	// reload can never let Envoy buffer a body the ext_proc server then refuses to receive.
-	extProcGRPC := grpc.NewServer(extproc.ServerOptions(policies.MaxRequestBytes)...)
-	extProcServer.Register(extProcGRPC)
+	var extProcGRPC *grpc.Server
+	if extProcServer != nil {
+		extProcGRPC = newExtProcGRPC(extProcServer)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -133,13 +163,19 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	extProcAt := "none (standalone)"
+	if extProcLis != nil {
+		extProcAt = extProcLis.Addr().String()
+	}
 	logger.Info("tollgate serving",
-		"policy", o.policyFile, "xds", xdsLis.Addr().String(), "extproc", extProcLis.Addr().String(),
+		"policy", o.policyFile, "xds", xdsLis.Addr().String(), "xds_tls", xdsTLSMode(o.xdsTLS), "extproc", extProcAt,
 		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(xdsGRPC, xdsLis, "xds") })
-	g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
+	if extProcGRPC != nil {
+		g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
+	}
 	g.Go(func() error {
 		if err := httpServer.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("metrics server: %w", err)
@@ -167,7 +203,9 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		<-gctx.Done()
 		logger.Info("shutting down")
 		stopGRPC(xdsGRPC)
-		stopGRPC(extProcGRPC)
+		if extProcGRPC != nil {
+			stopGRPC(extProcGRPC)
+		}
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		return httpServer.Shutdown(shutdownCtx)
@@ -180,6 +218,33 @@ type serveStatus struct {
 	Version string       `json:"tollgate_version"`
 	Reload  reloadStatus `json:"policy"`
 	XDS     xds.Status   `json:"xds"`
+}
+
+// newExtProcGRPC is the gRPC server of the ext_proc service, in serve or on its own.
+func newExtProcGRPC(s *extproc.Server) *grpc.Server {
+	// Sized for the largest body any policy may allow, so raising listener.maxRequestBytes on a
+	// reload can never let Envoy buffer a body the ext_proc server then refuses to receive.
+	g := grpc.NewServer(extproc.ServerOptions(policies.MaxRequestBytes)...)
+	s.Register(g)
+	return g
+}
+
+// xdsTLSMode names the xDS transport for the start-up log.
+func xdsTLSMode(f xds.TLSFiles) string {
+	switch {
+	case f.ClientCAFile != "":
+		return "mutual"
+	case f.Enabled():
+		return "server"
+	default:
+		return "off"
+	}
+}
+
+// isLoopback reports whether a listener accepts connections from this machine only.
+func isLoopback(a net.Addr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 func serveGRPC(s *grpc.Server, lis net.Listener, name string) error {

@@ -1,10 +1,13 @@
 package rls
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +56,63 @@ type Options struct {
 	// MetricsAddr, when set, serves Prometheus metrics on http://MetricsAddr/metrics.
 	// Empty turns statistics off.
 	MetricsAddr string
+	// XDSTLS, when set, makes the service reach the ADS server over TLS 1.3. Unset, the
+	// upstream CONFIG_GRPC_XDS_* environment variables still apply.
+	XDSTLS XDSTLS
+}
+
+// XDSTLS names the PEM files of the service's TLS connection to tollgate's ADS server.
+type XDSTLS struct {
+	// CAFile holds the CA certificates the ADS server's certificate must chain to; only these
+	// are trusted. Required whenever TLS is on.
+	CAFile string
+	// CertFile and KeyFile are the service's client certificate and key, for an ADS server
+	// that requires mutual TLS. Both or neither.
+	CertFile, KeyFile string
+	// ServerName is the name the server's certificate must carry. Default: the host of
+	// XDSAddr.
+	ServerName string
+}
+
+// Enabled reports whether any TLS setting is given.
+func (t XDSTLS) Enabled() bool {
+	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != ""
+}
+
+// validate refuses a half-configured set.
+func (t XDSTLS) validate() error {
+	if !t.Enabled() {
+		return nil
+	}
+	var errs []error
+	if t.CAFile == "" {
+		errs = append(errs, errors.New("a CA file is required to verify the ADS server"))
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		errs = append(errs, errors.New("client certificate and key go together: give both or neither"))
+	}
+	return errors.Join(errs...)
+}
+
+// clientConfig loads the files into the TLS configuration of the service's xDS client.
+func (t XDSTLS) clientConfig() (*tls.Config, error) {
+	caPEM, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("xDS TLS CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("xDS TLS CA: %s holds no PEM certificate", t.CAFile)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("xDS TLS client certificate %s / key %s: %w", t.CertFile, t.KeyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
 
 // withDefaults returns a copy of o with every empty field set to its default.
@@ -134,6 +194,9 @@ func (o Options) resolve() (config, error) {
 	}
 	if _, _, err := splitHostPort(o.XDSAddr); err != nil {
 		fail("XDSAddr", err)
+	}
+	if err := o.XDSTLS.validate(); err != nil {
+		fail("XDSTLS", err)
 	}
 	if strings.TrimSpace(o.NodeID) == "" {
 		fail("NodeID", errors.New("must not be blank"))

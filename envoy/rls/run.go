@@ -99,7 +99,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 	}
 	logger.Info("ratelimit service started",
 		"grpc", cfg.GRPCAddr, "http", cfg.HTTPAddr, "debug", cfg.DebugAddr, "metrics", cfg.MetricsAddr,
-		"xds", cfg.XDSAddr, "node", cfg.NodeID, "redis", cfg.redis.Addr)
+		"xds", cfg.XDSAddr, "xds_tls", cfg.XDSTLS.Enabled(), "node", cfg.NodeID, "redis", cfg.redis.Addr)
 
 	select {
 	case <-ctx.Done():
@@ -145,6 +145,19 @@ func buildSettings(cfg config) (s settings.Settings, err error) {
 	// Serve (with errors until then) before the first config arrives, so a control plane
 	// that starts later does not block the service's start.
 	s.ForceStartWithoutInitialConfig = true
+	if cfg.XDSTLS.Enabled() {
+		tlsConfig, err := cfg.XDSTLS.clientConfig()
+		if err != nil {
+			return s, err
+		}
+		// Set the finished configuration rather than the upstream file settings, whose loader
+		// panics on a bad file and trusts the system roots as well as the given CA.
+		s.ConfigGrpcXdsServerUseTls = true
+		s.ConfigGrpcXdsTlsConfig = tlsConfig
+		s.ConfigGrpcXdsServerTlsSAN = cfg.XDSTLS.ServerName
+		s.ConfigGrpcXdsClientTlsCert, s.ConfigGrpcXdsClientTlsKey = cfg.XDSTLS.CertFile, cfg.XDSTLS.KeyFile
+		s.ConfigGrpcXdsServerTlsCACert = cfg.XDSTLS.CAFile
+	}
 
 	s.BackendType = "redis"
 	s.RedisSocketType = "tcp"

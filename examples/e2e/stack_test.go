@@ -109,7 +109,9 @@ func (s *stack) startEnvoy(t testing.TB) {
 		t.Fatal(err)
 	}
 	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
-		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1")
+		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1",
+		// The access log (stdout) is flushed every 10 s by default; tests read it sooner.
+		"--file-flush-interval-msec", "100")
 	eventually(t, 30*time.Second, "envoy ready", func() error {
 		r, err := do("GET", s.adminURL("/ready"), nil, "")
 		if err != nil {
@@ -192,4 +194,101 @@ func (s *stack) startRateLimit(t testing.TB, redisAddr string) *process {
 		return nil
 	})
 	return p
+}
+
+// startTollgateWith runs `tollgate serve` like startTollgate, with extra flags after the usual
+// ones (the last occurrence of a flag wins, so extra can override them).
+func (s *stack) startTollgateWith(t testing.TB, extra ...string) {
+	t.Helper()
+	args := append([]string{"serve",
+		"-f", s.policyPath,
+		"--xds", addr(s.xdsPort),
+		"--extproc", addr(s.extProcPort),
+		"--metrics", addr(s.metricsPort),
+		"--debounce", "50ms",
+		"--log-level", "debug"}, extra...)
+	s.tollgate = start(t, "tollgate", bins.tollgate, args...)
+	eventually(t, 15*time.Second, "tollgate serving", func() error {
+		_, err := do("GET", s.metricsURL("/healthz"), nil, "")
+		return err
+	})
+}
+
+// startExtProc runs `tollgate extproc` on the stack's ext_proc port, following the stack's
+// policy file; pair it with startTollgateWith(t, "--extproc", "").
+func (s *stack) startExtProc(t testing.TB) *process {
+	t.Helper()
+	metrics := freePort(t)
+	p := start(t, "extproc", bins.tollgate, "extproc",
+		"-f", s.policyPath,
+		"--listen", addr(s.extProcPort),
+		"--metrics", addr(metrics),
+		"--debounce", "50ms",
+		"--log-level", "debug")
+	p.port = s.extProcPort
+	eventually(t, 15*time.Second, "tollgate extproc serving", func() error {
+		_, err := do("GET", fmt.Sprintf("http://%s/healthz", addr(metrics)), nil, "")
+		return err
+	})
+	return p
+}
+
+// startEnvoyWith is startEnvoy with extra `tollgate bootstrap` flags.
+func (s *stack) startEnvoyWith(t testing.TB, bootstrapFlags ...string) {
+	t.Helper()
+	needEnvoy(t)
+	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
+	args := append([]string{"bootstrap", "--xds", addr(s.xdsPort), "--admin", addr(s.adminPort)}, bootstrapFlags...)
+	out := runTollgate(t, args...)
+	if err := os.WriteFile(bootstrapPath, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
+		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1",
+		// The access log (stdout) is flushed every 10 s by default; tests read it sooner.
+		"--file-flush-interval-msec", "100")
+	eventually(t, 30*time.Second, "envoy ready", func() error {
+		r, err := do("GET", s.adminURL("/ready"), nil, "")
+		if err != nil {
+			return err
+		}
+		if r.status != 200 {
+			return fmt.Errorf("/ready: %d %s", r.status, strings.TrimSpace(string(r.body)))
+		}
+		return nil
+	})
+}
+
+// startRateLimitWith is startRateLimit with extra `tollgate ratelimit` flags.
+func (s *stack) startRateLimitWith(t testing.TB, redisAddr string, extra ...string) *process {
+	t.Helper()
+	s.charges = true
+	args := append([]string{"ratelimit",
+		"--grpc", addr(s.rateLimit),
+		"--http", addr(freePort(t)),
+		"--debug", addr(freePort(t)),
+		"--xds", addr(s.xdsPort),
+		"--redis", redisAddr,
+		"--log-level", "debug"}, extra...)
+	p := start(t, "ratelimit", bins.tollgate, args...)
+	p.port = s.rateLimit
+	eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
+		if !strings.Contains(p.logText(), "Successfully loaded new configuration") {
+			return fmt.Errorf("no config loaded yet")
+		}
+		return nil
+	})
+	return p
+}
+
+// kill ends the process with SIGKILL, as a crash or the OOM killer would: no shutdown code
+// runs, connections are simply reset.
+func (p *process) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/policies"
+	"github.com/tollgate-dev/tollgate/xds"
+)
+
+// defaultExtProcMetricsPort is next to serve's metrics port, so both fit on one machine.
+const defaultExtProcMetricsPort = envoy.DefaultMetricsPort + 1
+
+// extProcOptions are the flags of `tollgate extproc`.
+type extProcOptions struct {
+	policyFile  string
+	listenAddr  string
+	metricsAddr string
+	debounce    time.Duration
+	logLevel    string
+	logFormat   string
+}
+
+// extProcCommand runs the ext_proc server on its own. Envoy fails requests closed when it
+// cannot reach ext_proc, so with the server inside `tollgate serve` a control-plane outage
+// would stop all traffic; in its own process (and `serve --extproc ""`) it does not.
+func extProcCommand(args []string, _, stderr io.Writer) int {
+	fs := newFlags("extproc", stderr)
+	var o extProcOptions
+	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to follow (the same file tollgate serve uses)")
+	fs.StringVar(&o.listenAddr, "listen", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server (the policy's extProc endpoint)")
+	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", defaultExtProcMetricsPort), "listen address of /metrics (GenAI metrics), /status and /healthz")
+	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate extproc: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runExtProc(ctx, o, logger); err != nil {
+		printErrors(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runExtProc serves ext_proc until ctx ends, following the policy file like serve does: the
+// same reloader applies each version, so both processes accept and reject the same policies.
+func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	content, err := os.ReadFile(o.policyFile)
+	if err != nil {
+		return fmt.Errorf("read policy: %w", err)
+	}
+	initial, err := policies.Parse(o.policyFile, content, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	initialCfg, err := extProcConfig(initial)
+	if err != nil {
+		return err
+	}
+	server := extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
+	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, &checkOnly{}, server)
+	if err := rl.apply(ctx, content); err != nil {
+		return err
+	}
+
+	lis, err := net.Listen("tcp", o.listenAddr)
+	if err != nil {
+		return fmt.Errorf("ext_proc listener: %w", err)
+	}
+	metricsLis, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	if port := lis.Addr().(*net.TCPAddr).Port; port != initial.ExtProc.Port {
+		logger.Warn("the policy sends Envoy to another ext_proc port than this server listens on",
+			"policy_extproc", fmt.Sprintf("%s:%d", initial.ExtProc.Address, initial.ExtProc.Port), "listen", lis.Addr().String())
+	}
+
+	grpcServer := newExtProcGRPC(server)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(extProcStatus{Reload: rl.snapshot(), Version: buildVersion()})
+	})
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	watcher := policies.NewWatcher(o.policyFile, o.debounce, logger.With("component", "watch"))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	logger.Info("tollgate extproc serving", "policy", o.policyFile, "extproc", lis.Addr().String(),
+		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveGRPC(grpcServer, lis, "ext_proc") })
+	g.Go(func() error {
+		if err := httpServer.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		return watcher.Run(gctx, func(content []byte) {
+			// Errors are logged, counted and kept in the status by apply.
+			_ = rl.apply(gctx, content)
+		})
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				logger.Info("SIGHUP: reloading the policy")
+				watcher.Reload()
+			}
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		logger.Info("shutting down")
+		stopGRPC(grpcServer)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return httpServer.Shutdown(shutdownCtx)
+	})
+	return g.Wait()
+}
+
+// extProcStatus is the JSON document at the standalone ext_proc server's /status.
+type extProcStatus struct {
+	Version string       `json:"tollgate_version"`
+	Reload  reloadStatus `json:"policy"`
+}
+
+// checkOnly is the publisher of a process that serves no xDS: it runs the control plane's
+// checks and computes the version it would serve, so a policy the control plane refuses is
+// refused here too, and the status shows the same version in both processes.
+type checkOnly struct {
+	mu                             sync.Mutex
+	envoyVersion, rateLimitVersion string
+}
+
+func (c *checkOnly) Publish(_ context.Context, r xds.Resources) (xds.PublishResult, error) {
+	envoyVersion, rateLimitVersion, err := xds.Versions(r)
+	if err != nil {
+		return xds.PublishResult{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res := xds.PublishResult{
+		EnvoyVersion:     envoyVersion,
+		RateLimitVersion: rateLimitVersion,
+		EnvoyChanged:     envoyVersion != c.envoyVersion,
+		RateLimitChanged: rateLimitVersion != c.rateLimitVersion,
+	}
+	c.envoyVersion, c.rateLimitVersion = envoyVersion, rateLimitVersion
+	return res, nil
+}
