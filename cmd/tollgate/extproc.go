@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -17,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy"
@@ -107,57 +103,20 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	}
 
 	grpcServer := newExtProcGRPC(server)
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("content-type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(extProcStatus{Reload: rl.snapshot(), Version: buildVersion()})
-	})
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-
-	watcher := policies.NewWatcher(o.policyFile, o.debounce, logger.With("component", "watch"))
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	httpServer := adminServer(reg, func() any { return extProcStatus{Reload: rl.snapshot(), Version: buildVersion()} })
 
 	logger.Info("tollgate extproc serving", "policy", o.policyFile, "extproc", lis.Addr().String(),
 		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(grpcServer, lis, "ext_proc") })
-	g.Go(func() error {
-		if err := httpServer.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("metrics server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		return watcher.Run(gctx, func(content []byte) {
-			// Errors are logged, counted and kept in the status by apply.
-			_ = rl.apply(gctx, content)
-		})
-	})
-	g.Go(func() error {
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-hup:
-				logger.Info("SIGHUP: reloading the policy")
-				watcher.Reload()
-			}
-		}
-	})
+	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })
+	watchPolicy(gctx, g, o.policyFile, o.debounce, logger, rl)
 	g.Go(func() error {
 		<-gctx.Done()
 		logger.Info("shutting down")
 		stopGRPC(grpcServer)
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return httpServer.Shutdown(shutdownCtx)
+		return shutdownHTTP(httpServer)
 	})
 	return g.Wait()
 }

@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -147,21 +144,9 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		extProcGRPC = newExtProcGRPC(extProcServer)
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("content-type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion()})
+	httpServer := adminServer(reg, func() any {
+		return serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion()}
 	})
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-
-	watcher := policies.NewWatcher(o.policyFile, o.debounce, logger.With("component", "watch"))
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	extProcAt := "none (standalone)"
 	if extProcLis != nil {
@@ -176,29 +161,8 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	if extProcGRPC != nil {
 		g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
 	}
-	g.Go(func() error {
-		if err := httpServer.Serve(metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("metrics server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		return watcher.Run(gctx, func(content []byte) {
-			// Errors are logged, counted and kept in the status by apply.
-			_ = rl.apply(gctx, content)
-		})
-	})
-	g.Go(func() error {
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-hup:
-				logger.Info("SIGHUP: reloading the policy")
-				watcher.Reload()
-			}
-		}
-	})
+	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })
+	watchPolicy(gctx, g, o.policyFile, o.debounce, logger, rl)
 	g.Go(func() error {
 		<-gctx.Done()
 		logger.Info("shutting down")
@@ -206,9 +170,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		if extProcGRPC != nil {
 			stopGRPC(extProcGRPC)
 		}
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return httpServer.Shutdown(shutdownCtx)
+		return shutdownHTTP(httpServer)
 	})
 	return g.Wait()
 }

@@ -86,42 +86,13 @@ func (s *stack) writePolicy(t testing.TB, tmpl string) {
 // startTollgate runs `tollgate serve` on the stack's policy.
 func (s *stack) startTollgate(t testing.TB) {
 	t.Helper()
-	s.tollgate = start(t, "tollgate", bins.tollgate, "serve",
-		"-f", s.policyPath,
-		"--xds", addr(s.xdsPort),
-		"--extproc", addr(s.extProcPort),
-		"--metrics", addr(s.metricsPort),
-		"--debounce", "50ms",
-		"--log-level", "debug")
-	eventually(t, 15*time.Second, "tollgate serving", func() error {
-		_, err := do("GET", s.metricsURL("/healthz"), nil, "")
-		return err
-	})
+	s.startTollgateWith(t)
 }
 
 // startEnvoy runs a real Envoy with tollgate's bootstrap and waits until it serves the policy.
 func (s *stack) startEnvoy(t testing.TB) {
 	t.Helper()
-	needEnvoy(t)
-	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
-	out := runTollgate(t, "bootstrap", "--xds", addr(s.xdsPort), "--admin", addr(s.adminPort))
-	if err := os.WriteFile(bootstrapPath, []byte(out), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
-		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1",
-		// The access log (stdout) is flushed every 10 s by default; tests read it sooner.
-		"--file-flush-interval-msec", "100")
-	eventually(t, 30*time.Second, "envoy ready", func() error {
-		r, err := do("GET", s.adminURL("/ready"), nil, "")
-		if err != nil {
-			return err
-		}
-		if r.status != 200 {
-			return fmt.Errorf("/ready: %d %s", r.status, strings.TrimSpace(string(r.body)))
-		}
-		return nil
-	})
+	s.startEnvoyWith(t)
 }
 
 func (s *stack) url(path string) string {
@@ -179,21 +150,7 @@ func startRedisOn(t testing.TB, port int) (string, *process) {
 // reaches it on the port the policy names ({{ratelimit_port}}).
 func (s *stack) startRateLimit(t testing.TB, redisAddr string) *process {
 	t.Helper()
-	s.charges = true
-	p := start(t, "ratelimit", bins.tollgate, "ratelimit",
-		"--grpc", addr(s.rateLimit),
-		"--http", addr(freePort(t)),
-		"--debug", addr(freePort(t)),
-		"--xds", addr(s.xdsPort),
-		"--redis", redisAddr,
-		"--log-level", "debug")
-	eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
-		if !strings.Contains(p.logText(), "Successfully loaded new configuration") {
-			return fmt.Errorf("no config loaded yet")
-		}
-		return nil
-	})
-	return p
+	return s.startRateLimitWith(t, redisAddr)
 }
 
 // startTollgateWith runs `tollgate serve` like startTollgate, with extra flags after the usual

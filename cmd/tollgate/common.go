@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// adminServer serves /metrics from reg, /healthz, and /status as the JSON that status returns.
+func adminServer(reg *prometheus.Registry, status func() any) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(status())
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}
+
+// serveHTTP serves until the server is shut down.
+func serveHTTP(s *http.Server, lis net.Listener) error {
+	if err := s.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics server: %w", err)
+	}
+	return nil
+}
+
+// shutdownHTTP stops the server, giving open requests a moment to finish.
+func shutdownHTTP(s *http.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+// watchPolicy applies the policy file through rl whenever it changes, and again on SIGHUP,
+// until ctx ends. Errors are logged, counted and kept in the status by rl.apply.
+func watchPolicy(ctx context.Context, g *errgroup.Group, path string, debounce time.Duration, logger *slog.Logger, rl *reloader) {
+	watcher := policies.NewWatcher(path, debounce, logger.With("component", "watch"))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	g.Go(func() error {
+		return watcher.Run(ctx, func(content []byte) { _ = rl.apply(ctx, content) })
+	})
+	g.Go(func() error {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-hup:
+				logger.Info("SIGHUP: reloading the policy")
+				watcher.Reload()
+			}
+		}
+	})
+}
