@@ -27,6 +27,10 @@ const (
 	extProcMessageTimeout = 5 * time.Second
 	// requestHeadersTimeout closes clients that never finish sending headers (slowloris).
 	requestHeadersTimeout = 10 * time.Second
+	// requestReceiveTimeout bounds receiving a whole request, body included, so a client
+	// trickling its body cannot hold a connection forever. It stops counting once the request
+	// is received: responses, however long they stream, are not cut by it.
+	requestReceiveTimeout = time.Minute
 	// streamIdleTimeout cuts a stream that has been silent this long in both directions; a
 	// healthy LLM stream sends tokens far more often, and a slow first token stays well below it.
 	streamIdleTimeout = 5 * time.Minute
@@ -78,6 +82,7 @@ func listener(p *input) (*listenerv3.Listener, error) {
 		AccessLog:             []*accesslogv3.AccessLog{accessLog},
 		LocalReplyConfig:      localReply,
 		RequestHeadersTimeout: envoy.Duration(requestHeadersTimeout),
+		RequestTimeout:        envoy.Duration(requestReceiveTimeout),
 		StreamIdleTimeout:     envoy.Duration(streamIdleTimeout),
 		NormalizePath:         wrapperspb.Bool(true),
 		MergeSlashes:          true,
