@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -71,4 +73,34 @@ func watchPolicy(ctx context.Context, g *errgroup.Group, path string, debounce t
 			}
 		}
 	})
+}
+
+// newRegistry is a metrics registry with the Go runtime and process collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// readInitialPolicy reads and parses the policy a process starts with: without a valid one
+// there is nothing good to serve.
+func readInitialPolicy(path string) ([]byte, *policies.Policy, error) {
+	content, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := policies.Parse(path, content, os.LookupEnv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return content, p, nil
+}
+
+// newExtProcServer builds the ext_proc server with the policy's share of the configuration.
+func newExtProcServer(p *policies.Policy, logger *slog.Logger, reg prometheus.Registerer) (*extproc.Server, error) {
+	cfg, err := extProcConfig(p)
+	if err != nil {
+		return nil, err
+	}
+	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), cfg), nil
 }

@@ -12,13 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy"
-	"github.com/tollgate-dev/tollgate/envoy/extproc"
-	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
 
@@ -67,22 +63,15 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 // runExtProc serves ext_proc until ctx ends, following the policy file like serve does: the
 // same reloader applies each version, so both processes accept and reject the same policies.
 func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	content, err := os.ReadFile(o.policyFile)
-	if err != nil {
-		return fmt.Errorf("read policy: %w", err)
-	}
-	initial, err := policies.Parse(o.policyFile, content, os.LookupEnv)
+	reg := newRegistry()
+	content, initial, err := readInitialPolicy(o.policyFile)
 	if err != nil {
 		return err
 	}
-	initialCfg, err := extProcConfig(initial)
+	server, err := newExtProcServer(initial, logger, reg)
 	if err != nil {
 		return err
 	}
-	server := extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, &checkOnly{}, server)
 	if err := rl.apply(ctx, content); err != nil {
 		return err

@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -78,8 +76,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 // serve runs the control plane until ctx ends. It refuses to start without a valid policy:
 // there would be nothing good to serve.
 func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	xdsOptions := []grpc.ServerOption{
 		// Envoy keeps one ADS stream open for hours; pings find dead peers.
@@ -94,24 +91,18 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		xdsOptions = append(xdsOptions, grpc.Creds(credentials.NewTLS(tlsConfig)))
 	}
 
-	content, err := os.ReadFile(o.policyFile)
-	if err != nil {
-		return fmt.Errorf("read policy: %w", err)
-	}
-	xdsServer := xds.NewServer(logger.With("component", "xds"), reg, xds.Options{RateLimitNodeID: o.rateLimitNode})
-	initial, err := policies.Parse(o.policyFile, content, os.LookupEnv)
+	content, initial, err := readInitialPolicy(o.policyFile)
 	if err != nil {
 		return err
 	}
+	xdsServer := xds.NewServer(logger.With("component", "xds"), reg, xds.Options{RateLimitNodeID: o.rateLimitNode})
 	// Without an address the ext_proc server runs elsewhere (`tollgate extproc`), so request
 	// processing does not stop when this process does.
 	var extProcServer *extproc.Server
 	if o.extProcAddr != "" {
-		initialCfg, err := extProcConfig(initial)
-		if err != nil {
+		if extProcServer, err = newExtProcServer(initial, logger, reg); err != nil {
 			return err
 		}
-		extProcServer = extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), initialCfg)
 	}
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
 	if err := rl.apply(ctx, content); err != nil {
