@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts and stops the demo stack in the background: llmsim, redis-server (when installed) and
-# `tollgate run` (control plane, ratelimit service, Envoy). Used by `task up` and `task down`.
+# Starts and stops the demo stack in the background: llmsim, redis-server (when installed; or the
+# Redis at $REDIS_URL) and `tollgate run` (control plane, ratelimit service, Envoy). Used by
+# `task up` and `task down`.
 #
 #   stack.sh up   BIN_DIR POLICY RUN_DIR
 #   stack.sh down RUN_DIR
@@ -14,9 +15,15 @@ up() {
     echo "the demo stack is already running ('task down' stops it)"
     return 0
   fi
+  # A fresh stack needs its own ports: an old stack or another Redis would answer in its place
+  # (and someone else's Redis would carry its counters into the demo).
+  free_port 8000 || return 1
   start llmsim "$run" "$logs/llmsim.log" "$bin/llmsim" --listen 127.0.0.1:8000 --name llm-sim
   local redis_args=()
-  if command -v redis-server >/dev/null; then
+  if [ -n "${REDIS_URL:-}" ]; then
+    redis_args=(--redis "$REDIS_URL")
+  elif command -v redis-server >/dev/null; then
+    free_port 6379 || { down "$run" >/dev/null; return 1; }
     start redis "$run" "$logs/redis.log" redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no
     redis_args=(--redis 127.0.0.1:6379)
   fi
@@ -41,6 +48,14 @@ up() {
   done
   echo "the gateway did not become ready in 30s; see $logs" >&2
   return 1
+}
+
+# free_port PORT: fail with a message when something listens on 127.0.0.1:PORT.
+free_port() {
+  if (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is already in use on 127.0.0.1: stop what listens there ('task down' for an old demo stack)" >&2
+    return 1
+  fi
 }
 
 # start NAME RUN_DIR LOG COMMAND...: run a command detached from this shell, pid in RUN_DIR.
