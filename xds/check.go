@@ -153,6 +153,9 @@ type entry[T namedMessage] struct {
 func collect[T namedMessage](probs *problems, reach anyReach, cache *inspectionCache, kind, field string, in []types.Resource) []entry[T] {
 	var zero T
 	want := zero.ProtoReflect().Descriptor().FullName()
+	// Only listeners' packed configs are read after this (by checkReferences); keeping the
+	// others decoded would only hold memory.
+	_, keepPacked := any(zero).(*listenerv3.Listener)
 	seen := make(map[string]bool, len(in))
 	out := make([]entry[T], 0, len(in))
 	for i, res := range in {
@@ -191,11 +194,11 @@ func collect[T namedMessage](probs *problems, reach anyReach, cache *inspectionC
 		if err == nil && cache != nil {
 			key := resourceKey(want, encoded)
 			if found = cache.resource(key); found == nil {
-				found = inspectResource(msg, encoded, reach, cache)
+				found = inspectResource(msg, encoded, reach, cache, keepPacked)
 				cache.storeResource(key, found)
 			}
 		} else {
-			found = inspectResource(msg, encoded, reach, cache)
+			found = inspectResource(msg, encoded, reach, cache, keepPacked)
 		}
 		for _, p := range found.problems {
 			probs.addf("%s: %s", label, p)

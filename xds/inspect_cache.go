@@ -28,11 +28,14 @@ type inspectionCache struct {
 // anyInspection is what visiting one packed config found.
 type anyInspection struct {
 	// key is the config's bytes as the cache's map key (shared, not copied).
-	key       string
-	typeURL   string
-	problems  []string
-	decoded   []proto.Message
-	canonical bool
+	key      string
+	typeURL  string
+	problems []string
+	// decoded are the decoded configs (outermost first) if hasDecoded: they are kept only
+	// where later checks read them, since they double the memory a configuration takes.
+	decoded    []proto.Message
+	hasDecoded bool
+	canonical  bool
 	// inner are the packed configs found inside this one.
 	inner []*anyInspection
 }
@@ -66,8 +69,9 @@ func (c *inspectionCache) rotate() {
 	c.prevResource, c.nextResource = c.nextResource, make(map[[sha256.Size]byte]*resourceInspection, len(c.nextResource))
 }
 
-// packedConfig returns what an earlier inspection of a found, or nil.
-func (c *inspectionCache) packedConfig(a *anypb.Any) *anyInspection {
+// packedConfig returns what an earlier inspection of a found, or nil. With needDecoded, an
+// inspection that did not keep the decoded configs does not count.
+func (c *inspectionCache) packedConfig(a *anypb.Any, needDecoded bool) *anyInspection {
 	if c == nil {
 		return nil
 	}
@@ -76,7 +80,7 @@ func (c *inspectionCache) packedConfig(a *anypb.Any) *anyInspection {
 	if hit == nil {
 		hit = c.prevAny[string(a.GetValue())]
 	}
-	if hit == nil || hit.typeURL != a.GetTypeUrl() {
+	if hit == nil || hit.typeURL != a.GetTypeUrl() || (needDecoded && !hit.hasDecoded) {
 		// The same bytes under another type are another config; the rare miss costs only time.
 		return nil
 	}
@@ -137,15 +141,16 @@ func (c *inspectionCache) storeResource(key [sha256.Size]byte, found *resourceIn
 }
 
 // inspectResource validates msg, inspects its packed configs and returns its canonical
-// encoding; encoded is msg's deterministic encoding (nil if it could not be made).
-func inspectResource(msg proto.Message, encoded []byte, reach anyReach, cache *inspectionCache) *resourceInspection {
+// encoding; encoded is msg's deterministic encoding (nil if it could not be made). The decoded
+// packed configs are returned only with keepPacked.
+func inspectResource(msg proto.Message, encoded []byte, reach anyReach, cache *inspectionCache, keepPacked bool) *resourceInspection {
 	found := &resourceInspection{encoded: encoded}
 	if v, ok := msg.(validator); ok {
 		if err := v.ValidateAll(); err != nil {
 			found.problems = append(found.problems, err.Error())
 		}
 	}
-	pc := inspectPacked(msg, reach, cache)
+	pc := inspectPacked(msg, reach, cache, keepPacked)
 	found.problems = append(found.problems, pc.problems...)
 	found.packed = pc.decoded
 	found.anys = pc.visited

@@ -8,6 +8,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -128,5 +129,35 @@ func TestCachedVersionsIgnorePackedMapOrder(t *testing.T) {
 		if !slices.Equal(got, ba) {
 			t.Fatalf("round %d: the caller's packed bytes were rewritten", i)
 		}
+	}
+}
+
+// Packed configs are kept decoded only for listeners. A config first met elsewhere (and cached
+// without its decoded form) must still reach the listener checks when a listener packs it.
+func TestCachedPackedConfigStillReachesListenerChecks(t *testing.T) {
+	cache := newInspectionCache()
+	var probs problems
+	reach := make(anyReach)
+	r := testResources(t)
+	listener := r.Listeners[0].(*listenerv3.Listener)
+	hcmAny := listener.GetFilterChains()[0].GetFilters()[0].GetTypedConfig()
+	cluster := testCluster("carrier")
+	cluster.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"x": hcmAny}}
+	clusters := collect[*clusterv3.Cluster](&probs, reach, cache, "cluster", "Clusters", []types.Resource{cluster})
+	if len(clusters[0].packed) != 0 {
+		t.Fatal("a cluster kept decoded packed configs")
+	}
+	listeners := collect[*listenerv3.Listener](&probs, reach, cache, "listener", "Listeners", []types.Resource{listener})
+	found := false
+	for _, p := range listeners[0].packed {
+		if _, ok := p.(*hcmv3.HttpConnectionManager); ok {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the listener's HTTP connection manager is missing from its packed configs after a cache hit")
+	}
+	if len(probs) != 0 {
+		t.Fatalf("problems: %v", probs)
 	}
 }

