@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/policies"
@@ -17,6 +18,10 @@ import (
 
 // grpcConnectTimeout bounds connecting to tollgate's own gRPC services; they run next to Envoy.
 const grpcConnectTimeout = time.Second
+
+// grpcMaxConcurrentRequests bounds the calls in flight to the ext_proc server and the ratelimit
+// service (Envoy's circuit breaker); see grpcCluster.
+const grpcMaxConcurrentRequests = 50_000
 
 // backendCluster builds the cluster of one upstream LLM backend.
 func backendCluster(b policies.Backend) (*clusterv3.Cluster, error) {
@@ -76,6 +81,14 @@ func grpcCluster(name string, ep policies.Endpoint) (*clusterv3.Cluster, error) 
 		return nil, err
 	}
 	c.TypedExtensionProtocolOptions = opts
+	// Every request holds an ext_proc stream for as long as it lasts, streamed responses
+	// included, and both services fail requests closed (or open) when Envoy refuses to call
+	// them. Envoy's default of 1,024 concurrent requests per cluster would turn a busy gateway's
+	// 1,025th open LLM stream into a 503; the bound here is on purpose, and far above it.
+	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		MaxRequests:        wrapperspb.UInt32(grpcMaxConcurrentRequests),
+		MaxPendingRequests: wrapperspb.UInt32(grpcMaxConcurrentRequests),
+	}}}
 	return c, nil
 }
 
