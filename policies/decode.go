@@ -20,10 +20,42 @@ type decoder struct {
 	// written holds the paths the file gave a non-null value, so defaults fill only what the
 	// operator left out and an explicit "port: 0" is reported instead of silently replaced.
 	written map[string]bool
+	// fields caches yamlFields by type: a policy has thousands of structs of a few types.
+	fields map[reflect.Type]map[string][]int
 }
 
-func newDecoder() *decoder {
-	return &decoder{lines: map[string]int{}, written: map[string]bool{}}
+// newDecoder returns a decoder for the document under root. Its maps are sized from the
+// document's node count up front: growing them while decoding a large policy cost more than
+// the decoding itself.
+func newDecoder(root *yaml.Node) *decoder {
+	n := countNodes(root)
+	return &decoder{
+		lines:   make(map[string]int, n),
+		written: make(map[string]bool, n),
+		fields:  map[reflect.Type]map[string][]int{},
+	}
+}
+
+// countNodes counts the nodes of a tree (aliases are not followed).
+func countNodes(n *yaml.Node) int {
+	if n == nil {
+		return 0
+	}
+	count := 1
+	for _, c := range n.Content {
+		count += countNodes(c)
+	}
+	return count
+}
+
+// fieldsOf returns the YAML keys a struct type accepts, computed once per type.
+func (d *decoder) fieldsOf(t reflect.Type) map[string][]int {
+	f, ok := d.fields[t]
+	if !ok {
+		f = yamlFields(t)
+		d.fields[t] = f
+	}
+	return f
 }
 
 // nodeError lets a custom UnmarshalYAML report a problem below its own node (for example an
@@ -115,7 +147,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 		d.fail(n.Line, path, "must be a mapping, got %s", describe(n))
 		return
 	}
-	fields := yamlFields(v.Type())
+	fields := d.fieldsOf(v.Type())
 	seen := map[string]int{}
 	var merges []*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {

@@ -126,7 +126,7 @@ func loadAPIKeysFile(path, shown string) ([]keyEntry, error) {
 		return nil, fmt.Errorf("%s: must be a list of {user, sha256}, got %s", shown, describe(root))
 	}
 	var keys []APIKey
-	d := newDecoder()
+	d := newDecoder(root)
 	d.sequence(root, reflect.ValueOf(&keys).Elem(), "")
 	if len(d.errs) > 0 {
 		var msgs []string

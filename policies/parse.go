@@ -47,7 +47,7 @@ func Parse(filename string, data []byte, env LookupEnv) (*Policy, error) {
 	}
 
 	var p Policy
-	d := newDecoder()
+	d := newDecoder(root)
 	d.mapping(root, reflect.ValueOf(&p).Elem(), "")
 	decodeErrs := d.errs
 
