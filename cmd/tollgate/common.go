@@ -113,3 +113,25 @@ func newExtProcServer(p *policies.Policy, logger *slog.Logger, reg prometheus.Re
 	}
 	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), cfg), nil
 }
+
+// runUntilSignal builds the logger, runs fn until SIGINT or SIGTERM, and turns the outcome into
+// the exit code of a long-running command: 2 for a bad log flag, 1 when fn fails.
+func runUntilSignal(name string, stderr io.Writer, logLevel, logFormat string, fn func(ctx context.Context, logger *slog.Logger) error) int {
+	logger, err := newLogger(stderr, logLevel, logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := fn(ctx, logger); err != nil {
+		var policyErrs *policies.Errors
+		if errors.As(err, &policyErrs) {
+			printErrors(stderr, err)
+		} else {
+			fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
+		}
+		return 1
+	}
+	return 0
+}

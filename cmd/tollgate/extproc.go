@@ -7,9 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -46,18 +44,9 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintf(stderr, "tollgate extproc: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := runExtProc(ctx, o, logger); err != nil {
-		printErrors(stderr, err)
-		return 1
-	}
-	return 0
+	return runUntilSignal("extproc", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {
+		return runExtProc(ctx, o, logger)
+	})
 }
 
 // runExtProc serves ext_proc until ctx ends, following the policy file like serve does: the

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/rls"
@@ -33,18 +31,9 @@ func ratelimitCommand(args []string, _, stderr io.Writer) int {
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	logger, err := newLogger(stderr, "debug", "text")
-	if err != nil {
-		fmt.Fprintf(stderr, "tollgate ratelimit: %v\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := rls.Run(ctx, logger.With("component", "ratelimit"), o); err != nil {
-		fmt.Fprintf(stderr, "tollgate ratelimit: %v\n", err)
-		return 1
-	}
-	return 0
+	return runUntilSignal("ratelimit", stderr, "debug", "text", func(ctx context.Context, logger *slog.Logger) error {
+		return rls.Run(ctx, logger.With("component", "ratelimit"), o)
+	})
 }
 
 func envOr(name, fallback string) string {

@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -57,22 +55,13 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
-	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintf(stderr, "tollgate serve: %v\n", err)
-		return 2
-	}
 	if err := o.xdsTLS.Validate(); err != nil {
 		fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := serve(ctx, o, logger); err != nil {
-		printErrors(stderr, err)
-		return 1
-	}
-	return 0
+	return runUntilSignal("serve", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {
+		return serve(ctx, o, logger)
+	})
 }
 
 // serve runs the control plane until ctx ends. It refuses to start without a valid policy:
