@@ -90,7 +90,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 	if err != nil {
 		return err
 	}
-	gw, err := env.StartGateway(ctx, simPort)
+	gw, err := env.StartGateway(ctx, simPort, stack.PolicyOptions{})
 	if err != nil {
 		return err
 	}
@@ -99,7 +99,17 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 		if err != nil {
 			return err
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gw, sim, logger)
+		var extProcOnly *stack.Gateway
+		if cfg.extProcOnly {
+			// A gateway of its own (its files in a directory of their own): switching one
+			// gateway's policy between runs would measure reloads as well.
+			envE := &stack.Env{Bins: bins, Dir: filepath.Join(dir, "ext-proc-only"), EnvoyConcurrency: cfg.envoyConcurrency, Debounce: cfg.debounce}
+			defer envE.Close()
+			if extProcOnly, err = envE.StartGateway(ctx, simPort, stack.PolicyOptions{NoQuotas: true}); err != nil {
+				return err
+			}
+		}
+		systems, err := overheadPhase(ctx, cfg, plain, gw, extProcOnly, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)

@@ -77,6 +77,7 @@ type config struct {
 	users                       int
 	streamTokens                int
 	streamFloor                 bool
+	extProcOnly                 bool
 	envoyConcurrency            int
 	maxWorkers                  uint64
 	edits                       int
@@ -115,6 +116,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.users, "users", 10000, "distinct users the load rotates through")
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
 	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
+	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.IntVar(&c.envoyConcurrency, "envoy-concurrency", 2, "Envoy worker threads (the same for every Envoy)")
 	fs.Uint64Var(&c.maxWorkers, "max-workers", 2000, "most requests in flight per system")
 	fs.IntVar(&c.edits, "edits", 50, "policy edits per reload measurement")

@@ -46,14 +46,18 @@ func requests(cfg config, plainURL, gatewayURL string) (plain, gateway, plainStr
 
 // overheadPhase searches each system's max sustained rate, then runs every system at fixed
 // fractions of the floor's max. Systems take turns so that machine noise spreads over all.
-func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw *stack.Gateway, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
+// extProcOnly, when not nil, is a gateway without quotas (system E).
+func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
 	self := os.Getpid()
 	plainReq, gwReq, plainStream, gwStream := requests(cfg, plain.URL, gw.URL)
 	plainPids := map[string]int{"envoy": plain.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self}
-	gwPids := map[string]int{
-		"envoy": gw.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self,
-		"tollgate": gw.ControlPlane.Pid(), "ratelimit": gw.RateLimit.Pid(), "redis": gw.Redis.Pid(),
+	gatewayPids := func(g *stack.Gateway) map[string]int {
+		return map[string]int{
+			"envoy": g.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self,
+			"tollgate": g.ControlPlane.Pid(), "ratelimit": g.RateLimit.Pid(), "redis": g.Redis.Pid(),
+		}
 	}
+	gwPids := gatewayPids(gw)
 	streamNote := fmt.Sprintf(", streamed (SSE, %d tokens per response)", cfg.streamTokens)
 	systems := []*loadedSystem{
 		{rep: &report.System{Key: "A", Name: "plain Envoy, static route to llmsim (the floor)"}, req: plainReq, pids: plainPids},
@@ -63,6 +67,15 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw *stac
 	if cfg.streamFloor {
 		systems[2].rep.Floor = "D"
 		systems = append(systems, &loadedSystem{rep: &report.System{Key: "D", Name: "A" + streamNote + " (C's floor)"}, req: plainStream, pids: plainPids})
+	}
+	if extProcOnly != nil {
+		req := gwReq
+		req.URL = extProcOnly.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{
+			rep:  &report.System{Key: "E", Name: "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls", Floor: "A"},
+			req:  req,
+			pids: gatewayPids(extProcOnly),
+		})
 	}
 	out := make([]*report.System, len(systems))
 	for i, s := range systems {

@@ -115,7 +115,7 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 	if err != nil {
 		return err
 	}
-	gw, err := env.StartGateway(ctx, simPort)
+	gw, err := env.StartGateway(ctx, simPort, stack.PolicyOptions{})
 	if err != nil {
 		return err
 	}

@@ -179,6 +179,10 @@ func targets(b *strings.Builder, r *Report) {
 				"–"})
 		}
 	}
+	if a, e := r.system("A"), r.system("E"); a != nil && e != nil && a.Max > 0 {
+		rows = append(rows, row{"(context, no target) E, ext_proc without rate limiting: max throughput vs A",
+			fmt.Sprintf("%.0f / %.0f req/s = %.0f%%", e.Max, a.Max, 100*e.Max/a.Max), "–"})
+	}
 	if rl := r.Reload; rl != nil {
 		if len(rl.Envoy) > 0 {
 			p99 := reload.Percentile(rl.Envoy, 0.99)
@@ -265,7 +269,7 @@ func overhead(b *strings.Builder, r *Report) {
 	fmt.Fprintf(b, "\nOpen-loop load (vegeta, constant rate). *Sustained* means: ≥ %.1f%% 2xx answers, p99 ≤ %s ms, "+
 		"and ≥ %.0f%% of the offered rate both sent and answered, over a %s step. The search multiplies the rate "+
 		"until a step fails, then bisects; systems take turns step by step so machine noise hits all of them. "+
-		"Envoy runs with --concurrency %d; B/C rotate %d users with per-user quotas that never run out; "+
+		"Envoy runs with --concurrency %d; the gateways rotate %d users (B and C with per-user quotas that never run out); "+
 		"the ratelimit filter fails closed, so an overloaded ratelimit path counts as errors.\n\n",
 		100*st.Criteria.MinSuccess, msf(st.Criteria.MaxP99), 100*st.Criteria.MinDelivered, st.StepDuration,
 		st.EnvoyConcurrency, st.Users)
@@ -306,7 +310,58 @@ func overhead(b *strings.Builder, r *Report) {
 		}
 	}
 	cpuTable(b, r)
+	costSplit(b, r)
 	b.WriteString("\n![latency vs rate](latency.png)\n\n")
+}
+
+// costSplit splits B's CPU per request into the floor (A), the ext_proc round trips (E − A)
+// and rate limiting (B − E), per process, at the highest fixed rate that A, E and B all
+// answered in full. It needs system E.
+func costSplit(b *strings.Builder, r *Report) {
+	a, e, bs := r.system("A"), r.system("E"), r.system("B")
+	if a == nil || e == nil || bs == nil {
+		return
+	}
+	idx := -1
+	for i := range a.Fixed {
+		if i >= len(e.Fixed) || i >= len(bs.Fixed) {
+			break
+		}
+		all := true
+		for _, p := range []Point{a.Fixed[i], e.Fixed[i], bs.Fixed[i]} {
+			all = all && p.Result.Success >= 0.999 && len(p.CPUPerRequest) > 0
+		}
+		if all && (idx < 0 || a.Fixed[i].Rate > a.Fixed[idx].Rate) {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return
+	}
+	pa, pe, pb := a.Fixed[idx].CPUPerRequest, e.Fixed[idx].CPUPerRequest, bs.Fixed[idx].CPUPerRequest
+	var comps []string
+	for c := range pb {
+		comps = append(comps, c)
+	}
+	sort.Strings(comps)
+	fmt.Fprintf(b, "\n### Where B's CPU goes\n\nAt %.0f req/s, the highest fixed rate A, E and B all answered in full: "+
+		"B's CPU per request (µs) as the floor, plus what the ext_proc round trips add (E − A), plus what rate limiting "+
+		"adds (B − E: the ratelimit filter's check and charge calls, the ratelimit service, Redis).\n\n", a.Fixed[idx].Rate)
+	fmt.Fprintf(b, "| part | %s | total |\n|---|%s---|\n", strings.Join(comps, " | "), strings.Repeat("---|", len(comps)))
+	row := func(name string, cpu func(c string) time.Duration) {
+		var total time.Duration
+		cells := make([]string, len(comps))
+		for i, c := range comps {
+			d := cpu(c)
+			total += d
+			cells[i] = fmt.Sprintf("%+.0f", float64(d)/float64(time.Microsecond))
+		}
+		fmt.Fprintf(b, "| %s | %s | %+.0f |\n", name, strings.Join(cells, " | "), float64(total)/float64(time.Microsecond))
+	}
+	row("floor (A)", func(c string) time.Duration { return pa[c] })
+	row("ext_proc (E − A)", func(c string) time.Duration { return pe[c] - pa[c] })
+	row("rate limiting (B − E)", func(c string) time.Duration { return pb[c] - pe[c] })
+	row("B", func(c string) time.Duration { return pb[c] })
 }
 
 // cpuTable shows where each request's CPU went, at the middle fixed rate.

@@ -66,6 +66,41 @@ func TestMarkdownChecksTargets(t *testing.T) {
 	}
 }
 
+func TestCostSplitSubtractsSystems(t *testing.T) {
+	r := sampleReport()
+	r.Systems = append(r.Systems, &System{Key: "E", Name: "ext_proc only", Floor: "A", Max: 1200,
+		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, 2*time.Millisecond),
+			CPUPerRequest: map[string]time.Duration{"envoy": 600 * time.Microsecond, "tollgate": 150 * time.Microsecond}}}})
+	var buf bytes.Buffer
+	if err := Markdown(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	for _, want := range []string{
+		"E, ext_proc without rate limiting: max throughput vs A | 1200 / 2000 req/s = 60% | – |",
+		"At 1000 req/s, the highest fixed rate",
+		"| part | envoy | tollgate | total |",
+		"| floor (A) | +300 | +0 | +300 |",
+		"| ext_proc (E − A) | +300 | +150 | +450 |",
+		"| rate limiting (B − E) | +300 | +50 | +350 |",
+		"| B | +900 | +200 | +1100 |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q\n%s", want, md)
+		}
+	}
+
+	// Without a rate all three answered in full there is nothing to split.
+	r.Systems[1].Fixed[0].Result.Success = 0.5
+	buf.Reset()
+	if err := Markdown(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "Where B's CPU goes") {
+		t.Error("split shown although B failed requests at every fixed rate")
+	}
+}
+
 func TestPlotWritesPNG(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "latency.png")
 	if err := Plot(path, sampleReport().Systems); err != nil {

@@ -258,6 +258,9 @@ type PolicyOptions struct {
 	// Limit is the per-user hourly token limit on qwen3; 0 means the maximum, so load never
 	// gets 429.
 	Limit uint64
+	// NoQuotas leaves the quotas out: requests still pass the ext_proc server (model routing,
+	// usage accounting) but the ratelimit filter has nothing to ask the ratelimit service.
+	NoQuotas bool
 }
 
 // MaxLimit is the largest limit a quota can have.
@@ -286,11 +289,10 @@ models:
 	for _, m := range o.Models {
 		fmt.Fprintf(&b, "  - {name: %s, backend: sim}\n", m)
 	}
-	fmt.Fprintf(&b, `costs:
-  - {name: tokens, type: TotalToken}
-quotas:
-  - {model: qwen3, cost: tokens, limit: %d, per: hour}
-`, limit)
+	b.WriteString("costs:\n  - {name: tokens, type: TotalToken}\n")
+	if !o.NoQuotas {
+		fmt.Fprintf(&b, "quotas:\n  - {model: qwen3, cost: tokens, limit: %d, per: hour}\n", limit)
+	}
 	return b.String()
 }
 
@@ -303,9 +305,10 @@ func (g *Gateway) WritePolicy(content string) error {
 	return os.Rename(tmp, g.PolicyPath)
 }
 
-// StartGateway runs Redis, the control plane, the ratelimit service and an Envoy, and waits
-// until a request for qwen3 passes through all of them.
-func (e *Env) StartGateway(ctx context.Context, simPort int) (*Gateway, error) {
+// StartGateway runs Redis, the control plane, the ratelimit service and an Envoy serving the
+// policy opts describes, and waits until a request for qwen3 passes through all of them. The
+// gateway's files live in e.Dir, so one Env holds one gateway.
+func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions) (*Gateway, error) {
 	ps, err := ports(9)
 	if err != nil {
 		return nil, err
@@ -323,7 +326,10 @@ func (e *Env) StartGateway(ctx context.Context, simPort int) (*Gateway, error) {
 	g.MetricsAddr = proc.Addr(g.ports.metrics)
 	g.RateLimitAddr = proc.Addr(g.ports.rateLimit)
 	g.RateLimitDebugAddr = proc.Addr(g.ports.rateLimitDebug)
-	if err := g.WritePolicy(g.Policy(PolicyOptions{})); err != nil {
+	if err := os.MkdirAll(e.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := g.WritePolicy(g.Policy(opts)); err != nil {
 		return nil, err
 	}
 

@@ -29,6 +29,13 @@ func TestGatewayPolicyIsValid(t *testing.T) {
 	if limited.Quotas[0].Limit != 77 {
 		t.Errorf("limit %d, want 77", limited.Quotas[0].Limit)
 	}
+	extProcOnly, err := policies.Parse("policy.yaml", []byte(g.Policy(PolicyOptions{NoQuotas: true})), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(extProcOnly.Quotas) != 0 || len(extProcOnly.Costs) != 1 {
+		t.Errorf("quotas %+v, costs %+v: want no quota and the cost still computed", extProcOnly.Quotas, extProcOnly.Costs)
+	}
 }
 
 // The floor's bootstrap must be one Envoy accepts; checked with the real binary when present.
