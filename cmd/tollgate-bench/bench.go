@@ -36,7 +36,7 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 		Machine: machineInfo(bins.Envoy),
 		Settings: report.Settings{
 			StepDuration: cfg.stepDuration, FixedDuration: cfg.fixedDuration, Criteria: cfg.criteria,
-			EnvoyConcurrency: cfg.envoyConcurrency, Users: cfg.users, StreamTokens: cfg.streamTokens,
+			EnvoyConcurrency: cfg.envoyConcurrency, TollgateGoMaxProcs: cfg.tollgateGoMaxProcs, Users: cfg.users, StreamTokens: cfg.streamTokens,
 			Debounce: cfg.debounce, Edits: cfg.edits,
 		},
 	}
@@ -84,7 +84,7 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 
 // dataPlanePhases runs the overhead and reload phases on one set of processes.
 func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir string, rep *report.Report, logger *slog.Logger, fail func(string, error)) error {
-	env := &stack.Env{Bins: bins, Dir: dir, EnvoyConcurrency: cfg.envoyConcurrency, Debounce: cfg.debounce}
+	env := cfg.newEnv(bins, dir)
 	defer env.Close()
 	simPort, sim, err := env.StartSim(ctx)
 	if err != nil {
@@ -103,7 +103,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 		if cfg.extProcOnly {
 			// A gateway of its own (its files in a directory of their own): switching one
 			// gateway's policy between runs would measure reloads as well.
-			envE := &stack.Env{Bins: bins, Dir: filepath.Join(dir, "ext-proc-only"), EnvoyConcurrency: cfg.envoyConcurrency, Debounce: cfg.debounce}
+			envE := cfg.newEnv(bins, filepath.Join(dir, "ext-proc-only"))
 			defer envE.Close()
 			if extProcOnly, err = envE.StartGateway(ctx, simPort, stack.PolicyOptions{NoQuotas: true}); err != nil {
 				return err

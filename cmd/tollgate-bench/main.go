@@ -32,6 +32,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 	"syscall"
 	"time"
 
@@ -78,6 +80,7 @@ type config struct {
 	streamTokens                int
 	streamFloor                 bool
 	extProcOnly                 bool
+	tollgateGoMaxProcs          int
 	envoyConcurrency            int
 	maxWorkers                  uint64
 	edits                       int
@@ -118,6 +121,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.IntVar(&c.envoyConcurrency, "envoy-concurrency", 2, "Envoy worker threads (the same for every Envoy)")
+	fs.IntVar(&c.tollgateGoMaxProcs, "tollgate-gomaxprocs", 0, "GOMAXPROCS of tollgate's processes (control plane, ratelimit service); 0 keeps Go's default (the CPU count)")
 	fs.Uint64Var(&c.maxWorkers, "max-workers", 2000, "most requests in flight per system")
 	fs.IntVar(&c.edits, "edits", 50, "policy edits per reload measurement")
 	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "the control plane's --debounce (tollgate serve's default)")
@@ -173,7 +177,19 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	if c.startRate <= 0 || c.maxRate < c.startRate {
 		return c, errors.New("--start-rate must be > 0 and ≤ --max-rate")
 	}
+	if c.tollgateGoMaxProcs < 0 {
+		return c, errors.New("--tollgate-gomaxprocs must be ≥ 0")
+	}
 	return c, nil
+}
+
+// newEnv is a set of processes with the run's settings, its files in dir.
+func (c config) newEnv(bins stack.Bins, dir string) *stack.Env {
+	env := &stack.Env{Bins: bins, Dir: dir, EnvoyConcurrency: c.envoyConcurrency, Debounce: c.debounce}
+	if c.tollgateGoMaxProcs > 0 {
+		env.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", c.tollgateGoMaxProcs)}
+	}
+	return env
 }
 
 func contains(list []string, s string) bool {

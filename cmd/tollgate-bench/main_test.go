@@ -4,6 +4,8 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 )
 
 func TestQuickPresetYieldsToExplicitFlags(t *testing.T) {
@@ -30,11 +32,29 @@ func TestBadFlagsAreRejected(t *testing.T) {
 		{"--fractions", "0.5,x"},
 		{"--sizes", "10,-1"},
 		{"--growth", "1"},
+		{"--tollgate-gomaxprocs", "-1"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+func TestGoMaxProcsReachesTollgateOnly(t *testing.T) {
+	c, err := parseConfig([]string{"--tollgate-gomaxprocs", "1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := c.newEnv(stack.Bins{}, t.TempDir()); len(env.TollgateEnv) != 1 || env.TollgateEnv[0] != "GOMAXPROCS=1" {
+		t.Errorf("tollgate environment %q, want GOMAXPROCS=1", env.TollgateEnv)
+	}
+	c, err = parseConfig(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := c.newEnv(stack.Bins{}, t.TempDir()); len(env.TollgateEnv) != 0 {
+		t.Errorf("default run sets %q: it should measure Go's defaults", env.TollgateEnv)
 	}
 }
 

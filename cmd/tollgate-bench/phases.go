@@ -52,7 +52,7 @@ func scalePhase(ctx context.Context, cfg config, bins stack.Bins, out string, re
 	}
 	largest := cfg.sizes[len(cfg.sizes)-1]
 
-	env := &stack.Env{Bins: bins, Dir: filepath.Join(out, "scale")}
+	env := cfg.newEnv(bins, filepath.Join(out, "scale"))
 	defer env.Close()
 	l, err := scale.MeasureRateLimitLoad(ctx, largest, func(ctx context.Context, xdsAddr string) (string, error) {
 		rl, err := env.StartRateLimit(ctx, xdsAddr)
@@ -109,7 +109,7 @@ func cpuProfile(path string, fn func() error) error {
 // allocation profile of the control plane under B.
 func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
 	bins.ControlPlane = []string{bins.Tollgate, "serve", "--pprof"}
-	env := &stack.Env{Bins: bins, Dir: filepath.Join(out, "profile"), EnvoyConcurrency: cfg.envoyConcurrency, Debounce: cfg.debounce}
+	env := cfg.newEnv(bins, filepath.Join(out, "profile"))
 	defer env.Close()
 	simPort, _, err := env.StartSim(ctx)
 	if err != nil {

@@ -33,8 +33,9 @@ type Process struct {
 	err error // why the process ended, once done is closed
 }
 
-// Start runs bin with args; its stdout and stderr go to logDir/name.log.
-func Start(name, logDir, bin string, args ...string) (*Process, error) {
+// Start runs bin with args and this process's environment plus env; its stdout and stderr go
+// to logDir/name.log.
+func Start(name, logDir string, env []string, bin string, args ...string) (*Process, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -44,6 +45,9 @@ func Start(name, logDir, bin string, args ...string) (*Process, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = childAttributes()
 	if err := cmd.Start(); err != nil {

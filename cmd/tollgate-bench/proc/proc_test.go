@@ -45,7 +45,7 @@ func TestOwnUsage(t *testing.T) {
 
 func TestStartStopAndLog(t *testing.T) {
 	dir := t.TempDir()
-	p, err := Start("echoer", dir, "/bin/sh", "-c", "echo ready; exec sleep 60")
+	p, err := Start("echoer", dir, []string{"ECHOER_WORD=ready"}, "/bin/sh", "-c", "echo $ECHOER_WORD; exec sleep 60")
 	if err != nil {
 		t.Fatal(err)
 	}

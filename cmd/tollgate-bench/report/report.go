@@ -45,10 +45,12 @@ type Settings struct {
 	StepDuration, FixedDuration time.Duration
 	Criteria                    load.Criteria
 	EnvoyConcurrency            int
-	Users                       int
-	StreamTokens                int
-	Debounce                    time.Duration
-	Edits                       int
+	// TollgateGoMaxProcs is GOMAXPROCS of tollgate's processes; 0 means Go's default.
+	TollgateGoMaxProcs int
+	Users              int
+	StreamTokens       int
+	Debounce           time.Duration
+	Edits              int
 }
 
 // System is one data plane under load.
@@ -111,6 +113,13 @@ func (r *Report) system(k string) *System {
 		}
 	}
 	return nil
+}
+
+func goMaxProcs(n int) string {
+	if n == 0 {
+		return "Go's default GOMAXPROCS (the CPU count)"
+	}
+	return fmt.Sprintf("GOMAXPROCS=%d", n)
 }
 
 func msf(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
@@ -269,10 +278,10 @@ func overhead(b *strings.Builder, r *Report) {
 	fmt.Fprintf(b, "\nOpen-loop load (vegeta, constant rate). *Sustained* means: ≥ %.1f%% 2xx answers, p99 ≤ %s ms, "+
 		"and ≥ %.0f%% of the offered rate both sent and answered, over a %s step. The search multiplies the rate "+
 		"until a step fails, then bisects; systems take turns step by step so machine noise hits all of them. "+
-		"Envoy runs with --concurrency %d; the gateways rotate %d users (B and C with per-user quotas that never run out); "+
+		"Envoy runs with --concurrency %d; tollgate's processes with %s; the gateways rotate %d users (B and C with per-user quotas that never run out); "+
 		"the ratelimit filter fails closed, so an overloaded ratelimit path counts as errors.\n\n",
 		100*st.Criteria.MinSuccess, msf(st.Criteria.MaxP99), 100*st.Criteria.MinDelivered, st.StepDuration,
-		st.EnvoyConcurrency, st.Users)
+		st.EnvoyConcurrency, goMaxProcs(st.TollgateGoMaxProcs), st.Users)
 	b.WriteString("### Max sustained throughput\n\n| system | max req/s | vs A | vs own floor | p50 ms | p99 ms | first failing step |\n|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Systems {
 		p50, p99 := "–", "–"
@@ -316,7 +325,8 @@ func overhead(b *strings.Builder, r *Report) {
 
 // costSplit splits B's CPU per request into the floor (A), the ext_proc round trips (E − A)
 // and rate limiting (B − E), per process, at the highest fixed rate that A, E and B all
-// answered in full. It needs system E.
+// sustained. A process's CPU per request falls as its load rises (more work per wake-up), so
+// the systems are compared only where none of them is overloaded. It needs system E.
 func costSplit(b *strings.Builder, r *Report) {
 	a, e, bs := r.system("A"), r.system("E"), r.system("B")
 	if a == nil || e == nil || bs == nil {
@@ -329,7 +339,8 @@ func costSplit(b *strings.Builder, r *Report) {
 		}
 		all := true
 		for _, p := range []Point{a.Fixed[i], e.Fixed[i], bs.Fixed[i]} {
-			all = all && p.Result.Success >= 0.999 && len(p.CPUPerRequest) > 0
+			ok, _ := r.Settings.Criteria.Sustained(p.Result)
+			all = all && ok && len(p.CPUPerRequest) > 0
 		}
 		if all && (idx < 0 || a.Fixed[i].Rate > a.Fixed[idx].Rate) {
 			idx = i
@@ -344,7 +355,7 @@ func costSplit(b *strings.Builder, r *Report) {
 		comps = append(comps, c)
 	}
 	sort.Strings(comps)
-	fmt.Fprintf(b, "\n### Where B's CPU goes\n\nAt %.0f req/s, the highest fixed rate A, E and B all answered in full: "+
+	fmt.Fprintf(b, "\n### Where B's CPU goes\n\nAt %.0f req/s, the highest fixed rate A, E and B all sustained: "+
 		"B's CPU per request (µs) as the floor, plus what the ext_proc round trips add (E − A), plus what rate limiting "+
 		"adds (B − E: the ratelimit filter's check and charge calls, the ratelimit service, Redis).\n\n", a.Fixed[idx].Rate)
 	fmt.Fprintf(b, "| part | %s | total |\n|---|%s---|\n", strings.Join(comps, " | "), strings.Repeat("---|", len(comps)))

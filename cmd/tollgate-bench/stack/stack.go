@@ -42,6 +42,9 @@ type Env struct {
 	EnvoyConcurrency int
 	// Debounce is the control plane's policy-file debounce (--debounce).
 	Debounce time.Duration
+	// TollgateEnv is added to the environment of tollgate's processes (the control plane and
+	// the ratelimit service), for runtime settings such as GOMAXPROCS.
+	TollgateEnv []string
 
 	mu    sync.Mutex
 	procs []*proc.Process
@@ -61,6 +64,10 @@ func (e *Env) Close() {
 }
 
 func (e *Env) start(name, bin string, args ...string) (*proc.Process, error) {
+	return e.startWithEnv(name, nil, bin, args...)
+}
+
+func (e *Env) startWithEnv(name string, env []string, bin string, args ...string) (*proc.Process, error) {
 	e.mu.Lock()
 	if e.names == nil {
 		e.names = map[string]int{}
@@ -70,7 +77,7 @@ func (e *Env) start(name, bin string, args ...string) (*proc.Process, error) {
 		name = fmt.Sprintf("%s-%d", name, n)
 	}
 	e.mu.Unlock()
-	p, err := proc.Start(name, filepath.Join(e.Dir, "logs"), bin, args...)
+	p, err := proc.Start(name, filepath.Join(e.Dir, "logs"), env, bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +356,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		"--extproc", proc.Addr(g.ports.extProc),
 		"--metrics", g.MetricsAddr,
 		"--debounce", debounce.String())
-	if g.ControlPlane, err = e.start("tollgate-serve", e.Bins.ControlPlane[0], cpArgs...); err != nil {
+	if g.ControlPlane, err = e.startWithEnv("tollgate-serve", e.TollgateEnv, e.Bins.ControlPlane[0], cpArgs...); err != nil {
 		return nil, err
 	}
 	if err := waitUp(ctx, g.ControlPlane, 20*time.Second, "control plane serving", func() error {
@@ -437,7 +444,7 @@ func (e *Env) StartRateLimit(ctx context.Context, xdsAddr string) (*RateLimit, e
 }
 
 func (e *Env) startRateLimit(ctx context.Context, grpcPort, httpPort, debugPort int, xdsAddr, redisAddr string) (*proc.Process, error) {
-	p, err := e.start("ratelimit", e.Bins.Tollgate, "ratelimit",
+	p, err := e.startWithEnv("ratelimit", e.TollgateEnv, e.Bins.Tollgate, "ratelimit",
 		"--grpc", proc.Addr(grpcPort),
 		"--http", proc.Addr(httpPort),
 		"--debug", proc.Addr(debugPort),
