@@ -66,6 +66,22 @@ func TestMarkdownChecksTargets(t *testing.T) {
 	}
 }
 
+// A's max is rarely a whole rate, so the run at half of it sits only near the fraction 0.5;
+// the latency target must still be checked.
+func TestLatencyTargetFindsRoundedRate(t *testing.T) {
+	r := sampleReport()
+	for _, s := range r.Systems {
+		s.Fixed[0].Fraction = 1000 / 2001.4
+	}
+	var buf bytes.Buffer
+	if err := Markdown(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	if want := "B p50 at 50% of A's max ≤ A p50 + 1 ms | 4.00 ms vs 1.00 ms"; !strings.Contains(buf.String(), want) {
+		t.Errorf("report lacks %q\n%s", want, buf.String())
+	}
+}
+
 func TestCostSplitSubtractsSystems(t *testing.T) {
 	r := sampleReport()
 	r.Systems = append(r.Systems, &System{Key: "E", Name: "ext_proc only", Floor: "A", Max: 1200,
