@@ -96,15 +96,33 @@ func needEnvoy(t testing.TB) {
 	t.Skip(msg)
 }
 
-// freePort asks the kernel for a free loopback port.
+// handedOut remembers every port freePort returned in this test binary. A port is closed
+// before the process that needs it binds it, and the kernel may offer a just-closed port again,
+// so without this two parts of one stack could be given the same port.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// freePort asks the kernel for a free loopback port that no earlier call returned.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("the kernel kept offering ports already handed out")
+	return 0
 }
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }

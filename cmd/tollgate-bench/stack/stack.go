@@ -125,18 +125,8 @@ func get(client *http.Client, url string) error {
 	return nil
 }
 
-// ports hands out n free loopback ports.
-func ports(n int) ([]int, error) {
-	out := make([]int, n)
-	for i := range out {
-		p, err := proc.FreePort()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = p
-	}
-	return out, nil
-}
+// ports hands out n distinct free loopback ports.
+func ports(n int) ([]int, error) { return proc.FreePorts(n) }
 
 // StartSim runs llmsim with no artificial latency and returns its port.
 func (e *Env) StartSim(ctx context.Context) (int, *proc.Process, error) {
