@@ -32,12 +32,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 	"syscall"
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 )
 
 func main() {
