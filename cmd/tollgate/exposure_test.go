@@ -155,7 +155,7 @@ func TestServeXDSOverMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs := pickAddrs(t, 3)
+	addrs := freeAddrs(t, 3)
 	path := filepath.Join(dir, "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[2], "x-user-id"))
 	o := serveOptions{

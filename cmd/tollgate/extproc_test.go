@@ -24,21 +24,6 @@ import (
 	"github.com/tollgate-dev/tollgate/xds"
 )
 
-// pickAddrs returns n distinct loopback addresses that were free a moment ago.
-func pickAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
-	}
-	return out
-}
-
 // smallPolicy is a valid policy whose ext_proc endpoint is extProcAddr and whose users are
 // named by identityHeader.
 func smallPolicy(t *testing.T, extProcAddr, identityHeader string) string {
@@ -182,7 +167,7 @@ func askIdentity(t *testing.T, addr string) (rejected bool, err error) {
 // request handling, an invalid edit is refused while the last good policy keeps serving, and
 // its status reports the same version the control plane computes for the same file.
 func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
-	addrs := pickAddrs(t, 2)
+	addrs := freeAddrs(t, 2)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[0], "x-user-id"))
 	o := extProcOptions{policyFile: path, listenAddr: addrs[0], metricsAddr: addrs[1], debounce: 10 * time.Millisecond}
@@ -233,7 +218,7 @@ func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
 }
 
 func TestStandaloneExtProcRefusesAnInvalidPolicy(t *testing.T) {
-	addrs := pickAddrs(t, 2)
+	addrs := freeAddrs(t, 2)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, "backends: []\nmodels: [{name: qwen3, backend: nowhere}]\n")
 	var stderr strings.Builder
@@ -245,7 +230,7 @@ func TestStandaloneExtProcRefusesAnInvalidPolicy(t *testing.T) {
 
 // serve --extproc "" runs no ext_proc server: requests are processed elsewhere.
 func TestServeWithoutExtProc(t *testing.T) {
-	addrs := pickAddrs(t, 3)
+	addrs := freeAddrs(t, 3)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[2], "x-user-id"))
 	o := serveOptions{policyFile: path, xdsAddr: addrs[0], metricsAddr: addrs[1], debounce: 10 * time.Millisecond}
