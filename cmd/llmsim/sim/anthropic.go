@@ -4,10 +4,19 @@ import "context"
 
 // anthropicUsage is the usage object of the Anthropic Messages API.
 type anthropicUsage struct {
-	InputTokens              int `json:"input_tokens"`
-	CacheCreationInputTokens int `json:"cache_creation_input_tokens"`
-	CacheReadInputTokens     int `json:"cache_read_input_tokens"`
-	OutputTokens             int `json:"output_tokens"`
+	InputTokens              tokenCount `json:"input_tokens"`
+	CacheCreationInputTokens tokenCount `json:"cache_creation_input_tokens"`
+	CacheReadInputTokens     tokenCount `json:"cache_read_input_tokens"`
+	OutputTokens             tokenCount `json:"output_tokens"`
+}
+
+func newAnthropicUsage(g *generation, outputTokens int) anthropicUsage {
+	return anthropicUsage{
+		InputTokens:              g.count(g.inputTokens),
+		CacheCreationInputTokens: g.count(0),
+		CacheReadInputTokens:     g.count(0),
+		OutputTokens:             g.count(outputTokens),
+	}
 }
 
 type anthropicMessage struct {
@@ -35,7 +44,7 @@ func messagesResponse(g *generation, text string) anthropicMessage {
 		Model:      g.model,
 		Content:    []anthropicContentBlock{{Type: "text", Text: text}},
 		StopReason: &endTurn,
-		Usage:      anthropicUsage{InputTokens: g.inputTokens, OutputTokens: g.outputTokens},
+		Usage:      newAnthropicUsage(g, g.outputTokens),
 	}
 }
 
@@ -81,7 +90,7 @@ type anthropicStopDelta struct {
 
 // anthropicOutputUsageOnly is message_delta's usage: the cumulative output token count.
 type anthropicOutputUsageOnly struct {
-	OutputTokens int `json:"output_tokens"`
+	OutputTokens tokenCount `json:"output_tokens"`
 }
 
 // anthropicTypeOnly is the payload of events that carry nothing but their type.
@@ -99,7 +108,7 @@ func (h *handler) streamMessages(ctx context.Context, o *output, g *generation) 
 		Role:    "assistant",
 		Model:   g.model,
 		Content: []anthropicContentBlock{},
-		Usage:   anthropicUsage{InputTokens: g.inputTokens, OutputTokens: min(1, g.outputTokens)},
+		Usage:   newAnthropicUsage(g, min(1, g.outputTokens)),
 	}
 	if err := o.event("message_start", anthropicMessageStart{Type: "message_start", Message: start}); err != nil {
 		return err
@@ -126,7 +135,7 @@ func (h *handler) streamMessages(ctx context.Context, o *output, g *generation) 
 	if err := o.event("message_delta", anthropicMessageDelta{
 		Type:  "message_delta",
 		Delta: anthropicStopDelta{StopReason: "end_turn"},
-		Usage: anthropicOutputUsageOnly{OutputTokens: g.outputTokens},
+		Usage: anthropicOutputUsageOnly{OutputTokens: g.count(g.outputTokens)},
 	}); err != nil {
 		return err
 	}

@@ -27,6 +27,10 @@ const (
 	maxBodyBytes = 16 << 20
 	// maxKnobTokens bounds the token-count knobs so one request cannot ask for a gigabyte answer.
 	maxKnobTokens = 1 << 20
+	// maxKnobTTFT and maxKnobTokenDelay bound the timing knobs, so a typo ("5m" for "5ms")
+	// fails the request instead of hanging a test.
+	maxKnobTTFT       = 60 * time.Second
+	maxKnobTokenDelay = 10 * time.Second
 )
 
 // requestBody holds the few request fields the simulator looks at. Everything else (messages,
@@ -51,6 +55,9 @@ type generation struct {
 	outputTokens int
 	cutAfter     int // abort after this many token events; -1 means never
 	fault        sseFault
+	ttft         time.Duration // wait before the first token
+	tokenDelay   time.Duration // wait between streamed tokens
+	usageFormat  usageFormat
 }
 
 func (g *generation) totalTokens() int { return g.inputTokens + g.outputTokens }
@@ -63,14 +70,17 @@ type knobs struct {
 	status       int // 0: not set
 	cutAfter     int // -1: not set
 	sseFault     sseFault
-	echo         []string // request headers to echo; nil: none
+	echo         []string      // request headers to echo; nil: none
+	ttft         time.Duration // -1: not set
+	tokenDelay   time.Duration // -1: not set
+	usageFormat  usageFormat
 }
 
 // parseKnobs reads the x-llmsim-* request headers. An unknown x-llmsim-* header is an error, so a
 // misspelt knob fails the request instead of being silently ignored. The gzip knob is parsed first
 // so that even the error about another knob comes back compressed as asked.
 func parseKnobs(header http.Header) (knobs, error) {
-	k := knobs{outputTokens: -1, inputTokens: -1, cutAfter: -1}
+	k := knobs{outputTokens: -1, inputTokens: -1, cutAfter: -1, ttft: -1, tokenDelay: -1}
 	var errs []error
 	if values, ok := header["X-Llmsim-Gzip"]; ok {
 		switch strings.ToLower(strings.TrimSpace(values[0])) {
@@ -102,9 +112,19 @@ func parseKnobs(header http.Header) (knobs, error) {
 			k.sseFault, err = parseSSEFault(values[0])
 		case "X-Llmsim-Echo-Headers":
 			k.echo, err = parseEchoHeaders(strings.Join(values, ","))
+		case "X-Llmsim-Ttft":
+			k.ttft, err = knobDuration(HeaderTTFT, values[0], maxKnobTTFT)
+		case "X-Llmsim-Token-Delay":
+			k.tokenDelay, err = knobDuration(HeaderTokenDelay, values[0], maxKnobTokenDelay)
+		case "X-Llmsim-Usage-Format":
+			var ok bool
+			if k.usageFormat, ok = parseUsageFormat(strings.ToLower(strings.TrimSpace(values[0]))); !ok {
+				err = errors.New(HeaderUsageFormat + ": want int, float or string, got " + strconv.Quote(values[0]))
+			}
 		default:
 			err = errors.New("unknown simulator header " + strings.ToLower(key) + "; known: " + strings.Join([]string{
 				HeaderOutputTokens, HeaderInputTokens, HeaderStatus, HeaderGzip, HeaderCutAfter, HeaderSSEFault, HeaderEchoHeaders,
+				HeaderTTFT, HeaderTokenDelay, HeaderUsageFormat,
 			}, ", "))
 		}
 		if err != nil {
@@ -112,6 +132,15 @@ func parseKnobs(header http.Header) (knobs, error) {
 		}
 	}
 	return k, errors.Join(errs...)
+}
+
+// knobDuration parses a Go duration ("250ms", "1.5s", "0") from 0 to highest.
+func knobDuration(name, value string, highest time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(value))
+	if err != nil || d < 0 || d > highest {
+		return 0, errors.New(name + ": want a duration from 0 to " + highest.String() + ", got " + strconv.Quote(value))
+	}
+	return d, nil
 }
 
 func knobInt(name, value string, lowest, highest int) (int, error) {
@@ -183,6 +212,15 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 		outputTokens: h.opts.OutputTokens,
 		cutAfter:     k.cutAfter,
 		fault:        k.sseFault,
+		ttft:         h.opts.TimeToFirstToken,
+		tokenDelay:   h.opts.TokenDelay,
+		usageFormat:  k.usageFormat,
+	}
+	if k.ttft >= 0 {
+		g.ttft = k.ttft
+	}
+	if k.tokenDelay >= 0 {
+		g.tokenDelay = k.tokenDelay
 	}
 	if k.inputTokens >= 0 {
 		g.inputTokens = k.inputTokens
@@ -192,10 +230,10 @@ func (h *handler) generate(w http.ResponseWriter, r *http.Request, api apiKind) 
 	}
 
 	ctx := r.Context()
-	wait := h.opts.TimeToFirstToken
+	wait := g.ttft
 	if !g.stream && g.outputTokens > 1 {
 		// A non-streamed answer arrives when the last token would have.
-		wait += time.Duration(g.outputTokens-1) * h.opts.TokenDelay
+		wait += time.Duration(g.outputTokens-1) * g.tokenDelay
 	}
 	if err := pause(ctx, wait); err != nil {
 		h.logger.LogAttrs(ctx, slog.LevelDebug, "client went away before the first token", slog.String("error", err.Error()))
@@ -268,7 +306,7 @@ func (h *handler) stream(ctx context.Context, o *output, g *generation) error {
 	}
 }
 
-// emitTokens calls send once per token, pausing TokenDelay between tokens, and aborts the
+// emitTokens calls send once per token, pausing g.tokenDelay between tokens, and aborts the
 // connection where the cut-after knob says. It returns early with the context's error when the
 // client goes away, or with send's error when a write fails.
 func (h *handler) emitTokens(ctx context.Context, g *generation, send func(token string) error) error {
@@ -276,9 +314,9 @@ func (h *handler) emitTokens(ctx context.Context, g *generation, send func(token
 		if i == g.cutAfter {
 			h.abortConnection(ctx, i)
 		}
-		delay := h.opts.TokenDelay
+		delay := g.tokenDelay
 		if i == 0 {
-			delay = 0 // TimeToFirstToken was already waited for.
+			delay = 0 // the time to first token was already waited for.
 		}
 		if err := pause(ctx, delay); err != nil {
 			return err

@@ -7,26 +7,28 @@ import (
 
 // openAIUsage is the usage object of the Chat Completions and Completions APIs.
 type openAIUsage struct {
-	PromptTokens            int                     `json:"prompt_tokens"`
-	CompletionTokens        int                     `json:"completion_tokens"`
-	TotalTokens             int                     `json:"total_tokens"`
+	PromptTokens            tokenCount              `json:"prompt_tokens"`
+	CompletionTokens        tokenCount              `json:"completion_tokens"`
+	TotalTokens             tokenCount              `json:"total_tokens"`
 	PromptTokensDetails     promptTokensDetails     `json:"prompt_tokens_details"`
 	CompletionTokensDetails completionTokensDetails `json:"completion_tokens_details"`
 }
 
 type promptTokensDetails struct {
-	CachedTokens int `json:"cached_tokens"`
+	CachedTokens tokenCount `json:"cached_tokens"`
 }
 
 type completionTokensDetails struct {
-	ReasoningTokens int `json:"reasoning_tokens"`
+	ReasoningTokens tokenCount `json:"reasoning_tokens"`
 }
 
 func newOpenAIUsage(g *generation) *openAIUsage {
 	return &openAIUsage{
-		PromptTokens:     g.inputTokens,
-		CompletionTokens: g.outputTokens,
-		TotalTokens:      g.totalTokens(),
+		PromptTokens:            g.count(g.inputTokens),
+		CompletionTokens:        g.count(g.outputTokens),
+		TotalTokens:             g.count(g.totalTokens()),
+		PromptTokensDetails:     promptTokensDetails{CachedTokens: g.count(0)},
+		CompletionTokensDetails: completionTokensDetails{ReasoningTokens: g.count(0)},
 	}
 }
 

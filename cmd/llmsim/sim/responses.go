@@ -7,15 +7,15 @@ import (
 
 // responsesUsage is the usage object of the OpenAI Responses API.
 type responsesUsage struct {
-	InputTokens         int                 `json:"input_tokens"`
+	InputTokens         tokenCount          `json:"input_tokens"`
 	InputTokensDetails  promptTokensDetails `json:"input_tokens_details"`
-	OutputTokens        int                 `json:"output_tokens"`
+	OutputTokens        tokenCount          `json:"output_tokens"`
 	OutputTokensDetails outputTokensDetails `json:"output_tokens_details"`
-	TotalTokens         int                 `json:"total_tokens"`
+	TotalTokens         tokenCount          `json:"total_tokens"`
 }
 
 type outputTokensDetails struct {
-	ReasoningTokens int `json:"reasoning_tokens"`
+	ReasoningTokens tokenCount `json:"reasoning_tokens"`
 }
 
 // responseObject is a Responses API response; streams send it in progress (no output, null
@@ -73,9 +73,11 @@ func responsesResponse(g *generation, text string) responseObject {
 		Model:     g.model,
 		Output:    []responseItem{completedItem(g, text)},
 		Usage: &responsesUsage{
-			InputTokens:  g.inputTokens,
-			OutputTokens: g.outputTokens,
-			TotalTokens:  g.totalTokens(),
+			InputTokens:         g.count(g.inputTokens),
+			InputTokensDetails:  promptTokensDetails{CachedTokens: g.count(0)},
+			OutputTokens:        g.count(g.outputTokens),
+			OutputTokensDetails: outputTokensDetails{ReasoningTokens: g.count(0)},
+			TotalTokens:         g.count(g.totalTokens()),
 		},
 	}
 }

@@ -49,13 +49,21 @@
 //	x-llmsim-echo-headers: a,b  copy each value of request headers a and b into response headers
 //	                            x-llmsim-echo-a, x-llmsim-echo-b, to show what reached the backend
 //	                            (credential headers such as authorization are refused)
+//	x-llmsim-ttft: D            wait D (a Go duration from 0 to 60s, e.g. "250ms") before the first
+//	                            token instead of Options.TimeToFirstToken
+//	x-llmsim-token-delay: D     pause D (a Go duration from 0 to 10s) between streamed tokens
+//	                            instead of Options.TokenDelay
+//	x-llmsim-usage-format: F    write every token count in usage objects as F: "int" (6, the
+//	                            default), "float" (6.0) or "string" ("6"); JSON and streamed
+//	                            answers of every API alike
 //
 // A malformed knob is a 400, so a typo never passes silently.
 //
 // # Timing
 //
 // Options.TimeToFirstToken delays the first byte of every generated answer (headers included);
-// Options.TokenDelay separates consecutive tokens. A non-streamed answer is sent once the whole
+// Options.TokenDelay separates consecutive tokens; the x-llmsim-ttft and x-llmsim-token-delay
+// knobs override either for one request. A non-streamed answer is sent once the whole
 // generation would have finished: TimeToFirstToken + (tokens-1) × TokenDelay. When the client goes
 // away the handler stops at the next wait or write and returns; it starts no goroutines.
 package sim
@@ -98,6 +106,9 @@ const (
 	HeaderCutAfter     = "x-llmsim-cut-after"
 	HeaderSSEFault     = "x-llmsim-sse-fault"
 	HeaderEchoHeaders  = "x-llmsim-echo-headers"
+	HeaderTTFT         = "x-llmsim-ttft"
+	HeaderTokenDelay   = "x-llmsim-token-delay"
+	HeaderUsageFormat  = "x-llmsim-usage-format"
 	// HeaderEchoPrefix prefixes the lowercased name of each header x-llmsim-echo-headers echoes.
 	HeaderEchoPrefix = "x-llmsim-echo-"
 )
