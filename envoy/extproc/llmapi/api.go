@@ -50,3 +50,9 @@ func APIForPath(path string) API {
 		return Unknown
 	}
 }
+
+// Paths lists the request paths APIForPath knows, in a fixed order: the only paths a gateway
+// can meter.
+func Paths() []string {
+	return []string{"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/anthropic/v1/messages"}
+}

@@ -37,6 +37,7 @@ func FuzzParseRequest(f *testing.F) {
 		`{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}`,
 		`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":[1,2]}}`,
 		`{"stream_options":null}`, `{}`, `{"mod\u0065l":"\ud83d\ude00"}`, `[[[[`, `{"model":1}`,
+		`{"model":"m","Stream":true}`, `{"\u017ftream":true,"stream_options":{"Include_Usage":true}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -65,6 +66,25 @@ func FuzzParseRequest(f *testing.F) {
 			if err := json.Unmarshal(raw, &model); err != nil || model != req.Model {
 				t.Fatalf("Model = %q, encoding/json says %q (%v)", req.Model, model, err)
 			}
+		}
+		// A case-insensitive decoder, as many backends use, must read the same request: a key
+		// it would fold onto a field the gateway reads is rejected above.
+		var folded struct {
+			Model         string `json:"model"`
+			Stream        *bool  `json:"stream"`
+			StreamOptions *struct {
+				IncludeUsage *bool `json:"include_usage"`
+			} `json:"stream_options"`
+		}
+		if err := json.Unmarshal(body, &folded); err != nil {
+			t.Fatalf("accepted %q, which encoding/json cannot decode into the request fields: %v", body, err)
+		}
+		foldedStream := folded.Stream != nil && *folded.Stream
+		foldedInclude := folded.StreamOptions != nil && folded.StreamOptions.IncludeUsage != nil &&
+			*folded.StreamOptions.IncludeUsage
+		if folded.Model != req.Model || foldedStream != req.Stream || foldedInclude != req.IncludeUsage {
+			t.Fatalf("encoding/json reads %q as model %q stream %v include_usage %v; ParseRequest: %+v",
+				body, folded.Model, foldedStream, foldedInclude, req)
 		}
 		rewritten, err := ForceIncludeUsage(body)
 		if err != nil {
@@ -98,6 +118,13 @@ func FuzzFromJSON(f *testing.F) {
 		if !u.Known && u != (Usage{}) {
 			t.Fatalf("counters without a usage object: %+v", u)
 		}
+		n := ResponseTextBytes(API(api%5), body)
+		if n < 0 || n > int64(len(body)) {
+			t.Fatalf("ResponseTextBytes = %d for a %d-byte body", n, len(body))
+		}
+		if n != 0 && !json.Valid(body) {
+			t.Fatalf("ResponseTextBytes = %d for invalid JSON %q", n, body)
+		}
 	})
 }
 
@@ -128,6 +155,17 @@ func FuzzStream(f *testing.F) {
 		}
 		if split != whole {
 			t.Fatalf("split at %d,%d: %+v\nwhole: %+v", i, j, split, whole)
+		}
+		ws := NewStream(API(api%5), limit)
+		_ = ws.Write(data)
+		if ws.OutputTextBytes() != s.OutputTextBytes() {
+			t.Fatalf("split at %d,%d: OutputTextBytes %d, whole %d", i, j, s.OutputTextBytes(), ws.OutputTextBytes())
+		}
+		if s.OutputTextBytes() < 0 || s.OutputTextBytes() > int64(len(data)) {
+			t.Fatalf("OutputTextBytes = %d for %d bytes of stream", s.OutputTextBytes(), len(data))
+		}
+		if s.OutputEvents() == 0 && s.OutputTextBytes() != 0 {
+			t.Fatalf("OutputTextBytes = %d without output events", s.OutputTextBytes())
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package llmapi
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
@@ -16,8 +17,13 @@ type scanner struct {
 	data     []byte
 	pos      int
 	maxDepth int
+	// stringBytes sums the raw (still escaped) length of every string value readScalar consumed,
+	// keys excluded: the request parser reports it as the size of the prompt text without a
+	// second pass over the body.
+	stringBytes int
 	// keyBuf holds a decoded object key when the raw key contains escapes; the keys the parsers
-	// look for are all short, so a longer decoded key cannot match any of them.
+	// look for are all short (a case variant of one is at most three bytes per letter), so a
+	// longer decoded key cannot match any of them.
 	keyBuf [64]byte
 }
 
@@ -237,6 +243,50 @@ func hex4(b []byte) int {
 	return hexValue(b[0])<<12 | hexValue(b[1])<<8 | hexValue(b[2])<<4 | hexValue(b[3])
 }
 
+// unescapedLen returns len(appendUnescaped(nil, raw)) for a raw, already validated JSON string
+// without building the decoded string.
+func unescapedLen(raw []byte) int {
+	n := 0
+	for i := 0; i < len(raw); {
+		j := bytes.IndexByte(raw[i:], '\\')
+		if j < 0 {
+			return n + len(raw) - i
+		}
+		n += j
+		i += j
+		esc := raw[i+1]
+		i += 2
+		if esc != 'u' {
+			n++
+			continue
+		}
+		r := rune(hex4(raw[i:]))
+		i += 4
+		if utf16.IsSurrogate(r) {
+			r2 := utf8.RuneError
+			if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
+				r2 = rune(hex4(raw[i+2:]))
+			}
+			if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
+				r = dec
+				i += 6
+			} else {
+				r = utf8.RuneError
+			}
+		}
+		n += utf8.RuneLen(r)
+	}
+	return n
+}
+
+// stringLen returns the decoded length of a raw JSON string.
+func stringLen(raw []byte, escaped bool) int {
+	if !escaped {
+		return len(raw)
+	}
+	return unescapedLen(raw)
+}
+
 // decodeShort returns the decoded form of a raw string when it fits in buf, or nil when it does
 // not (such a string cannot equal any of the short names the parsers compare against).
 func decodeShort(buf []byte, raw []byte, escaped bool) []byte {
@@ -244,8 +294,10 @@ func decodeShort(buf []byte, raw []byte, escaped bool) []byte {
 		return raw
 	}
 	// Every escape decodes to at most as many bytes as it occupies, so a raw string that fits
-	// always decodes into buf without growing it.
-	if len(raw) > cap(buf) {
+	// always decodes into buf without growing it. A longer raw string may still decode to a
+	// short name ("\u0073\u0074..." spells one letter per six bytes), so its decoded length
+	// decides, or a fully escaped key would slip past the checks on the name it spells.
+	if len(raw) > cap(buf) && unescapedLen(raw) > cap(buf) {
 		return nil
 	}
 	return appendUnescaped(buf[:0], raw)
@@ -314,7 +366,8 @@ func (s *scanner) readScalar() (bool, error) {
 	case '{', '[':
 		return false, nil
 	case '"':
-		_, _, err := s.readString()
+		raw, _, err := s.readString()
+		s.stringBytes += len(raw)
 		return true, err
 	case 't':
 		return true, s.readLiteral("true")
@@ -509,28 +562,146 @@ func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
 }
 
-// readTokenCount reads a member value meant to be a token count. Anything but a non-negative
-// integer that fits in int64 (null, a fraction, a string, an object) is consumed and reported as
-// not set, so one odd field never hides the rest of the usage.
+// readTokenCount reads a member value meant to be a token count. Besides a plain integer it
+// accepts the forms backends serialising counts through floats or strings produce: an integral
+// number in any JSON spelling (6.0, 6e0, 1.2e1, 6E+1) and a string holding a plain decimal
+// integer ("6"). Anything else (null, a fraction, a negative number, a value beyond int64, any
+// other string, an object) is consumed and reported as not set, so one odd field never hides the
+// rest of the usage.
 func (s *scanner) readTokenCount(depth int) (int64, bool, error) {
-	c := s.peek()
-	if c != '-' && (c < '0' || c > '9') {
+	switch c := s.peek(); {
+	case c == '"':
+		raw, escaped, err := s.readString()
+		if err != nil || escaped {
+			return 0, false, err
+		}
+		n, ok := decimalString(raw)
+		return n, ok, nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		raw, err := s.readNumber()
+		if err != nil {
+			return 0, false, err
+		}
+		n, ok := integralNumber(raw)
+		return n, ok, nil
+	default:
 		return 0, false, s.skipValue(depth)
 	}
-	raw, err := s.readNumber()
-	if err != nil {
-		return 0, false, err
+}
+
+// decimalString parses a string token count: one or more ASCII digits without sign, spaces or
+// a leading zero (other than "0" itself), the way an integer is written in JSON, so that no
+// reader can take it for something else (an octal, a padded field).
+func decimalString(raw []byte) (int64, bool) {
+	if len(raw) == 0 || (raw[0] == '0' && len(raw) > 1) {
+		return 0, false
 	}
 	var n int64
 	for _, d := range raw {
 		if d < '0' || d > '9' {
-			return 0, false, nil
+			return 0, false
 		}
-		v := int64(d - '0')
-		if n > (1<<63-1-v)/10 {
-			return 0, false, nil
+		var ok bool
+		if n, ok = mulAdd10(n, d-'0'); !ok {
+			return 0, false
 		}
-		n = n*10 + v
 	}
-	return n, true, nil
+	return n, true
+}
+
+// integralNumber returns the value of a JSON number (as validated by readNumber) when it is a
+// non-negative integer that fits in int64, however it is spelt. The value is computed exactly
+// from the decimal digits rather than through float64, so 9007199254740993.0 is not rounded.
+func integralNumber(raw []byte) (int64, bool) {
+	if len(raw) == 0 || raw[0] == '-' {
+		return 0, false
+	}
+	i := 0
+	for i < len(raw) && raw[i] >= '0' && raw[i] <= '9' {
+		i++
+	}
+	intPart, frac := raw[:i], raw[i:i]
+	if i < len(raw) && raw[i] == '.' {
+		j := i + 1
+		for j < len(raw) && raw[j] >= '0' && raw[j] <= '9' {
+			j++
+		}
+		frac, i = raw[i+1:j], j
+	}
+	exp := 0
+	if i < len(raw) { // 'e' or 'E'
+		i++
+		neg := raw[i] == '-'
+		if raw[i] == '+' || raw[i] == '-' {
+			i++
+		}
+		for ; i < len(raw); i++ {
+			// Saturate: any exponent this large already decides the outcome, and saturating
+			// keeps "1e99999999999999999999" from wrapping around.
+			if exp < 1<<20 {
+				exp = exp*10 + int(raw[i]-'0')
+			}
+		}
+		if neg {
+			exp = -exp
+		}
+	}
+	// The value is the digits of intPart and frac read as one integer, times 10^scale.
+	// Trailing zeros move into the scale and leading zeros are dropped, leaving the
+	// significant digits.
+	scale := exp - len(frac)
+	for len(frac) > 0 && frac[len(frac)-1] == '0' {
+		frac = frac[:len(frac)-1]
+		scale++
+	}
+	if len(frac) == 0 {
+		for len(intPart) > 0 && intPart[len(intPart)-1] == '0' {
+			intPart = intPart[:len(intPart)-1]
+			scale++
+		}
+	}
+	for len(intPart) > 0 && intPart[0] == '0' {
+		intPart = intPart[1:]
+	}
+	if len(intPart) == 0 {
+		for len(frac) > 0 && frac[0] == '0' {
+			frac = frac[1:]
+		}
+	}
+	digits := len(intPart) + len(frac)
+	switch {
+	case digits == 0:
+		return 0, true
+	case scale < 0:
+		return 0, false // a fraction
+	case digits+scale > 19: // int64 holds at most 19 decimal digits
+		return 0, false
+	}
+	var n int64
+	var ok bool
+	for _, d := range intPart {
+		if n, ok = mulAdd10(n, d-'0'); !ok {
+			return 0, false
+		}
+	}
+	for _, d := range frac {
+		if n, ok = mulAdd10(n, d-'0'); !ok {
+			return 0, false
+		}
+	}
+	for range scale {
+		if n, ok = mulAdd10(n, 0); !ok {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// mulAdd10 returns n*10 + d and whether that fits in int64 (n >= 0, d <= 9).
+func mulAdd10(n int64, d byte) (int64, bool) {
+	v := int64(d)
+	if n > (1<<63-1-v)/10 {
+		return 0, false
+	}
+	return n*10 + v, true
 }

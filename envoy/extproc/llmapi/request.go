@@ -1,6 +1,7 @@
 package llmapi
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -17,6 +18,11 @@ type Request struct {
 	HasModel     bool
 	Stream       bool // "stream": true
 	IncludeUsage bool // stream_options.include_usage == true
+	// TextBytes is the summed raw (still escaped) byte length of every string value in the body
+	// except the model's: message contents, system prompts, tool descriptions and schemas, and
+	// so on; keys do not count. It sizes the prompt for estimating tokens when a backend reports
+	// no usage, without a second pass over the body.
+	TextBytes int
 }
 
 // RequestError is a client error in a request body. Message is safe to return to the client
@@ -35,6 +41,14 @@ const (
 	keyStream        = "stream"
 	keyStreamOptions = "stream_options"
 	keyIncludeUsage  = "include_usage"
+)
+
+// The same names as byte slices, for bytes.EqualFold without a conversion per key.
+var (
+	foldModel         = []byte(keyModel)
+	foldStream        = []byte(keyStream)
+	foldStreamOptions = []byte(keyStreamOptions)
+	foldIncludeUsage  = []byte(keyIncludeUsage)
 )
 
 // requestLayout is a parsed request plus the byte offsets ForceIncludeUsage edits.
@@ -68,6 +82,12 @@ type requestLayout struct {
 // than resolved: JSON parsers disagree on which duplicate wins, and the model the gateway meters
 // and routes on must be the model the backend serves. A key spelled with escapes
 // ("mod\u0065l") is the same key, as it is to every JSON parser.
+//
+// Case variants of those keys ("Stream", "MODEL", "Include_Usage", and "ſtream" with U+017F,
+// which Unicode case folding maps to 's') are rejected too. Case-insensitive decoders such as
+// Go's encoding/json match them to the real field, so a backend would stream or switch models
+// on a key the gateway never read. The comparison is Unicode simple case folding
+// (strings.EqualFold), the rule encoding/json uses, applied to the decoded key.
 func ParseRequest(body []byte, maxDepth int) (Request, error) {
 	if maxDepth < 1 {
 		maxDepth = DefaultMaxDepth
@@ -180,11 +200,15 @@ func scanRequest(body []byte, maxDepth int) (requestLayout, error) {
 				return layout, err
 			}
 		default:
+			if name := topLevelVariant(key); name != "" {
+				return layout, caseVariantKey(name)
+			}
 			if err := s.skipValue(it.depth); err != nil {
 				return layout, requestJSONError(err)
 			}
 		}
 	}
+	layout.req.TextBytes = s.stringBytes
 	layout.topLastValueEnd = it.lastValueEnd
 	layout.topEmpty = it.lastValueEnd == it.open+1
 	if !s.atEnd() {
@@ -267,6 +291,9 @@ func readStreamOptions(s *scanner, layout *requestLayout) error {
 			break
 		}
 		if string(key) != keyIncludeUsage {
+			if bytes.EqualFold(key, foldIncludeUsage) {
+				return caseVariantKey(keyStreamOptions + "." + keyIncludeUsage)
+			}
 			if err := s.skipValue(it.depth); err != nil {
 				return requestJSONError(err)
 			}
@@ -289,6 +316,34 @@ func readStreamOptions(s *scanner, layout *requestLayout) error {
 	layout.streamOptionsEnd = s.pos
 	layout.streamOptionsEmpty = it.lastValueEnd == it.open+1
 	return nil
+}
+
+// topLevelVariant returns the top-level key the scanner reads that key case-folds to, or "" if
+// none. key is known not to be byte-equal to any of them.
+func topLevelVariant(key []byte) string {
+	// A variant has at least as many bytes as the name and at most three per letter (the
+	// Kelvin sign is the widest letter that folds to ASCII), so most keys skip the fold.
+	switch {
+	case len(key) < len(keyModel) || len(key) > 3*len(keyStreamOptions):
+		return ""
+	case bytes.EqualFold(key, foldModel):
+		return keyModel
+	case bytes.EqualFold(key, foldStream):
+		return keyStream
+	case bytes.EqualFold(key, foldStreamOptions):
+		return keyStreamOptions
+	}
+	return ""
+}
+
+// caseVariantKey is the error for a key that differs from param only in letter case. The key
+// itself is not echoed: it may hold any characters, and the name it imitates says enough.
+func caseVariantKey(param string) error {
+	return &RequestError{
+		Message: fmt.Sprintf("The request body has a key that is a case variant of '%s'; "+
+			"keys are case-sensitive, so use '%s' exactly.", param, param),
+		Param: param,
+	}
 }
 
 func duplicateKey(param string) error {

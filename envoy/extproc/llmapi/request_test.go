@@ -27,16 +27,20 @@ func TestParseRequest(t *testing.T) {
 		{"include usage null", `{"stream_options":{"include_usage":null}}`, Request{}},
 		{"stream options null", `{"stream_options":null}`, Request{}},
 		{"stream options other keys", `{"stream_options":{"x":[1,{"y":2}],"include_usage":true,"z":"q"}}`,
-			Request{IncludeUsage: true}},
+			Request{IncludeUsage: true, TextBytes: 1}},
 		{"nested model keys ignored", `{"metadata":{"model":"evil","stream":"x"},"model":"good"}`,
-			Request{Model: "good", HasModel: true}},
+			Request{Model: "good", HasModel: true, TextBytes: 5}},
 		{"escaped key", `{"mod\u0065l":"m"}`, Request{Model: "m", HasModel: true}},
 		{"escaped value", `{"model":"a\"b\\c\u00e9\ud83d\ude00"}`, Request{Model: "a\"b\\c\u00e9\U0001F600", HasModel: true}},
 		{"unicode model", `{"model":"qwen3-модель"}`, Request{Model: "qwen3-модель", HasModel: true}},
 		{"whitespace everywhere", " \t\r\n{ \"model\" \n: \"m\" , \"stream\"\t:\ttrue ,\"stream_options\" : { \"include_usage\" : true } } \n",
 			Request{Model: "m", HasModel: true, Stream: true, IncludeUsage: true}},
 		{"all value kinds", `{"a":-1.5e+3,"b":0,"c":[true,false,null,"s",{}],"d":{"e":[[]]},"model":"m"}`,
-			Request{Model: "m", HasModel: true}},
+			Request{Model: "m", HasModel: true, TextBytes: 1}},
+		{"unrelated keys in any case", `{"model":"m","messages":[],"Temperature":0.5,"MESSAGES":1,"Models":"x","streams":true}`,
+			Request{Model: "m", HasModel: true, TextBytes: 1}},
+		{"case variant nested deeper", `{"metadata":{"Model":"x","STREAM":true},"stream_options":{"x":{"Include_Usage":1}}}`,
+			Request{TextBytes: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -265,4 +269,142 @@ func jsonEqual(t *testing.T, a, b any) bool {
 		t.Fatal(err)
 	}
 	return bytes.Equal(ja, jb)
+}
+
+// TestParseRequestCaseVariantKeys covers keys that case-insensitive decoders (encoding/json,
+// pydantic with aliases) map onto the fields the gateway reads.
+func TestParseRequestCaseVariantKeys(t *testing.T) {
+	const includeParam = "stream_options.include_usage"
+	tests := []struct {
+		name      string
+		body      string
+		wantParam string
+	}{
+		{"Stream", `{"model":"qwen3","Stream":true}`, "stream"},
+		{"STREAM", `{"model":"qwen3","STREAM":true}`, "stream"},
+		{"long s", `{"model":"qwen3","ſtream":true}`, "stream"},
+		{"long s escaped", `{"model":"qwen3","\u017ftream":true}`, "stream"},
+		{"upper S escaped", `{"model":"qwen3","\u0053tream":true}`, "stream"},
+		{"Stream besides stream", `{"model":"qwen3","stream":false,"Stream":true}`, "stream"},
+		{"Stream before stream", `{"Stream":true,"stream":false}`, "stream"},
+		{"Model alone", `{"Model":"gpt-4"}`, "model"},
+		{"Model with model", `{"model":"qwen3","Model":"gpt-4"}`, "model"},
+		{"MODEL before model", `{"MODEL":"gpt-4","model":"qwen3"}`, "model"},
+		{"Model non-string", `{"model":"qwen3","Model":7}`, "model"},
+		{"Stream_Options", `{"model":"qwen3","stream":true,"Stream_Options":{"include_usage":true}}`, "stream_options"},
+		{"Include_Usage", `{"stream":true,"stream_options":{"include_usage":true,"Include_Usage":false}}`, includeParam},
+		{"Include_Usage alone", `{"stream":true,"stream_options":{"Include_Usage":true}}`, includeParam},
+		{"INCLUDE_USAGE escaped", `{"stream_options":{"\u0049NCLUDE_USAGE":true}}`, includeParam},
+		// Every letter escaped: the raw key is longer than the decoded-key buffer, the decoded
+		// one is not.
+		{"fully escaped STREAM_OPTIONS",
+			`{"\u0053\u0054\u0052\u0045\u0041\u004d\u005f\u004f\u0050\u0054\u0049\u004f\u004e\u0053":{}}`, "stream_options"},
+		{"fully escaped INCLUDE_USAGE",
+			`{"stream_options":{"\u0049\u004e\u0043\u004c\u0055\u0044\u0045\u005f\u0055\u0053\u0041\u0047\u0045":true}}`, includeParam},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, parse := range []func([]byte) error{
+				func(b []byte) error { _, err := ParseRequest(b, 0); return err },
+				func(b []byte) error { _, err := ForceIncludeUsage(b); return err },
+			} {
+				err := parse([]byte(tt.body))
+				var reqErr *RequestError
+				if !errors.As(err, &reqErr) {
+					t.Fatalf("%s: error = %v, want *RequestError", tt.body, err)
+				}
+				if reqErr.Param != tt.wantParam {
+					t.Errorf("%s: Param = %q, want %q", tt.body, reqErr.Param, tt.wantParam)
+				}
+				if want := "case variant of '" + tt.wantParam + "'"; !strings.Contains(reqErr.Message, want) {
+					t.Errorf("%s: Message = %q, want it to contain %q", tt.body, reqErr.Message, want)
+				}
+			}
+		})
+	}
+}
+
+// TestParseRequestCaseVariantsMatchEncodingJSON checks the premise of the case-variant rule:
+// encoding/json matches every rejected spelling to the real field.
+func TestParseRequestCaseVariantsMatchEncodingJSON(t *testing.T) {
+	var v struct {
+		Stream bool `json:"stream"`
+	}
+	for _, body := range []string{`{"Stream":true}`, `{"ſtream":true}`, `{"\u017ftream":true}`, `{"STREAM":true}`} {
+		v.Stream = false
+		if err := json.Unmarshal([]byte(body), &v); err != nil || !v.Stream {
+			t.Fatalf("encoding/json does not read %s as stream (err %v)", body, err)
+		}
+		if _, err := ParseRequest([]byte(body), 0); err == nil {
+			t.Errorf("ParseRequest(%s) accepted a key encoding/json reads as stream", body)
+		}
+	}
+}
+
+func TestParseRequestTextBytes(t *testing.T) {
+	tests := []struct {
+		body string
+		want int
+	}{
+		{`{"model":"a-very-long-model-name"}`, 0},
+		{`{"model":"m","messages":[{"role":"user","content":"hello"}]}`, len("user") + len("hello")},
+		{`{"model":"m","messages":[{"role":"user","content":"a\nb"}]}`, len("user") + len(`a\nb`)},
+		{`{"system":"be brief","stream":true,"stream_options":{"note":"xy","include_usage":true},"n":3,"tools":[{"description":"d"}]}`,
+			len("be brief") + len("xy") + len("d")},
+		{`{"model":"m","x":["",{"k":""}],"y":null}`, 0},
+	}
+	for _, tt := range tests {
+		req, err := ParseRequest([]byte(tt.body), 0)
+		if err != nil {
+			t.Fatalf("ParseRequest(%s): %v", tt.body, err)
+		}
+		if req.TextBytes != tt.want {
+			t.Errorf("ParseRequest(%s).TextBytes = %d, want %d", tt.body, req.TextBytes, tt.want)
+		}
+	}
+	body := chatBody(10 << 10)
+	req, err := ParseRequest(body, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every string value except the model: count them with encoding/json's help.
+	var want int
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case string:
+			raw, _ := json.Marshal(v)
+			want += len(raw) - 2
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		case map[string]any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	var decoded map[string]any
+	if err := json.Unmarshal(body, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	delete(decoded, "model")
+	walk(decoded)
+	if req.TextBytes != want {
+		t.Errorf("chat body TextBytes = %d, want %d", req.TextBytes, want)
+	}
+}
+
+func TestParseRequestAllocations(t *testing.T) {
+	body := chatBody(20 << 10)
+	allocs := testing.AllocsPerRun(50, func() {
+		if _, err := ParseRequest(body, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// One allocation: the model string the Request returns.
+	if allocs > 1 {
+		t.Errorf("ParseRequest allocates %v times per body, want at most 1", allocs)
+	}
 }

@@ -69,6 +69,7 @@ type Stream struct {
 	usage         rawUsage
 	done          bool
 	outputEvents  int
+	textBytes     int64
 	skippedEvents int
 	err           error
 }
@@ -95,6 +96,21 @@ func (s *Stream) Done() bool { return s.done }
 // with non-empty content, reasoning, refusal, tool calls or text, Responses "*.delta" events,
 // and Anthropic content_block_delta events.
 func (s *Stream) OutputEvents() int { return s.outputEvents }
+
+// OutputTextBytes is the byte length of the generated text the output events carried so far,
+// for estimating output tokens when a stream ends without usage (a client that disconnects
+// mid-stream, a backend that never reports it). It counts, per API:
+//
+//   - chat completions: each choice's delta content, reasoning_content, reasoning and refusal
+//     strings, plus the raw length of a non-empty tool_calls array as sent;
+//   - completions: each choice's text;
+//   - Responses: the "delta" string of events whose type ends in ".delta";
+//   - Anthropic Messages: delta.text, delta.thinking and delta.partial_json of
+//     content_block_delta events.
+//
+// Strings count their decoded length (escapes such as \n or \u00e9 resolved to the UTF-8 bytes
+// they stand for), measured in place without building the string.
+func (s *Stream) OutputTextBytes() int64 { return s.textBytes }
 
 // SkippedEvents counts events whose data was neither "[DONE]" nor a JSON object. They are
 // skipped and parsing continues.
@@ -266,6 +282,7 @@ func (s *Stream) dispatch() {
 		default:
 			if bytes.HasSuffix(typ, []byte(".delta")) {
 				s.outputEvents++
+				s.textBytes += ev.text
 			}
 		}
 	case AnthropicMessages:
@@ -276,6 +293,7 @@ func (s *Stream) dispatch() {
 			s.usage.merge(&ev.usage)
 		case "content_block_delta":
 			s.outputEvents++
+			s.textBytes += ev.text
 		case "message_stop":
 			s.done = true
 		}
@@ -284,6 +302,7 @@ func (s *Stream) dispatch() {
 		if ev.content {
 			s.outputEvents++
 		}
+		s.textBytes += ev.text
 	}
 }
 

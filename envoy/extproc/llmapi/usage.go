@@ -206,11 +206,16 @@ type event struct {
 	// nested is response.usage (Responses) or message.usage (Anthropic message_start).
 	nested  rawUsage
 	content bool // carries generated output (see parse)
+	// text is the decoded byte length of the generated text the document carries (see parse);
+	// the caller decides from the event type whether it counts.
+	text int64
 }
 
 // parse scans one JSON object and records the members that matter for api. With streaming set,
 // it also looks for generated content: a chat or completions choice with a non-empty delta or
-// text (the Responses and Anthropic formats say so in their event type instead).
+// text (the Responses and Anthropic formats say so in their event type instead), and measures
+// the generated text: the choices' text and delta members, a Responses top-level "delta"
+// string, or the text of an Anthropic top-level "delta" object.
 func (ev *event) parse(api API, data []byte, streaming bool) error {
 	*ev = event{}
 	s := scanner{data: data, maxDepth: ResponseMaxDepth}
@@ -241,7 +246,11 @@ func (ev *event) parse(api API, data []byte, streaming bool) error {
 		case string(key) == "type":
 			err = ev.readType(&s, it.depth)
 		case string(key) == "choices" && streaming && (api == ChatCompletions || api == Completions):
-			ev.content, err = s.readChoicesContent(it.depth)
+			ev.content, ev.text, err = s.readChoicesContent(it.depth, "delta")
+		case string(key) == "delta" && streaming && api == Responses:
+			ev.text, err = s.readTextLen(it.depth)
+		case string(key) == "delta" && streaming && api == AnthropicMessages:
+			ev.text, err = s.readAnthropicBlockText(it.depth)
 		case string(key) == "response" && api == Responses,
 			string(key) == "message" && api == AnthropicMessages:
 			err = s.readNestedUsage(it.depth, &ev.nested)
@@ -300,121 +309,384 @@ func (s *scanner) readNestedUsage(parentDepth int, u *rawUsage) error {
 	}
 }
 
-// readChoicesContent reports whether any choice of a streamed chunk carries generated output:
-// a non-empty text (completions) or a delta with non-empty content, reasoning, refusal or tool
-// calls (chat).
-func (s *scanner) readChoicesContent(parentDepth int) (bool, error) {
-	if s.peek() != '[' {
-		return false, s.skipValue(parentDepth)
+// readChoicesContent reports whether any choice carries generated output and how many bytes
+// of it: a non-empty text (completions) or, in the choice member named message ("delta" for
+// stream chunks, "message" for complete responses), non-empty content, reasoning, refusal or
+// tool calls (chat).
+func (s *scanner) readChoicesContent(parentDepth int, message string) (bool, int64, error) {
+	it, ok, err := s.enterArray(parentDepth)
+	if err != nil || !ok {
+		return false, 0, err
 	}
-	if parentDepth+1 > s.maxDepth {
-		return false, s.tooDeep()
-	}
-	depth := parentDepth + 1
-	s.pos++
 	content := false
-	for first := true; ; first = false {
-		c := s.peek()
-		if c == ']' && first {
-			s.pos++
-			return content, nil
+	var total int64
+	for {
+		more, err := s.nextElement(&it)
+		if err != nil || !more {
+			return content, total, err
 		}
-		if !first {
-			switch c {
-			case ']':
-				s.pos++
-				return content, nil
-			case ',':
-				s.pos++
-			default:
-				return false, s.failUnexpected()
-			}
-		}
-		has, err := s.readChoiceContent(depth)
+		has, n, err := s.readChoiceContent(it.depth, message)
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
 		content = content || has
+		total += n
 	}
 }
 
-func (s *scanner) readChoiceContent(parentDepth int) (bool, error) {
+func (s *scanner) readChoiceContent(parentDepth int, message string) (bool, int64, error) {
 	if s.peek() != '{' {
-		return false, s.skipValue(parentDepth)
+		return false, 0, s.skipValue(parentDepth)
 	}
 	it, err := s.enterObject(parentDepth)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	content := false
+	var total int64
 	for {
 		key, ok, err := s.next(&it)
 		if err != nil || !ok {
-			return content, err
+			return content, total, err
 		}
-		var has bool
+		var n int64
 		switch string(key) {
 		case "text":
-			has, err = s.readNonEmpty(it.depth)
-		case "delta":
-			has, err = s.readDeltaContent(it.depth)
+			n, err = s.readOutputLen(it.depth)
+		case message:
+			var has bool
+			has, n, err = s.readDeltaContent(it.depth)
+			content = content || has
 		default:
 			err = s.skipValue(it.depth)
 		}
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
-		content = content || has
+		content = content || n > 0
+		total += n
 	}
 }
 
-func (s *scanner) readDeltaContent(parentDepth int) (bool, error) {
+// readDeltaContent reads a chat delta (or a complete message, which has the same members).
+func (s *scanner) readDeltaContent(parentDepth int) (bool, int64, error) {
 	if s.peek() != '{' {
-		return false, s.skipValue(parentDepth)
+		return false, 0, s.skipValue(parentDepth)
 	}
 	it, err := s.enterObject(parentDepth)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	content := false
+	var total int64
 	for {
 		key, ok, err := s.next(&it)
 		if err != nil || !ok {
-			return content, err
+			return total > 0, total, err
 		}
-		var has bool
+		var n int64
 		switch string(key) {
 		case "content", "reasoning_content", "reasoning", "refusal", "tool_calls":
-			has, err = s.readNonEmpty(it.depth)
+			n, err = s.readOutputLen(it.depth)
 		default:
 			err = s.skipValue(it.depth)
 		}
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
-		content = content || has
+		total += n
 	}
 }
 
-// readNonEmpty consumes a value and reports whether it is a non-empty string or array.
-func (s *scanner) readNonEmpty(parentDepth int) (bool, error) {
+// readOutputLen consumes a value and measures it as generated output: a string counts its
+// decoded length, a non-empty array (tool calls, content parts) its raw length as sent, and
+// anything else, an empty array included, counts 0.
+func (s *scanner) readOutputLen(parentDepth int) (int64, error) {
 	switch s.peek() {
 	case '"':
-		raw, _, err := s.readString()
-		return len(raw) > 0, err
+		return s.readTextLen(parentDepth)
 	case '[':
 		start := s.pos
 		if err := s.skipValue(parentDepth); err != nil {
-			return false, err
+			return 0, err
 		}
 		// "[]" possibly with spaces inside: non-empty means something besides brackets and space.
 		for _, c := range s.data[start+1 : s.pos-1] {
 			if !isSpace(c) {
-				return true, nil
+				return int64(s.pos - start), nil
 			}
 		}
-		return false, nil
+		return 0, nil
 	default:
-		return false, s.skipValue(parentDepth)
+		return 0, s.skipValue(parentDepth)
+	}
+}
+
+// readTextLen consumes a value and returns its decoded length if it is a string, else 0.
+func (s *scanner) readTextLen(parentDepth int) (int64, error) {
+	if s.peek() != '"' {
+		return 0, s.skipValue(parentDepth)
+	}
+	raw, escaped, err := s.readString()
+	if err != nil {
+		return 0, err
+	}
+	return int64(stringLen(raw, escaped)), nil
+}
+
+// readRawLen consumes a value of any kind and returns its raw length as sent.
+func (s *scanner) readRawLen(parentDepth int) (int64, error) {
+	s.skipWS()
+	start := s.pos
+	err := s.skipValue(parentDepth)
+	return int64(s.pos - start), err
+}
+
+// readAnthropicBlockText measures the text of an Anthropic content block or content block
+// delta: text, thinking, partial_json (streamed tool input) as decoded strings, and a tool_use
+// block's input as the raw JSON sent.
+func (s *scanner) readAnthropicBlockText(parentDepth int) (int64, error) {
+	if s.peek() != '{' {
+		return 0, s.skipValue(parentDepth)
+	}
+	it, err := s.enterObject(parentDepth)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		key, ok, err := s.next(&it)
+		if err != nil || !ok {
+			return total, err
+		}
+		var n int64
+		switch string(key) {
+		case "text", "thinking", "partial_json":
+			n, err = s.readTextLen(it.depth)
+		case "input":
+			n, err = s.readRawLen(it.depth)
+		default:
+			err = s.skipValue(it.depth)
+		}
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+}
+
+// arrayIter walks the elements of one array; like objectIter, the caller consumes each element
+// before asking for the next.
+type arrayIter struct {
+	depth   int // nesting depth of this array
+	started bool
+}
+
+// enterArray consumes the opening bracket of an array whose parent is at parentDepth. A value
+// that is not an array is skipped instead and reported with ok false.
+func (s *scanner) enterArray(parentDepth int) (it arrayIter, ok bool, err error) {
+	if s.peek() != '[' {
+		return arrayIter{}, false, s.skipValue(parentDepth)
+	}
+	if parentDepth+1 > s.maxDepth {
+		return arrayIter{}, false, s.tooDeep()
+	}
+	s.pos++
+	return arrayIter{depth: parentDepth + 1}, true, nil
+}
+
+// nextElement advances to the next element, or reports false after the closing bracket.
+func (s *scanner) nextElement(it *arrayIter) (bool, error) {
+	c := s.peek()
+	if !it.started {
+		it.started = true
+		if c == ']' {
+			s.pos++
+			return false, nil
+		}
+		return true, nil
+	}
+	switch c {
+	case ']':
+		s.pos++
+		return false, nil
+	case ',':
+		s.pos++
+		return true, nil
+	}
+	return false, s.failUnexpected()
+}
+
+// ResponseTextBytes returns the decoded byte length of the generated text in a complete,
+// non-streamed response body, for estimating output tokens when the backend reported no usage:
+//
+//   - chat completions: choices[].message content, reasoning_content, reasoning and refusal
+//     strings, plus the raw length of a non-empty tool_calls array (or content parts array);
+//   - completions: choices[].text;
+//   - Responses: in output[] items, content[].text (output_text parts), content[].refusal,
+//     summary[].text (reasoning summaries) and function call arguments; the SDKs' output_text
+//     convenience field is not part of the wire format and is not read;
+//   - Anthropic Messages: content[] blocks' text and thinking, plus the raw length of a tool_use
+//     block's input.
+//
+// Strings are measured decoded (escapes resolved, without building the string). The body is
+// scanned once. A malformed body, a body that is not an object, or an Unknown API yields 0.
+func ResponseTextBytes(api API, body []byte) int64 {
+	s := scanner{data: body, maxDepth: ResponseMaxDepth}
+	if s.peek() != '{' {
+		return 0
+	}
+	it, err := s.enterObject(0)
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for {
+		key, ok, err := s.next(&it)
+		if err != nil {
+			return 0
+		}
+		if !ok {
+			break
+		}
+		var n int64
+		switch {
+		case string(key) == "choices" && (api == ChatCompletions || api == Completions):
+			_, n, err = s.readChoicesContent(it.depth, "message")
+		case string(key) == "output" && api == Responses:
+			n, err = s.readResponsesOutput(it.depth)
+		case string(key) == "content" && api == AnthropicMessages:
+			n, err = s.readAnthropicContent(it.depth)
+		default:
+			err = s.skipValue(it.depth)
+		}
+		if err != nil {
+			return 0
+		}
+		total += n
+	}
+	if !s.atEnd() {
+		return 0
+	}
+	return total
+}
+
+// The readers below walk one array or object each rather than share a walker taking a function
+// value: passing the scanner to a function value would move it to the heap.
+
+// readAnthropicContent measures an Anthropic content array.
+func (s *scanner) readAnthropicContent(parentDepth int) (int64, error) {
+	it, ok, err := s.enterArray(parentDepth)
+	if err != nil || !ok {
+		return 0, err
+	}
+	var total int64
+	for {
+		more, err := s.nextElement(&it)
+		if err != nil || !more {
+			return total, err
+		}
+		n, err := s.readAnthropicBlockText(it.depth)
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+}
+
+// readResponsesOutput measures a Responses API output array.
+func (s *scanner) readResponsesOutput(parentDepth int) (int64, error) {
+	it, ok, err := s.enterArray(parentDepth)
+	if err != nil || !ok {
+		return 0, err
+	}
+	var total int64
+	for {
+		more, err := s.nextElement(&it)
+		if err != nil || !more {
+			return total, err
+		}
+		n, err := s.readResponsesItem(it.depth)
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+}
+
+// readResponsesItem measures one output item. Members are read whatever the item's type says:
+// each only occurs in the item type that generates it, and the type may come after them.
+func (s *scanner) readResponsesItem(parentDepth int) (int64, error) {
+	if s.peek() != '{' {
+		return 0, s.skipValue(parentDepth)
+	}
+	it, err := s.enterObject(parentDepth)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		key, ok, err := s.next(&it)
+		if err != nil || !ok {
+			return total, err
+		}
+		var n int64
+		switch string(key) {
+		case "content", "summary": // message parts, reasoning summary parts
+			n, err = s.readResponsesParts(it.depth)
+		case "arguments": // function calls
+			n, err = s.readTextLen(it.depth)
+		default:
+			err = s.skipValue(it.depth)
+		}
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+}
+
+// readResponsesParts measures an item's content or summary array: the text of output_text and
+// summary_text parts and the refusal of refusal parts.
+func (s *scanner) readResponsesParts(parentDepth int) (int64, error) {
+	arr, ok, err := s.enterArray(parentDepth)
+	if err != nil || !ok {
+		return 0, err
+	}
+	var total int64
+	for {
+		more, err := s.nextElement(&arr)
+		if err != nil || !more {
+			return total, err
+		}
+		if s.peek() != '{' {
+			if err := s.skipValue(arr.depth); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		it, err := s.enterObject(arr.depth)
+		if err != nil {
+			return 0, err
+		}
+		for {
+			key, ok, err := s.next(&it)
+			if err != nil {
+				return 0, err
+			}
+			if !ok {
+				break
+			}
+			var n int64
+			switch string(key) {
+			case "text", "refusal":
+				n, err = s.readTextLen(it.depth)
+			default:
+				err = s.skipValue(it.depth)
+			}
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
 	}
 }

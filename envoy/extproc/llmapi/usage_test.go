@@ -87,7 +87,7 @@ func TestFromJSON(t *testing.T) {
 		{"empty usage", ChatCompletions, `{"usage":{}}`, Usage{Known: true}},
 		{"nested usage ignored", ChatCompletions, `{"choices":[{"usage":{"prompt_tokens":9}}]}`, Usage{}},
 		{"odd counters ignored", ChatCompletions,
-			`{"usage":{"prompt_tokens":-5,"completion_tokens":2.5,"total_tokens":"7","prompt_tokens_details":null}}`,
+			`{"usage":{"prompt_tokens":-5,"completion_tokens":2.5,"total_tokens":"seven","prompt_tokens_details":null}}`,
 			Usage{Known: true}},
 		{"overflow ignored", ChatCompletions, `{"usage":{"prompt_tokens":99999999999999999999,"completion_tokens":1}}`,
 			Usage{OutputTokens: 1, TotalTokens: 1, Known: true}},
@@ -131,5 +131,112 @@ func TestFromJSONErrors(t *testing.T) {
 		if u, err := FromJSON(ChatCompletions, []byte(body)); err == nil {
 			t.Errorf("FromJSON(%.40q) = %+v, want an error", body, u)
 		}
+	}
+}
+
+// tokenCountForms maps spellings of a prompt_tokens value to the count they mean; -1 means the
+// value must be treated as not set.
+var tokenCountForms = []struct {
+	value string
+	want  int64
+}{
+	{`6`, 6}, {`0`, 0}, {`6.0`, 6}, {`6.00`, 6}, {`6e0`, 6}, {`6E+1`, 60}, {`6e+01`, 60}, {`1.2e1`, 12},
+	{`120e-1`, 12}, {`0.0`, 0}, {`0e5`, 0}, {`0.10e1`, 1}, {`1e2`, 100}, {`100.0e-2`, 1},
+	{`9223372036854775807.0`, 9223372036854775807}, {`9.223372036854775807e18`, 9223372036854775807},
+	{`9007199254740993.0`, 9007199254740993}, {`0e99999999999999999999`, 0},
+	{`"6"`, 6}, {`"0"`, 0}, {`"9223372036854775807"`, 9223372036854775807},
+	{`6.5`, -1}, {`1e-1`, -1}, {`1.25e1`, -1}, {`-6`, -1}, {`-6.0`, -1}, {`-0`, -1},
+	{`9223372036854775808`, -1}, {`9.3e18`, -1}, {`1e19`, -1}, {`1e99999999999999999999`, -1},
+	{`1e-99999999999999999999`, -1}, {`"6.0"`, -1}, {`" 6"`, -1}, {`"6 "`, -1}, {`"+6"`, -1},
+	{`"-6"`, -1}, {`"06"`, -1}, {`""`, -1}, {`"six"`, -1}, {`"\u0036"`, -1},
+	{`"9223372036854775808"`, -1}, {`null`, -1}, {`true`, -1}, {`[6]`, -1}, {`{"n":6}`, -1},
+}
+
+func TestFromJSONTokenCountForms(t *testing.T) {
+	for _, tt := range tokenCountForms {
+		body := `{"usage":{"prompt_tokens":` + tt.value + `,"completion_tokens":"4"}}`
+		got, err := FromJSON(ChatCompletions, []byte(body))
+		if err != nil {
+			t.Fatalf("FromJSON(%s): %v", body, err)
+		}
+		want := Usage{OutputTokens: 4, TotalTokens: 4, Known: true}
+		if tt.want >= 0 {
+			want.InputTokens = tt.want
+			want.TotalTokens = tt.want + 4
+		}
+		if got != want {
+			t.Errorf("FromJSON(%s) = %+v, want %+v", body, got, want)
+		}
+	}
+}
+
+func TestFromJSONFloatAndStringUsagePerAPI(t *testing.T) {
+	tests := []struct {
+		api  API
+		body string
+		want Usage
+	}{
+		{ChatCompletions, `{"usage":{"prompt_tokens":6.0,"completion_tokens":6.0,"total_tokens":12.0,` +
+			`"prompt_tokens_details":{"cached_tokens":2.0},"completion_tokens_details":{"reasoning_tokens":"1"}}}`,
+			Usage{InputTokens: 6, OutputTokens: 6, TotalTokens: 12, CachedInputTokens: 2, ReasoningTokens: 1, Known: true}},
+		{Completions, `{"usage":{"prompt_tokens":"6","completion_tokens":"6","total_tokens":"12"}}`,
+			Usage{InputTokens: 6, OutputTokens: 6, TotalTokens: 12, Known: true}},
+		{Responses, `{"usage":{"input_tokens":6e0,"output_tokens":"6","total_tokens":1.2e1}}`,
+			Usage{InputTokens: 6, OutputTokens: 6, TotalTokens: 12, Known: true}},
+		{AnthropicMessages, `{"usage":{"input_tokens":"6","cache_read_input_tokens":2.0,"cache_creation_input_tokens":"0","output_tokens":6.0}}`,
+			Usage{InputTokens: 8, OutputTokens: 6, TotalTokens: 14, CachedInputTokens: 2, Known: true}},
+	}
+	for _, tt := range tests {
+		got, err := FromJSON(tt.api, []byte(tt.body))
+		if err != nil {
+			t.Fatalf("FromJSON(%v, %s): %v", tt.api, tt.body, err)
+		}
+		if got != tt.want {
+			t.Errorf("FromJSON(%v, %s) = %+v, want %+v", tt.api, tt.body, got, tt.want)
+		}
+	}
+}
+
+func TestStreamTokenCountForms(t *testing.T) {
+	for _, tt := range tokenCountForms {
+		wantIn := tt.want
+		if wantIn < 0 {
+			wantIn = 0
+		}
+		streams := []struct {
+			api  API
+			data string
+			want Usage
+		}{
+			{ChatCompletions, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n" +
+				"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":" + tt.value + ",\"completion_tokens\":6.0}}\n\ndata: [DONE]\n\n",
+				Usage{InputTokens: wantIn, OutputTokens: 6, TotalTokens: wantIn + 6, Known: true}},
+			{Responses, "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":" +
+				"{\"input_tokens\":" + tt.value + ",\"output_tokens\":\"6\"}}}\n\n",
+				Usage{InputTokens: wantIn, OutputTokens: 6, TotalTokens: wantIn + 6, Known: true}},
+			{AnthropicMessages, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":" +
+				"{\"input_tokens\":" + tt.value + ",\"output_tokens\":1}}}\n\n" +
+				"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":\"6\"}}\n\n" +
+				"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+				Usage{InputTokens: wantIn, OutputTokens: 6, TotalTokens: wantIn + 6, Known: true}},
+		}
+		for _, st := range streams {
+			got := runStream(st.api, 0, []byte(st.data))
+			if got.Usage != st.want || !got.Done || got.SkippedEvents != 0 {
+				t.Errorf("%v stream with input tokens %s: %+v, want usage %+v", st.api, tt.value, got, st.want)
+			}
+		}
+	}
+}
+
+func TestTokenCountAllocations(t *testing.T) {
+	body := []byte(`{"usage":{"prompt_tokens":6.0,"completion_tokens":"6","total_tokens":1.2e1}}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		if u, err := FromJSON(ChatCompletions, body); err != nil || u.TotalTokens != 12 {
+			t.Fatalf("%+v %v", u, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("FromJSON with float and string counts allocates %v times, want 0", allocs)
 	}
 }
