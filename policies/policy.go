@@ -16,7 +16,8 @@ type Policy struct {
 	Identity Identity `yaml:"identity"`
 	// ExtProc is where Envoy reaches tollgate's ext_proc server.
 	ExtProc Endpoint `yaml:"extProc"`
-	// RateLimit is where Envoy reaches the ratelimit service, and how it behaves when that fails.
+	// RateLimit is where Envoy (to check quotas) and the ext_proc server (to charge them) reach
+	// the ratelimit service, and how checks behave when that fails.
 	RateLimit RateLimit `yaml:"rateLimit"`
 	// Backends are the upstream LLM servers.
 	Backends []Backend `yaml:"backends"`
@@ -134,7 +135,7 @@ type Endpoint struct {
 	Port int `yaml:"port"`
 }
 
-// RateLimit configures how Envoy talks to the ratelimit service.
+// RateLimit configures how Envoy and the ext_proc server talk to the ratelimit service.
 type RateLimit struct {
 	Endpoint `yaml:",inline"`
 	// Domain is the ratelimit domain the descriptors live in. Default "tollgate".

@@ -86,7 +86,11 @@ func listener(p *input) (*listenerv3.Listener, error) {
 		StreamIdleTimeout:     envoy.Duration(streamIdleTimeout),
 		NormalizePath:         wrapperspb.Bool(true),
 		MergeSlashes:          true,
-		UseRemoteAddress:      wrapperspb.Bool(true),
+		// "/v1/chat%2Fcompletions" is "/v1/chat/completions" to most backends, so it becomes
+		// that before anything looks at the path: the ext_proc server meters (and the backend
+		// receives) the path as decoded, never a spelling that only the backend decodes.
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD,
+		UseRemoteAddress:             wrapperspb.Bool(true),
 	}
 	hcmAny, err := envoy.Any(hcm)
 	if err != nil {

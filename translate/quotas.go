@@ -9,7 +9,6 @@ import (
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -33,28 +32,17 @@ var units = map[string]rlsconfv3.RateLimitUnit{
 }
 
 // quotaRateLimits returns the rate_limits of one model's route: for each quota, a check at request
-// time that spends nothing (hits_addend 0: "is this user already over?") and a charge when the
-// stream is done, of the cost the ext_proc server wrote into dynamic metadata. Both entries build
-// the same descriptor, so they hit the same counter.
+// time that spends nothing (hits_addend 0: "is this user already over?"). The charge for what the
+// request cost is not Envoy's to send: the ext_proc server sends it to the same counter when the
+// request ends, however it ends (see ModelQuotas), which a rate limit applied when the stream is
+// done cannot do for a client that leaves early.
 func quotaRateLimits(p *input, model string) ([]*routev3.RateLimit, error) {
 	var out []*routev3.RateLimit
 	for _, q := range p.quotasByModel[model] {
-		actions := descriptorActions(p, q)
-		out = append(out,
-			&routev3.RateLimit{
-				Actions:    actions,
-				HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)},
-			},
-			&routev3.RateLimit{
-				Actions:           actions,
-				ApplyOnStreamDone: true,
-				// Unresolvable (no usage known, e.g. an upstream error) → Envoy drops this
-				// descriptor, so failed requests are not charged.
-				HitsAddend: &routev3.RateLimit_HitsAddend{
-					Format: "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + q.Cost + ")%",
-				},
-			},
-		)
+		out = append(out, &routev3.RateLimit{
+			Actions:    descriptorActions(p, q),
+			HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)},
+		})
 	}
 	return out, nil
 }
@@ -118,20 +106,45 @@ type UserQuota struct {
 	Entries []DescriptorEntry
 }
 
-// UserQuotas lists the quotas that apply to user, for one model or (model "") all of them,
-// sorted by model then quota name. The entries match descriptorActions exactly: reading a
-// quota and spending it address the same counter.
-func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
+// ModelQuota is one quota on a model with the descriptor entries that precede the user's: with
+// the user appended, the counter one user's requests on the model are checked and charged against.
+type ModelQuota struct {
+	Quota   policies.Quota
+	Entries []DescriptorEntry
+}
+
+// ModelQuotas lists every model's quotas, each model's sorted by quota name. The entries match
+// descriptorActions exactly, so the ext_proc server's charge and Envoy's check address the same
+// counter.
+func ModelQuotas(in *policies.Policy) map[string][]ModelQuota {
 	p := newInput(in)
-	var out []UserQuota
+	out := make(map[string][]ModelQuota, len(p.modelsWithQuotas))
 	for _, m := range p.modelsWithQuotas {
-		if model != "" && m != model {
-			continue
-		}
 		for _, q := range p.quotasByModel[m] {
-			out = append(out, UserQuota{Quota: q, Entries: []DescriptorEntry{
-				{DescriptorModel, q.Model}, {DescriptorQuota, q.Name}, {DescriptorUser, user},
+			out[m] = append(out[m], ModelQuota{Quota: q, Entries: []DescriptorEntry{
+				{DescriptorModel, q.Model}, {DescriptorQuota, q.Name},
 			}})
+		}
+	}
+	return out
+}
+
+// UserQuotas lists the quotas that apply to user, for one model or (model "") all of them,
+// sorted by model then quota name: the counters `tollgate quota` reads.
+func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
+	byModel := ModelQuotas(in)
+	models := make([]string, 0, len(byModel))
+	for m := range byModel {
+		if model == "" || m == model {
+			models = append(models, m)
+		}
+	}
+	sort.Strings(models)
+	var out []UserQuota
+	for _, m := range models {
+		for _, mq := range byModel[m] {
+			entries := append(append([]DescriptorEntry(nil), mq.Entries...), DescriptorEntry{DescriptorUser, user})
+			out = append(out, UserQuota{Quota: mq.Quota, Entries: entries})
 		}
 	}
 	return out

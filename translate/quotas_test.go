@@ -12,9 +12,9 @@ import (
 	"github.com/tollgate-dev/tollgate/translate"
 )
 
-// TestCheckAndChargeShareADescriptor: for every quota of every golden policy, the request-time
-// check and the stream-done charge build the same descriptor (the same Redis counter), the check
-// spends nothing, the charge spends the quota's cost, and UserQuotas names that same descriptor.
+// TestCheckAndChargeShareADescriptor: for every quota of every golden policy, Envoy's
+// request-time check spends nothing and builds the descriptor that ModelQuotas gives the ext_proc
+// server for its charge (the same Redis counter), and UserQuotas names that same descriptor.
 func TestCheckAndChargeShareADescriptor(t *testing.T) {
 	for _, in := range []string{"testdata/in/seed.yaml", "testdata/in/tiers.yaml", "testdata/in/https-backends.yaml"} {
 		p, _, err := policies.Load(in, testEnv)
@@ -37,31 +37,43 @@ func TestCheckAndChargeShareADescriptor(t *testing.T) {
 			}
 			perRoute[r.Name] = rl
 		}
+		byModel := translate.ModelQuotas(p)
 		for _, q := range p.Quotas {
 			rl := perRoute[envoy.ModelRoute(q.Model)]
 			if rl == nil {
 				t.Fatalf("%s: route of %s has no rate limits", in, q.Model)
 			}
-			var check, charge []string
+			var checks []string
 			for _, limit := range rl.RateLimits {
 				if !strings.Contains(fmt.Sprint(limit.Actions), q.Name) {
 					continue
 				}
-				desc := fmt.Sprint(limit.Actions)
-				if limit.ApplyOnStreamDone {
-					charge = append(charge, desc)
-					if want := "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + q.Cost + ")%"; limit.HitsAddend.GetFormat() != want {
-						t.Errorf("%s %s: charge hits_addend %q, want %q", in, q.Name, limit.HitsAddend.GetFormat(), want)
-					}
-				} else {
-					check = append(check, desc)
-					if limit.HitsAddend.GetNumber() == nil || limit.HitsAddend.GetNumber().GetValue() != 0 {
-						t.Errorf("%s %s: check must spend 0, has %v", in, q.Name, limit.HitsAddend)
+				if limit.ApplyOnStreamDone || limit.HitsAddend.GetNumber() == nil || limit.HitsAddend.GetNumber().GetValue() != 0 {
+					t.Errorf("%s %s: Envoy must only check (hits 0 at request time), has %v", in, q.Name, limit)
+				}
+				var entries []string
+				for _, a := range limit.Actions {
+					if g := a.GetGenericKey(); g != nil {
+						entries = append(entries, g.DescriptorKey+"="+g.DescriptorValue)
+					} else if h := a.GetRequestHeaders(); h != nil {
+						entries = append(entries, h.DescriptorKey+"=<"+h.HeaderName+">")
 					}
 				}
+				checks = append(checks, strings.Join(entries, ","))
 			}
-			if len(check) != 1 || len(charge) != 1 || check[0] != charge[0] {
-				t.Fatalf("%s %s: want one check and one charge with equal descriptors, got\ncheck %v\ncharge %v", in, q.Name, check, charge)
+			var charged []string
+			for _, mq := range byModel[q.Model] {
+				if mq.Quota.Name != q.Name {
+					continue
+				}
+				var entries []string
+				for _, e := range mq.Entries {
+					entries = append(entries, e.Key+"="+e.Value)
+				}
+				charged = append(charged, strings.Join(append(entries, translate.DescriptorUser+"=<"+p.Identity.Header+">"), ","))
+			}
+			if len(checks) != 1 || len(charged) != 1 || checks[0] != charged[0] {
+				t.Fatalf("%s %s: want one check and one charge with equal descriptors, got\ncheck  %v\ncharge %v", in, q.Name, checks, charged)
 			}
 			uqs := translate.UserQuotas(p, "alice", q.Model)
 			found := false

@@ -93,7 +93,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	g.Go(func() error {
 		<-gctx.Done()
 		logger.Info("shutting down")
-		stopGRPC(grpcServer)
+		stopExtProc(grpcServer, server, logger)
 		return shutdownHTTP(httpServer)
 	})
 	return g.Wait()

@@ -66,7 +66,7 @@ func TestRenderPrintsTheResources(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"listeners:", "routes:", "clusters:", "name: model_qwen3", "name: backend_llm-sim", "requests_per_unit: 50", "apply_on_stream_done: true"} {
+	for _, want := range []string{"listeners:", "routes:", "clusters:", "name: model_qwen3", "name: backend_llm-sim", "requests_per_unit: 50", "path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("render output lacks %q", want)
 		}

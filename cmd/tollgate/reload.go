@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
@@ -32,6 +35,11 @@ type reloader struct {
 	lastSuccess   prometheus.Gauge
 	policyVersion *prometheus.GaugeVec
 
+	// retirement and requestTimeout (the served policy's listener.requestTimeout) are only
+	// used by apply, which runs one call at a time.
+	retirement     quotaRetirement
+	requestTimeout time.Duration
+
 	mu     sync.Mutex
 	status reloadStatus
 }
@@ -46,6 +54,7 @@ type reloadStatus struct {
 	RateLimitVer  string    `json:"ratelimit_version"`
 	Models        []string  `json:"models"`
 	Quotas        []string  `json:"quotas"`
+	RetiredQuotas []string  `json:"retired_quotas,omitempty"`
 	FailureMode   string    `json:"ratelimit_failure_mode"`
 	ListenerURL   string    `json:"listener_url"`
 	PolicyFile    string    `json:"policy_file"`
@@ -94,13 +103,17 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 		cfg, err = extProcConfig(p)
 	}
 	var res xds.PublishResult
+	var retirement quotaRetirement
 	if err == nil {
-		res, err = r.xds.Publish(ctx, resources(out))
+		var rateLimitConfigs []*rlsconfv3.RateLimitConfig
+		rateLimitConfigs, retirement = r.retirement.plan(now, r.requestTimeout, out.RateLimitConfigs)
+		res, err = r.xds.Publish(ctx, xds.NewResources(out.Listeners, out.Routes, out.Clusters, rateLimitConfigs))
 	}
 	if err != nil {
 		r.fail(now, err)
 		return err
 	}
+	r.retirement, r.requestTimeout = retirement, p.Listener.RequestTimeout.Duration
 	if r.extProc != nil {
 		r.extProc.Update(cfg)
 	}
@@ -116,6 +129,7 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 	r.status.LastGoodAt = now
 	r.status.EnvoyVersion, r.status.RateLimitVer = res.EnvoyVersion, res.RateLimitVersion
 	r.status.Models, r.status.Quotas = modelNames(p), quotaSummaries(p)
+	r.status.RetiredQuotas = retirement.summary()
 	r.status.FailureMode = p.RateLimit.FailureMode
 	r.status.ListenerURL = fmt.Sprintf("http://%s:%d", p.Listener.Address, p.Listener.Port)
 	r.mu.Unlock()
@@ -145,6 +159,7 @@ func (r *reloader) snapshot() reloadStatus {
 	defer r.mu.Unlock()
 	s := r.status
 	s.LastErrors = append([]string(nil), s.LastErrors...)
+	s.RetiredQuotas = append([]string(nil), s.RetiredQuotas...)
 	return s
 }
 
@@ -179,6 +194,7 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend
 	}
+	chargeConfig(p, cfg)
 	if err := identityConfig(p, cfg); err != nil {
 		return nil, err
 	}
@@ -213,6 +229,28 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 		cfg.Costs = append(cfg.Costs, cost)
 	}
 	return cfg, nil
+}
+
+// chargeConfig tells the ext_proc server where to charge finished requests and to which
+// counters.
+func chargeConfig(p *policies.Policy, cfg *extproc.Config) {
+	byModel := translate.ModelQuotas(p)
+	if len(byModel) == 0 {
+		return
+	}
+	cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
+	cfg.RateLimitDomain = p.RateLimit.Domain
+	cfg.UserDescriptorKey = translate.DescriptorUser
+	cfg.Quotas = make(map[string][]extproc.Quota, len(byModel))
+	for model, quotas := range byModel {
+		for _, mq := range quotas {
+			q := extproc.Quota{Name: mq.Quota.Name, Cost: mq.Quota.Cost}
+			for _, e := range mq.Entries {
+				q.Entries = append(q.Entries, extproc.DescriptorEntry{Key: e.Key, Value: e.Value})
+			}
+			cfg.Quotas[model] = append(cfg.Quotas[model], q)
+		}
+	}
 }
 
 // identityConfig sets how the ext_proc server identifies users.

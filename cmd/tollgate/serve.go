@@ -150,7 +150,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		logger.Info("shutting down")
 		stopGRPC(xdsGRPC)
 		if extProcGRPC != nil {
-			stopGRPC(extProcGRPC)
+			stopExtProc(extProcGRPC, extProcServer, logger)
 		}
 		return shutdownHTTP(httpServer)
 	})
@@ -211,6 +211,21 @@ func stopGRPC(s *grpc.Server) {
 	case <-time.After(time.Second):
 		s.Stop()
 		<-done
+	}
+}
+
+// chargeFlushTimeout bounds how long a stopping ext_proc server keeps sending the charges of
+// requests that ended on the way down.
+const chargeFlushTimeout = 5 * time.Second
+
+// stopExtProc stops the ext_proc service, then sends the charges its last requests queued, so
+// a clean stop loses no charge.
+func stopExtProc(g *grpc.Server, s *extproc.Server, logger *slog.Logger) {
+	stopGRPC(g)
+	ctx, cancel := context.WithTimeout(context.Background(), chargeFlushTimeout)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		logger.Error("stopping the ext_proc server", "error", err)
 	}
 }
 

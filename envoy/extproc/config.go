@@ -151,6 +151,16 @@ type Config struct {
 	// MaxEventBytes bounds one server-sent event of a streamed response. Default
 	// DefaultMaxEventBytes.
 	MaxEventBytes int
+	// RateLimitAddress is the ratelimit service (host:port) that finished requests are charged
+	// to; empty sends no charges.
+	RateLimitAddress string
+	// RateLimitDomain is the domain of the charged descriptors.
+	RateLimitDomain string
+	// UserDescriptorKey is the key of a charged descriptor's last entry, whose value is the
+	// user.
+	UserDescriptorKey string
+	// Quotas lists, by model, the counters a request for that model is charged to.
+	Quotas map[string][]Quota
 }
 
 // Defaults for zero Config fields.

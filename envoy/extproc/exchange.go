@@ -33,6 +33,7 @@ const (
 	metadataInputTokens  = "input_tokens"
 	metadataOutputTokens = "output_tokens"
 	metadataTotalTokens  = "total_tokens"
+	metadataUsageBasis   = "usage_basis"
 )
 
 // exchange is the state of one HTTP request and its response: one ext_proc gRPC stream.
@@ -42,17 +43,18 @@ type exchange struct {
 	cfg     *Config // the config the request started with, kept to the end
 	logger  *slog.Logger
 	metrics *Metrics
+	charger *charger // nil: charges are not sent (no quotas, or a test of routing only)
 	start   time.Time
 
 	// Request side.
 	started          bool       // request headers seen
 	api              llmapi.API // from :path
 	user             string     // the identity header's value
-	clientModel      string     // the client's own model header, if any
 	model            string     // the model the request is routed and accounted by
 	hasContentLength bool       // the client sent content-length (so a new body needs one)
 	requestBodySeen  bool       // the (single, buffered) request body message arrived
 	llmCall          bool       // the body was parsed: the response's usage is accounted for
+	promptBytes      int        // bytes of text in the request body, for estimates
 
 	// Response side.
 	encoding string      // content-encoding, lowercased
@@ -77,8 +79,8 @@ const (
 	bodyStreamed                    // one message per chunk of an SSE stream
 )
 
-func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics) *exchange {
-	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, start: time.Now()}
+func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, charger *charger) *exchange {
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, charger: charger, start: time.Now()}
 }
 
 // handle answers one message from Envoy.
@@ -113,17 +115,22 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 		return ex.reject(*rejected)
 	}
 	ex.user = user
-	ex.clientModel = firstHeader(headers, ex.cfg.ModelHeader)
+	if ex.api == llmapi.Unknown {
+		// Only requests whose usage can be read reach a backend: any other path would be an
+		// unmetered way to the same model server.
+		return ex.reject(unknownPath(firstHeader(headers, ":method"), firstHeader(headers, ":path")))
+	}
+	if msg.GetEndOfStream() {
+		// The model, and so the route and the quota, come from the body only.
+		return ex.reject(missingModel())
+	}
 	ex.hasContentLength = firstHeader(headers, "content-length") != ""
 	mutation := ex.identityMutation(user)
 	// Upstreams then send plain bodies, which keeps usage parsing off the decompression path.
 	mutation.SetHeaders = append(mutation.SetHeaders, overwrite("accept-encoding", "identity"))
-	if msg.GetEndOfStream() {
-		// No body, so no model to read: the client's header (if any) keeps routing, and its
-		// backend gets its key now.
-		ex.model = ex.clientModel
-		ex.setUpstreamKey(mutation)
-	}
+	// The client's own model header never routes: the body's model replaces it before the
+	// route is chosen again.
+	mutation.RemoveHeaders = append(mutation.RemoveHeaders, ex.cfg.ModelHeader)
 	return requestHeadersResponse(&extprocv3.CommonResponse{HeaderMutation: mutation})
 }
 
@@ -159,28 +166,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 
 	if !parsed.HasModel || parsed.Model == "" {
-		if ex.clientModel == "" {
-			return ex.reject(rejection{
-				status:  400,
-				outcome: outcomeRejected400,
-				err: apiError{
-					Message: "missing required parameter: model",
-					Type:    errorTypeInvalidRequest,
-					Param:   optional("model"),
-				},
-				details: "tollgate_missing_model",
-			})
-		}
-		// The route was chosen from the client's header already; only its backend's key
-		// may need adding.
-		ex.model = ex.clientModel
-		ex.llmCall = true
-		mutation := &extprocv3.HeaderMutation{}
-		ex.setUpstreamKey(mutation)
-		if len(mutation.SetHeaders) == 0 {
-			return requestBodyResponse(nil)
-		}
-		return requestBodyResponse(&extprocv3.CommonResponse{HeaderMutation: mutation})
+		return ex.reject(missingModel())
 	}
 	if !validHeaderValue(parsed.Model) {
 		return ex.reject(rejection{
@@ -196,6 +182,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 	ex.model = parsed.Model
 	ex.llmCall = true
+	ex.promptBytes = parsed.TextBytes
 
 	// The body decides the route: a client's own model header is overwritten, never trusted.
 	common := &extprocv3.CommonResponse{
@@ -253,12 +240,10 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
 		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
 			"model", ex.model, "content_encoding", ex.encoding)
-		ex.finishWithoutUsage()
-		return responseHeadersResponse()
+		return ex.settleUnread()
 	}
 	if msg.GetEndOfStream() {
-		ex.finishWithoutUsage()
-		return responseHeadersResponse()
+		return ex.settleUnread()
 	}
 
 	mediaType, _, _ := mime.ParseMediaType(firstHeader(headers, "content-type"))
@@ -277,8 +262,7 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 	default:
 		ex.logger.Warn("successful response is neither JSON nor an event stream; usage unknown",
 			"model", ex.model, "content_type", mediaType)
-		ex.finishWithoutUsage()
-		return responseHeadersResponse()
+		return ex.settleUnread()
 	}
 	resp := responseHeadersResponse()
 	resp.ModeOverride = responseBodyModeOverride(mode)
@@ -291,13 +275,26 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody) *extprocv3.Processin
 	case bodyStreamed:
 		ex.feed(msg.GetBody())
 		if msg.GetEndOfStream() {
-			resp.DynamicMetadata = ex.finishWithUsage(ex.streamUsage())
+			resp.DynamicMetadata = ex.settle(ex.streamUsage(), ex.streamServed(), true)
+			ex.finish(outcomeFor(resp.DynamicMetadata))
 		}
 	case bodyBuffered:
 		// Envoy sends a buffered body in one message (end_of_stream is false only when
 		// trailers follow), so this is the whole body either way.
-		resp.DynamicMetadata = ex.finishWithUsage(ex.bufferedUsage(msg.GetBody()))
+		usage, out := ex.bufferedUsage(msg.GetBody())
+		resp.DynamicMetadata = ex.settle(usage, out, true)
+		ex.finish(outcomeFor(resp.DynamicMetadata))
 	}
+	return resp
+}
+
+// settleUnread settles a successful response whose body is not read (no body, or one tollgate
+// cannot parse): the backend reported nothing tollgate could see, so the prompt is charged as
+// estimated.
+func (ex *exchange) settleUnread() *extprocv3.ProcessingResponse {
+	resp := responseHeadersResponse()
+	resp.DynamicMetadata = ex.settle(llmapi.Usage{}, served{}, true)
+	ex.finish(outcomeUsageMissing)
 	return resp
 }
 
@@ -337,43 +334,101 @@ func (ex *exchange) streamUsage() llmapi.Usage {
 	return ex.stream.Usage()
 }
 
-func (ex *exchange) bufferedUsage(body []byte) llmapi.Usage {
+// bufferedUsage reads usage from a complete JSON body, and what it served in case the usage is
+// missing.
+func (ex *exchange) bufferedUsage(body []byte) (llmapi.Usage, served) {
 	if ex.encoding == "gzip" || ex.encoding == "x-gzip" {
 		plain, err := llmapi.GunzipLimited(body, ex.cfg.MaxResponseBytes)
 		if err != nil {
 			ex.logger.Warn("cannot decompress response; usage unknown", "model", ex.model, "error", err)
-			return llmapi.Usage{}
+			return llmapi.Usage{}, served{}
 		}
 		body = plain
 	}
 	if int64(len(body)) > ex.cfg.MaxResponseBytes {
 		ex.logger.Warn("response too large to read usage from; usage unknown",
 			"model", ex.model, "bytes", len(body), "limit", ex.cfg.MaxResponseBytes)
-		return llmapi.Usage{}
+		return llmapi.Usage{}, served{}
 	}
 	usage, err := llmapi.FromJSON(ex.api, body)
 	if err != nil {
 		ex.logger.Warn("cannot read usage from response", "model", ex.model, "error", err)
-		return llmapi.Usage{}
+		return llmapi.Usage{}, served{}
 	}
-	return usage
+	if usage.Known {
+		return usage, served{}
+	}
+	return usage, served{outputTextBytes: llmapi.ResponseTextBytes(ex.api, body)}
 }
 
-// finishWithUsage records the end of a successful response and returns the dynamic metadata
-// to publish: the costs, the model and the token counts. Without usage only the model is
-// published, so the stream-done charge finds no cost and is skipped.
-func (ex *exchange) finishWithUsage(usage llmapi.Usage) *structpb.Struct {
-	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
-	if !usage.Known {
-		ex.finishWithoutUsage()
-		return namespaced(fields)
+// served is what a response had delivered when it ended: the basis of an output estimate.
+type served struct {
+	outputEvents    int64
+	outputTextBytes int64
+}
+
+func (ex *exchange) streamServed() served {
+	if ex.stream == nil {
+		return served{}
 	}
-	if usage.TotalTokens == 0 {
-		usage.TotalTokens = usage.InputTokens + usage.OutputTokens
+	return served{outputEvents: int64(ex.stream.OutputEvents()), outputTextBytes: ex.stream.OutputTextBytes()}
+}
+
+// bytesPerToken is the estimate's exchange rate: about four bytes of text per token, which is
+// what OpenAI advises for English; code and other languages run somewhat denser or sparser.
+const bytesPerToken = 4
+
+func tokensForBytes(n int64) int64 { return (n + bytesPerToken - 1) / bytesPerToken }
+
+// billable returns the usage to charge and its basis. A response that completed is charged
+// the usage its backend reported. One that reported none, or broke off before its final usage,
+// is charged an estimate: the prompt at one token per four bytes of the request's text (or the
+// backend's own prompt count when it already sent one), and the output as the largest of the
+// output tokens reported so far, one token per streamed output event, and one token per four
+// bytes of output text. A report that already covers every streamed event (OpenAI's usage
+// chunk, which comes after the content) is final and charged as is.
+func (ex *exchange) billable(reported llmapi.Usage, out served, complete bool) (llmapi.Usage, string) {
+	if reported.Known && (complete || reported.OutputTokens >= out.outputEvents) {
+		if reported.TotalTokens == 0 {
+			reported.TotalTokens = reported.InputTokens + reported.OutputTokens
+		}
+		return reported, basisUsage
 	}
-	fields[metadataInputTokens] = structpb.NewNumberValue(float64(usage.InputTokens))
-	fields[metadataOutputTokens] = structpb.NewNumberValue(float64(usage.OutputTokens))
-	fields[metadataTotalTokens] = structpb.NewNumberValue(float64(usage.TotalTokens))
+	estimate := llmapi.Usage{Known: true, InputTokens: tokensForBytes(int64(ex.promptBytes))}
+	if reported.Known && reported.InputTokens > 0 {
+		estimate.InputTokens = reported.InputTokens
+		estimate.CachedInputTokens = reported.CachedInputTokens
+		estimate.CacheCreationInputTokens = reported.CacheCreationInputTokens
+	}
+	estimate.OutputTokens = max(reported.OutputTokens, out.outputEvents, tokensForBytes(out.outputTextBytes))
+	estimate.TotalTokens = estimate.InputTokens + estimate.OutputTokens
+	return estimate, basisEstimate
+}
+
+// settle ends a successful LLM response, completed or broken off: it charges the billable
+// usage to the model's quotas and records the GenAI metrics, and returns the dynamic metadata
+// to publish (the model, the token counts, the costs and the basis) for the access log.
+func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *structpb.Struct {
+	usage, basis := ex.billable(reported, out, complete)
+	if basis == basisEstimate {
+		attrs := []any{"model", ex.model, "api", ex.api, "user", ex.user, "completed", complete,
+			"usage_reported", reported.Known, "output_events", out.outputEvents,
+			"input_tokens_charged", usage.InputTokens, "output_tokens_charged", usage.OutputTokens}
+		if complete {
+			ex.logger.Warn("successful response without token usage; charging an estimate", attrs...)
+		} else {
+			ex.logger.Info("response broke off before its final usage; charging what was served", attrs...)
+		}
+		ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
+	}
+	fields := map[string]*structpb.Value{
+		metadataModel:        structpb.NewStringValue(ex.model),
+		metadataUsageBasis:   structpb.NewStringValue(basis),
+		metadataInputTokens:  structpb.NewNumberValue(float64(usage.InputTokens)),
+		metadataOutputTokens: structpb.NewNumberValue(float64(usage.OutputTokens)),
+		metadataTotalTokens:  structpb.NewNumberValue(float64(usage.TotalTokens)),
+	}
+	costs := make(map[string]int64, len(ex.cfg.Costs))
 	for _, cost := range ex.cfg.Costs {
 		value, err := ex.costValue(cost, usage)
 		if err != nil {
@@ -382,37 +437,59 @@ func (ex *exchange) finishWithUsage(usage llmapi.Usage) *structpb.Struct {
 			ex.metrics.costErrors.WithLabelValues(cost.Name).Inc()
 			continue
 		}
+		costs[cost.Name] = value
 		fields[cost.Name] = structpb.NewNumberValue(float64(value))
 	}
+	ex.sendCharge(costs, basis)
 
 	labels := ex.labels()
-	// An empty label value is no label at all to Prometheus: without the opt-in, users add
-	// no series.
-	user := ""
-	if ex.cfg.UserLabel {
-		user = ex.user
+	end := time.Now()
+	if basis == basisUsage {
+		// Token usage metrics show what backends reported; estimates are counted with the
+		// charges instead.
+		user := "" // an empty label value is no label: without the opt-in, users add no series
+		if ex.cfg.UserLabel {
+			user = ex.user
+		}
+		for _, tokens := range []struct {
+			typ   string
+			count int64
+		}{{"input", usage.InputTokens}, {"output", usage.OutputTokens}, {"total", usage.TotalTokens}} {
+			ex.metrics.tokenUsage.WithLabelValues(labels[0], labels[1], tokens.typ, user).Observe(float64(tokens.count))
+		}
+		if !ex.firstOutput.IsZero() && usage.OutputTokens > 1 {
+			perToken := end.Sub(ex.firstOutput).Seconds() / float64(usage.OutputTokens-1)
+			ex.metrics.timePerOutputToken.WithLabelValues(labels...).Observe(perToken)
+		}
 	}
-	for _, tokens := range []struct {
-		typ   string
-		count int64
-	}{{"input", usage.InputTokens}, {"output", usage.OutputTokens}, {"total", usage.TotalTokens}} {
-		ex.metrics.tokenUsage.WithLabelValues(labels[0], labels[1], tokens.typ, user).Observe(float64(tokens.count))
+	errorType := ""
+	if !complete {
+		errorType = "cancelled"
 	}
-	end := ex.observeDuration("")
-	if !ex.firstOutput.IsZero() && usage.OutputTokens > 1 {
-		perToken := end.Sub(ex.firstOutput).Seconds() / float64(usage.OutputTokens-1)
-		ex.metrics.timePerOutputToken.WithLabelValues(labels...).Observe(perToken)
-	}
-	ex.finish(outcomeOK)
+	ex.metrics.requestDuration.WithLabelValues(append(labels, errorType)...).Observe(end.Sub(ex.start).Seconds())
 	return namespaced(fields)
 }
 
-// finishWithoutUsage records a successful response that carried no usage.
-func (ex *exchange) finishWithoutUsage() {
-	ex.logger.Warn("successful response without token usage; not charged", "model", ex.model, "api", ex.api)
-	ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
-	ex.observeDuration("")
-	ex.finish(outcomeUsageMissing)
+// sendCharge hands the request's costs to the charger, addressed to the counters of every
+// quota on the model.
+func (ex *exchange) sendCharge(costs map[string]int64, basis string) {
+	if ex.charger == nil || ex.cfg.RateLimitAddress == "" {
+		return
+	}
+	req := chargeRequest(ex.cfg, ex.model, ex.user, costs)
+	if req == nil {
+		return
+	}
+	ex.charger.enqueue(charge{target: ex.cfg.RateLimitAddress, request: req, basis: basis, model: ex.model})
+}
+
+// outcomeFor names how a settled response ended, from the basis settle published.
+func outcomeFor(metadata *structpb.Struct) string {
+	fields := metadata.GetFields()[envoy.MetadataNamespace].GetStructValue().GetFields()
+	if fields[metadataUsageBasis].GetStringValue() == basisEstimate {
+		return outcomeUsageMissing
+	}
+	return outcomeOK
 }
 
 // costValue computes one cost. A CEL result must be a non-negative integer.
@@ -428,7 +505,9 @@ func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 		if cost.Program == nil {
 			return 0, errors.New("no CEL program")
 		}
-		out, _, err := cost.Program.ContextEval(ex.ctx, map[string]any{
+		// Evaluated after the client may have gone, so the stream's cancellation must not
+		// cancel the bill.
+		out, _, err := cost.Program.ContextEval(context.WithoutCancel(ex.ctx), map[string]any{
 			"input_tokens":        usage.InputTokens,
 			"output_tokens":       usage.OutputTokens,
 			"total_tokens":        usage.TotalTokens,
@@ -483,9 +562,11 @@ func (ex *exchange) finish(outcome string) {
 }
 
 // close releases the exchange when its stream ends. A stream that ends before the response
-// did (client gone, Envoy reset) is recorded as cancelled and publishes nothing.
+// did (the client left, Envoy reset the stream, a timeout) is recorded as cancelled; if it was
+// an LLM call that reached its backend, what it served is charged.
 func (ex *exchange) close() {
-	if ex.gzip != nil {
+	if ex.gzip != nil && !ex.finished {
+		// Whatever the decompressor holds was never delivered either; it is dropped.
 		if err := ex.gzip.Close(); err != nil {
 			ex.logger.Debug("closing gzip stream of an unfinished response", "error", err)
 		}
@@ -495,20 +576,12 @@ func (ex *exchange) close() {
 		return
 	}
 	if ex.llmCall {
-		ex.observeDuration("cancelled")
-	}
-	if ex.bodyMode != bodyIgnored {
-		// A successful answer was being read for its usage when it broke off (the backend
-		// died mid-stream, or the client left): the backend spent tokens that can no longer be
-		// charged, so the gap is made visible rather than silent.
-		attrs := []any{"model", ex.model, "api", ex.api}
+		var reported llmapi.Usage
 		if ex.stream != nil {
-			seen := ex.stream.Usage()
-			attrs = append(attrs, "output_events", ex.stream.OutputEvents(), "usage_seen", seen.Known,
-				"input_tokens_seen", seen.InputTokens, "output_tokens_seen", seen.OutputTokens)
+			reported = ex.stream.Usage()
 		}
-		ex.logger.Warn("response ended before its usage; not charged", attrs...)
-		ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
+		// No metadata can be published any more: the charge is all that is left to do.
+		ex.settle(reported, ex.streamServed(), false)
 	}
 	ex.finish(outcomeCancelled)
 }

@@ -63,6 +63,7 @@ func newHarness(t testing.TB, cfg *Config) *harness {
 		_ = conn.Close()
 		g.Stop()
 		<-served
+		_ = srv.Close(context.Background())
 	})
 	return &harness{addr: lis.Addr().(*net.TCPAddr), srv: srv, reg: reg, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
 }

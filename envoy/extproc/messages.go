@@ -2,11 +2,15 @@ package extproc
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
+	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
 )
 
 // headerValue reads a header Envoy sent. Envoy fills raw_value (bytes) by default and value
@@ -134,6 +138,38 @@ type rejection struct {
 	err     apiError
 	// details shows up in Envoy's %RESPONSE_CODE_DETAILS%; no spaces.
 	details string
+}
+
+// missingModel answers a request to a generation path that names no model in its body.
+func missingModel() rejection {
+	return rejection{
+		status:  400,
+		outcome: outcomeRejected400,
+		err: apiError{
+			Message: "missing required parameter: model (a JSON body naming the model is required)",
+			Type:    errorTypeInvalidRequest,
+			Param:   optional("model"),
+		},
+		details: "tollgate_missing_model",
+	}
+}
+
+// unknownPath answers a request for a path whose token usage tollgate cannot read.
+func unknownPath(method, path string) rejection {
+	if i := strings.IndexAny(path, "?#"); i >= 0 {
+		path = path[:i]
+	}
+	return rejection{
+		status:  404,
+		outcome: outcomeRejected404,
+		err: apiError{
+			Message: fmt.Sprintf("Unknown request URL: %s %s. This gateway serves POST %s and GET /v1/models.",
+				method, path, strings.Join(llmapi.Paths(), ", ")),
+			Type: errorTypeInvalidRequest,
+			Code: optional("unknown_url"),
+		},
+		details: "tollgate_unknown_path",
+	}
 }
 
 func optional(s string) *string {

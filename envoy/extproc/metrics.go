@@ -23,11 +23,12 @@ const (
 // Outcomes of one request, the values of tollgate_extproc_requests_total{outcome}.
 const (
 	outcomeOK           = "ok"            // 2xx response with known usage
-	outcomeUsageMissing = "usage_missing" // 2xx response without usage: nothing charged
+	outcomeUsageMissing = "usage_missing" // 2xx response without usage: charged an estimate
 	outcomeErrorStatus  = "error_status"  // non-2xx response (upstream or local reply): not charged
 	outcomePassthrough  = "passthrough"   // no request body, so no LLM call to account for
-	outcomeCancelled    = "cancelled"     // the stream ended before the response did (a started 2xx answer also counts as usage missing)
+	outcomeCancelled    = "cancelled"     // the stream ended before the response did: charged what was served
 	outcomeRejected400  = "rejected_400"
+	outcomeRejected404  = "rejected_404"
 	outcomeRejected401  = "rejected_401"
 	outcomeRejected413  = "rejected_413"
 )
@@ -41,6 +42,7 @@ type Metrics struct {
 	requests           *prometheus.CounterVec
 	costErrors         *prometheus.CounterVec
 	usageMissing       *prometheus.CounterVec
+	charges            *prometheus.CounterVec
 	activeStreams      prometheus.Gauge
 }
 
@@ -81,8 +83,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"cost"}),
 		usageMissing: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_usage_missing_total",
-			Help: "Successful responses whose token usage was never read (none reported, unreadable, or the answer broke off), so nothing was charged.",
+			Help: "Successful responses whose token usage was never read (none reported, unreadable, or the answer broke off); they are charged an estimate.",
 		}, []string{"model"}),
+		charges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_quota_charges_total",
+			Help: "Charges sent to the ratelimit service when a request ended, by basis (usage: reported by the backend; estimate: from the prompt and the output served) and result (sent, failed).",
+		}, []string{"basis", "result"}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) being served right now.",
@@ -98,6 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.requests = registerOrReuse(reg, m.requests)
 	m.costErrors = registerOrReuse(reg, m.costErrors)
 	m.usageMissing = registerOrReuse(reg, m.usageMissing)
+	m.charges = registerOrReuse(reg, m.charges)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	return m
 }

@@ -11,9 +11,11 @@
 //   - reads the model from the JSON body and writes it into the routing header, overwriting
 //     whatever the client sent, and makes Envoy pick the route again;
 //   - makes OpenAI streams report usage (stream_options.include_usage);
-//   - reads token usage from successful JSON and server-sent-event responses and publishes
-//     the configured costs as dynamic metadata, which the ratelimit filter charges when the
-//     stream is done;
+//   - answers paths whose usage it cannot read with 404, so nothing reaches a backend unmetered;
+//   - reads token usage from successful JSON and server-sent-event responses, publishes the
+//     configured costs as dynamic metadata for the access log, and charges them to the user's
+//     quotas in the ratelimit service when the exchange ends — with an estimate of what was
+//     served when the response carried no usage or broke off;
 //   - records OpenTelemetry GenAI metrics.
 //
 // The server runs in the control plane's process and takes its configuration from it
@@ -21,6 +23,7 @@
 package extproc
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -36,6 +39,7 @@ import (
 type Server struct {
 	logger  *slog.Logger
 	metrics *Metrics
+	charger *charger
 	cfg     atomic.Pointer[Config]
 }
 
@@ -48,9 +52,16 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	s := &Server{logger: logger, metrics: metrics}
+	s := &Server{logger: logger, metrics: metrics, charger: newCharger(logger, metrics)}
 	s.cfg.Store(withDefaults(cfg))
 	return s
+}
+
+// Close sends the charges still queued and releases the connections to the ratelimit service.
+// Call it after the gRPC server has stopped, so that every exchange has ended and queued its
+// charge; it gives up when ctx ends.
+func (s *Server) Close(ctx context.Context) error {
+	return s.charger.close(ctx)
 }
 
 // Update swaps the configuration. Requests already in flight finish with the configuration
@@ -86,7 +97,7 @@ type processor struct{ s *Server }
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
 	defer p.s.metrics.activeStreams.Dec()
-	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics)
+	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.charger)
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

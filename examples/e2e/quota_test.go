@@ -109,9 +109,9 @@ func TestSeedScenario(t *testing.T) {
 }
 
 // sendN sends n chat requests one after another and returns their statuses. With a ratelimit
-// service in the stack it waits after each admitted request until Envoy's charge for it has
-// been answered: charges are sent when a stream ends, after the client already has its
-// response, and a test that raced them would measure the race, not the quota.
+// service in the stack it waits after each admitted request until its charge has been
+// answered: tollgate sends it when the response ends, as the client receives its last bytes, and
+// a test that raced it would measure the race, not the quota.
 func sendN(t testing.TB, s *stack, user, model string, n int, stream bool) []int {
 	t.Helper()
 	body := chatBody(model)
@@ -124,7 +124,7 @@ func sendN(t testing.TB, s *stack, user, model string, n int, stream bool) []int
 		r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body)
 		statuses = append(statuses, r.status)
 		if r.status == 200 && s.charges {
-			// One call checked the request; the next one charges it.
+			// Envoy checked the request; tollgate charges it.
 			s.awaitRateLimitCalls(t, before+2)
 		}
 	}
@@ -133,25 +133,49 @@ func sendN(t testing.TB, s *stack, user, model string, n int, stream bool) []int
 
 const rateLimitStat = "cluster.tollgate_ratelimit.upstream_rq_"
 
-// rateLimitCalls returns how many calls Envoy made to the ratelimit service so far.
+// rateLimitCalls returns how many calls reached the ratelimit service so far: Envoy's checks
+// plus tollgate's answered charges.
 func (s *stack) rateLimitCalls(t testing.TB) int {
 	t.Helper()
 	if !s.charges {
 		return 0
 	}
 	stats := string(mustDo(t, "GET", s.adminURL("/stats?filter=^"+rateLimitStat), nil, "").body)
-	return statValue(stats, rateLimitStat+"total")
+	return statValue(stats, rateLimitStat+"total") + s.chargesAnswered(t)
 }
 
-// awaitRateLimitCalls waits until Envoy has made want calls to the ratelimit service and none
-// is still waiting for its answer.
+// chargesAnswered sums tollgate_quota_charges_total: the charges the ext_proc server has sent
+// and had answered (or given up on).
+func (s *stack) chargesAnswered(t testing.TB) int {
+	t.Helper()
+	url := s.metricsURL("/metrics")
+	if s.extProcMetricsPort != 0 {
+		url = fmt.Sprintf("http://%s/metrics", addr(s.extProcMetricsPort))
+	}
+	total := 0
+	for _, line := range strings.Split(string(mustDo(t, "GET", url, nil, "").body), "\n") {
+		if !strings.HasPrefix(line, "tollgate_quota_charges_total{") {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		total += int(v)
+	}
+	return total
+}
+
+// awaitRateLimitCalls waits until want calls reached the ratelimit service (see rateLimitCalls)
+// and none of Envoy's is still waiting for its answer.
 func (s *stack) awaitRateLimitCalls(t testing.TB, want int) {
 	t.Helper()
 	eventually(t, 10*time.Second, "charge answered", func() error {
 		stats := string(mustDo(t, "GET", s.adminURL("/stats?filter=^"+rateLimitStat), nil, "").body)
 		total, active := statValue(stats, rateLimitStat+"total"), statValue(stats, rateLimitStat+"active")
-		if total < want || active != 0 {
-			return fmt.Errorf("%d calls (want %d), %d in flight", total, want, active)
+		charges := s.chargesAnswered(t)
+		if total+charges < want || active != 0 {
+			return fmt.Errorf("%d checks and %d charges (want %d calls), %d checks in flight", total, charges, want, active)
 		}
 		return nil
 	})
@@ -242,4 +266,36 @@ func TestQuotaEditsApplyLive(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestQuotaAtExactlyTheLimit pins down the edge the README documents: the ratelimit service
+// reports "over" only once the spend is past the limit, so a user at exactly 50 of 50 is
+// admitted once more, charged to 62, and rejected after that.
+func TestQuotaAtExactlyTheLimit(t *testing.T) {
+	s := quotaStack(t, seedPolicy)
+	send := func(outputTokens string) int {
+		t.Helper()
+		before := s.rateLimitCalls(t)
+		header := map[string]string{"x-user-id": "edge"}
+		if outputTokens != "" {
+			header["x-llmsim-output-tokens"] = outputTokens
+		}
+		r := mustDo(t, "POST", s.url("/v1/chat/completions"), header, chatBody("qwen3"))
+		if r.status == 200 {
+			s.awaitRateLimitCalls(t, before+2)
+		}
+		return r.status
+	}
+	if got := send("44"); got != 200 { // 6 + 44 = exactly the limit of 50
+		t.Fatalf("first request: %d", got)
+	}
+	if got := spentOn(t, s, "edge", "qwen3", "qwen3-llm_total_token-per-hour"); got != 50 {
+		t.Fatalf("spent %d after the first request, want 50", got)
+	}
+	if got := send(""); got != 200 {
+		t.Fatalf("at exactly 50 of 50: %d, want 200 (the limit is reached, not passed)", got)
+	}
+	if got := send(""); got != 429 {
+		t.Fatalf("at 62 of 50: %d, want 429", got)
+	}
 }

@@ -20,9 +20,12 @@ type stack struct {
 	xdsPort      int
 	extProcPort  int
 	metricsPort  int
-	rateLimit    int // port the policy points Envoy's ratelimit cluster at
-	backends     map[string]int
-	// charges says Envoy charges quotas to a ratelimit service, so tests wait for charges.
+	// extProcMetricsPort serves the metrics of a separate `tollgate extproc`; 0 when the
+	// ext_proc server runs in `tollgate serve`.
+	extProcMetricsPort int
+	rateLimit          int // port the policy points Envoy's ratelimit cluster at
+	backends           map[string]int
+	// charges says quotas are charged to a ratelimit service, so tests wait for charges.
 	charges  bool
 	tollgate *process
 	envoy    *process
@@ -183,6 +186,7 @@ func (s *stack) startExtProc(t testing.TB) *process {
 		"--debounce", "50ms",
 		"--log-level", "debug")
 	p.port = s.extProcPort
+	s.extProcMetricsPort = metrics
 	eventually(t, 15*time.Second, "tollgate extproc serving", func() error {
 		_, err := do("GET", fmt.Sprintf("http://%s/healthz", addr(metrics)), nil, "")
 		return err

@@ -1,0 +1,246 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Charging. Envoy's ratelimit filter checks a user's quotas when a request arrives; the
+// charge for what the request actually cost is sent by this server, once, when the exchange
+// ends — whichever way it ends. A response that completes is charged the usage the backend
+// reported; one that breaks off (the client left, the stream was reset, a timeout) is charged
+// what it had served so far, so leaving early never makes a request free. Only this server
+// sees every one of those endings: Envoy's own "charge when the stream is done" reads a cost
+// that is only published when the response completes.
+
+// Bases of a charge, the values of tollgate_quota_charges_total{basis}.
+const (
+	basisUsage    = "usage"    // the usage the backend reported
+	basisEstimate = "estimate" // estimated from the prompt and the output served
+)
+
+// Results of a charge, the values of tollgate_quota_charges_total{result}.
+const (
+	chargeSent   = "sent"
+	chargeFailed = "failed"
+)
+
+// Charging limits.
+const (
+	// chargeQueueSize bounds charges waiting for a worker. A full queue makes the ending
+	// exchange wait (its response is already out): backpressure instead of dropping charges.
+	chargeQueueSize = 4096
+	// chargeWorkers is the number of charges in flight to the ratelimit service at once.
+	chargeWorkers = 8
+	// chargeAttemptTimeout bounds one call; the service answers in about a millisecond.
+	chargeAttemptTimeout = 2 * time.Second
+	// chargeAttempts is how often a charge is tried while the service is unreachable.
+	chargeAttempts = 4
+	// chargeRetryBase is the first pause between attempts; it doubles each time.
+	chargeRetryBase = 100 * time.Millisecond
+)
+
+// Quota is one counter the requests for a model are charged to.
+type Quota struct {
+	// Name identifies the quota in logs.
+	Name string
+	// Cost names the Config.Costs entry whose value is charged.
+	Cost string
+	// Entries are the descriptor entries before the user's, exactly as Envoy's ratelimit
+	// filter builds them for the check: the charge must address the same counter.
+	Entries []DescriptorEntry
+}
+
+// DescriptorEntry is one key/value pair of a rate limit descriptor.
+type DescriptorEntry struct{ Key, Value string }
+
+// charge is one finished request's bill: one RateLimitRequest with a descriptor per quota,
+// each carrying its own hits_addend.
+type charge struct {
+	target  string // host:port of the ratelimit service
+	request *rlsv3.RateLimitRequest
+	basis   string
+	model   string
+}
+
+// charger sends charges to the ratelimit service from a few workers, retrying while the
+// service is unreachable. It keeps one client connection per service address.
+type charger struct {
+	logger  *slog.Logger
+	metrics *Metrics
+	queue   chan charge
+	workers sync.WaitGroup
+
+	state  sync.RWMutex // guards closed; senders hold it for reading
+	closed bool
+
+	mu    sync.Mutex // guards conns
+	conns map[string]*grpc.ClientConn
+}
+
+func newCharger(logger *slog.Logger, metrics *Metrics) *charger {
+	c := &charger{
+		logger:  logger,
+		metrics: metrics,
+		queue:   make(chan charge, chargeQueueSize),
+		conns:   map[string]*grpc.ClientConn{},
+	}
+	for range chargeWorkers {
+		c.workers.Add(1)
+		go c.work()
+	}
+	return c
+}
+
+// enqueue hands a charge to the workers, waiting for room when the queue is full. After close
+// it is sent right away instead, so a request that ends during shutdown is still charged.
+func (c *charger) enqueue(ch charge) {
+	c.state.RLock()
+	if !c.closed {
+		c.queue <- ch // close waits for the write lock, so the queue is still open here
+		c.state.RUnlock()
+		return
+	}
+	c.state.RUnlock()
+	c.send(ch)
+}
+
+func (c *charger) work() {
+	defer c.workers.Done()
+	for ch := range c.queue {
+		c.send(ch)
+	}
+}
+
+// send makes the call, retrying unreachable-service errors with a doubling pause.
+func (c *charger) send(ch charge) {
+	conn, err := c.conn(ch.target)
+	pause := chargeRetryBase
+	for attempt := 1; err == nil; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), chargeAttemptTimeout)
+		_, err = rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, ch.request)
+		cancel()
+		if err == nil || attempt == chargeAttempts || !retryable(err) {
+			break
+		}
+		time.Sleep(pause)
+		pause *= 2
+	}
+	if err != nil {
+		c.logger.Error("quota charge not delivered; these tokens are not counted",
+			"model", ch.model, "basis", ch.basis, "ratelimit", ch.target, "descriptors", describe(ch.request), "error", err)
+		c.metrics.charges.WithLabelValues(ch.basis, chargeFailed).Inc()
+		return
+	}
+	c.metrics.charges.WithLabelValues(ch.basis, chargeSent).Inc()
+}
+
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *charger) conn(target string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if conn, ok := c.conns[target]; ok {
+		return conn, nil
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	c.conns[target] = conn
+	return conn, nil
+}
+
+// close stops taking queued charges and waits until every queued one is sent (or ctx ends);
+// charges already handed over are not lost to a clean shutdown.
+func (c *charger) close(ctx context.Context) error {
+	c.state.Lock()
+	if c.closed {
+		c.state.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.queue)
+	c.state.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		c.workers.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = errors.New("charges still being sent when shutdown gave up")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for target, conn := range c.conns {
+		_ = conn.Close()
+		delete(c.conns, target)
+	}
+	return err
+}
+
+// chargeRequest builds the bill for one user's request on model: one descriptor per quota
+// with a non-zero cost. It returns nil when nothing is to be charged.
+func chargeRequest(cfg *Config, model, user string, costs map[string]int64) *rlsv3.RateLimitRequest {
+	var descriptors []*ratelimitv3.RateLimitDescriptor
+	for _, q := range cfg.Quotas[model] {
+		hits, ok := costs[q.Cost]
+		if !ok || hits <= 0 {
+			continue // a zero addend would only check, and an unknown cost is never guessed
+		}
+		entries := make([]*ratelimitv3.RateLimitDescriptor_Entry, 0, len(q.Entries)+1)
+		for _, e := range q.Entries {
+			entries = append(entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: e.Key, Value: e.Value})
+		}
+		entries = append(entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: cfg.UserDescriptorKey, Value: user})
+		descriptors = append(descriptors, &ratelimitv3.RateLimitDescriptor{
+			Entries:    entries,
+			HitsAddend: wrapperspb.UInt64(uint64(hits)),
+		})
+	}
+	if len(descriptors) == 0 {
+		return nil
+	}
+	return &rlsv3.RateLimitRequest{Domain: cfg.RateLimitDomain, Descriptors: descriptors}
+}
+
+// describe renders a request's descriptors for a log line.
+func describe(req *rlsv3.RateLimitRequest) []string {
+	out := make([]string, 0, len(req.GetDescriptors()))
+	for _, d := range req.GetDescriptors() {
+		var b strings.Builder
+		for i, e := range d.GetEntries() {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(e.GetKey() + "=" + e.GetValue())
+		}
+		fmt.Fprintf(&b, " +%d", d.GetHitsAddend().GetValue())
+		out = append(out, b.String())
+	}
+	return out
+}
