@@ -2,6 +2,7 @@ package policies
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -571,5 +572,136 @@ func BenchmarkParseSeed(b *testing.B) {
 		if _, err := Parse("policy.yaml", data, noEnv); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// userIDCases are ids on either side of CheckUserID's rule.
+var (
+	validUserIDs = []string{
+		"alice", "bob@example.com", "4711", "josé", "用户", "Ölçü-ß_ø", "a\u00e9\u0301",
+		strings.Repeat("a", MaxUserIDBytes),
+		strings.Repeat("用", MaxUserIDBytes/3), // 255 bytes of three-byte characters
+	}
+	invalidUserIDs = map[string]string{
+		"":                                    "empty",
+		"mallory\xff\xfe":                     "not valid UTF-8",
+		"\xc3":                                "not valid UTF-8", // a sequence cut short
+		"\x00":                                "non-printable character (U+0000)",
+		"a\x00b":                              "non-printable character (U+0000)",
+		"a\tb":                                "whitespace (U+0009)",
+		"a\nb":                                "whitespace (U+000A)",
+		"\x7f":                                "non-printable character (U+007F)",
+		"a\u0085b":                            "whitespace (U+0085)", // C1 NEL is also whitespace
+		"a\u009bb":                            "non-printable character (U+009B)",
+		"a\u200bb":                            "non-printable character (U+200B)", // zero-width space
+		"admin\u202e":                         "non-printable character (U+202E)", // right-to-left override
+		"\ufeffalice":                         "non-printable character (U+FEFF)",
+		"a\u00a0b":                            "whitespace (U+00A0)",
+		"   ":                                 "whitespace (U+0020)",
+		" alice":                              "whitespace (U+0020)",
+		"alice ":                              "whitespace (U+0020)",
+		"a b":                                 "whitespace (U+0020)",
+		strings.Repeat("a", MaxUserIDBytes+1): "257 bytes, more than 256",
+		strings.Repeat("用", MaxUserIDBytes/3+1): "258 bytes, more than 256",
+	}
+)
+
+func TestCheckUserID(t *testing.T) {
+	for _, id := range validUserIDs {
+		if err := CheckUserID(id); err != nil {
+			t.Errorf("CheckUserID(%q) = %v, want nil", id, err)
+		}
+	}
+	for id, want := range invalidUserIDs {
+		err := CheckUserID(id)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckUserID(%q) = %v, want an error containing %q", id, err, want)
+		}
+	}
+	if !strings.Contains(UserIDRule, fmt.Sprint(MaxUserIDBytes)) {
+		t.Errorf("UserIDRule %q does not state the %d-byte bound", UserIDRule, MaxUserIDBytes)
+	}
+}
+
+// TestUserIDsInPolicy: every place the policy names a user applies CheckUserID, and reports the
+// field path. The ids are set on a parsed policy, since raw bytes that are not UTF-8 cannot get
+// through the YAML decoder in the first place.
+func TestUserIDsInPolicy(t *testing.T) {
+	celEnv, celErr := CostEnv()
+	check := func(t *testing.T, id string, edit func(p *Policy) string) (path string, errs []FieldError) {
+		t.Helper()
+		p := mustParse(t, seedPolicy)
+		path = edit(p)
+		errs = validate(p, celEnv, celErr)
+		if p.Identity.Mode == IdentityAPIKeys {
+			errs = append(errs, resolveIdentity(&p.Identity, t.TempDir())...)
+		}
+		return path, errs
+	}
+	places := map[string]func(id string) func(p *Policy) string{
+		"tier": func(id string) func(p *Policy) string {
+			return func(p *Policy) string {
+				p.Tiers = []Tier{{Name: "gold", Users: []string{"carol", id}}}
+				return "tiers[0].users[1]"
+			}
+		},
+		"override": func(id string) func(p *Policy) string {
+			return func(p *Policy) string {
+				p.Quotas[2].Overrides = []Override{{User: id, Limit: 5}}
+				return "quotas[2].overrides[0].user"
+			}
+		},
+		"api key": func(id string) func(p *Policy) string {
+			return func(p *Policy) string {
+				p.Identity = Identity{Mode: IdentityAPIKeys, Header: "x-user-id", APIKeys: []APIKey{
+					{User: "carol", SHA256: strings.Repeat("a", 64)},
+					{User: id, SHA256: strings.Repeat("b", 64)},
+				}}
+				return "identity.apiKeys[1].user"
+			}
+		},
+	}
+	for place, edit := range places {
+		t.Run(place, func(t *testing.T) {
+			for _, id := range validUserIDs {
+				if _, errs := check(t, id, edit(id)); len(errs) != 0 {
+					t.Errorf("user %q refused: %v", id, errs)
+				}
+			}
+			for id := range invalidUserIDs {
+				if id == "" && place != "tier" {
+					continue // an empty override or key user is "set exactly one" / "required"
+				}
+				path, errs := check(t, id, edit(id))
+				if len(errs) != 1 || errs[0].Path != path || !strings.Contains(errs[0].Message, "not a valid user id") {
+					t.Errorf("user %q: errors %v, want one at %s saying it is not a valid user id", id, errs, path)
+				}
+			}
+		})
+	}
+}
+
+// TestUserIDErrorsInPolicyFile: the messages for ids written in a policy file name the field and
+// the rule, and control characters written as YAML escapes are caught too.
+func TestUserIDErrorsInPolicyFile(t *testing.T) {
+	tests := []struct{ name, users, path, msg string }{
+		{"DEL", `["carol", "a\x7f"]`, "tiers[0].users[1]", "non-printable character (U+007F)"},
+		{"NUL", `["\0"]`, "tiers[0].users[0]", "non-printable character (U+0000)"},
+		{"tab", `["a\tb"]`, "tiers[0].users[0]", "whitespace (U+0009)"},
+		{"blank", `["   "]`, "tiers[0].users[0]", "whitespace (U+0020)"},
+		{"leading space", `[" alice"]`, "tiers[0].users[0]", "whitespace (U+0020)"},
+		{"too long", `[` + strings.Repeat("a", MaxUserIDBytes+1) + `]`, "tiers[0].users[0]", "257 bytes, more than 256"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := parseErrors(t, seedWith(t, "quotas:\n", "tiers: [{name: gold, users: "+tt.users+"}]\nquotas:\n"))
+			if len(errs) != 1 || !hasError(errs, tt.path, "not a valid user id", tt.msg, UserIDRule) {
+				t.Errorf("errors %v, want %s: ... %s ... (%s)", errs, tt.path, tt.msg, UserIDRule)
+			}
+		})
+	}
+	p := mustParse(t, seedWith(t, "quotas:\n", "tiers: [{name: intl, users: [josé, 用户]}]\nquotas:\n"))
+	if got := p.Tiers[0].Users; len(got) != 2 || got[0] != "josé" || got[1] != "用户" {
+		t.Errorf("tier users %q", got)
 	}
 }

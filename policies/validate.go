@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -454,8 +455,8 @@ func (v *validator) tiers(ts []Tier) nameSet {
 		for j, u := range t.Users {
 			upath := indexPath(path+".users", j)
 			switch {
-			case !validUserID(u):
-				v.add(upath, "%q is not a valid user id (printable, no whitespace, at most %d bytes)", u, maxNameBytes)
+			case !v.checkUserID(upath, u):
+				// reported; an invalid id joins no tier
 			case memberOf[u] != "":
 				v.add(upath, "user %q is already in tier %q; a user belongs to at most one tier", u, memberOf[u])
 			default:
@@ -466,7 +467,64 @@ func (v *validator) tiers(ts []Tier) nameSet {
 	return names
 }
 
-func validUserID(u string) bool { return u != "" && len(u) <= maxNameBytes && isPrintableWord(u) }
+// MaxUserIDBytes bounds a user id. An id becomes a ratelimit descriptor value and part of one
+// Redis key per quota and window, whoever chose it: a client in header mode, a token issuer in
+// jwt mode, the policy's author in apiKeys mode.
+const MaxUserIDBytes = maxNameBytes
+
+// CheckUserID returns why s cannot be a user id, or nil. One rule holds wherever an id comes
+// from (tiers, overrides and API keys in the policy; the identity header, an API key or a token
+// claim at request time), so every id a request is metered under can also be named in a tier or
+// an override:
+//
+//   - 1 to MaxUserIDBytes bytes. Each distinct id costs a Redis key, and the bound keeps it small.
+//   - Valid UTF-8. The ratelimit service receives ids as protobuf strings, and a request it
+//     cannot decode is answered with an error, which Envoy treats as "not limited" when the
+//     failure mode is open.
+//   - Printable characters only (unicode.IsPrint): no C0 or C1 control characters, no DEL, no
+//     format characters such as zero-width or bidirectional controls, no private-use or
+//     unassigned code points. Such characters corrupt logs and make ids that look alike in
+//     `tollgate quota` and the access log but count separately.
+//   - No whitespace at all. HTTP parsers trim it at the ends of a header value, so such an id
+//     may not arrive as it was sent; inside an id it makes log lines and `tollgate quota` output
+//     ambiguous. The policy has always refused it, and a client must not be metered under an
+//     id the policy could not name.
+//
+// Letters of any script are fine: "josé" and "用户" are valid ids.
+func CheckUserID(s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty")
+	case len(s) > MaxUserIDBytes:
+		return fmt.Errorf("%d bytes, more than %d", len(s), MaxUserIDBytes)
+	case !utf8.ValidString(s):
+		return errors.New("not valid UTF-8")
+	}
+	for _, r := range s {
+		switch {
+		case unicode.IsSpace(r):
+			return fmt.Errorf("contains whitespace (%U)", r)
+		case !unicode.IsPrint(r):
+			return fmt.Errorf("contains a non-printable character (%U)", r)
+		}
+	}
+	return nil
+}
+
+// UserIDRule describes the ids CheckUserID accepts, for messages.
+const UserIDRule = "printable UTF-8 without whitespace, at most 256 bytes"
+
+// validUserID is CheckUserID as a predicate.
+func validUserID(u string) bool { return CheckUserID(u) == nil }
+
+// checkUserID reports an invalid user id at path and returns whether the id is valid.
+func (v *validator) checkUserID(path, user string) bool {
+	if err := CheckUserID(user); err != nil {
+		v.add(path, "%q is not a valid user id: %v; a user id is %s", user, err, UserIDRule)
+		return false
+	}
+	return true
+}
 
 func (v *validator) overrides(path string, os []Override, tiers nameSet) {
 	seen := map[string]string{}
@@ -476,8 +534,8 @@ func (v *validator) overrides(path string, os []Override, tiers nameSet) {
 		switch {
 		case (o.User == "") == (o.Tier == ""):
 			v.add(opath, "set exactly one of user and tier")
-		case o.User != "" && !validUserID(o.User):
-			v.add(opath+".user", "%q is not a valid user id (printable, no whitespace, at most %d bytes)", o.User, maxNameBytes)
+		case o.User != "" && !v.checkUserID(opath+".user", o.User):
+			// reported
 		case o.User != "":
 			key = "user " + o.User
 		case !tiers.has[o.Tier]:

@@ -190,6 +190,12 @@ func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
 		MaxResponseBytes: maxResponseBytes,
 		MaxEventBytes:    maxEventBytes,
 		UserLabel:        p.Metrics.UserLabel,
+		CheckUserID: func(id string) error {
+			if err := policies.CheckUserID(id); err != nil {
+				return fmt.Errorf("%w; a user id is %s", err, policies.UserIDRule)
+			}
+			return nil
+		},
 	}
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend

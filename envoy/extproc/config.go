@@ -2,10 +2,12 @@ package extproc
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/google/cel-go/cel"
 
@@ -161,6 +163,10 @@ type Config struct {
 	UserDescriptorKey string
 	// Quotas lists, by model, the counters a request for that model is charged to.
 	Quotas map[string][]Quota
+	// CheckUserID says why an id cannot be a user (the policy's rule), or nil. Every mode's
+	// id passes it before the request goes on; a failing one is answered 400. Default: valid
+	// UTF-8 of 1 to DefaultMaxUserIDBytes bytes, the least the ratelimit service needs.
+	CheckUserID func(string) error
 }
 
 // Defaults for zero Config fields.
@@ -169,6 +175,7 @@ const (
 	DefaultMaxResponseBytes = 8 << 20
 	DefaultMaxEventBytes    = 1 << 20
 	DefaultJWTClaim         = "sub"
+	DefaultMaxUserIDBytes   = 256
 )
 
 // withDefaults returns a copy of cfg with zero fields filled in and header names lowercased,
@@ -199,7 +206,21 @@ func withDefaults(cfg *Config) *Config {
 	if out.MaxEventBytes <= 0 {
 		out.MaxEventBytes = DefaultMaxEventBytes
 	}
+	if out.CheckUserID == nil {
+		out.CheckUserID = minimalUserID
+	}
 	return &out
+}
+
+// minimalUserID accepts what the ratelimit service can take as a descriptor value.
+func minimalUserID(s string) error {
+	switch {
+	case s == "" || len(s) > DefaultMaxUserIDBytes:
+		return fmt.Errorf("it must be 1 to %d bytes", DefaultMaxUserIDBytes)
+	case !utf8.ValidString(s):
+		return errors.New("not valid UTF-8")
+	}
+	return nil
 }
 
 // modelLabel bounds metric cardinality: a model the policy does not know is "_OTHER".

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // harness is an ext_proc server on a real gRPC connection, with its own metrics registry and a
@@ -228,6 +229,8 @@ func testConfig(t testing.TB) *Config {
 		MaxRequestBytes:  64 << 10,
 		MaxResponseBytes: 64 << 10,
 		MaxEventBytes:    16 << 10,
+		// The policy's rule, as tollgate wires it; only tests import policies from here.
+		CheckUserID: policies.CheckUserID,
 	}
 }
 

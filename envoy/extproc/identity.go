@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -14,26 +12,72 @@ import (
 	"github.com/tollgate-dev/tollgate/envoy"
 )
 
-// maxUserBytes bounds a user id taken from a token, as the policy bounds the ones it names:
-// it becomes a ratelimit descriptor value and part of a Redis key.
-const maxUserBytes = 256
-
 // identify works out who sends the request. It returns the user, or the rejection to answer
 // with. Every mode rejects before the request reaches the ratelimit filter, so unidentified
 // traffic is never counted (or, worse, let through unlimited) and creates no counters.
+//
+// Whatever the mode, the id must pass the policy's user id rule. An id the ratelimit service
+// cannot decode (bytes that are not UTF-8) makes its check fail, and with failureMode open Envoy
+// lets such a request through unlimited; the other rules keep ids legible in logs and equal to
+// what the policy can name.
 func (ex *exchange) identify(headers *corev3.HeaderMap, meta *corev3.Metadata) (string, *rejection) {
+	var user string
+	var rejected *rejection
 	switch ex.cfg.Identity {
 	case IdentityFromAPIKey:
-		return ex.userFromAPIKey(headers)
+		user, rejected = ex.userFromAPIKey(headers)
 	case IdentityFromJWT:
-		return ex.userFromJWT(meta)
+		user, rejected = ex.userFromJWT(meta)
 	default:
-		return ex.userFromHeader(headers)
+		user, rejected = ex.userFromHeader(headers)
+	}
+	if rejected != nil {
+		return "", rejected
+	}
+	if err := ex.cfg.CheckUserID(user); err != nil {
+		return "", ex.invalidUser(user, err)
+	}
+	return user, nil
+}
+
+// invalidUser answers a request whose user id breaks the rule. The message names the problem
+// but never repeats the id: it may be arbitrary bytes, and the client already has it.
+func (ex *exchange) invalidUser(user string, problem error) *rejection {
+	var source string
+	switch ex.cfg.Identity {
+	case IdentityFromAPIKey:
+		source = "the API key's user"
+	case IdentityFromJWT:
+		source = fmt.Sprintf("the token's %q claim", ex.cfg.JWTClaim)
+	default:
+		source = fmt.Sprintf("the %s header", ex.cfg.IdentityHeader)
+	}
+	ex.logger.Debug("request with an invalid user id rejected", "mode", ex.cfg.Identity.String(),
+		"user", userForLog(user), "problem", problem.Error())
+	return &rejection{
+		status:  400,
+		outcome: outcomeRejected400,
+		err: apiError{
+			Message: fmt.Sprintf("invalid user: %s is not a valid user id: %v", source, problem),
+			Type:    errorTypeInvalidRequest,
+			Code:    optional("invalid_user"),
+		},
+		details: "tollgate_invalid_user",
 	}
 }
 
+// userForLog quotes an untrusted id and cuts it short, so that the log stays one readable line
+// whatever the id holds.
+func userForLog(user string) string {
+	const maxLogged = 64
+	if len(user) > maxLogged {
+		return strconv.Quote(user[:maxLogged]) + "..."
+	}
+	return strconv.Quote(user)
+}
+
 // userFromHeader trusts the identity header: safe only behind a proxy that authenticates users
-// and sets it.
+// and sets it. A blank header counts as missing; identify checks what the value holds.
 func (ex *exchange) userFromHeader(headers *corev3.HeaderMap) (string, *rejection) {
 	users := headerValues(headers, ex.cfg.IdentityHeader)
 	if len(users) == 0 || strings.TrimSpace(users[0]) == "" {
@@ -128,7 +172,9 @@ func (ex *exchange) userFromJWT(meta *corev3.Metadata) (string, *rejection) {
 		return "", tokenRejection("missing or unverified bearer token", "missing_token")
 	}
 	user, ok := claimString(payload.GetFields()[ex.cfg.JWTClaim])
-	if !ok || !usableUserID(user) {
+	if !ok || user == "" {
+		// identify checks a claim that names someone; one that names no one is a token
+		// problem, answered like the other token problems.
 		return "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a user", ex.cfg.JWTClaim), "invalid_token")
 	}
 	return user, nil
@@ -157,19 +203,6 @@ func tokenRejection(message, code string) *rejection {
 		err:     apiError{Message: message, Type: errorTypeAuthentication, Code: optional(code)},
 		details: "tollgate_" + code,
 	}
-}
-
-// usableUserID accepts what the policy accepts as a user id: printable, no whitespace, bounded.
-func usableUserID(s string) bool {
-	if s == "" || len(s) > maxUserBytes || !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
-			return false
-		}
-	}
-	return true
 }
 
 // identityMutation is what the request headers answer changes so that only the gateway decides

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -196,7 +197,6 @@ func TestJWTWithoutUsablePayloadIsRejected(t *testing.T) {
 		{"other namespace", &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"other": {}}}, "missing_token"},
 		{"no user claim", jwtMetadata(t, map[string]any{"iss": "x"}), "invalid_token"},
 		{"empty user claim", jwtMetadata(t, map[string]any{"sub": ""}), "invalid_token"},
-		{"user claim with spaces", jwtMetadata(t, map[string]any{"sub": "a b"}), "invalid_token"},
 		{"object claim", jwtMetadata(t, map[string]any{"sub": map[string]any{"id": "a"}}), "invalid_token"},
 		{"fractional claim", jwtMetadata(t, map[string]any{"sub": 1.5}), "invalid_token"},
 	}
@@ -213,6 +213,126 @@ func TestJWTWithoutUsablePayloadIsRejected(t *testing.T) {
 			}
 		})
 	}
+}
+
+// userIDCases are ids on either side of the user id rule, as a client or a token can present them.
+var (
+	validUserIDs = []string{"alice", "bob@example.com", "josé", "用户", strings.Repeat("u", 256)}
+	// invalidUserIDs map each id to the problem the error message names.
+	invalidUserIDs = map[string]string{
+		"mallory\xff\xfe":        "not valid UTF-8",
+		"\x00":                   "U+0000",
+		"a\tb":                   "U+0009",
+		"\x7f":                   "U+007F",
+		"a\u0085b":               "U+0085",
+		"a\u009bb":               "U+009B",
+		"a\u200bb":               "U+200B",
+		" alice":                 "U+0020",
+		"alice ":                 "U+0020",
+		strings.Repeat("u", 257): "257 bytes",
+	}
+)
+
+// wantInvalidUser checks resp is the 400 invalid_user answer, and that it does not repeat the id.
+func wantInvalidUser(t *testing.T, h *harness, resp *extprocv3.ProcessingResponse, user, problem string) {
+	t.Helper()
+	got := immediate(t, resp, 400)
+	if got.Error.Type != "invalid_request_error" || got.Error.Code == nil || *got.Error.Code != "invalid_user" {
+		t.Fatalf("error %+v, want invalid_request_error / invalid_user", got.Error)
+	}
+	if !strings.Contains(got.Error.Message, problem) {
+		t.Errorf("message %q does not name the problem %q", got.Error.Message, problem)
+	}
+	if strings.TrimSpace(user) != "" && strings.Contains(got.Error.Message, strings.TrimSpace(user)) {
+		t.Errorf("message %q repeats the id", got.Error.Message)
+	}
+	if d := resp.GetImmediateResponse().GetDetails(); d != "tollgate_invalid_user" {
+		t.Errorf("details %q, want tollgate_invalid_user", d)
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(outcomeRejected400)); n != 1 {
+		t.Errorf("400 outcomes = %v, want 1", n)
+	}
+}
+
+// TestHeaderModeUserIDRule: in header mode the client chooses the id, so the id must pass the
+// policy's rule before anything else looks at the request; in particular bytes that are not
+// UTF-8 never reach the ratelimit descriptor.
+func TestHeaderModeUserIDRule(t *testing.T) {
+	for _, user := range validUserIDs {
+		t.Run("valid "+user[:min(len(user), 16)], func(t *testing.T) {
+			h := newHarness(t, testConfig(t))
+			c := h.open(t)
+			if resp := c.send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, user)); resp.GetImmediateResponse() != nil {
+				t.Fatalf("user %q refused: %v", user, resp.GetImmediateResponse())
+			}
+			body := c.send(requestBody(chatBody))
+			if v, _ := setValue(t, headerMutation(t, body), envoy.DefaultModelHeader); v != "qwen3" {
+				t.Fatalf("model header %q for user %q", v, user)
+			}
+		})
+	}
+	for user, problem := range invalidUserIDs {
+		t.Run(fmt.Sprintf("invalid %q", user[:min(len(user), 16)]), func(t *testing.T) {
+			h := newHarness(t, testConfig(t))
+			c := h.open(t)
+			resp := c.send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, user))
+			wantInvalidUser(t, h, resp, user, problem)
+			if !strings.Contains(immediate(t, resp, 400).Error.Message, "the x-user-id header") {
+				t.Errorf("message does not name the header: %+v", immediate(t, resp, 400).Error)
+			}
+			c.end()
+		})
+	}
+	// A blank header still counts as no header at all.
+	h := newHarness(t, testConfig(t))
+	got := immediate(t, h.open(t).send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "   ")), 401)
+	if got.Error.Code == nil || *got.Error.Code != "missing_user" {
+		t.Errorf("blank header: %+v, want missing_user", got.Error)
+	}
+}
+
+// TestJWTClaimUserIDRule: a verified token still has to name a valid id.
+func TestJWTClaimUserIDRule(t *testing.T) {
+	for _, user := range validUserIDs {
+		cfg := testConfig(t)
+		cfg.Identity = IdentityFromJWT
+		h := newHarness(t, cfg)
+		req := withMetadata(apiKeyHeaders(len(chatBody)), jwtMetadata(t, map[string]any{"sub": user}))
+		if got, _ := setValue(t, headerMutation(t, h.open(t).send(req)), envoy.DefaultUserHeader); got != user {
+			t.Errorf("identity header %q, want %q", got, user)
+		}
+	}
+	for user, problem := range invalidUserIDs {
+		if !utf8.ValidString(user) {
+			continue // jwt_authn forwards the payload as a protobuf Struct: its strings are UTF-8
+		}
+		t.Run(fmt.Sprintf("%q", user[:min(len(user), 16)]), func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Identity = IdentityFromJWT
+			h := newHarness(t, cfg)
+			req := withMetadata(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "alice"), jwtMetadata(t, map[string]any{"sub": user}))
+			resp := h.open(t).send(req)
+			wantInvalidUser(t, h, resp, user, problem)
+			if !strings.Contains(immediate(t, resp, 400).Error.Message, `"sub" claim`) {
+				t.Errorf("message does not name the claim: %+v", immediate(t, resp, 400).Error)
+			}
+		})
+	}
+}
+
+// TestAPIKeyUserIDRule: ids from API keys come from the validated policy, but a Config built any
+// other way gets the same check rather than trust.
+func TestAPIKeyUserIDRule(t *testing.T) {
+	cfg := apiKeyConfig(t)
+	cfg.APIKeys[HashKey("tg-intl")] = "用户"
+	cfg.APIKeys[HashKey("tg-broken")] = "mallory\xff\xfe"
+	h := newHarness(t, cfg)
+	m := headerMutation(t, h.open(t).send(apiKeyHeaders(len(chatBody), "x-api-key", "tg-intl")))
+	if got, _ := setValue(t, m, envoy.DefaultUserHeader); got != "用户" {
+		t.Errorf("identity header %q, want 用户", got)
+	}
+	resp := h.open(t).send(apiKeyHeaders(len(chatBody), "x-api-key", "tg-broken"))
+	wantInvalidUser(t, h, resp, "mallory", "not valid UTF-8")
 }
 
 func TestHeaderModeKeepsClientIdentity(t *testing.T) {
