@@ -409,8 +409,8 @@ func TestWatchFollowsReferenceChanges(t *testing.T) {
 	r.next(t)
 	writeFile(t, filepath.Join(dir, "new", "keys.yaml"), "- {user: bob, sha256: "+hashOf("b")+"}\n")
 	r.next(t)
-	// The old file no longer matters: its directory is not watched any more, and a read that
-	// an event next to the policy causes finds nothing new.
+	// The old file no longer matters: its directory is not watched any more, and an event for
+	// a file the policy does not depend on is ignored (the helper sees it reported as such).
 	writeFile(t, filepath.Join(dir, "old", "keys.yaml"), "- {user: eve, sha256: "+hashOf("e")+"}\n")
 	writeFile(t, filepath.Join(dir, "unrelated.txt"), "x")
 	r.skipUndelivered(t)

@@ -26,8 +26,8 @@ import (
 const defaultPollInterval = 15 * time.Second
 
 // maxDebounceWaits bounds how long a stream of events can postpone a read: at most this many
-// debounce periods after the first event. Other files in the same directory (logs, editor swap
-// files) also produce events, and they must not be able to starve reloads.
+// debounce periods after the first event, so that a file rewritten without pause is still
+// reloaded.
 const maxDebounceWaits = 10
 
 // Watcher calls onChange with a file's content whenever it changes: after edits settle for
@@ -36,13 +36,19 @@ const maxDebounceWaits = 10
 // too. Run delivers the current content once at start, Reload forces a delivery even if nothing
 // changed (for SIGHUP), and Run blocks until its context ends.
 //
-// Any event in the directory leads to a read, and the content comparison decides; this is what
-// makes renames, symlink flips and Kubernetes ConfigMap updates (which swap a "..data" symlink)
-// work without special cases. A Watcher runs one Run at a time.
+// An event leads to a read only when it names a path the policy's content can depend on: the
+// file itself, each symlink followed to reach it and the directories on the way, and the same
+// for every file the policy refers to. The content comparison then decides. That covers saves by
+// rename, symlink flips and Kubernetes ConfigMap updates (which swap a "..data" symlink next to
+// the file), while other files in the directory, such as tollgate's own log, cause no reads. A
+// Watcher runs one Run at a time.
 //
 // The files a policy refers to (identity.apiKeysFile, identity.jwt.jwksFile, {file: ...}
 // secrets) are read on every policy load, so their directories are watched too: when one of
 // them changes, the policy's content is delivered again even though it did not change itself.
+//
+// A missing or unreadable file is logged when the problem starts or changes, not on every read
+// that finds it again: the periodic read would otherwise repeat it forever.
 type Watcher struct {
 	path         string
 	debounce     time.Duration
@@ -55,6 +61,9 @@ type Watcher struct {
 	// afterRead, when set, observes every read attempt; tests use it to know that an event
 	// has been fully handled without sleeping.
 	afterRead func(delivered bool, err error)
+	// ignored, when set, observes every event that names no path the policy depends on and
+	// so causes no read.
+	ignored func(ev fsnotify.Event)
 }
 
 // NewWatcher prepares a watcher of the file at path. A nil logger discards logs.
@@ -125,6 +134,12 @@ func (w *Watcher) Run(ctx context.Context, onChange func(content []byte)) error 
 			if !ok {
 				return errors.New("policy file watcher closed")
 			}
+			if !s.relevant(ev.Name) {
+				if w.ignored != nil {
+					w.ignored(ev)
+				}
+				continue
+			}
 			w.logger.Debug("policy directory event", "event", ev.String())
 			schedule()
 		case err, ok := <-fsw.Errors:
@@ -167,6 +182,14 @@ type watchState struct {
 	refDirs map[string]bool
 	// lastRefs fingerprints the referenced files at the last delivery.
 	lastRefs string
+	// refs are the referenced files found at the last successful read, absolute.
+	refs []string
+	// dependsOn holds every path whose change can change what a read finds (see relevant);
+	// rebuilt on each read.
+	dependsOn map[string]bool
+	// problem is the last read problem logged ("" after a successful read), so a file that
+	// stays missing is reported once, not on every read.
+	problem string
 }
 
 // read delivers the file's content when it changed since the last delivery, or always when force.
@@ -180,16 +203,19 @@ func (s *watchState) read(force bool) {
 
 func (s *watchState) readOnce(force bool) (bool, error) {
 	data, err := os.ReadFile(s.path)
+	// Whatever the outcome, the paths to watch for are those of the file system as it is now.
+	defer s.trackDependencies()
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			s.w.logger.Warn("policy file is missing; waiting for it to reappear", "path", s.w.path)
-		} else {
-			s.w.logger.Error("cannot read policy file", "path", s.w.path, "error", err)
-		}
+		s.reportProblem(err)
 		return false, err
+	}
+	if s.problem != "" {
+		s.w.logger.Info("policy file is readable again", "path", s.w.path)
+		s.problem = ""
 	}
 	s.followSymlink()
 	refs := s.referencedPaths(data)
+	s.refs = refs
 	s.watchReferenceDirs(refs)
 	fingerprint := fingerprintFiles(refs)
 	if s.delivered && !force && bytes.Equal(data, s.last) && fingerprint == s.lastRefs {
@@ -198,6 +224,78 @@ func (s *watchState) readOnce(force bool) (bool, error) {
 	s.last, s.lastRefs, s.delivered = data, fingerprint, true
 	s.onChange(data)
 	return true, nil
+}
+
+// reportProblem logs a failed read unless the same problem was logged last: a file that stays
+// missing is read again on every poll and after every relevant event.
+func (s *watchState) reportProblem(err error) {
+	problem := "missing"
+	if !errors.Is(err, fs.ErrNotExist) {
+		problem = err.Error()
+	}
+	if problem == s.problem {
+		s.w.logger.Debug("policy file still unreadable", "path", s.w.path, "error", err)
+		return
+	}
+	s.problem = problem
+	if problem == "missing" {
+		s.w.logger.Warn("policy file is missing; waiting for it to reappear", "path", s.w.path)
+	} else {
+		s.w.logger.Error("cannot read policy file", "path", s.w.path, "error", err)
+	}
+}
+
+// relevant reports whether an event on name can change what the next read finds.
+func (s *watchState) relevant(name string) bool {
+	return s.dependsOn[filepath.Clean(name)]
+}
+
+// trackDependencies records the paths events are relevant for: for the policy file and each
+// referenced file, the path itself, every symlink followed from it, where it finally resolves,
+// and the directories along each of those (a "..data" directory symlink swapped in a
+// Kubernetes volume is one of them).
+func (s *watchState) trackDependencies() {
+	deps := map[string]bool{}
+	for _, p := range append([]string{s.path}, s.refs...) {
+		for _, q := range symlinkChain(p) {
+			for ; !deps[q]; q = filepath.Dir(q) {
+				deps[q] = true
+			}
+		}
+	}
+	s.dependsOn = deps
+}
+
+// maxSymlinkHops bounds symlinkChain on a symlink loop.
+const maxSymlinkHops = 40
+
+// symlinkChain returns path, each path its symlinks point to in turn (relative targets anchored
+// at the link's directory), and the fully resolved path when it exists. It stops where a path
+// does not exist: creating that path is then the change to look out for.
+func symlinkChain(path string) []string {
+	chain := []string{path}
+	for range maxSymlinkHops {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			break
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		path = filepath.Clean(target)
+		chain = append(chain, path)
+	}
+	// The loop follows the last element only; the fully resolved path also goes through
+	// directory symlinks, and the watch of a symlink target's directory names its events
+	// after it.
+	if resolved, err := filepath.EvalSymlinks(chain[0]); err == nil {
+		chain = append(chain, resolved)
+	}
+	return chain
 }
 
 // referencedPaths returns the absolute paths of the files content refers to, sorted.

@@ -3,10 +3,16 @@ package policies
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 )
 
 // waitTimeout is generous: it only bounds a failing test, a passing one never waits for it.
@@ -23,20 +29,36 @@ type watchRun struct {
 	reads      chan readResult
 }
 
+// readResult is one read attempt, or an event the watcher ignored without reading (ignored
+// is then set): either way the event before it has been handled.
 type readResult struct {
 	delivered bool
 	err       error
+	ignored   string // the ignored event's path
 }
 
 // startWatch runs a Watcher on path until the test ends.
 func startWatch(t *testing.T, path string, debounce time.Duration) *watchRun {
 	t.Helper()
+	return startWatcher(t, NewWatcher(path, debounce, nil))
+}
+
+// startWatcher runs w until the test ends.
+func startWatcher(t *testing.T, w *Watcher) *watchRun {
+	t.Helper()
 	r := &watchRun{
-		w:          NewWatcher(path, debounce, nil),
+		w:          w,
 		deliveries: make(chan []byte, 100),
-		reads:      make(chan readResult, 100),
+		reads:      make(chan readResult, 4096),
 	}
-	r.w.afterRead = func(delivered bool, err error) { r.reads <- readResult{delivered, err} }
+	r.w.afterRead = func(delivered bool, err error) { r.reads <- readResult{delivered: delivered, err: err} }
+	r.w.ignored = func(ev fsnotify.Event) {
+		// Never block the watcher: tests that flood the directory do not read these.
+		select {
+		case r.reads <- readResult{ignored: ev.Name}:
+		default:
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -286,5 +308,184 @@ func TestWatchPollsWithoutEvents(t *testing.T) {
 	}
 	if got := r.next(t); got != "v2" {
 		t.Errorf("poll delivered %q, want v2", got)
+	}
+}
+
+// logBuffer collects a watcher's log lines; the watcher writes from its own goroutine.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// count returns how many log lines contain s.
+func (b *logBuffer) count(s string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Count(b.buf.String(), s)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func loggingWatcher(path string, debounce time.Duration) (*Watcher, *logBuffer) {
+	logs := &logBuffer{}
+	return NewWatcher(path, debounce, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), logs
+}
+
+const missingWarning = "policy file is missing"
+
+// awaitIgnored waits until the watcher ignored an event on path, and fails on any read before:
+// events arrive in order, so every earlier event caused no read either.
+func (r *watchRun) awaitIgnored(t *testing.T, path string) {
+	t.Helper()
+	for {
+		res := r.nextRead(t)
+		if res.ignored == "" {
+			t.Fatalf("a read (delivered=%v, err=%v) while waiting for the event on %s to be ignored", res.delivered, res.err, path)
+		}
+		if res.ignored == path {
+			return
+		}
+	}
+}
+
+// TestWatchMissingFileIgnoresOtherFiles: with the policy file gone, a file written over and over
+// next to it (tollgate's own log, say) causes no reads and no more warnings; the policy's
+// return is still seen at once.
+func TestWatchMissingFileIgnoresOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	w, logs := loggingWatcher(path, time.Millisecond)
+	r := startWatcher(t, w)
+	if res := r.nextRead(t); res.err == nil {
+		t.Fatalf("first read of a missing file = %+v, want an error", res)
+	}
+	other := filepath.Join(dir, "tollgate.log")
+	f, err := os.OpenFile(other, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 200 {
+		if _, err := fmt.Fprintf(f, "line %d\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marker := filepath.Join(dir, "marker")
+	writeFile(t, marker, "x")
+	r.awaitIgnored(t, marker)
+	if n := logs.count(missingWarning); n != 1 {
+		t.Errorf("%d missing-file warnings, want 1:\n%s", n, logs)
+	}
+
+	writeFile(t, path, "v1")
+	if got := r.next(t); got != "v1" {
+		t.Errorf("delivery = %q, want v1", got)
+	}
+	if n := logs.count(missingWarning); n != 1 {
+		t.Errorf("%d missing-file warnings, want 1:\n%s", n, logs)
+	}
+}
+
+// TestWatchWarnsOncePerDisappearance: the periodic read of a missing file does not repeat the
+// warning; a file that comes back and goes missing again is warned about again.
+func TestWatchWarnsOncePerDisappearance(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	w, logs := loggingWatcher(path, time.Millisecond)
+	w.pollInterval = 5 * time.Millisecond
+	r := startWatcher(t, w)
+	failedReads := func(n int) {
+		t.Helper()
+		for n > 0 {
+			if res := r.nextRead(t); res.err != nil {
+				n--
+			}
+		}
+	}
+	failedReads(5)
+	if n := logs.count(missingWarning); n != 1 {
+		t.Fatalf("%d missing-file warnings after 5 reads, want 1:\n%s", n, logs)
+	}
+
+	writeFile(t, path, "v1")
+	if got := r.next(t); got != "v1" {
+		t.Fatalf("delivery = %q, want v1", got)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	failedReads(5)
+	if n := logs.count(missingWarning); n != 2 {
+		t.Errorf("%d missing-file warnings after the second disappearance, want 2:\n%s", n, logs)
+	}
+	if n := logs.count("policy file is readable again"); n != 1 {
+		t.Errorf("%d notices of the file's return, want 1:\n%s", n, logs)
+	}
+}
+
+// TestWatchIgnoresOtherFiles: writes to other files in the policy's directory cause no read.
+func TestWatchIgnoresOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	writeFile(t, path, "v1")
+	r := startWatch(t, path, testDebounce)
+	r.next(t)
+	for i := range 20 {
+		writeFile(t, filepath.Join(dir, "other.log"), fmt.Sprint(i))
+	}
+	marker := filepath.Join(dir, "marker")
+	writeFile(t, marker, "x")
+	r.awaitIgnored(t, marker)
+	writeFile(t, path, "v2")
+	if got := r.next(t); got != "v2" {
+		t.Errorf("delivery = %q, want v2", got)
+	}
+}
+
+// TestWatchKubernetesDataSwap: a ConfigMap volume links policy.yaml to ..data/policy.yaml and
+// ..data to a timestamped directory; an update writes a new directory and renames a new ..data
+// symlink over the old one. Only the ..data rename names a path the policy depends on.
+func TestWatchKubernetesDataSwap(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, content string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, name, "policy.yaml"), content)
+	}
+	link := func(target, name string) {
+		t.Helper()
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2024_01_01", "v1")
+	link("..2024_01_01", "..data")
+	link("..data/policy.yaml", "policy.yaml")
+	r := startWatch(t, filepath.Join(dir, "policy.yaml"), testDebounce)
+	if got := r.next(t); got != "v1" {
+		t.Fatalf("initial = %q, want v1", got)
+	}
+
+	version("..2024_01_02", "v2")
+	link("..2024_01_02", "..data_tmp")
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "..2024_01_01")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.next(t); got != "v2" {
+		t.Errorf("after the swap = %q, want v2", got)
 	}
 }
