@@ -276,14 +276,12 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody) *extprocv3.Processin
 		ex.feed(msg.GetBody())
 		if msg.GetEndOfStream() {
 			resp.DynamicMetadata = ex.settle(ex.streamUsage(), ex.streamServed(), true)
-			ex.finish(outcomeFor(resp.DynamicMetadata))
 		}
 	case bodyBuffered:
 		// Envoy sends a buffered body in one message (end_of_stream is false only when
 		// trailers follow), so this is the whole body either way.
 		usage, out := ex.bufferedUsage(msg.GetBody())
 		resp.DynamicMetadata = ex.settle(usage, out, true)
-		ex.finish(outcomeFor(resp.DynamicMetadata))
 	}
 	return resp
 }
@@ -294,7 +292,6 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody) *extprocv3.Processin
 func (ex *exchange) settleUnread() *extprocv3.ProcessingResponse {
 	resp := responseHeadersResponse()
 	resp.DynamicMetadata = ex.settle(llmapi.Usage{}, served{}, true)
-	ex.finish(outcomeUsageMissing)
 	return resp
 }
 
@@ -406,8 +403,9 @@ func (ex *exchange) billable(reported llmapi.Usage, out served, complete bool) (
 }
 
 // settle ends a successful LLM response, completed or broken off: it charges the billable
-// usage to the model's quotas and records the GenAI metrics, and returns the dynamic metadata
-// to publish (the model, the token counts, the costs and the basis) for the access log.
+// usage to the model's quotas, records the GenAI metrics (and, when it completed, the
+// outcome), and returns the dynamic metadata to publish (the model, the token counts, the
+// costs and the basis) for the access log.
 func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *structpb.Struct {
 	usage, basis := ex.billable(reported, out, complete)
 	if basis == basisEstimate {
@@ -467,6 +465,14 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 		errorType = "cancelled"
 	}
 	ex.metrics.requestDuration.WithLabelValues(append(labels, errorType)...).Observe(end.Sub(ex.start).Seconds())
+	if complete {
+		// A broken-off exchange is recorded as cancelled by close instead.
+		outcome := outcomeOK
+		if basis == basisEstimate {
+			outcome = outcomeUsageMissing
+		}
+		ex.finish(outcome)
+	}
 	return namespaced(fields)
 }
 
@@ -481,15 +487,6 @@ func (ex *exchange) sendCharge(costs map[string]int64, basis string) {
 		return
 	}
 	ex.charger.enqueue(charge{target: ex.cfg.RateLimitAddress, request: req, basis: basis, model: ex.model})
-}
-
-// outcomeFor names how a settled response ended, from the basis settle published.
-func outcomeFor(metadata *structpb.Struct) string {
-	fields := metadata.GetFields()[envoy.MetadataNamespace].GetStructValue().GetFields()
-	if fields[metadataUsageBasis].GetStringValue() == basisEstimate {
-		return outcomeUsageMissing
-	}
-	return outcomeOK
 }
 
 // costValue computes one cost. A CEL result must be a non-negative integer.

@@ -197,14 +197,21 @@ func streamBody(model string) string {
 	return fmt.Sprintf(`{"model":%q,"stream":true,"messages":[{"role":"user","content":%q}]}`, model, chargingPrompt)
 }
 
-// estimateBounds is the documented error of an estimate for a stream the client left after
-// `served` output events of llmsim's words: never fewer tokens than events served (plus the
-// prompt), at most 1.6 times the output, with up to two more events that Envoy had passed on
-// before it saw the client go.
-func estimateBounds(served, streams int) (low, high int) {
-	low = served + streams*simInputTokens
-	high = int(1.6*float64(served+2*streams)) + streams*simInputTokens
-	return low, high
+// assertEstimateCharged checks what user was charged on model for `streams` streams the client
+// left after `served` output events of llmsim's words, against the documented error of an
+// estimate: never fewer tokens than events served (plus the prompt), at most 1.6 times the
+// output, with up to two more events per stream that Envoy had passed on before it saw the
+// client go.
+func assertEstimateCharged(t *testing.T, s *stack, user, model string, served, streams int) {
+	t.Helper()
+	low := served + streams*simInputTokens
+	high := int(1.6*float64(served+2*streams)) + streams*simInputTokens
+	got := awaitSpent(t, s, user, model, low)
+	t.Logf("%d streams left after %d output events in all: %d tokens charged (bounds %d–%d)", streams, served, got, low, high)
+	if got < low || got > high {
+		t.Fatalf("charged %d tokens for %d output events served (+%d prompt tokens per stream); want %d–%d",
+			got, served, simInputTokens, low, high)
+	}
 }
 
 // TestClientLeavingMidStreamIsCharged: ten streams whose client reads 3 to 29 of 30 tokens and
@@ -215,13 +222,7 @@ func TestClientLeavingMidStreamIsCharged(t *testing.T) {
 	for i := range 10 {
 		served += streamAndLeave(t, s, "/v1/chat/completions", "leaver", streamBody("qwen3"), 3+i*26/9)
 	}
-	low, high := estimateBounds(served, 10)
-	got := awaitSpent(t, s, "leaver", "qwen3", low)
-	t.Logf("10 streams left early: %d output events served, %d tokens charged (bounds %d–%d)", served, got, low, high)
-	if got < low || got > high {
-		t.Fatalf("charged %d tokens for %d output events served (+%d prompt tokens per stream); want %d–%d",
-			got, served, simInputTokens, low, high)
-	}
+	assertEstimateCharged(t, s, "leaver", "qwen3", served, 10)
 }
 
 // TestClientLeavingAfterUsageIsChargedExactly: a client that leaves after the usage chunk but
@@ -245,12 +246,7 @@ func TestClientLeavingAnthropicStreamIsCharged(t *testing.T) {
 	s := chargingStack(t)
 	body := fmt.Sprintf(`{"model":"claude","max_tokens":100,"stream":true,"messages":[{"role":"user","content":%q}]}`, chargingPrompt)
 	served := streamAndLeave(t, s, "/v1/messages", "anthro", body, 10)
-	low, high := estimateBounds(served, 1)
-	got := awaitSpent(t, s, "anthro", "claude", low)
-	t.Logf("/v1/messages left after %d events: charged %d (bounds %d–%d)", served, got, low, high)
-	if got < low || got > high {
-		t.Fatalf("charged %d, want %d–%d", got, low, high)
-	}
+	assertEstimateCharged(t, s, "anthro", "claude", served, 1)
 }
 
 // TestClientLeavingHTTP2StreamIsCharged: over HTTP/2 the client resets only its stream, not
@@ -287,12 +283,7 @@ func TestClientLeavingHTTP2StreamIsCharged(t *testing.T) {
 	cancel() // RST_STREAM; the connection stays up
 	resp.Body.Close()
 
-	low, high := estimateBounds(served, 1)
-	got := awaitSpent(t, s, "h2", "qwen3", low)
-	t.Logf("HTTP/2 stream reset after %d events: charged %d (bounds %d–%d)", served, got, low, high)
-	if got < low || got > high {
-		t.Fatalf("charged %d, want %d–%d", got, low, high)
-	}
+	assertEstimateCharged(t, s, "h2", "qwen3", served, 1)
 }
 
 // TestClientTimeoutBeforeAnswerIsCharged: a non-streamed request whose client gives up before

@@ -217,26 +217,33 @@ func appendUnescaped(dst, raw []byte) []byte {
 		case 't':
 			dst = append(dst, '\t')
 		case 'u':
-			r := rune(hex4(raw[i:]))
-			i += 4
-			if utf16.IsSurrogate(r) {
-				r2 := utf8.RuneError
-				if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
-					r2 = rune(hex4(raw[i+2:]))
-				}
-				if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-					r = dec
-					i += 6
-				} else {
-					r = utf8.RuneError
-				}
-			}
+			var r rune
+			r, i = unicodeEscape(raw, i)
 			dst = utf8.AppendRune(dst, r)
 		default: // '"', '\\', '/'
 			dst = append(dst, esc)
 		}
 	}
 	return dst
+}
+
+// unicodeEscape decodes the \uXXXX escape whose hex digits start at raw[i], joining a
+// surrogate pair written as two escapes; a lone surrogate is U+FFFD. It returns the rune and
+// the index after what it consumed.
+func unicodeEscape(raw []byte, i int) (rune, int) {
+	r := rune(hex4(raw[i:]))
+	i += 4
+	if !utf16.IsSurrogate(r) {
+		return r, i
+	}
+	r2 := utf8.RuneError
+	if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
+		r2 = rune(hex4(raw[i+2:]))
+	}
+	if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
+		return dec, i + 6
+	}
+	return utf8.RuneError, i
 }
 
 func hex4(b []byte) int {
@@ -260,20 +267,8 @@ func unescapedLen(raw []byte) int {
 			n++
 			continue
 		}
-		r := rune(hex4(raw[i:]))
-		i += 4
-		if utf16.IsSurrogate(r) {
-			r2 := utf8.RuneError
-			if i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
-				r2 = rune(hex4(raw[i+2:]))
-			}
-			if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-				r = dec
-				i += 6
-			} else {
-				r = utf8.RuneError
-			}
-		}
+		var r rune
+		r, i = unicodeEscape(raw, i)
 		n += utf8.RuneLen(r)
 	}
 	return n
