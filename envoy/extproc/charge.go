@@ -43,8 +43,13 @@ const (
 	// chargeQueueSize bounds charges waiting for a worker. A full queue makes the ending
 	// exchange wait (its response is already out): backpressure instead of dropping charges.
 	chargeQueueSize = 4096
-	// chargeWorkers is the number of charges in flight to the ratelimit service at once.
-	chargeWorkers = 8
+	// chargeWorkers is the number of calls in flight to the ratelimit service at once.
+	chargeWorkers = 4
+	// chargeBatchDescriptors bounds the descriptors of one call. A worker that frees up takes
+	// every charge queued meanwhile (up to this many descriptors) into one call, so under load
+	// the service's per-call cost is shared by many charges; an idle server sends each charge
+	// alone, at once. Nothing waits to fill a batch.
+	chargeBatchDescriptors = 256
 	// chargeAttemptTimeout bounds one call; the service answers in about a millisecond.
 	chargeAttemptTimeout = 2 * time.Second
 	// chargeAttempts is how often a charge is tried while the service is unreachable.
@@ -115,23 +120,62 @@ func (c *charger) enqueue(ch charge) {
 		return
 	}
 	c.state.RUnlock()
-	c.send(ch)
+	c.send([]charge{ch})
 }
 
 func (c *charger) work() {
 	defer c.workers.Done()
-	for ch := range c.queue {
-		c.send(ch)
+	var carried *charge // taken from the queue but bound for another service or domain
+	for {
+		var first charge
+		if carried != nil {
+			first, carried = *carried, nil
+		} else {
+			ch, ok := <-c.queue
+			if !ok {
+				return
+			}
+			first = ch
+		}
+		batch := []charge{first}
+		descriptors := len(first.request.GetDescriptors())
+	collect:
+		for descriptors < chargeBatchDescriptors {
+			select {
+			case ch, ok := <-c.queue:
+				if !ok {
+					break collect
+				}
+				if ch.target != first.target || ch.request.GetDomain() != first.request.GetDomain() {
+					carried = &ch
+					break collect
+				}
+				batch = append(batch, ch)
+				descriptors += len(ch.request.GetDescriptors())
+			default:
+				break collect
+			}
+		}
+		c.send(batch)
 	}
 }
 
-// send makes the call, retrying unreachable-service errors with a doubling pause.
-func (c *charger) send(ch charge) {
-	conn, err := c.conn(ch.target)
+// send delivers a batch of charges in one call, retrying unreachable-service errors with a
+// doubling pause. The batch shares one fate: every charge in it is counted sent or failed.
+func (c *charger) send(batch []charge) {
+	first := batch[0]
+	request := first.request
+	if len(batch) > 1 {
+		request = &rlsv3.RateLimitRequest{Domain: first.request.GetDomain()}
+		for _, ch := range batch {
+			request.Descriptors = append(request.Descriptors, ch.request.GetDescriptors()...)
+		}
+	}
+	conn, err := c.conn(first.target)
 	pause := chargeRetryBase
 	for attempt := 1; err == nil; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), chargeAttemptTimeout)
-		_, err = rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, ch.request)
+		_, err = rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, request)
 		cancel()
 		if err == nil || attempt == chargeAttempts || !retryable(err) {
 			break
@@ -139,13 +183,17 @@ func (c *charger) send(ch charge) {
 		time.Sleep(pause)
 		pause *= 2
 	}
+	result := chargeSent
 	if err != nil {
-		c.logger.Error("quota charge not delivered; these tokens are not counted",
-			"model", ch.model, "basis", ch.basis, "ratelimit", ch.target, "descriptors", describe(ch.request), "error", err)
-		c.metrics.charges.WithLabelValues(ch.basis, chargeFailed).Inc()
-		return
+		result = chargeFailed
+		for _, ch := range batch {
+			c.logger.Error("quota charge not delivered; these tokens are not counted",
+				"model", ch.model, "basis", ch.basis, "ratelimit", ch.target, "descriptors", describe(ch.request), "error", err)
+		}
 	}
-	c.metrics.charges.WithLabelValues(ch.basis, chargeSent).Inc()
+	for _, ch := range batch {
+		c.metrics.charges.WithLabelValues(ch.basis, result).Inc()
+	}
 }
 
 func retryable(err error) bool {

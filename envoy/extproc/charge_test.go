@@ -23,6 +23,9 @@ type fakeRateLimit struct {
 	rlsv3.UnimplementedRateLimitServiceServer
 	addr string
 
+	// gate, when set, holds every call until it is closed: a busy service.
+	gate chan struct{}
+
 	mu       sync.Mutex
 	requests []*rlsv3.RateLimitRequest
 }
@@ -42,6 +45,9 @@ func startFakeRateLimit(t testing.TB) *fakeRateLimit {
 }
 
 func (f *fakeRateLimit) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.requests = append(f.requests, req)
@@ -232,6 +238,52 @@ func TestCloseSendsQueuedCharges(t *testing.T) {
 		request: chargeRequest(cfg, "qwen3", "late", map[string]int64{"llm_total_token": 1})})
 	if got := len(fake.charges()); got != 51 {
 		t.Fatalf("a charge after close was not sent right away (%d charges)", got)
+	}
+}
+
+// TestChargesQueuedWhileTheServiceIsBusyShareACall: charges that pile up while every worker
+// waits on the service go out together, many per call, each descriptor with its own addend, and
+// a charge for another domain never joins a call of the first.
+func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
+	fake := startFakeRateLimit(t)
+	fake.gate = make(chan struct{})
+	cfg := withDefaults(chargedConfig(t, fake))
+	other := *cfg
+	other.RateLimitDomain = "other"
+	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil))
+	const charges = 300
+	var want []string
+	for i := range charges {
+		c, user := cfg, fmt.Sprintf("user%03d", i)
+		if i == charges/2 {
+			c = &other
+		}
+		ch.enqueue(charge{target: cfg.RateLimitAddress, basis: basisUsage, model: "qwen3",
+			request: chargeRequest(c, "qwen3", user, map[string]int64{"llm_total_token": int64(i + 1)})})
+		want = append(want, fmt.Sprintf("model=qwen3,quota=hourly,user=%s +%d", user, i+1))
+	}
+	close(fake.gate)
+	if err := ch.close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(want)
+	if got := fake.charges(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("charged descriptors differ from those enqueued:\ngot  %q\nwant %q", got, want)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	// Each worker's first call may leave with a single charge; everything queued behind them
+	// fits in a few calls of up to chargeBatchDescriptors, plus the other domain's own.
+	if calls := len(fake.requests); calls > 3*chargeWorkers {
+		t.Errorf("%d charges took %d calls, want at most %d", charges, calls, 3*chargeWorkers)
+	}
+	for _, r := range fake.requests {
+		for _, d := range r.GetDescriptors() {
+			isOther := d.GetEntries()[2].GetValue() == fmt.Sprintf("user%03d", charges/2)
+			if isOther != (r.GetDomain() == "other") {
+				t.Errorf("descriptor %v sent in a call for domain %q", d.GetEntries(), r.GetDomain())
+			}
+		}
 	}
 }
 

@@ -118,6 +118,8 @@ func TestParseRedisURLErrorsHideSecrets(t *testing.T) {
 }
 
 func TestBuildSettings(t *testing.T) {
+	// Settings tollgate pins win over the upstream environment variables.
+	t.Setenv("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true")
 	cfg, err := Options{
 		GRPCAddr:    "127.0.0.1:9001",
 		HTTPAddr:    "127.0.0.1:9002",
@@ -154,6 +156,7 @@ func TestBuildSettings(t *testing.T) {
 		{"RedisTls", s.RedisTls, true},
 		{"RedisTlsConfig set", s.RedisTlsConfig != nil, true},
 		{"LocalCacheSizeInBytes", s.LocalCacheSizeInBytes, 0},
+		{"StopCacheKeyIncrementWhenOverlimit", s.StopCacheKeyIncrementWhenOverlimit, false},
 		{"UseStatsd", s.UseStatsd, false},
 		{"UsePrometheus", s.UsePrometheus, true},
 		{"PrometheusAddr", s.PrometheusAddr, "127.0.0.1:9004"},

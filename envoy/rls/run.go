@@ -173,6 +173,9 @@ func buildSettings(cfg config) (s settings.Settings, err error) {
 	// The local cache remembers over-limit keys for a whole window, so a raised limit
 	// would not apply until the window ends.
 	s.LocalCacheSizeInBytes = 0
+	// tollgate sends the charges of many users in one call; with this on, one over-limit key
+	// in a call would keep every other charge in it from counting.
+	s.StopCacheKeyIncrementWhenOverlimit = false
 
 	// One stats sink at most, or the runner exits. Without metrics, stats are off rather
 	// than the upstream default (statsd on localhost:8125, or log lines every 10s).
