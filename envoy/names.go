@@ -77,6 +77,11 @@ const (
 	MetadataNamespace = "io.tollgate"
 )
 
+// AttributeResponseCode is the response attribute holding the status code. Envoy sends it with
+// the first chunk of a response body, in place of a response headers message. (Header values
+// cannot be attributes: Envoy does not evaluate an index into a header map.)
+const AttributeResponseCode = "response.code"
+
 // Default ports and addresses (all configurable).
 const (
 	DefaultListenerPort  = 8080

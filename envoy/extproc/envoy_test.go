@@ -97,15 +97,15 @@ static_resources:
                 envoy_grpc: {cluster_name: extproc}
                 timeout: 10s
               failure_mode_allow: false
-              allow_mode_override: true
               message_timeout: 10s
               processing_mode:
                 request_header_mode: SEND
                 request_body_mode: BUFFERED
                 request_trailer_mode: SKIP
-                response_header_mode: SEND
-                response_body_mode: NONE
+                response_header_mode: SKIP
+                response_body_mode: STREAMED
                 response_trailer_mode: SKIP
+              response_attributes: {{.ResponseAttributes}}
               metadata_options:
                 receiving_namespaces: {untyped: [{{.Namespace}}]}
           - name: envoy.filters.http.router
@@ -128,6 +128,15 @@ static_resources:
       cluster_name: extproc
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{.ExtProcPort}}}}}}]}]
 `))
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // backendRequest is what the fake LLM backend received.
 type backendRequest struct {
@@ -239,6 +248,8 @@ func startEnvoyRig(t *testing.T) *envoyRig {
 		"ModelHeader": envoy.DefaultModelHeader,
 		"BackendPort": upstream.Listener.Addr().(*net.TCPAddr).Port,
 		"ExtProcPort": h.addr.Port,
+		// A JSON list of strings is a YAML flow sequence.
+		"ResponseAttributes": mustJSON(t, []string{envoy.AttributeResponseCode}),
 	})
 	if err != nil {
 		t.Fatal(err)

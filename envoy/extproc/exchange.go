@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,10 +56,18 @@ type exchange struct {
 	requestBodySeen  bool       // the (single, buffered) request body message arrived
 	llmCall          bool       // the body was parsed: the response's usage is accounted for
 	promptBytes      int        // bytes of text in the request body, for estimates
+	streamRequested  bool       // the body asked for a streamed answer
 
 	// Response side.
-	encoding string      // content-encoding, lowercased
-	bodyMode bodyHandler // how the response body is read
+	responseSeen   bool        // the response's status and headers were read
+	responseStatus string      // the status sent as an attribute, until the head is read
+	encoding       string      // content-encoding, lowercased
+	bodyMode       bodyHandler // how the response body is read
+
+	// JSON responses, collected until their end.
+	jsonBody     []byte
+	jsonTooLarge bool // the body outgrew MaxResponseBytes and was not kept
+	jsonWhole    bool // Envoy buffers the body: its one message is all of it
 
 	// Streamed responses.
 	stream      *llmapi.Stream
@@ -74,9 +83,9 @@ type exchange struct {
 type bodyHandler int
 
 const (
-	bodyIgnored  bodyHandler = iota // response body mode NONE: Envoy sends no body
-	bodyBuffered                    // one message with the whole JSON body
-	bodyStreamed                    // one message per chunk of an SSE stream
+	bodyIgnored  bodyHandler = iota // the body is not read
+	bodyJSON                        // a JSON body, collected until it ends
+	bodyStreamed                    // an SSE stream, parsed chunk by chunk
 )
 
 func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, charger *charger) *exchange {
@@ -96,7 +105,7 @@ func (ex *exchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.Processi
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		return ex.onResponseHeaders(r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		return ex.onResponseBody(r.ResponseBody)
+		return ex.onResponseBody(r.ResponseBody, req.GetAttributes())
 	default:
 		return emptyResponseFor(req)
 	}
@@ -183,6 +192,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	ex.model = parsed.Model
 	ex.llmCall = true
 	ex.promptBytes = parsed.TextBytes
+	ex.streamRequested = parsed.Stream
 
 	// The body decides the route: a client's own model header is overwritten, never trusted.
 	common := &extprocv3.CommonResponse{
@@ -213,9 +223,40 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	return requestBodyResponse(common)
 }
 
+// responseHead is what the exchange reads of a response before its body.
+type responseHead struct {
+	status      string // :status
+	contentType string
+	encoding    string // content-encoding
+}
+
+// onResponseHeaders handles a response headers message, which Envoy sends when the filter is
+// configured to. The body mode it needs is then set for this request only.
 func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	headers := msg.GetHeaders()
-	status, err := strconv.Atoi(firstHeader(headers, ":status"))
+	head := responseHead{
+		status:      firstHeader(headers, ":status"),
+		contentType: firstHeader(headers, "content-type"),
+		encoding:    firstHeader(headers, "content-encoding"),
+	}
+	resp := responseHeadersResponse()
+	resp.DynamicMetadata = ex.onResponseHead(head, msg.GetEndOfStream())
+	switch ex.bodyMode {
+	case bodyStreamed:
+		resp.ModeOverride = responseBodyModeOverride(filterv3.ProcessingMode_STREAMED)
+	case bodyJSON:
+		resp.ModeOverride = responseBodyModeOverride(filterv3.ProcessingMode_BUFFERED)
+		ex.jsonWhole = true
+	}
+	return resp
+}
+
+// onResponseHead reads a response's status and headers and decides how its body is read. A
+// response that ends here (an error, no body, a body tollgate cannot read) is settled now, and
+// the metadata to publish for it is returned.
+func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structpb.Struct {
+	ex.responseSeen = true
+	status, err := strconv.Atoi(head.status)
 	if err != nil || status < 200 || status > 299 {
 		// Errors cost nothing: the body is not read and no cost is published. This includes
 		// local replies of later filters (429 from the ratelimit filter, the 404 route) and
@@ -228,71 +269,121 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 			ex.observeDuration(errorType)
 		}
 		ex.finish(outcomeErrorStatus)
-		return responseHeadersResponse()
+		return nil
 	}
 	if !ex.llmCall {
 		ex.finish(outcomePassthrough)
-		return responseHeadersResponse()
+		return nil
 	}
 
-	ex.encoding = strings.ToLower(strings.TrimSpace(firstHeader(headers, "content-encoding")))
+	ex.encoding = strings.ToLower(strings.TrimSpace(head.encoding))
 	gzipped := ex.encoding == "gzip" || ex.encoding == "x-gzip"
 	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
 		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
 			"model", ex.model, "content_encoding", ex.encoding)
 		return ex.settleUnread()
 	}
-	if msg.GetEndOfStream() {
+	if endOfStream {
 		return ex.settleUnread()
 	}
 
-	mediaType, _, _ := mime.ParseMediaType(firstHeader(headers, "content-type"))
-	var mode filterv3.ProcessingMode_BodySendMode
+	mediaType, _, _ := mime.ParseMediaType(head.contentType)
 	switch {
 	case mediaType == "text/event-stream":
 		ex.bodyMode = bodyStreamed
-		mode = filterv3.ProcessingMode_STREAMED
 		ex.stream = llmapi.NewStream(ex.api, ex.cfg.MaxEventBytes)
 		if gzipped {
 			ex.gzip = llmapi.NewGzipStream(streamWriter{ex.stream})
 		}
 	case mediaType == "application/json" || strings.HasSuffix(mediaType, "+json"):
-		ex.bodyMode = bodyBuffered
-		mode = filterv3.ProcessingMode_BUFFERED
+		ex.bodyMode = bodyJSON
 	default:
 		ex.logger.Warn("successful response is neither JSON nor an event stream; usage unknown",
 			"model", ex.model, "content_type", mediaType)
 		return ex.settleUnread()
 	}
-	resp := responseHeadersResponse()
-	resp.ModeOverride = responseBodyModeOverride(mode)
-	return resp
+	return nil
 }
 
-func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+// onResponseBody reads one chunk of the response body. Envoy sends the body STREAMED without a
+// headers message of its own (translate's configuration): the status then arrives as an
+// attribute of the first chunk, and what the body is, is read off its first bytes.
+func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody, attributes map[string]*structpb.Struct) *extprocv3.ProcessingResponse {
 	resp := responseBodyResponse()
+	if !ex.responseSeen {
+		if ex.responseStatus == "" {
+			ex.responseStatus = responseStatusFromAttributes(attributes)
+		}
+		if len(msg.GetBody()) == 0 && !msg.GetEndOfStream() {
+			return resp // nothing to sniff yet
+		}
+		head := sniffResponse(ex.responseStatus, msg.GetBody(), ex.streamRequested)
+		resp.DynamicMetadata = ex.onResponseHead(head, len(msg.GetBody()) == 0)
+		if ex.finished {
+			return resp
+		}
+	}
 	switch ex.bodyMode {
 	case bodyStreamed:
 		ex.feed(msg.GetBody())
 		if msg.GetEndOfStream() {
 			resp.DynamicMetadata = ex.settle(ex.streamUsage(), ex.streamServed(), true)
 		}
-	case bodyBuffered:
-		// Envoy sends a buffered body in one message (end_of_stream is false only when
-		// trailers follow), so this is the whole body either way.
-		usage, out := ex.bufferedUsage(msg.GetBody())
-		resp.DynamicMetadata = ex.settle(usage, out, true)
+	case bodyJSON:
+		ex.collect(msg.GetBody())
+		// A buffered body comes in one message (end_of_stream is false only when trailers
+		// follow), so it is whole either way; a streamed one ends with end_of_stream.
+		if msg.GetEndOfStream() || ex.jsonWhole {
+			usage, out := ex.bufferedUsage()
+			resp.DynamicMetadata = ex.settle(usage, out, true)
+		}
 	}
 	return resp
+}
+
+// sniffResponse tells from the first bytes of a successful response's body what the body is,
+// as its headers would have: a JSON document starts with '{' or '[', anything else from an LLM
+// API is an event stream, and gzip is known by its magic number (what it wraps is then what
+// the request asked for). Upstreams are asked for identity encoding, so gzip is rare; other
+// encodings are not recognised, read as a stream that reports nothing, and charged an
+// estimate.
+func sniffResponse(status string, first []byte, streamRequested bool) responseHead {
+	head := responseHead{status: status}
+	trimmed := bytes.TrimLeft(first, " \t\r\n")
+	switch {
+	case len(trimmed) == 0:
+	case len(first) >= 2 && first[0] == 0x1f && first[1] == 0x8b:
+		head.encoding = "gzip"
+		head.contentType = "application/json"
+		if streamRequested {
+			head.contentType = "text/event-stream"
+		}
+	case trimmed[0] == '{' || trimmed[0] == '[':
+		head.contentType = "application/json"
+	default:
+		head.contentType = "text/event-stream"
+	}
+	return head
+}
+
+// collect keeps a chunk of a JSON response, up to MaxResponseBytes in all.
+func (ex *exchange) collect(chunk []byte) {
+	if ex.jsonTooLarge {
+		return
+	}
+	if int64(len(ex.jsonBody)+len(chunk)) > ex.cfg.MaxResponseBytes {
+		ex.jsonTooLarge = true
+		ex.jsonBody = nil
+		return
+	}
+	ex.jsonBody = append(ex.jsonBody, chunk...)
 }
 
 // settleUnread settles a successful response whose body is not read (no body, or one tollgate
 // cannot parse): the backend reported nothing tollgate could see, so the prompt is charged as
 // estimated.
-func (ex *exchange) settleUnread() *extprocv3.ProcessingResponse {
-	resp := responseHeadersResponse()
-	resp.DynamicMetadata = ex.settle(llmapi.Usage{}, served{}, true)
-	return resp
+func (ex *exchange) settleUnread() *structpb.Struct {
+	return ex.settle(llmapi.Usage{}, served{}, true)
 }
 
 // feed passes one streamed chunk to the SSE parser, through gzip when needed. After an error
@@ -333,7 +424,13 @@ func (ex *exchange) streamUsage() llmapi.Usage {
 
 // bufferedUsage reads usage from a complete JSON body, and what it served in case the usage is
 // missing.
-func (ex *exchange) bufferedUsage(body []byte) (llmapi.Usage, served) {
+func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
+	if ex.jsonTooLarge {
+		ex.logger.Warn("response too large to read usage from; usage unknown",
+			"model", ex.model, "limit", ex.cfg.MaxResponseBytes)
+		return llmapi.Usage{}, served{}
+	}
+	body := ex.jsonBody
 	if ex.encoding == "gzip" || ex.encoding == "x-gzip" {
 		plain, err := llmapi.GunzipLimited(body, ex.cfg.MaxResponseBytes)
 		if err != nil {

@@ -3,6 +3,7 @@ package extproc
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -10,6 +11,9 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
 )
 
@@ -31,6 +35,18 @@ func headerValues(headers *corev3.HeaderMap, name string) []string {
 		}
 	}
 	return values
+}
+
+// responseStatusFromAttributes reads a response's status from the attributes Envoy sends with
+// the first chunk of its body; Envoy files them under the filter's name. It returns "" when
+// the status is not there.
+func responseStatusFromAttributes(attributes map[string]*structpb.Struct) string {
+	for _, attrs := range attributes {
+		if n, ok := attrs.GetFields()[envoy.AttributeResponseCode].GetKind().(*structpb.Value_NumberValue); ok {
+			return strconv.FormatFloat(n.NumberValue, 'f', -1, 64)
+		}
+	}
+	return ""
 }
 
 // firstHeader returns the first value of the named header, or "".
