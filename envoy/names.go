@@ -7,9 +7,8 @@ package envoy
 
 // HTTP filter names, as Envoy registers them.
 const (
-	FilterExtProc   = "envoy.filters.http.ext_proc"
-	FilterRateLimit = "envoy.filters.http.ratelimit"
-	FilterRouter    = "envoy.filters.http.router"
+	FilterExtProc = "envoy.filters.http.ext_proc"
+	FilterRouter  = "envoy.filters.http.router"
 	// FilterJWTAuthn verifies JSON Web Tokens. It writes verified payloads into dynamic
 	// metadata under its own name as the namespace.
 	FilterJWTAuthn = "envoy.filters.http.jwt_authn"
@@ -43,8 +42,6 @@ const (
 	VirtualHostName = "llm"
 	// ClusterExtProc is the cluster Envoy uses to reach tollgate's ext_proc server.
 	ClusterExtProc = "tollgate_extproc"
-	// ClusterRateLimit is the cluster Envoy uses to reach the ratelimit service.
-	ClusterRateLimit = "tollgate_ratelimit"
 	// ClusterXDS is the bootstrap's static cluster pointing at tollgate's ADS server.
 	ClusterXDS = "tollgate_xds"
 	// BackendClusterPrefix prefixes a backend's name to form its cluster name.
@@ -75,6 +72,12 @@ const (
 	// usage into. Envoy drops ext_proc metadata in any namespace the filter does not list in
 	// metadata_options.receiving_namespaces.
 	MetadataNamespace = "io.tollgate"
+	// Metadata keys, in MetadataNamespace, of the x-ratelimit-* response headers (draft 03 of
+	// the IETF RateLimit header fields): the ext_proc server writes them when it checks a
+	// request's quotas, the routes of models with quotas turn them into headers.
+	MetadataRateLimitLimit     = "ratelimit_limit"
+	MetadataRateLimitRemaining = "ratelimit_remaining"
+	MetadataRateLimitReset     = "ratelimit_reset"
 )
 
 // AttributeResponseCode is the response attribute holding the status code. Envoy sends it with

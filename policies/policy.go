@@ -80,8 +80,9 @@ func IdentityModes() []string { return []string{IdentityHeader, IdentityAPIKeys,
 type Identity struct {
 	// Mode is header (default), apiKeys or jwt.
 	Mode string `yaml:"mode"`
-	// Header carries the user id to the ratelimit filter. Default x-user-id. In header mode the
-	// client's value is the identity; in apiKeys and jwt modes the gateway overwrites it.
+	// Header carries the user id upstream and into the access log. Default x-user-id. In
+	// header mode the client's value is the identity; in apiKeys and jwt modes the gateway
+	// overwrites it.
 	Header string `yaml:"header"`
 	// APIKeys are the accepted API keys (apiKeys mode), by hash.
 	APIKeys []APIKey `yaml:"apiKeys"`
@@ -127,7 +128,7 @@ type JWT struct {
 	JWKS string `yaml:"-"`
 }
 
-// Endpoint is a host:port that Envoy dials.
+// Endpoint is a host:port a service is reached at.
 type Endpoint struct {
 	// Address is a host name or IP. Default 127.0.0.1.
 	Address string `yaml:"address"`
@@ -135,7 +136,7 @@ type Endpoint struct {
 	Port int `yaml:"port"`
 }
 
-// RateLimit configures how Envoy and the ext_proc server talk to the ratelimit service.
+// RateLimit configures how the ext_proc server talks to the ratelimit service.
 type RateLimit struct {
 	Endpoint `yaml:",inline"`
 	// Domain is the ratelimit domain the descriptors live in. Default "tollgate".

@@ -7,10 +7,8 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	ratelimitconfv3 "github.com/envoyproxy/go-control-plane/envoy/config/ratelimit/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -37,14 +35,12 @@ const (
 )
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
-// ext_proc → ratelimit → router (jwt_authn first in jwt identity mode), routes over RDS, and an
-// access log of every request's user, model and tokens.
+// ext_proc → router (jwt_authn first in jwt identity mode), routes over RDS, and an access log
+// of every request's user, model and tokens. Quotas are the ext_proc server's: it checks them
+// with the ratelimit service before a request goes upstream and charges them when it ends, so
+// Envoy itself never calls the ratelimit service.
 func listener(p *input) (*listenerv3.Listener, error) {
 	extProc, err := extProcFilter(p)
-	if err != nil {
-		return nil, err
-	}
-	rateLimit, err := rateLimitFilter(p)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +56,7 @@ func listener(p *input) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	filters := []*hcmv3.HttpFilter{extProc, rateLimit, router}
+	filters := []*hcmv3.HttpFilter{extProc, router}
 	if usesJWT(p) {
 		jwt, err := jwtAuthnFilter(p)
 		if err != nil {
@@ -149,28 +145,6 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 	})
 }
 
-// rateLimitFilter asks the ratelimit service about every descriptor a route's rate_limits
-// build. The descriptors themselves live on the model routes.
-func rateLimitFilter(p *input) (*hcmv3.HttpFilter, error) {
-	return httpFilter(envoy.FilterRateLimit, &ratelimitv3.RateLimit{
-		Domain:          p.RateLimit.Domain,
-		Timeout:         envoy.Duration(p.RateLimit.Timeout.Duration),
-		FailureModeDeny: p.RateLimit.FailureMode == "closed",
-		StatusOnError:   &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
-		RateLimitService: &ratelimitconfv3.RateLimitServiceConfig{
-			GrpcService: &corev3.GrpcService{
-				TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
-					ClusterName: envoy.ClusterRateLimit,
-				}},
-			},
-			TransportApiVersion: corev3.ApiVersion_V3,
-		},
-		EnableXRatelimitHeaders: ratelimitv3.RateLimit_DRAFT_VERSION_03,
-		// x-envoy-ratelimited makes Envoy's own retry policies treat a 429 as retriable.
-		DisableXEnvoyRatelimitedHeader: true,
-	})
-}
-
 // accessLog writes one JSON line per request to stdout: who, which model, what it cost, and
 // the status, so 429s and token counts are easy to find in Envoy's output.
 func accessLog(p *input) (*accesslogv3.AccessLog, error) {
@@ -184,7 +158,7 @@ func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 		"status":        "%RESPONSE_CODE%",
 		"details":       "%RESPONSE_CODE_DETAILS%",
 		"user":          "%REQ(" + p.Identity.Header + ")%",
-		"model":         "%REQ(" + p.Listener.ModelHeader + ")%",
+		"model":         meta("model"),
 		"route":         "%ROUTE_NAME%",
 		"upstream":      "%UPSTREAM_CLUSTER%",
 		"duration_ms":   "%DURATION%",
@@ -219,27 +193,13 @@ func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 // without one.
 func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 	type reply struct {
-		status               uint32
-		message, etype, code string
-		headers              []*corev3.HeaderValueOption
+		status         uint32
+		message, etype string
 	}
 	replies := []reply{
 		// request_headers_timeout: the client took too long to send its headers.
 		{status: 408, message: "The request headers did not arrive in time.", etype: "invalid_request_error"},
 		{status: 413, message: "Request body too large for this gateway.", etype: "invalid_request_error"},
-		{
-			// The ratelimit filter's 429 carries the draft-03 headers: x-ratelimit-limit names
-			// the window ("50, 50;w=3600") and x-ratelimit-reset the seconds until it ends,
-			// which is exactly what Retry-After must say for a fixed window.
-			status: 429,
-			message: "Token quota exceeded for model '%REQ(" + p.Listener.ModelHeader + ")%' " +
-				"(limit and window: %RESP(x-ratelimit-limit)%). Retry after the window resets in %RESP(x-ratelimit-reset)% seconds.",
-			etype: "rate_limit_exceeded", code: "rate_limit_exceeded",
-			headers: []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: "retry-after", Value: "%RESP(x-ratelimit-reset)%"},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}},
-		},
 		// Envoy's own 502: the backend answered with something that is not valid HTTP, or
 		// reset the connection mid-answer before the client got headers.
 		{status: 502, message: "The upstream model server sent an invalid response (%RESPONSE_CODE_DETAILS%).", etype: "bad_gateway"},
@@ -255,7 +215,7 @@ func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 		cfg.Mappers = append(cfg.Mappers, mappers...)
 	}
 	for _, r := range replies {
-		body, err := openAIError(r.message, r.etype, "", r.code)
+		body, err := openAIError(r.message, r.etype, "", "")
 		if err != nil {
 			return nil, err
 		}
@@ -270,7 +230,6 @@ func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 				}},
 			}},
 			BodyFormatOverride: body,
-			HeadersToAdd:       r.headers,
 		})
 	}
 	return cfg, nil

@@ -5,9 +5,7 @@ import (
 	"sort"
 	"strings"
 
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-dev/tollgate/policies"
 )
@@ -29,39 +27,6 @@ var units = map[string]rlsconfv3.RateLimitUnit{
 	"week":   rlsconfv3.RateLimitUnit_WEEK,
 	"month":  rlsconfv3.RateLimitUnit_MONTH,
 	"year":   rlsconfv3.RateLimitUnit_YEAR,
-}
-
-// quotaRateLimits returns the rate_limits of one model's route: for each quota, a check at request
-// time that spends nothing (hits_addend 0: "is this user already over?"). The charge for what the
-// request cost is not Envoy's to send: the ext_proc server sends it to the same counter when the
-// request ends, however it ends (see ModelQuotas), which a rate limit applied when the stream is
-// done cannot do for a client that leaves early.
-func quotaRateLimits(p *input, model string) ([]*routev3.RateLimit, error) {
-	var out []*routev3.RateLimit
-	for _, q := range p.quotasByModel[model] {
-		out = append(out, &routev3.RateLimit{
-			Actions:    descriptorActions(p, q),
-			HitsAddend: &routev3.RateLimit_HitsAddend{Number: wrapperspb.UInt64(0)},
-		})
-	}
-	return out, nil
-}
-
-func descriptorActions(p *input, q policies.Quota) []*routev3.RateLimit_Action {
-	return []*routev3.RateLimit_Action{
-		genericKey(DescriptorModel, q.Model),
-		genericKey(DescriptorQuota, q.Name),
-		{ActionSpecifier: &routev3.RateLimit_Action_RequestHeaders_{RequestHeaders: &routev3.RateLimit_Action_RequestHeaders{
-			HeaderName:    p.Identity.Header,
-			DescriptorKey: DescriptorUser,
-		}}},
-	}
-}
-
-func genericKey(key, value string) *routev3.RateLimit_Action {
-	return &routev3.RateLimit_Action{ActionSpecifier: &routev3.RateLimit_Action_GenericKey_{
-		GenericKey: &routev3.RateLimit_Action_GenericKey{DescriptorKey: key, DescriptorValue: value},
-	}}
 }
 
 // rateLimitConfig is the ratelimit service's view of every quota: one descriptor tree in the
@@ -99,8 +64,8 @@ func rateLimitConfig(p *input) (*rlsconfv3.RateLimitConfig, error) {
 // DescriptorEntry is one key/value of a rate limit descriptor.
 type DescriptorEntry struct{ Key, Value string }
 
-// UserQuota is one quota as it applies to one user: the descriptor Envoy sends for that user's
-// requests, which is the counter the ratelimit service keeps.
+// UserQuota is one quota as it applies to one user: the descriptor the ext_proc server checks
+// and charges for that user's requests, which is the counter the ratelimit service keeps.
 type UserQuota struct {
 	Quota   policies.Quota
 	Entries []DescriptorEntry
@@ -113,9 +78,9 @@ type ModelQuota struct {
 	Entries []DescriptorEntry
 }
 
-// ModelQuotas lists every model's quotas, each model's sorted by quota name. The entries match
-// descriptorActions exactly, so the ext_proc server's charge and Envoy's check address the same
-// counter.
+// ModelQuotas lists every model's quotas, each model's sorted by quota name, with the entries
+// of their descriptors: with the user's appended, the counter the ext_proc server checks and
+// charges, in the descriptor tree rateLimitConfig gives the ratelimit service.
 func ModelQuotas(in *policies.Policy) map[string][]ModelQuota {
 	p := newInput(in)
 	out := make(map[string][]ModelQuota, len(p.modelsWithQuotas))

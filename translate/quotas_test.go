@@ -2,20 +2,20 @@ package translate_test
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
-	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
-	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 )
 
-// TestCheckAndChargeShareADescriptor: for every quota of every golden policy, Envoy's
-// request-time check spends nothing and builds the descriptor that ModelQuotas gives the ext_proc
-// server for its charge (the same Redis counter), and UserQuotas names that same descriptor.
-func TestCheckAndChargeShareADescriptor(t *testing.T) {
+// TestQuotaDescriptorsNameConfiguredCounters: for every quota of every golden policy, the
+// descriptor ModelQuotas gives the ext_proc server (checked and charged, with the user's entry
+// appended) follows a path of the ratelimit service's descriptor tree down to a user leaf with
+// a limit; a descriptor the tree does not know would be neither limited nor counted. UserQuotas
+// names that same descriptor, and Envoy's routes carry no rate limits of their own.
+func TestQuotaDescriptorsNameConfiguredCounters(t *testing.T) {
 	for _, in := range []string{"testdata/in/seed.yaml", "testdata/in/tiers.yaml", "testdata/in/https-backends.yaml"} {
 		p, _, err := policies.Load(in, testEnv)
 		if err != nil {
@@ -25,55 +25,52 @@ func TestCheckAndChargeShareADescriptor(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		perRoute := map[string]*ratelimitv3.RateLimitPerRoute{}
 		for _, r := range out.Routes[0].VirtualHosts[0].Routes {
-			a, ok := r.TypedPerFilterConfig[envoy.FilterRateLimit]
-			if !ok {
-				continue
+			if len(r.GetRoute().GetRateLimits()) > 0 || len(r.TypedPerFilterConfig) > 1 {
+				t.Errorf("%s: route %s has rate limits or filter configs of its own: %v", in, r.Name, r.TypedPerFilterConfig)
 			}
-			rl := &ratelimitv3.RateLimitPerRoute{}
-			if err := a.UnmarshalTo(rl); err != nil {
-				t.Fatal(err)
-			}
-			perRoute[r.Name] = rl
+		}
+		tree := out.RateLimitConfigs[0]
+		if tree.Domain != p.RateLimit.Domain {
+			t.Fatalf("%s: ratelimit domain %q, want %q", in, tree.Domain, p.RateLimit.Domain)
 		}
 		byModel := translate.ModelQuotas(p)
 		for _, q := range p.Quotas {
-			rl := perRoute[envoy.ModelRoute(q.Model)]
-			if rl == nil {
-				t.Fatalf("%s: route of %s has no rate limits", in, q.Model)
+			var entries []translate.DescriptorEntry
+			for _, mq := range byModel[q.Model] {
+				if mq.Quota.Name == q.Name {
+					entries = append(mq.Entries, translate.DescriptorEntry{Key: translate.DescriptorUser, Value: "alice"})
+				}
 			}
-			var checks []string
-			for _, limit := range rl.RateLimits {
-				if !strings.Contains(fmt.Sprint(limit.Actions), q.Name) {
-					continue
-				}
-				if limit.ApplyOnStreamDone || limit.HitsAddend.GetNumber() == nil || limit.HitsAddend.GetNumber().GetValue() != 0 {
-					t.Errorf("%s %s: Envoy must only check (hits 0 at request time), has %v", in, q.Name, limit)
-				}
-				var entries []string
-				for _, a := range limit.Actions {
-					if g := a.GetGenericKey(); g != nil {
-						entries = append(entries, g.DescriptorKey+"="+g.DescriptorValue)
-					} else if h := a.GetRequestHeaders(); h != nil {
-						entries = append(entries, h.DescriptorKey+"=<"+h.HeaderName+">")
+			if entries == nil {
+				t.Fatalf("%s: ModelQuotas misses %s on %s", in, q.Name, q.Model)
+			}
+			nodes := tree.Descriptors
+			limited := false
+			for i, e := range entries {
+				// The service prefers a node with the entry's value, then one with no value,
+				// which matches any value of its key (the default user).
+				var exact, anyValue *rlsconfv3.RateLimitDescriptor
+				for _, n := range nodes {
+					switch {
+					case n.Key == e.Key && n.Value == e.Value:
+						exact = n
+					case n.Key == e.Key && n.Value == "":
+						anyValue = n
 					}
 				}
-				checks = append(checks, strings.Join(entries, ","))
-			}
-			var charged []string
-			for _, mq := range byModel[q.Model] {
-				if mq.Quota.Name != q.Name {
-					continue
+				next := exact
+				if next == nil {
+					next = anyValue
 				}
-				var entries []string
-				for _, e := range mq.Entries {
-					entries = append(entries, e.Key+"="+e.Value)
+				if next == nil {
+					t.Fatalf("%s %s: descriptor %v leaves the ratelimit tree at %v", in, q.Name, entries, e)
 				}
-				charged = append(charged, strings.Join(append(entries, translate.DescriptorUser+"=<"+p.Identity.Header+">"), ","))
+				limited = i == len(entries)-1 && next.RateLimit != nil
+				nodes = next.Descriptors
 			}
-			if len(checks) != 1 || len(charged) != 1 || checks[0] != charged[0] {
-				t.Fatalf("%s %s: want one check and one charge with equal descriptors, got\ncheck  %v\ncharge %v", in, q.Name, checks, charged)
+			if !limited {
+				t.Errorf("%s %s: descriptor %v reaches no limit", in, q.Name, entries)
 			}
 			uqs := translate.UserQuotas(p, "alice", q.Model)
 			found := false

@@ -7,7 +7,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -78,18 +77,29 @@ func modelRoute(p *input, m policies.Model) (*routev3.Route, error) {
 			Timeout: envoy.Duration(p.Listener.RequestTimeout.Duration),
 		}},
 	}
-	limits, err := quotaRateLimits(p, m.Name)
-	if err != nil {
-		return nil, err
-	}
-	if len(limits) > 0 {
-		perRoute, err := envoy.Any(&ratelimitv3.RateLimitPerRoute{Domain: p.RateLimit.Domain, RateLimits: limits})
-		if err != nil {
-			return nil, err
-		}
-		r.TypedPerFilterConfig = map[string]*anypb.Any{envoy.FilterRateLimit: perRoute}
+	if len(p.quotasByModel[m.Name]) > 0 {
+		r.ResponseHeadersToAdd = rateLimitHeaders()
 	}
 	return r, nil
+}
+
+// rateLimitHeaders tell a client of a model with quotas where it stands, in the headers of
+// draft 03 of the IETF RateLimit fields: the limit and window of the quota closest to its
+// limit, what is left of it, and the seconds until its window resets. The ext_proc server
+// publishes the values when it checks the request; a request it did not check (the check
+// failed open) gets none, as Envoy leaves out headers whose value comes out empty.
+func rateLimitHeaders() []*corev3.HeaderValueOption {
+	header := func(name, key string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: name, Value: "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + key + ")%"},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return []*corev3.HeaderValueOption{
+		header("x-ratelimit-limit", envoy.MetadataRateLimitLimit),
+		header("x-ratelimit-remaining", envoy.MetadataRateLimitRemaining),
+		header("x-ratelimit-reset", envoy.MetadataRateLimitReset),
+	}
 }
 
 // modelListRoute answers GET /v1/models with the policy's models, in the OpenAI list shape. The

@@ -80,11 +80,7 @@ func clusters(p *input) ([]*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	rateLimit, err := grpcCluster(envoy.ClusterRateLimit, p.RateLimit.Endpoint)
-	if err != nil {
-		return nil, err
-	}
-	out = append(out, extProc, rateLimit)
+	out = append(out, extProc)
 	if usesJWT(p) && p.Identity.JWT.JWKSURI != "" {
 		jwks, err := jwksCluster(p)
 		if err != nil {

@@ -9,7 +9,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -28,7 +27,7 @@ import (
 //   - RateLimitConfigs pass the rules the ratelimit service enforces when loading them;
 //   - references resolve: route actions (cluster, weighted clusters, mirrors) name existing
 //     clusters, every HTTP connection manager's rds.route_config_name names an existing route
-//     config, ext_proc and ratelimit filters name existing clusters, and every route config is
+//     config, ext_proc filters name existing clusters, and every route config is
 //     used by some listener;
 //   - go-control-plane's Snapshot.Consistent() passes.
 //
@@ -268,8 +267,6 @@ func checkReferences(probs *problems, listeners []entry[*listenerv3.Listener], r
 			case *extprocv3.ExternalProcessor:
 				requireCluster(where, "ext_proc grpc_service", cfg.GetGrpcService().GetEnvoyGrpc().GetClusterName())
 				requireCluster(where, "ext_proc http_service", cfg.GetHttpService().GetHttpService().GetHttpUri().GetCluster())
-			case *ratelimitv3.RateLimit:
-				requireCluster(where, "ratelimit rate_limit_service", cfg.GetRateLimitService().GetGrpcService().GetEnvoyGrpc().GetClusterName())
 			}
 		}
 	}

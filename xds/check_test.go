@@ -51,7 +51,7 @@ func TestCheckFindsProblems(t *testing.T) {
 	}, {
 		name: "listener names a missing route config",
 		mutate: func(t *testing.T, r *Resources) {
-			r.Listeners[0] = testListener(t, envoy.ListenerName, testHCM(t, "routes_typo", envoy.ClusterExtProc, envoy.ClusterRateLimit))
+			r.Listeners[0] = testListener(t, envoy.ListenerName, testHCM(t, "routes_typo", envoy.ClusterExtProc))
 		},
 		want: []string{
 			`listener "tollgate_http": http connection manager "ingress_http": rds.route_config_name "routes_typo" does not exist`,
@@ -60,30 +60,29 @@ func TestCheckFindsProblems(t *testing.T) {
 	}, {
 		name: "filters name missing clusters",
 		mutate: func(t *testing.T, r *Resources) {
-			r.Listeners[0] = testListener(t, envoy.ListenerName, testHCM(t, envoy.RouteConfigName, "no_extproc", "no_ratelimit"))
+			r.Listeners[0] = testListener(t, envoy.ListenerName, testHCM(t, envoy.RouteConfigName, "no_extproc"))
 		},
 		want: []string{
 			`listener "tollgate_http": ext_proc grpc_service names cluster "no_extproc", which does not exist`,
-			`listener "tollgate_http": ratelimit rate_limit_service names cluster "no_ratelimit", which does not exist`,
 		},
 	}, {
 		name: "cluster with empty name fails validation too",
 		mutate: func(t *testing.T, r *Resources) {
 			r.Clusters = append(r.Clusters, testCluster(""))
 		},
-		want: []string{`Clusters[3] (cluster): name is empty`, `Clusters[3] (cluster): invalid Cluster.Name`},
+		want: []string{`Clusters[2] (cluster): name is empty`, `Clusters[2] (cluster): invalid Cluster.Name`},
 	}, {
 		name: "invalid cluster",
 		mutate: func(t *testing.T, r *Resources) {
 			c := testCluster("backend_sim")
 			c.ConnectTimeout.Seconds = -1
-			r.Clusters[2] = c
+			r.Clusters[1] = c
 		},
 		want: []string{`cluster "backend_sim": invalid Cluster.ConnectTimeout`},
 	}, {
 		name: "packed HTTP connection manager is validated",
 		mutate: func(t *testing.T, r *Resources) {
-			hcm := testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc, envoy.ClusterRateLimit)
+			hcm := testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc)
 			hcm.StatPrefix = ""
 			r.Listeners[0] = testListener(t, envoy.ListenerName, hcm)
 		},

@@ -11,10 +11,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	ratelimitconfv3 "github.com/envoyproxy/go-control-plane/envoy/config/ratelimit/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
-	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -73,8 +71,8 @@ func grpcService(cluster string) *corev3.GrpcService {
 }
 
 // testHCM is an HTTP connection manager loading routeConfig over ADS, with tollgate's filter
-// chain: ext_proc, ratelimit, router.
-func testHCM(t testing.TB, routeConfig, extProcCluster, rateLimitCluster string) *hcmv3.HttpConnectionManager {
+// chain: ext_proc, router.
+func testHCM(t testing.TB, routeConfig, extProcCluster string) *hcmv3.HttpConnectionManager {
 	return &hcmv3.HttpConnectionManager{
 		StatPrefix: "ingress_http",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
@@ -87,13 +85,6 @@ func testHCM(t testing.TB, routeConfig, extProcCluster, rateLimitCluster string)
 		HttpFilters: []*hcmv3.HttpFilter{
 			{Name: envoy.FilterExtProc, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &extprocv3.ExternalProcessor{
 				GrpcService: grpcService(extProcCluster),
-			})}},
-			{Name: envoy.FilterRateLimit, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &ratelimitv3.RateLimit{
-				Domain: "tollgate",
-				RateLimitService: &ratelimitconfv3.RateLimitServiceConfig{
-					GrpcService:         grpcService(rateLimitCluster),
-					TransportApiVersion: corev3.ApiVersion_V3,
-				},
 			})}},
 			{Name: envoy.FilterRouter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})}},
 		},
@@ -150,9 +141,9 @@ func testResources(t testing.TB, extraClusters ...string) Resources {
 	backends := append([]string{envoy.BackendCluster("sim")}, extraClusters...)
 	r := Resources{
 		Listeners: []types.Resource{testListener(t, envoy.ListenerName,
-			testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc, envoy.ClusterRateLimit))},
+			testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc))},
 		Routes:           []types.Resource{testRoutes(envoy.RouteConfigName, backends...)},
-		Clusters:         []types.Resource{testCluster(envoy.ClusterExtProc), testCluster(envoy.ClusterRateLimit)},
+		Clusters:         []types.Resource{testCluster(envoy.ClusterExtProc)},
 		RateLimitConfigs: []types.Resource{testRateLimitConfig("tollgate", "qwen3", 50)},
 	}
 	for _, b := range backends {

@@ -21,7 +21,7 @@ import (
 func TestCachedPublishReportsTheSameProblems(t *testing.T) {
 	bad := func() Resources {
 		r := testResources(t)
-		hcm := testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc, envoy.ClusterRateLimit)
+		hcm := testHCM(t, envoy.RouteConfigName, envoy.ClusterExtProc)
 		hcm.StatPrefix = ""
 		r.Listeners[0] = testListener(t, envoy.ListenerName, hcm)
 		return r

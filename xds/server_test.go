@@ -35,7 +35,7 @@ func TestNodesGetTheirGroupsSnapshot(t *testing.T) {
 	if cds.GetTypeUrl() != resource.ClusterType || cds.GetVersionInfo() != res.EnvoyVersion {
 		t.Fatalf("envoy-a got %s version %q, want CDS version %q", cds.GetTypeUrl(), cds.GetVersionInfo(), res.EnvoyVersion)
 	}
-	wantClusters := []string{envoy.BackendCluster("sim"), envoy.ClusterExtProc, envoy.ClusterRateLimit}
+	wantClusters := []string{envoy.BackendCluster("sim"), envoy.ClusterExtProc}
 	if got := resourceNames(t, cds); !sameSet(got, wantClusters) {
 		t.Errorf("clusters = %v, want %v", got, wantClusters)
 	}
@@ -174,7 +174,7 @@ func TestPublishRejectsBadConfigAndKeepsServing(t *testing.T) {
 	for _, want := range []string{
 		`route config "unused": virtual host "llm" route "to_backend_missing": route action names cluster "backend_missing", which does not exist`,
 		`route config "unused": no listener uses it`,
-		`Clusters[3] (cluster): name is empty`,
+		`Clusters[2] (cluster): name is empty`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

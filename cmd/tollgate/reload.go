@@ -246,6 +246,8 @@ func chargeConfig(p *policies.Policy, cfg *extproc.Config) {
 	}
 	cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
 	cfg.RateLimitDomain = p.RateLimit.Domain
+	cfg.QuotaCheckTimeout = p.RateLimit.Timeout.Duration
+	cfg.QuotaFailOpen = p.RateLimit.FailureMode != policies.FailureModeClosed
 	cfg.UserDescriptorKey = translate.DescriptorUser
 	cfg.Quotas = make(map[string][]extproc.Quota, len(byModel))
 	for model, quotas := range byModel {

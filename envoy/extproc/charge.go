@@ -11,16 +11,14 @@ import (
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// Charging. Envoy's ratelimit filter checks a user's quotas when a request arrives; the
-// charge for what the request actually cost is sent by this server, once, when the exchange
-// ends — whichever way it ends. A response that completes is charged the usage the backend
+// Charging. The server checks a user's quotas before a request goes upstream (quota.go); the
+// charge for what the request actually cost is sent once, when the exchange ends — whichever
+// way it ends. A response that completes is charged the usage the backend
 // reported; one that breaks off (the client left, the stream was reset, a timeout) is charged
 // what it had served so far, so leaving early never makes a request free. Only this server
 // sees every one of those endings: Envoy's own "charge when the stream is done" reads a cost
@@ -82,7 +80,7 @@ type charge struct {
 }
 
 // charger sends charges to the ratelimit service from a few workers, retrying while the
-// service is unreachable. It keeps one client connection per service address.
+// service is unreachable.
 type charger struct {
 	logger  *slog.Logger
 	metrics *Metrics
@@ -92,16 +90,15 @@ type charger struct {
 	state  sync.RWMutex // guards closed; senders hold it for reading
 	closed bool
 
-	mu    sync.Mutex // guards conns
-	conns map[string]*grpc.ClientConn
+	conns *rlsConns
 }
 
-func newCharger(logger *slog.Logger, metrics *Metrics) *charger {
+func newCharger(logger *slog.Logger, metrics *Metrics, conns *rlsConns) *charger {
 	c := &charger{
 		logger:  logger,
 		metrics: metrics,
 		queue:   make(chan charge, chargeQueueSize),
-		conns:   map[string]*grpc.ClientConn{},
+		conns:   conns,
 	}
 	for range chargeWorkers {
 		c.workers.Add(1)
@@ -125,7 +122,7 @@ func (c *charger) enqueue(ch charge) {
 
 func (c *charger) work() {
 	defer c.workers.Done()
-	var carried *charge // taken from the queue but bound for another service or domain
+	var carried *charge
 	for {
 		var first charge
 		if carried != nil {
@@ -137,28 +134,14 @@ func (c *charger) work() {
 			}
 			first = ch
 		}
-		batch := []charge{first}
-		descriptors := len(first.request.GetDescriptors())
-	collect:
-		for descriptors < chargeBatchDescriptors {
-			select {
-			case ch, ok := <-c.queue:
-				if !ok {
-					break collect
-				}
-				if ch.target != first.target || ch.request.GetDomain() != first.request.GetDomain() {
-					carried = &ch
-					break collect
-				}
-				batch = append(batch, ch)
-				descriptors += len(ch.request.GetDescriptors())
-			default:
-				break collect
-			}
-		}
+		var batch []charge
+		batch, carried = takeBatch(c.queue, first, chargeRoute, chargeSize, chargeBatchDescriptors)
 		c.send(batch)
 	}
 }
+
+func chargeRoute(ch charge) (string, string) { return ch.target, ch.request.GetDomain() }
+func chargeSize(ch charge) int               { return len(ch.request.GetDescriptors()) }
 
 // send delivers a batch of charges in one call, retrying unreachable-service errors with a
 // doubling pause. The batch shares one fate: every charge in it is counted sent or failed.
@@ -171,7 +154,7 @@ func (c *charger) send(batch []charge) {
 			request.Descriptors = append(request.Descriptors, ch.request.GetDescriptors()...)
 		}
 	}
-	conn, err := c.conn(first.target)
+	conn, err := c.conns.get(first.target)
 	pause := chargeRetryBase
 	for attempt := 1; err == nil; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), chargeAttemptTimeout)
@@ -205,20 +188,6 @@ func retryable(err error) bool {
 	}
 }
 
-func (c *charger) conn(target string) (*grpc.ClientConn, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if conn, ok := c.conns[target]; ok {
-		return conn, nil
-	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	c.conns[target] = conn
-	return conn, nil
-}
-
 // close stops taking queued charges and waits until every queued one is sent (or ctx ends);
 // charges already handed over are not lost to a clean shutdown.
 func (c *charger) close(ctx context.Context) error {
@@ -242,12 +211,6 @@ func (c *charger) close(ctx context.Context) error {
 	case <-ctx.Done():
 		err = errors.New("charges still being sent when shutdown gave up")
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for target, conn := range c.conns {
-		_ = conn.Close()
-		delete(c.conns, target)
-	}
 	return err
 }
 
@@ -260,13 +223,8 @@ func chargeRequest(cfg *Config, model, user string, costs map[string]int64) *rls
 		if !ok || hits <= 0 {
 			continue // a zero addend would only check, and an unknown cost is never guessed
 		}
-		entries := make([]*ratelimitv3.RateLimitDescriptor_Entry, 0, len(q.Entries)+1)
-		for _, e := range q.Entries {
-			entries = append(entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: e.Key, Value: e.Value})
-		}
-		entries = append(entries, &ratelimitv3.RateLimitDescriptor_Entry{Key: cfg.UserDescriptorKey, Value: user})
 		descriptors = append(descriptors, &ratelimitv3.RateLimitDescriptor{
-			Entries:    entries,
+			Entries:    descriptorEntries(cfg, q, user),
 			HitsAddend: wrapperspb.UInt64(uint64(hits)),
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // fakeRateLimit records the charges it receives. It stands in for the ratelimit service in
@@ -26,8 +27,12 @@ type fakeRateLimit struct {
 	// gate, when set, holds every call until it is closed: a busy service.
 	gate chan struct{}
 
+	// over names users whose checks are answered OVER_LIMIT.
+	over map[string]bool
+
 	mu       sync.Mutex
-	requests []*rlsv3.RateLimitRequest
+	requests []*rlsv3.RateLimitRequest // charges
+	checks   []*rlsv3.RateLimitRequest
 }
 
 func startFakeRateLimit(t testing.TB) *fakeRateLimit {
@@ -50,8 +55,28 @@ func (f *fakeRateLimit) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitR
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.requests = append(f.requests, req)
-	return &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}, nil
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}
+	for _, d := range req.GetDescriptors() {
+		status := &rlsv3.RateLimitResponse_DescriptorStatus{
+			Code:               rlsv3.RateLimitResponse_OK,
+			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{RequestsPerUnit: 50, Unit: rlsv3.RateLimitResponse_RateLimit_HOUR},
+			LimitRemaining:     40,
+			DurationUntilReset: durationpb.New(90 * time.Second),
+		}
+		entries := d.GetEntries()
+		if f.over[entries[len(entries)-1].GetValue()] {
+			status.Code, status.LimitRemaining = rlsv3.RateLimitResponse_OVER_LIMIT, 0
+			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+		}
+		resp.Statuses = append(resp.Statuses, status)
+	}
+	// A call either checks (every addend 0) or charges, never both.
+	if d := req.GetDescriptors(); len(d) > 0 && d[0].GetHitsAddend().GetValue() == 0 {
+		f.checks = append(f.checks, req)
+	} else {
+		f.requests = append(f.requests, req)
+	}
+	return resp, nil
 }
 
 // charges renders every received descriptor as "key=value,...: +hits", sorted.
@@ -201,6 +226,7 @@ func TestUnreachableRateLimitChargeIsRetriedThenCounted(t *testing.T) {
 	dead := lis.Addr().String()
 	lis.Close() // nothing listens there any more
 	cfg := chargedConfig(t, &fakeRateLimit{addr: dead})
+	cfg.QuotaFailOpen = true // the request is admitted unchecked; its charge fails too
 	h := newHarness(t, cfg)
 	c := h.open(t)
 	sendChat(t, c, `{"model":"qwen3"}`)
@@ -223,7 +249,7 @@ func TestUnreachableRateLimitChargeIsRetriedThenCounted(t *testing.T) {
 func TestCloseSendsQueuedCharges(t *testing.T) {
 	fake := startFakeRateLimit(t)
 	cfg := withDefaults(chargedConfig(t, fake))
-	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil))
+	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil), &rlsConns{})
 	for i := range 50 {
 		ch.enqueue(charge{target: cfg.RateLimitAddress, basis: basisUsage, model: "qwen3",
 			request: chargeRequest(cfg, "qwen3", fmt.Sprintf("user%02d", i), map[string]int64{"llm_total_token": 1})})
@@ -250,7 +276,7 @@ func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
 	cfg := withDefaults(chargedConfig(t, fake))
 	other := *cfg
 	other.RateLimitDomain = "other"
-	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil))
+	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil), &rlsConns{})
 	const charges = 300
 	var want []string
 	for i := range charges {

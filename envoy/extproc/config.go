@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/cel-go/cel"
@@ -119,7 +120,7 @@ type Config struct {
 	// ModelHeader is the routing header set from the request body's model. Default
 	// envoy.DefaultModelHeader.
 	ModelHeader string
-	// IdentityHeader carries the user id to the ratelimit filter. Default
+	// IdentityHeader carries the user id upstream. Default
 	// envoy.DefaultUserHeader. In IdentityFromHeader mode the client's value is the user and a
 	// request without it is answered 401; in the other modes the server sets it, overwriting
 	// whatever the client sent.
@@ -161,8 +162,14 @@ type Config struct {
 	// UserDescriptorKey is the key of a charged descriptor's last entry, whose value is the
 	// user.
 	UserDescriptorKey string
-	// Quotas lists, by model, the counters a request for that model is charged to.
+	// Quotas lists, by model, the counters a request for that model is checked against before
+	// it goes upstream and charged to when it ends.
 	Quotas map[string][]Quota
+	// QuotaCheckTimeout bounds one quota check. Default DefaultQuotaCheckTimeout.
+	QuotaCheckTimeout time.Duration
+	// QuotaFailOpen admits a request whose quota check failed (the ratelimit service did not
+	// answer in time); otherwise it is answered 503.
+	QuotaFailOpen bool
 	// CheckUserID says why an id cannot be a user (the policy's rule), or nil. Every mode's
 	// id passes it before the request goes on; a failing one is answered 400. Default: valid
 	// UTF-8 of 1 to DefaultMaxUserIDBytes bytes, the least the ratelimit service needs.

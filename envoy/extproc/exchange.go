@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"mime"
 	"strconv"
 	"strings"
@@ -44,6 +45,7 @@ type exchange struct {
 	cfg     *Config // the config the request started with, kept to the end
 	logger  *slog.Logger
 	metrics *Metrics
+	checker *checker // nil: quotas are not checked (a test of routing only)
 	charger *charger // nil: charges are not sent (no quotas, or a test of routing only)
 	start   time.Time
 
@@ -88,8 +90,8 @@ const (
 	bodyStreamed                    // an SSE stream, parsed chunk by chunk
 )
 
-func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, charger *charger) *exchange {
-	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, charger: charger, start: time.Now()}
+func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, checker *checker, charger *charger) *exchange {
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, checker: checker, charger: charger, start: time.Now()}
 }
 
 // handle answers one message from Envoy.
@@ -117,8 +119,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 	headers := msg.GetHeaders()
 	ex.api = llmapi.APIForPath(firstHeader(headers, ":path"))
 
-	// Without a user the ratelimit filter would drop the descriptor and not limit the
-	// request at all, so the request must stop here.
+	// Without a user no quota could hold the request, so it must stop here.
 	user, rejected := ex.identify(headers, meta)
 	if rejected != nil {
 		return ex.reject(*rejected)
@@ -190,6 +191,10 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		})
 	}
 	ex.model = parsed.Model
+	rejected, limits := ex.checkQuota()
+	if rejected != nil {
+		return ex.reject(*rejected)
+	}
 	ex.llmCall = true
 	ex.promptBytes = parsed.TextBytes
 	ex.streamRequested = parsed.Stream
@@ -202,6 +207,10 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		ClearRouteCache: true,
 	}
 	ex.setUpstreamKey(common.HeaderMutation)
+	// The model for the access log, and the numbers the model's route turns into x-ratelimit-*
+	// response headers.
+	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
+	maps.Copy(fields, limits)
 	if parsed.Stream && !parsed.IncludeUsage && (ex.api == llmapi.ChatCompletions || ex.api == llmapi.Completions) {
 		// Without stream_options.include_usage an OpenAI stream reports no usage and could
 		// not be charged.
@@ -220,7 +229,9 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 			}
 		}
 	}
-	return requestBodyResponse(common)
+	resp := requestBodyResponse(common)
+	resp.DynamicMetadata = namespaced(fields)
+	return resp
 }
 
 // responseHead is what the exchange reads of a response before its body.
@@ -259,8 +270,8 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	status, err := strconv.Atoi(head.status)
 	if err != nil || status < 200 || status > 299 {
 		// Errors cost nothing: the body is not read and no cost is published. This includes
-		// local replies of later filters (429 from the ratelimit filter, the 404 route) and
-		// Envoy's own 413 when a body overflows its buffer before reaching us.
+		// Envoy's local replies (the 404 route, a 503 when the backend cannot be reached) and
+		// its own 413 when a body overflows its buffer before reaching us.
 		if ex.llmCall {
 			errorType := otherLabel
 			if err == nil {
@@ -632,10 +643,16 @@ func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 	}
 }
 
-// reject answers the request with an error and records its outcome.
+// reject answers the request with an error and records its outcome. Once the model is known
+// it is published for the access log: Envoy logs the answer on the route it matched before
+// the body was read.
 func (ex *exchange) reject(r rejection) *extprocv3.ProcessingResponse {
 	ex.finish(r.outcome)
-	return immediateResponse(r)
+	resp := immediateResponse(r)
+	if ex.model != "" {
+		resp.DynamicMetadata = namespaced(map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)})
+	}
+	return resp
 }
 
 // observeDuration records the request duration (errorType "" for success) and returns the

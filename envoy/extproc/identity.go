@@ -13,12 +13,12 @@ import (
 )
 
 // identify works out who sends the request. It returns the user, or the rejection to answer
-// with. Every mode rejects before the request reaches the ratelimit filter, so unidentified
-// traffic is never counted (or, worse, let through unlimited) and creates no counters.
+// with. Every mode rejects before the quota check, so unidentified traffic is never counted
+// (or, worse, let through unlimited) and creates no counters.
 //
 // Whatever the mode, the id must pass the policy's user id rule. An id the ratelimit service
-// cannot decode (bytes that are not UTF-8) makes its check fail, and with failureMode open Envoy
-// lets such a request through unlimited; the other rules keep ids legible in logs and equal to
+// cannot decode (bytes that are not UTF-8) makes its check fail, and with failureMode open such
+// a request would go through unlimited; the other rules keep ids legible in logs and equal to
 // what the policy can name.
 func (ex *exchange) identify(headers *corev3.HeaderMap, meta *corev3.Metadata) (string, *rejection) {
 	var user string

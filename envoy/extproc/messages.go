@@ -3,6 +3,8 @@ package extproc
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -136,6 +138,8 @@ func responseBodyModeOverride(mode filterv3.ProcessingMode_BodySendMode) *filter
 const (
 	errorTypeInvalidRequest = "invalid_request_error"
 	errorTypeAuthentication = "authentication_error"
+	errorTypeRateLimit      = "rate_limit_exceeded"
+	errorTypeUnavailable    = "service_unavailable"
 )
 
 // apiError is the body of an OpenAI-style error response. Param and code are null when
@@ -154,6 +158,8 @@ type rejection struct {
 	err     apiError
 	// details shows up in Envoy's %RESPONSE_CODE_DETAILS%; no spaces.
 	details string
+	// headers are set on the answer besides content-type.
+	headers map[string]string
 }
 
 // missingModel answers a request to a generation path that names no model in its body.
@@ -196,6 +202,15 @@ func optional(s string) *string {
 }
 
 // immediateResponse answers the client directly with a JSON error body.
+// rejectionHeaders are an answer's headers: content-type, then headers in name order.
+func rejectionHeaders(headers map[string]string) []*corev3.HeaderValueOption {
+	out := []*corev3.HeaderValueOption{overwrite("content-type", "application/json")}
+	for _, name := range slices.Sorted(maps.Keys(headers)) {
+		out = append(out, overwrite(name, headers[name]))
+	}
+	return out
+}
+
 func immediateResponse(r rejection) *extprocv3.ProcessingResponse {
 	body, err := json.Marshal(struct {
 		Error apiError `json:"error"`
@@ -208,9 +223,7 @@ func immediateResponse(r rejection) *extprocv3.ProcessingResponse {
 		ImmediateResponse: &extprocv3.ImmediateResponse{
 			Status: &typev3.HttpStatus{Code: typev3.StatusCode(r.status)},
 			// Envoy sets content-length of a local reply itself.
-			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
-				overwrite("content-type", "application/json"),
-			}},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: rejectionHeaders(r.headers)},
 			Body:    body,
 			Details: r.details,
 		},

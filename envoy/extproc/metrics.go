@@ -31,6 +31,9 @@ const (
 	outcomeRejected404  = "rejected_404"
 	outcomeRejected401  = "rejected_401"
 	outcomeRejected413  = "rejected_413"
+	outcomeRejected429  = "rejected_429" // over a token quota
+	// outcomeQuotaUnavailable: the quota could not be checked and failure mode closed refused.
+	outcomeQuotaUnavailable = "rejected_503"
 )
 
 // Metrics are the ext_proc server's Prometheus collectors.
@@ -43,6 +46,7 @@ type Metrics struct {
 	costErrors         *prometheus.CounterVec
 	usageMissing       *prometheus.CounterVec
 	charges            *prometheus.CounterVec
+	quotaChecks        *prometheus.CounterVec
 	activeStreams      prometheus.Gauge
 }
 
@@ -89,6 +93,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_quota_charges_total",
 			Help: "Charges sent to the ratelimit service when a request ended, by basis (usage: reported by the backend; estimate: from the prompt and the output served) and result (sent, failed).",
 		}, []string{"basis", "result"}),
+		quotaChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_quota_checks_total",
+			Help: "Quota checks before a request goes upstream, by result (ok, over_limit: answered 429, failed_open: the ratelimit service did not answer and the request was admitted, failed_closed: ... and refused with 503).",
+		}, []string{"result"}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) being served right now.",
@@ -105,6 +113,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.costErrors = registerOrReuse(reg, m.costErrors)
 	m.usageMissing = registerOrReuse(reg, m.usageMissing)
 	m.charges = registerOrReuse(reg, m.charges)
+	m.quotaChecks = registerOrReuse(reg, m.quotaChecks)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	return m
 }

@@ -1,15 +1,16 @@
 // Package extproc is tollgate's Envoy external processor (envoy.service.ext_proc.v3). Envoy
-// calls it once per HTTP request, on one gRPC stream, before the ratelimit filter and the
-// router. It
+// calls it once per HTTP request, on one gRPC stream, before the router. It
 //
 //   - identifies the user — from a trusted header, an API key looked up by its hash, or a
-//     JSON Web Token Envoy verified — and rejects requests without one (401), since the
-//     ratelimit filter would otherwise leave them unlimited. In API key and token modes it
+//     JSON Web Token Envoy verified — and rejects requests without one (401), since no quota
+//     could hold them. In API key and token modes it
 //     writes the user into the identity header, overwriting the client's, and removes the
 //     client's credentials before the request goes upstream;
 //   - sends a backend's own API key upstream once the model, and so the backend, is known;
 //   - reads the model from the JSON body and writes it into the routing header, overwriting
 //     whatever the client sent, and makes Envoy pick the route again;
+//   - checks the user's quotas on the model with the ratelimit service and answers 429 when
+//     one is used up (quota.go);
 //   - makes OpenAI streams report usage (stream_options.include_usage);
 //   - answers paths whose usage it cannot read with 404, so nothing reaches a backend unmetered;
 //   - reads token usage from successful JSON and server-sent-event responses, publishes the
@@ -39,6 +40,8 @@ import (
 type Server struct {
 	logger  *slog.Logger
 	metrics *Metrics
+	conns   *rlsConns
+	checker *checker
 	charger *charger
 	cfg     atomic.Pointer[Config]
 }
@@ -52,7 +55,8 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	s := &Server{logger: logger, metrics: metrics, charger: newCharger(logger, metrics)}
+	conns := &rlsConns{}
+	s := &Server{logger: logger, metrics: metrics, conns: conns, checker: newChecker(conns), charger: newCharger(logger, metrics, conns)}
 	s.cfg.Store(withDefaults(cfg))
 	return s
 }
@@ -61,7 +65,9 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
 // Call it after the gRPC server has stopped, so that every exchange has ended and queued its
 // charge; it gives up when ctx ends.
 func (s *Server) Close(ctx context.Context) error {
-	return s.charger.close(ctx)
+	err := errors.Join(s.checker.close(ctx), s.charger.close(ctx))
+	s.conns.close()
+	return err
 }
 
 // Update swaps the configuration. Requests already in flight finish with the configuration
@@ -97,7 +103,7 @@ type processor struct{ s *Server }
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
 	defer p.s.metrics.activeStreams.Dec()
-	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.charger)
+	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.checker, p.s.charger)
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

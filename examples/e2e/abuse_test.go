@@ -479,10 +479,13 @@ func TestAbuseSpoofedHeaders(t *testing.T) {
 		req.Header.Set("x-user-id", "pathspoofer")
 		req.Header.Set("x-llmsim-echo-headers", echo)
 		req.Header.Set("x-envoy-original-path", "/admin/innocent")
+		calls := s.rateLimitCalls(t)
 		r := doRequest(t, req)
 		if r.status != 200 {
 			t.Fatalf("status %d: %s", r.status, r.body)
 		}
+		// Its check and its charge, so that the next subtest counts only its own calls.
+		s.awaitRateLimitCalls(t, calls+2)
 		if got := r.header.Values("x-llmsim-echo-x-envoy-original-path"); len(got) != 0 {
 			t.Errorf("backend received the client's x-envoy-original-path %q", got)
 		}
@@ -589,7 +592,7 @@ func TestAbuseRandomUserCardinality(t *testing.T) {
 }
 
 // TestAbuseRandomAPIKeysNeverReachRedis: in apiKeys identity mode an invented key is refused
-// by the ext_proc server (401) before the ratelimit filter, so randomKeys random keys add no
+// by the ext_proc server (401) before the quota check, so randomKeys random keys add no
 // Redis key and no ratelimit call at all; a known key still works, and is charged to its own
 // user whatever x-user-id the client adds.
 func TestAbuseRandomAPIKeysNeverReachRedis(t *testing.T) {

@@ -116,7 +116,7 @@ func TestRateLimitServiceKilled(t *testing.T) {
 			// Each phase sends n requests and checks the failure mode decided them.
 			phase := func(what string) {
 				t.Helper()
-				allowedBefore := s.faultStat(t, "ratelimit.failure_mode_allowed")
+				allowedBefore := failedOpenChecks(t, s)
 				for i := range n {
 					begin := time.Now()
 					r := mustDo(t, "POST", s.url("/v1/chat/completions"), alice, chatBody("qwen3"))
@@ -138,8 +138,8 @@ func TestRateLimitServiceKilled(t *testing.T) {
 					}
 				}
 				if mode == "open" {
-					if got := s.faultStat(t, "ratelimit.failure_mode_allowed") - allowedBefore; got < n {
-						t.Errorf("service %s: Envoy counted %d fail-open admissions, want >= %d", what, got, n)
+					if got := failedOpenChecks(t, s) - allowedBefore; got < n {
+						t.Errorf("service %s: tollgate counted %d fail-open admissions, want >= %d", what, got, n)
 					}
 				}
 			}

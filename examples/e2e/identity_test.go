@@ -127,7 +127,7 @@ func TestAPIKeyIdentity(t *testing.T) {
 		"keys.yaml": keysFile(map[string]string{"alice": aliceAPIKey, "bob": bobAPIKey}),
 	})
 
-	// Unknown and missing keys: 401 before the ratelimit filter, so no counter is created.
+	// Unknown and missing keys: 401 before the quota check, so no counter is created.
 	keysBefore := countRedisKeys(t, redisAddr, "*")
 	callsBefore := s.rateLimitCalls(t)
 	for name, c := range map[string]struct {

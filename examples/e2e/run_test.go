@@ -147,7 +147,7 @@ func TestRunSeedScenario(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if n := strings.Count(string(b), `"route":"model_qwen3"`); n != 11 {
+		if n := strings.Count(string(b), `"model":"qwen3"`); n != 11 {
 			return fmt.Errorf("%d qwen3 lines", n)
 		}
 		if n := strings.Count(string(b), `"status":429`); n != 5 {
