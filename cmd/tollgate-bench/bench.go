@@ -109,7 +109,18 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				return err
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gw, extProcOnly, sim, logger)
+		var lite *stack.LiteLLM
+		if cfg.litellm {
+			logger.Info("starting LiteLLM (slow: every worker imports it)", "workers", cfg.litellmWorkers, "timeout", stack.LiteLLMStartTimeout)
+			if lite, err = env.StartLiteLLM(ctx, simPort, cfg.litellmWorkers); err != nil {
+				// The other systems still run: L is a comparison, not tollgate's measurement.
+				fail("litellm", err)
+				lite = nil
+			} else {
+				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
+			}
+		}
+		systems, err := overheadPhase(ctx, cfg, plain, gw, extProcOnly, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)
@@ -184,7 +195,38 @@ func resolveBins(cfg config) (stack.Bins, error) {
 			errs = append(errs, errors.New("redis-server not found: run `task setup` or pass --redis"))
 		}
 	}
+	if cfg.litellm && cfg.phases["overhead"] {
+		if b.LiteLLM, err = findLiteLLM(cfg.litellmBin); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return b, errors.Join(errs...)
+}
+
+// liteLLMVenv is where `task install-litellm` (run by `LITELLM=1 task bench`) installs LiteLLM.
+var liteLLMVenv = filepath.Join(".tools", "litellm-venv")
+
+// findLiteLLM looks for the litellm command: the flag, the project's venv under the working
+// directory, then PATH.
+func findLiteLLM(flagValue string) (string, error) {
+	if flagValue != "" {
+		p, err := filepath.Abs(flagValue)
+		if err == nil {
+			_, err = os.Stat(p)
+		}
+		if err != nil {
+			return "", fmt.Errorf("--litellm-bin: %w", err)
+		}
+		return p, nil
+	}
+	local := filepath.Join(liteLLMVenv, "bin", "litellm")
+	if _, err := os.Stat(local); err == nil {
+		return filepath.Abs(local)
+	}
+	if p, err := exec.LookPath("litellm"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("no litellm found: run `LITELLM=1 task bench` or `task install-litellm` (a venv in .tools/litellm-venv), or pass --litellm-bin")
 }
 
 // machineInfo records what the numbers depend on.

@@ -4,7 +4,9 @@
 //   - overhead: the data-plane cost of tollgate against a plain Envoy routing to the same
 //     llmsim backend — the highest sustained request rate of each system, and latency
 //     percentiles at fixed fractions of the plain Envoy's maximum, with the CPU every process
-//     spent per request;
+//     spent per request. With LITELLM=1 (or --litellm) the LiteLLM proxy, routing only, runs
+//     too as system L, for a comparison with a Python AI gateway; it needs LiteLLM installed
+//     (`LITELLM=1 task bench` installs the pinned release into .tools/litellm-venv);
 //   - reload: from saving the policy file until Envoy serves an added model, and until the
 //     ratelimit service answers with a changed limit;
 //   - scale: parse, translate and publish time, snapshot size and retained heap for policies
@@ -17,6 +19,7 @@
 //	go run ./cmd/tollgate-bench               # everything, a few minutes
 //	go run ./cmd/tollgate-bench --quick       # a short smoke run
 //	go run ./cmd/tollgate-bench --phases scale,reload
+//	LITELLM=1 task bench                      # everything, with LiteLLM as system L
 package main
 
 import (
@@ -30,6 +33,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,6 +83,9 @@ type config struct {
 	streamTokens                int
 	streamFloor                 bool
 	extProcOnly                 bool
+	litellm                     bool
+	litellmBin                  string
+	litellmWorkers              int
 	tollgateGoMaxProcs          int
 	envoyConcurrency            int
 	maxWorkers                  uint64
@@ -95,6 +102,10 @@ func allPhases() []string { return []string{"overhead", "reload", "scale", "prof
 
 func parseConfig(args []string, stderr io.Writer) (config, error) {
 	var c config
+	litellmDefault, err := envBool("LITELLM")
+	if err != nil {
+		return c, err
+	}
 	fs := flag.NewFlagSet("tollgate-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	phases := fs.String("phases", strings.Join(allPhases(), ","), "phases to run: "+strings.Join(allPhases(), ", "))
@@ -119,6 +130,10 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
 	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
+	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+
+		"the default comes from $LITELLM (LITELLM=1 turns it on). Needs LiteLLM, which LITELLM=1 task bench installs; it takes a minute or more to start")
+	fs.StringVar(&c.litellmBin, "litellm-bin", "", "the litellm command (default: .tools/litellm-venv/bin/litellm, then PATH)")
+	fs.IntVar(&c.litellmWorkers, "litellm-workers", runtime.NumCPU(), "LiteLLM's uvicorn worker processes (its --num_workers): the CPU count unless set")
 	fs.IntVar(&c.envoyConcurrency, "envoy-concurrency", 2, "Envoy worker threads (the same for every Envoy)")
 	fs.IntVar(&c.tollgateGoMaxProcs, "tollgate-gomaxprocs", 0, "GOMAXPROCS of tollgate's processes (control plane, ratelimit service); 0 keeps Go's default (the CPU count)")
 	fs.Uint64Var(&c.maxWorkers, "max-workers", 2000, "most requests in flight per system")
@@ -163,7 +178,6 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		}
 		c.phases[p] = true
 	}
-	var err error
 	if c.fractions, err = parseFloats(*fractions); err != nil {
 		return c, fmt.Errorf("--fractions: %w", err)
 	}
@@ -179,7 +193,24 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	if c.tollgateGoMaxProcs < 0 {
 		return c, errors.New("--tollgate-gomaxprocs must be ≥ 0")
 	}
+	if c.litellmWorkers < 1 {
+		return c, errors.New("--litellm-workers must be ≥ 1")
+	}
 	return c, nil
+}
+
+// envBool reads a boolean environment variable (1, true, 0, false, ... as strconv.ParseBool
+// takes them); unset or empty is false.
+func envBool(name string) (bool, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%s=%q: want 1 or 0 (true or false)", name, v)
+	}
+	return b, nil
 }
 
 // newEnv is a set of processes with the run's settings, its files in dir.

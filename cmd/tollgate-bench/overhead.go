@@ -21,9 +21,16 @@ type loadedSystem struct {
 	rep    *report.System
 	req    load.Request
 	client *http.Client
-	// pids names the processes whose CPU a request of this system costs.
-	pids   map[string]int
-	search *load.Search
+	// pids names the processes whose CPU a request of this system costs; trees names those
+	// whose CPU is that of their whole process tree (a supervisor and its workers).
+	pids, trees map[string]int
+	search      *load.Search
+	// maxOverload, when > 0, skips fixed rates above maxOverload times the system's max: far
+	// past its capacity a system only queues requests until they time out.
+	maxOverload float64
+	// drain has every run wait until the process trees are idle: a slow system keeps working
+	// on requests the load generator gave up on, which would take the CPU from the next run.
+	drain bool
 }
 
 // requests builds what each system sends: the same chat completion, streamed for C and D.
@@ -46,8 +53,18 @@ func requests(cfg config, plainURL, gatewayURL string) (plain, gateway, plainStr
 
 // overheadPhase searches each system's max sustained rate, then runs every system at fixed
 // fractions of the floor's max. Systems take turns so that machine noise spreads over all.
-// extProcOnly, when not nil, is a gateway without quotas (system E).
-func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
+// extProcOnly, when not nil, is a gateway without quotas (system E); lite, when not nil, the
+// LiteLLM proxy (system L).
+func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, lite *stack.LiteLLM, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
+	systems := overheadSystems(cfg, plain, gw, extProcOnly, sim)
+	if lite != nil {
+		systems = append(systems, liteLLMSystem(cfg, lite, sim))
+	}
+	return measureOverhead(ctx, cfg, systems, logger)
+}
+
+// overheadSystems are A to E.
+func overheadSystems(cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, sim *proc.Process) []*loadedSystem {
 	self := os.Getpid()
 	plainReq, gwReq, plainStream, gwStream := requests(cfg, plain.URL, gw.URL)
 	plainPids := map[string]int{"envoy": plain.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self}
@@ -77,6 +94,91 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extP
 			pids: gatewayPids(extProcOnly),
 		})
 	}
+	return systems
+}
+
+// liteLLMSystem is L: the LiteLLM proxy, sent the same request as A and B (it ignores the user
+// header). Its CPU is its process tree's: uvicorn's supervisor and its workers.
+func liteLLMSystem(cfg config, lite *stack.LiteLLM, sim *proc.Process) *loadedSystem {
+	req, _, _, _ := requests(cfg, lite.URL, lite.URL)
+	version := lite.Version
+	if version == "" {
+		version = "(version unknown)"
+	}
+	return &loadedSystem{
+		rep:   &report.System{Key: "L", Floor: "A", Name: fmt.Sprintf("LiteLLM proxy %s, routing only (%d uvicorn workers; no database, callbacks, caching or key checks)", version, lite.Workers)},
+		req:   req,
+		pids:  map[string]int{"llmsim": sim.Pid(), "load generator": os.Getpid()},
+		trees: map[string]int{"litellm": lite.Proc.Pid()},
+		// A's fractions are many times L's capacity: such a run takes the client timeout to
+		// end, then the proxy works through the abandoned requests for as long again.
+		maxOverload: liteLLMMaxOverload,
+		drain:       true,
+	}
+}
+
+// liteLLMMaxOverload is the highest fixed rate L runs, as a multiple of its max.
+const liteLLMMaxOverload = 2
+
+// skipReason says why s does not run at rate, or "" when it does.
+func (s *loadedSystem) skipReason(rate float64) string {
+	if s.maxOverload <= 0 || rate <= s.maxOverload*s.rep.Max {
+		return ""
+	}
+	return fmt.Sprintf("over %g× %s's max (%.0f req/s)", s.maxOverload, s.rep.Key, s.rep.Max)
+}
+
+// quiesce waits, when the system drains, until its process trees are idle.
+func (s *loadedSystem) quiesce(ctx context.Context, logger *slog.Logger) {
+	if !s.drain || len(s.trees) == 0 {
+		return
+	}
+	start := time.Now()
+	cpu := func() time.Duration {
+		var t time.Duration
+		for _, d := range usage(nil, s.trees) {
+			t += d
+		}
+		return t
+	}
+	ok := quiet(ctx, cpu, idlePeriod, idleCPU, drainTimeout)
+	switch took := time.Since(start); {
+	case ctx.Err() != nil:
+	case !ok:
+		logger.Warn("still busy after the run", "system", s.rep.Key, "waited", took.Round(time.Second))
+	case took > 2*idlePeriod:
+		logger.Info("drained", "system", s.rep.Key, "took", took.Round(100*time.Millisecond))
+	}
+}
+
+const (
+	// idlePeriod and idleCPU define idle: less than 5% of one CPU.
+	idlePeriod, idleCPU = 500 * time.Millisecond, 25 * time.Millisecond
+	drainTimeout        = 2 * time.Minute
+)
+
+// quiet reads cpu every period until it grows by less than idle in one period (true), or
+// until timeout passes or ctx ends (false).
+func quiet(ctx context.Context, cpu func() time.Duration, period, idle, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	last := cpu()
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(period):
+		}
+		now := cpu()
+		if now-last < idle {
+			return true
+		}
+		last = now
+	}
+	return false
+}
+
+// measureOverhead runs the search and the fixed rates over systems, the floor first.
+func measureOverhead(ctx context.Context, cfg config, systems []*loadedSystem, logger *slog.Logger) ([]*report.System, error) {
 	out := make([]*report.System, len(systems))
 	for i, s := range systems {
 		s.client = load.Client(30 * time.Second)
@@ -89,6 +191,7 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extP
 	for _, s := range systems {
 		r := load.Run(ctx, s.client, s.req, cfg.startRate, cfg.warmup, opts)
 		logger.Info("warm-up", "system", s.rep.Key, "result", r.String())
+		s.quiesce(ctx, logger)
 	}
 
 	// Max sustained throughput: one step per system per round.
@@ -108,6 +211,7 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extP
 			step := s.search.Steps[len(s.search.Steps)-1]
 			logger.Info("search step", "system", s.rep.Key, "sustained", step.Sustained, "why not", step.Reason, "result", r.String())
 			settle(ctx, step.Sustained)
+			s.quiesce(ctx, logger)
 		}
 		if !ran {
 			break
@@ -123,30 +227,38 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extP
 	}
 	floor := systems[0].rep.Max
 	if floor == 0 {
-		return out, fmt.Errorf("the plain Envoy sustained no rate: nothing to take fractions of")
+		return out, fmt.Errorf("the floor (%s) sustained no rate: nothing to take fractions of", systems[0].rep.Key)
 	}
 
 	// Fixed rates, as fractions of the floor's max; the order of systems rotates per rate.
 	// One more rate, half of B's max, is one every system should sustain: there the
-	// latencies and the CPU per request compare systems that are not overloaded.
+	// latencies and the CPU per request compare systems that are not overloaded. With L, half
+	// of L's max is one more such rate, where B and L compare.
 	type fixed struct {
 		rate  float64
 		label string
 	}
 	var rates []fixed
 	for _, f := range cfg.fractions {
-		rates = append(rates, fixed{math.Round(f * floor), fmt.Sprintf("%.0f%% of A's max", 100*f)})
+		rates = append(rates, fixed{math.Round(f * floor), fmt.Sprintf("%.0f%% of %s's max", 100*f, systems[0].rep.Key)})
 	}
-	if b := systems[1].rep.Max; b > 0 {
-		rates = append(rates, fixed{math.Round(b / 2), "50% of B's max"})
+	for _, s := range systems[1:] {
+		if k := s.rep.Key; (k == "B" || k == "L") && s.rep.Max > 0 {
+			rates = append(rates, fixed{math.Round(s.rep.Max / 2), report.HalfMaxLabel(k)})
+		}
 	}
 	for i, fr := range rates {
 		rate, f := fr.rate, fr.rate/floor
 		for j := range systems {
 			s := systems[(i+j)%len(systems)]
-			before := usage(s.pids)
+			if why := s.skipReason(rate); why != "" {
+				s.rep.Fixed = append(s.rep.Fixed, report.Point{Fraction: f, Rate: rate, Label: fr.label, Skipped: why})
+				logger.Info("fixed rate skipped", "system", s.rep.Key, "rate", rate, "why", why)
+				continue
+			}
+			before := usage(s.pids, s.trees)
 			r := load.Run(ctx, s.client, s.req, rate, cfg.fixedDuration, opts)
-			after := usage(s.pids)
+			after := usage(s.pids, s.trees)
 			if ctx.Err() != nil {
 				return out, ctx.Err()
 			}
@@ -154,6 +266,7 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extP
 			ok, _ := cfg.criteria.Sustained(r)
 			logger.Info("fixed rate", "system", s.rep.Key, "fraction", f, "result", r.String())
 			settle(ctx, ok)
+			s.quiesce(ctx, logger)
 		}
 	}
 	return out, nil
@@ -171,11 +284,17 @@ func settle(ctx context.Context, sustained bool) {
 	}
 }
 
-// usage reads the CPU time of each named process; unreadable ones are left out.
-func usage(pids map[string]int) map[string]time.Duration {
+// usage reads the CPU time of each named process, and of each named process tree; unreadable
+// ones are left out.
+func usage(pids, trees map[string]int) map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, pid := range pids {
 		if u, err := proc.PidUsage(pid); err == nil {
+			out[name] = u.CPU
+		}
+	}
+	for name, pid := range trees {
+		if u, err := proc.TreeUsage(pid); err == nil {
 			out[name] = u.CPU
 		}
 	}

@@ -1,7 +1,7 @@
 // Package proc runs the benchmark's child processes (llmsim, Envoy, tollgate, the ratelimit
-// service, Redis): output to a log file per process, a polite stop, and the CPU time and
-// resident memory each one used, read from /proc so the benchmark can say which process a
-// request's CPU went to.
+// service, Redis, LiteLLM): output to a log file per process, a polite stop, and the CPU time
+// and resident memory each one (or each process tree) used, read from /proc so the benchmark
+// can say which process a request's CPU went to.
 package proc
 
 import (
@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -81,8 +82,11 @@ func (p *Process) Exited() (bool, error) {
 	}
 }
 
-// Stop sends SIGINT, then SIGKILL after a grace period, and waits for the exit.
+// Stop sends SIGINT, then SIGKILL after a grace period, and waits for the exit. Then it kills
+// whatever is left of the process's group: children the process started and did not stop
+// itself, such as the workers of a Python server whose supervisor went first.
 func (p *Process) Stop() {
+	defer p.killGroup()
 	select {
 	case <-p.done:
 		return
@@ -96,6 +100,10 @@ func (p *Process) Stop() {
 		<-p.done
 	}
 }
+
+// killGroup sends SIGKILL to the process group Start made the process lead (its id is the
+// process's); an empty or gone group is not an error.
+func (p *Process) killGroup() { _ = syscall.Kill(-p.Pid(), syscall.SIGKILL) }
 
 // LogTail returns up to the last n bytes of the process's log.
 func (p *Process) LogTail(n int) string {
@@ -144,24 +152,109 @@ func PidUsage(pid int) (Usage, error) {
 	return Usage{CPU: cpu, RSS: parseStatusRSS(string(status))}, nil
 }
 
-// parseStatCPU returns utime+stime from the content of /proc/PID/stat. The command name (field
-// 2) may contain spaces and parentheses, so fields are counted from the last ')'.
+// parseStatCPU returns utime+stime from the content of /proc/PID/stat.
 func parseStatCPU(stat string) (time.Duration, error) {
+	st, err := parseStat(stat)
+	return st.cpu, err
+}
+
+// procStat is what the CPU accounting needs from /proc/PID/stat.
+type procStat struct {
+	state byte
+	ppid  int
+	// cpu is utime+stime: the process's own threads.
+	cpu time.Duration
+	// childCPU is cutime+cstime: the children (and their descendants) that have exited and
+	// been waited for; the kernel moves their CPU time here when they are reaped.
+	childCPU time.Duration
+}
+
+// parseStat reads the content of /proc/PID/stat. The command name (field 2) may contain spaces
+// and parentheses, so fields are counted from the last ')'.
+func parseStat(stat string) (procStat, error) {
 	end := strings.LastIndexByte(stat, ')')
 	if end < 0 {
-		return 0, errors.New("no command name")
+		return procStat{}, errors.New("no command name")
 	}
-	// After ")": state is field 3; utime and stime are fields 14 and 15.
+	// After ")": state is field 3, ppid field 4; utime, stime, cutime and cstime are fields
+	// 14 to 17.
 	fields := strings.Fields(stat[end+1:])
-	if len(fields) < 13 {
-		return 0, fmt.Errorf("only %d fields", len(fields)+2)
+	if len(fields) < 15 {
+		return procStat{}, fmt.Errorf("only %d fields", len(fields)+2)
 	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+	var n [5]int64
+	var errs []error
+	for i, f := range []int{1, 11, 12, 13, 14} {
+		var err error
+		n[i], err = strconv.ParseInt(fields[f], 10, 64)
+		errs = append(errs, err)
 	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
+	if err := errors.Join(errs...); err != nil {
+		return procStat{}, err
+	}
+	ticks := func(t int64) time.Duration { return time.Duration(t) * time.Second / clockTicks }
+	return procStat{state: fields[0][0], ppid: int(n[0]), cpu: ticks(n[1] + n[2]), childCPU: ticks(n[3] + n[4])}, nil
+}
+
+// TreeUsage is PidUsage of pid and every process descended from it, summed, for a program
+// that does its work in child processes (a Python server's workers). Its CPU also counts
+// descendants that have exited and been reaped, so it never goes down when a worker is
+// replaced. RSS is summed too, which counts shared pages once per process.
+func TreeUsage(pid int) (Usage, error) {
+	stats := readStats()
+	if _, ok := stats[pid]; !ok {
+		return Usage{}, fmt.Errorf("no process %d in /proc", pid)
+	}
+	var u Usage
+	for _, p := range tree(pid, stats) {
+		u.CPU += stats[p].cpu + stats[p].childCPU
+		if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p)); err == nil {
+			u.RSS += parseStatusRSS(string(status))
+		}
+	}
+	return u, nil
+}
+
+// readStats reads /proc/PID/stat of every process; ones that end meanwhile are left out.
+func readStats() map[int]procStat {
+	out := map[int]procStat{}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		if st, err := parseStat(string(b)); err == nil {
+			out[pid] = st
+		}
+	}
+	return out
+}
+
+// tree lists root and every process below it, parents before children.
+func tree(root int, stats map[int]procStat) []int {
+	children := map[int][]int{}
+	for pid, st := range stats {
+		children[st.ppid] = append(children[st.ppid], pid)
+	}
+	out := []int{root}
+	seen := map[int]bool{root: true}
+	for i := 0; i < len(out); i++ {
+		for _, c := range children[out[i]] {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // parseStatusRSS returns VmRSS in bytes from the content of /proc/PID/status (0 if absent).

@@ -3,8 +3,10 @@ package proc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -21,6 +23,102 @@ func TestParseStatCPU(t *testing.T) {
 	}
 	if _, err := parseStatCPU("garbage"); err == nil {
 		t.Fatal("no error for a stat line without a command name")
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	// utime 250, stime 50, cutime 120, cstime 30 ticks; parent 77.
+	stat := "1234 (python) S 77 1234 1234 0 -1 4194560 100 0 0 0 250 50 120 30 20 0 1 0 100 0 0"
+	got, err := parseStat(stat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procStat{state: 'S', ppid: 77, cpu: 3 * time.Second, childCPU: 1500 * time.Millisecond}
+	if got != want {
+		t.Fatalf("parseStat = %+v, want %+v", got, want)
+	}
+	if _, err := parseStat("1 (x) S 1 2 3"); err == nil {
+		t.Fatal("no error for a short stat line")
+	}
+}
+
+func TestTree(t *testing.T) {
+	// 1 ─┬─ 10 ─┬─ 11 ── 13
+	//    │      └─ 12
+	//    └─ 20 ── 21
+	stats := map[int]procStat{}
+	for pid, ppid := range map[int]int{1: 0, 10: 1, 11: 10, 12: 10, 13: 11, 20: 1, 21: 20} {
+		stats[pid] = procStat{ppid: ppid}
+	}
+	got := tree(10, stats)
+	if got[0] != 10 {
+		t.Errorf("tree(10) = %v: the root comes first", got)
+	}
+	slices.Sort(got)
+	if want := []int{10, 11, 12, 13}; !slices.Equal(got, want) {
+		t.Errorf("tree(10) = %v, want %v", got, want)
+	}
+	if got := tree(21, stats); !slices.Equal(got, []int{21}) {
+		t.Errorf("tree(21) = %v, want just the leaf", got)
+	}
+}
+
+// A parent that only waits while its child burns CPU: the tree's CPU is the child's, and Stop
+// leaves no child behind even though the child ignores the SIGINT its parent dies of (a
+// non-interactive shell's background jobs do).
+func TestTreeUsageAndStopTakeTheChildren(t *testing.T) {
+	p, err := Start("tree", t.TempDir(), nil, "/bin/sh", "-c", "sh -c 'while :; do :; done' & wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	err = WaitFor(context.Background(), 20*time.Second, "the child's CPU counted", func() error {
+		u, err := TreeUsage(p.Pid())
+		if err != nil {
+			return err
+		}
+		if u.CPU < 200*time.Millisecond {
+			return fmt.Errorf("tree CPU %s", u.CPU)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := PidUsage(p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tu, err := TreeUsage(p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.CPU >= tu.CPU || tu.RSS <= own.RSS {
+		t.Errorf("parent alone %+v, tree %+v: the tree should count the busy child", own, tu)
+	}
+	children := tree(p.Pid(), readStats())[1:]
+	if len(children) == 0 {
+		t.Fatal("no child in the tree")
+	}
+	p.Stop()
+	// SIGKILL takes effect when the child is next scheduled: give it a moment.
+	err = WaitFor(context.Background(), 5*time.Second, "children gone after Stop", func() error {
+		for _, c := range children {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+			if err != nil {
+				continue // gone
+			}
+			if st, err := parseStat(string(b)); err == nil && st.state != 'Z' {
+				return fmt.Errorf("child %d still running (state %c)", c, st.state)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if _, err := TreeUsage(p.Pid()); err == nil {
+		t.Error("TreeUsage of an ended process: no error")
 	}
 }
 

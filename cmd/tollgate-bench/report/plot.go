@@ -21,6 +21,7 @@ func systemColors() []color.RGBA {
 		{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, // green
 		{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}, // orange
 		{R: 0x94, G: 0x67, B: 0xbd, A: 0xff}, // purple
+		{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff}, // brown
 	}
 }
 
@@ -37,7 +38,9 @@ func curve(s *System) (p50, p99 plotter.XYs) {
 		byRate[st.Result.Offered] = pt{st.Result.Offered, st.Result.P50, st.Result.P99}
 	}
 	for _, p := range s.Fixed {
-		byRate[p.Rate] = pt{p.Rate, p.Result.P50, p.Result.P99}
+		if p.Skipped == "" {
+			byRate[p.Rate] = pt{p.Rate, p.Result.P50, p.Result.P99}
+		}
 	}
 	pts := make([]pt, 0, len(byRate))
 	for _, p := range byRate {

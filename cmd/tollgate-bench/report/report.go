@@ -78,6 +78,8 @@ type Point struct {
 	Result load.Result
 	// CPUPerRequest is each process's CPU time divided by the requests of the run.
 	CPUPerRequest map[string]time.Duration
+	// Skipped, when set, says why the system did not run at this rate (and Result is empty).
+	Skipped string `json:",omitempty"`
 }
 
 // Reload holds the reload latencies.
@@ -140,8 +142,12 @@ func Markdown(w io.Writer, r *Report) error {
 		r.Started.UTC().Format(time.RFC3339), r.Finished.UTC().Format(time.RFC3339),
 		r.Finished.Sub(r.Started).Round(time.Second), r.Machine.CPUs, r.Machine.CPUModel,
 		r.Machine.KernelRelease, r.Machine.GoVersion, r.Machine.EnvoyVersion)
-	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: `%s`, after: `%s`. Everything — load generator, Envoy, "+
-		"tollgate, the ratelimit service, Redis and llmsim — shares these CPUs.\n\n", r.Machine.LoadBefore, r.Machine.LoadAfter)
+	everything := "load generator, Envoy, tollgate, the ratelimit service, Redis and llmsim"
+	if r.system("L") != nil {
+		everything = "load generator, Envoy, tollgate, the ratelimit service, Redis, LiteLLM and llmsim"
+	}
+	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: `%s`, after: `%s`. Everything — %s — shares these CPUs.\n\n",
+		r.Machine.LoadBefore, r.Machine.LoadAfter, everything)
 	targets(&b, r)
 	overhead(&b, r)
 	reloads(&b, r)
@@ -171,27 +177,40 @@ func targets(b *strings.Builder, r *Report) {
 	a, bs := r.system("A"), r.system("B")
 	if a != nil && bs != nil && a.Max > 0 {
 		rows = append(rows, row{"B max throughput ≥ 50% of A", fmt.Sprintf("%.0f / %.0f req/s = %.0f%%", bs.Max, a.Max, 100*bs.Max/a.Max), verdict(bs.Max >= a.Max/2)})
-		if pa, pb := pointAt(a, 0.5), pointAt(bs, 0.5); pa != nil && pb != nil {
-			diff := pb.Result.P50 - pa.Result.P50
-			rows = append(rows, row{"B p50 at 50% of A's max ≤ A p50 + 1 ms",
-				fmt.Sprintf("%s ms vs %s ms (+%s ms) at %.0f req/s", msf(pb.Result.P50), msf(pa.Result.P50), msf(diff), pa.Rate),
-				verdict(diff <= time.Millisecond && pb.Result.Success >= 0.999)})
-		}
-		// For context: the same comparison at a rate B sustains.
+		// At half of B's max, a rate both sustain: latency and CPU per request.
 		for i := range bs.Fixed {
 			pb := bs.Fixed[i]
-			if pb.Label != "50% of B's max" || i >= len(a.Fixed) {
+			if pb.Label != HalfMaxLabel("B") || i >= len(a.Fixed) {
 				continue
 			}
 			pa := a.Fixed[i]
-			rows = append(rows, row{"(context, no target) the same at 50% of B's max",
+			diff := pb.Result.P50 - pa.Result.P50
+			rows = append(rows, row{"B p50 ≤ A p50 + 1 ms at " + HalfMaxLabel("B"),
+				fmt.Sprintf("%s ms vs %s ms (+%s ms) at %.0f req/s", msf(pb.Result.P50), msf(pa.Result.P50), msf(diff), pa.Rate),
+				verdict(diff <= time.Millisecond && pb.Result.Success >= 0.999)})
+			if ca, cb := totalCPU(pa.CPUPerRequest), totalCPU(pb.CPUPerRequest); ca > 0 && cb > 0 {
+				rows = append(rows, row{"B CPU per request ≤ 3× A (all processes) at " + HalfMaxLabel("B"),
+					fmt.Sprintf("%d µs vs %d µs = %s", cb.Microseconds(), ca.Microseconds(), ratio(float64(cb), float64(ca))),
+					verdict(cb <= 3*ca)})
+			}
+		}
+		if pa, pb := pointAt(a, 0.5), pointAt(bs, 0.5); pa != nil && pb != nil {
+			rows = append(rows, row{"(context, no target) B p50 at 50% of A's max",
 				fmt.Sprintf("%s ms vs %s ms (+%s ms) at %.0f req/s", msf(pb.Result.P50), msf(pa.Result.P50), msf(pb.Result.P50-pa.Result.P50), pa.Rate),
 				"–"})
 		}
 	}
+	if c, d := r.system("C"), r.system("D"); c != nil && d != nil && d.Max > 0 {
+		rows = append(rows, row{"C (streamed) max throughput ≥ 70% of D",
+			fmt.Sprintf("%.0f / %.0f req/s = %.0f%%", c.Max, d.Max, 100*c.Max/d.Max), verdict(c.Max >= 0.7*d.Max)})
+	}
 	if a, e := r.system("A"), r.system("E"); a != nil && e != nil && a.Max > 0 {
 		rows = append(rows, row{"(context, no target) E, ext_proc without rate limiting: max throughput vs A",
 			fmt.Sprintf("%.0f / %.0f req/s = %.0f%%", e.Max, a.Max, 100*e.Max/a.Max), "–"})
+	}
+	if bs, l := r.system("B"), r.system("L"); bs != nil && l != nil {
+		rows = append(rows, row{"(context, no target) B vs L, LiteLLM routing only: max throughput",
+			fmt.Sprintf("%.0f / %.0f req/s = %s", bs.Max, l.Max, ratio(bs.Max, l.Max)), "–"})
 	}
 	if rl := r.Reload; rl != nil {
 		if len(rl.Envoy) > 0 {
@@ -250,6 +269,9 @@ func growth(sizes []scale.Size) (growthCheck, bool) {
 	}, true
 }
 
+// HalfMaxLabel labels the fixed rate at half of system key's max.
+func HalfMaxLabel(key string) string { return "50% of " + key + "'s max" }
+
 func (p Point) label() string {
 	if p.Label != "" {
 		return p.Label
@@ -284,7 +306,7 @@ func overhead(b *strings.Builder, r *Report) {
 		"and ≥ %.0f%% of the offered rate both sent and answered, over a %s step. The search multiplies the rate "+
 		"until a step fails, then bisects; systems take turns step by step so machine noise hits all of them. "+
 		"Envoy runs with --concurrency %d; tollgate's processes with %s; the gateways rotate %d users (B and C with per-user quotas that never run out); "+
-		"the ratelimit filter fails closed, so an overloaded ratelimit path counts as errors.\n\n",
+		"quota checks fail closed, so an overloaded ratelimit path counts as errors.\n\n",
 		100*st.Criteria.MinSuccess, msf(st.Criteria.MaxP99), 100*st.Criteria.MinDelivered, st.StepDuration,
 		st.EnvoyConcurrency, goMaxProcs(st.TollgateGoMaxProcs), st.Users)
 	b.WriteString("### Max sustained throughput\n\n| system | max req/s | vs A | vs own floor | p50 ms | p99 ms | first failing step |\n|---|---|---|---|---|---|---|\n")
@@ -312,6 +334,10 @@ func overhead(b *strings.Builder, r *Report) {
 					continue
 				}
 				p := s.Fixed[i]
+				if p.Skipped != "" {
+					fmt.Fprintf(b, "| %.0f req/s (%s) | %s | skipped: %s | – | – | – | – | – | – | – |\n", p.Rate, p.label(), s.Key, p.Skipped)
+					continue
+				}
 				vsFloor := "–"
 				if f := r.system(s.Floor); f != nil && i < len(f.Fixed) {
 					vsFloor = fmt.Sprintf("%s (%s)", ratio(float64(p.Result.P50), float64(f.Fixed[i].Result.P50)), f.Key)
@@ -325,6 +351,7 @@ func overhead(b *strings.Builder, r *Report) {
 	}
 	cpuTable(b, r)
 	costSplit(b, r)
+	versusLiteLLM(b, r)
 	b.WriteString("\n![latency vs rate](latency.png)\n\n")
 }
 
@@ -362,7 +389,7 @@ func costSplit(b *strings.Builder, r *Report) {
 	sort.Strings(comps)
 	fmt.Fprintf(b, "\n### Where B's CPU goes\n\nAt %.0f req/s, the highest fixed rate A, E and B all sustained: "+
 		"B's CPU per request (µs) as the floor, plus what the ext_proc round trips add (E − A), plus what rate limiting "+
-		"adds (B − E: the ratelimit filter's check and charge calls, the ratelimit service, Redis).\n\n", a.Fixed[idx].Rate)
+		"adds (B − E: tollgate's quota check and charge calls, the ratelimit service, Redis).\n\n", a.Fixed[idx].Rate)
 	fmt.Fprintf(b, "| part | %s | total |\n|---|%s---|\n", strings.Join(comps, " | "), strings.Repeat("---|", len(comps)))
 	row := func(name string, cpu func(c string) time.Duration) {
 		var total time.Duration
@@ -378,6 +405,65 @@ func costSplit(b *strings.Builder, r *Report) {
 	row("ext_proc (E − A)", func(c string) time.Duration { return pe[c] - pa[c] })
 	row("rate limiting (B − E)", func(c string) time.Duration { return pb[c] - pe[c] })
 	row("B", func(c string) time.Duration { return pb[c] })
+}
+
+// versusLiteLLM puts B beside L: the max sustained rates, and at half of L's max, a rate both
+// sustain unless L's max is above B's, the latencies and the CPU per request.
+func versusLiteLLM(b *strings.Builder, r *Report) {
+	bs, l := r.system("B"), r.system("L")
+	if bs == nil || l == nil {
+		return
+	}
+	idx := -1
+	for i, p := range l.Fixed {
+		if p.Label == HalfMaxLabel("L") && i < len(bs.Fixed) {
+			idx = i
+		}
+	}
+	b.WriteString("\n### tollgate (B) against LiteLLM (L)\n\n")
+	if idx >= 0 {
+		fmt.Fprintf(b, "The max sustained rates; the rest at %.0f req/s (%s). ", l.Fixed[idx].Rate, l.Fixed[idx].Label)
+	}
+	b.WriteString("B / L above 1× means B's figure is the higher one: better for throughput, worse for latency and CPU.\n\n")
+	b.WriteString("| | B | L | B / L |\n|---|---|---|---|\n")
+	fmt.Fprintf(b, "| max sustained req/s | %.0f | %.0f | %s |\n", bs.Max, l.Max, ratio(bs.Max, l.Max))
+	if idx < 0 {
+		return
+	}
+	pb, pl := bs.Fixed[idx], l.Fixed[idx]
+	fmt.Fprintf(b, "| success | %.2f%% | %.2f%% | |\n", 100*pb.Result.Success, 100*pl.Result.Success)
+	fmt.Fprintf(b, "| p50 ms | %s | %s | %s |\n", msf(pb.Result.P50), msf(pl.Result.P50), ratio(float64(pb.Result.P50), float64(pl.Result.P50)))
+	fmt.Fprintf(b, "| p99 ms | %s | %s | %s |\n", msf(pb.Result.P99), msf(pl.Result.P99), ratio(float64(pb.Result.P99), float64(pl.Result.P99)))
+	if len(pb.CPUPerRequest) == 0 || len(pl.CPUPerRequest) == 0 {
+		return
+	}
+	for _, c := range []struct {
+		name string
+		of   func(map[string]time.Duration) time.Duration
+	}{
+		{"CPU µs per request, all processes", totalCPU},
+		{"CPU µs per request, the gateway's processes (without llmsim and the load generator)", gatewayCPU},
+	} {
+		bv, lv := c.of(pb.CPUPerRequest), c.of(pl.CPUPerRequest)
+		fmt.Fprintf(b, "| %s | %.0f | %.0f | %s |\n", c.name, us(bv), us(lv), ratio(float64(bv), float64(lv)))
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// totalCPU sums the CPU per request of every process.
+func totalCPU(cpu map[string]time.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range cpu {
+		t += d
+	}
+	return t
+}
+
+// gatewayCPU leaves out the processes every system shares: the model and the load generator
+// (named so by the overhead phase).
+func gatewayCPU(cpu map[string]time.Duration) time.Duration {
+	return totalCPU(cpu) - cpu["llmsim"] - cpu["load generator"]
 }
 
 // cpuTable shows where each request's CPU went, at the middle fixed rate.
@@ -404,6 +490,9 @@ func cpuTable(b *strings.Builder, r *Report) {
 	fmt.Fprintf(b, "| rate | system | success | %s | total |\n|---|---|---|%s---|\n", strings.Join(comps, " | "), strings.Repeat("---|", len(comps)))
 	for _, s := range r.Systems {
 		for _, p := range s.Fixed {
+			if p.Skipped != "" {
+				continue
+			}
 			var total time.Duration
 			cells := make([]string, len(comps))
 			for i, c := range comps {

@@ -24,15 +24,21 @@ func sampleReport() *Report {
 		Search: []load.Step{{Result: result(1000, time.Millisecond), Sustained: true}, {Result: result(2000, time.Millisecond), Sustained: true},
 			{Result: result(3000, time.Second), Reason: "p99 3000ms > 50ms"}},
 		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, time.Millisecond),
-			CPUPerRequest: map[string]time.Duration{"envoy": 300 * time.Microsecond}}}}
+			CPUPerRequest: map[string]time.Duration{"envoy": 300 * time.Microsecond}},
+			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, time.Millisecond),
+				CPUPerRequest: map[string]time.Duration{"envoy": 400 * time.Microsecond}}}}
 	b := &System{Key: "B", Name: "tollgate", Max: 800,
 		Search: []load.Step{{Result: result(800, 3*time.Millisecond), Sustained: true}, {Result: result(1200, time.Second), Reason: "success 90% < 99.9%"}},
 		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, 4*time.Millisecond),
-			CPUPerRequest: map[string]time.Duration{"envoy": 900 * time.Microsecond, "tollgate": 200 * time.Microsecond}}}}
+			CPUPerRequest: map[string]time.Duration{"envoy": 900 * time.Microsecond, "tollgate": 200 * time.Microsecond}},
+			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 1500*time.Microsecond),
+				CPUPerRequest: map[string]time.Duration{"envoy": 800 * time.Microsecond, "tollgate": 500 * time.Microsecond}}}}
+	c := &System{Key: "C", Name: "tollgate streamed", Floor: "D", Max: 300}
+	d := &System{Key: "D", Name: "floor streamed", Max: 1000}
 	return &Report{
 		Started: time.Unix(0, 0), Finished: time.Unix(60, 0),
 		Settings: Settings{Criteria: crit, StepDuration: 4 * time.Second, FixedDuration: 10 * time.Second},
-		Systems:  []*System{a, b},
+		Systems:  []*System{a, b, c, d},
 		Reload:   &Reload{Envoy: []time.Duration{100 * time.Millisecond, 120 * time.Millisecond}, RateLimit: []time.Duration{600 * time.Millisecond}},
 		Scale: &Scale{Sizes: []scale.Size{
 			{N: 100, Translate: time.Millisecond, Publish: time.Millisecond},
@@ -49,7 +55,11 @@ func TestMarkdownChecksTargets(t *testing.T) {
 	md := buf.String()
 	for _, want := range []string{
 		"| B max throughput ≥ 50% of A | 800 / 2000 req/s = 40% | **missed** |",
-		"B p50 at 50% of A's max ≤ A p50 + 1 ms | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | **missed** |",
+		"| B p50 ≤ A p50 + 1 ms at 50% of B's max | 1.50 ms vs 1.00 ms (+0.50 ms) at 400 req/s | met |",
+		// 1,300 µs against 400 µs is 3.25×.
+		"| B CPU per request ≤ 3× A (all processes) at 50% of B's max | 1300 µs vs 400 µs = 3.25× | **missed** |",
+		"| C (streamed) max throughput ≥ 70% of D | 300 / 1000 req/s = 30% | **missed** |",
+		"(context, no target) B p50 at 50% of A's max | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | – |",
 		"save → Envoy serves it) | 120.00 ms | met |",
 		"save → ratelimit service has the limit) | 600.00 ms | **missed** |",
 		"10000 quota rules: translate + publish < 1 s | 800.00 ms | met |",
@@ -67,17 +77,19 @@ func TestMarkdownChecksTargets(t *testing.T) {
 }
 
 // A's max is rarely a whole rate, so the run at half of it sits only near the fraction 0.5;
-// the latency target must still be checked.
+// the latency there must still be reported.
 func TestLatencyTargetFindsRoundedRate(t *testing.T) {
 	r := sampleReport()
 	for _, s := range r.Systems {
-		s.Fixed[0].Fraction = 1000 / 2001.4
+		if len(s.Fixed) > 0 {
+			s.Fixed[0].Fraction = 1000 / 2001.4
+		}
 	}
 	var buf bytes.Buffer
 	if err := Markdown(&buf, r); err != nil {
 		t.Fatal(err)
 	}
-	if want := "B p50 at 50% of A's max ≤ A p50 + 1 ms | 4.00 ms vs 1.00 ms"; !strings.Contains(buf.String(), want) {
+	if want := "B p50 at 50% of A's max | 4.00 ms vs 1.00 ms"; !strings.Contains(buf.String(), want) {
 		t.Errorf("report lacks %q\n%s", want, buf.String())
 	}
 }
@@ -115,6 +127,61 @@ func TestCostSplitSubtractsSystems(t *testing.T) {
 	}
 	if strings.Contains(buf.String(), "Where B's CPU goes") {
 		t.Error("split shown although B was overloaded at every fixed rate")
+	}
+}
+
+// With L, B's ratio to L shows: max throughput among the targets' context, and beside each
+// other at half of L's max.
+func TestReportComparesBWithLiteLLM(t *testing.T) {
+	r := sampleReport()
+	var buf bytes.Buffer
+	if err := Markdown(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "LiteLLM") {
+		t.Error("a report without L mentions LiteLLM")
+	}
+
+	bs := r.Systems[1]
+	bs.Fixed = append(bs.Fixed, Point{Fraction: 0.1, Rate: 200, Label: HalfMaxLabel("L"), Result: result(200, 2*time.Millisecond),
+		CPUPerRequest: map[string]time.Duration{"envoy": 300 * time.Microsecond, "tollgate": 100 * time.Microsecond,
+			"llmsim": 50 * time.Microsecond, "load generator": 50 * time.Microsecond}})
+	r.Systems[0].Fixed = append(r.Systems[0].Fixed, Point{Fraction: 0.1, Rate: 200, Label: HalfMaxLabel("L"), Result: result(200, time.Millisecond)})
+	r.Systems = append(r.Systems, &System{Key: "L", Name: "LiteLLM proxy", Floor: "A", Max: 400,
+		Fixed: []Point{
+			{Fraction: 0.5, Rate: 1000, Skipped: "over 2× L's max (400 req/s)"},
+			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 20*time.Millisecond)},
+			{Fraction: 0.1, Rate: 200, Label: HalfMaxLabel("L"), Result: result(200, 8*time.Millisecond),
+				CPUPerRequest: map[string]time.Duration{"litellm": 1900 * time.Microsecond,
+					"llmsim": 50 * time.Microsecond, "load generator": 50 * time.Microsecond}},
+		}})
+	buf.Reset()
+	if err := Markdown(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	for _, want := range []string{
+		"| (context, no target) B vs L, LiteLLM routing only: max throughput | 800 / 400 req/s = 2.00× | – |",
+		"| L | 400 | 0.20× | 0.20× (A) |",
+		"### tollgate (B) against LiteLLM (L)",
+		"the rest at 200 req/s (50% of L's max).",
+		"| max sustained req/s | 800 | 400 | 2.00× |",
+		"| p50 ms | 2.00 | 8.00 | 0.25× |",
+		"| p99 ms | 6.00 | 24.00 | 0.25× |",
+		"| CPU µs per request, all processes | 500 | 2000 | 0.25× |",
+		"(without llmsim and the load generator) | 400 | 1900 | 0.21× |",
+		"| 200 | L | 100.0% |",
+		"| 1000 req/s (50% of A's max) | L | skipped: over 2× L's max (400 req/s) | – |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "| 1000 | L |") {
+		t.Error("the CPU table shows a skipped run")
+	}
+	if err := Plot(filepath.Join(t.TempDir(), "latency.png"), r.Systems); err != nil {
+		t.Errorf("plot with a skipped run: %v", err)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package stack starts the systems the benchmark compares, as separate processes on loopback
-// ports: llmsim as the model, a plain Envoy with a static route to it (the floor), and the
-// full tollgate gateway (tollgate's control plane and ext_proc server, the ratelimit service,
-// redis-server and an Envoy configured over ADS).
+// ports: llmsim as the model, a plain Envoy with a static route to it (the floor), the full
+// tollgate gateway (tollgate's control plane and ext_proc server, the ratelimit service,
+// redis-server and an Envoy configured over ADS), and, for comparison, the LiteLLM proxy.
 package stack
 
 import (
@@ -31,6 +31,8 @@ type Bins struct {
 	LLMSim       string
 	Envoy        string
 	Redis        string
+	// LiteLLM is the `litellm` command of a LiteLLM proxy install; only StartLiteLLM needs it.
+	LiteLLM string
 }
 
 // Env starts processes and stops them all on Close, newest first.
@@ -89,7 +91,12 @@ func (e *Env) startWithEnv(name string, env []string, bin string, args ...string
 
 // waitUp polls cond, failing early with the process's log when the process exits.
 func waitUp(ctx context.Context, p *proc.Process, timeout time.Duration, what string, cond func() error) error {
-	return proc.WaitFor(ctx, timeout, what, func() error {
+	return waitUpEvery(ctx, p, timeout, 20*time.Millisecond, what, cond)
+}
+
+// waitUpEvery is waitUp polling every interval.
+func waitUpEvery(ctx context.Context, p *proc.Process, timeout, interval time.Duration, what string, cond func() error) error {
+	return proc.Poll(ctx, timeout, interval, what, func() error {
 		if done, err := p.Exited(); done {
 			return &exitError{name: p.Name, err: err, log: p.LogTail(4 << 10)}
 		}
@@ -256,7 +263,7 @@ type PolicyOptions struct {
 	// gets 429.
 	Limit uint64
 	// NoQuotas leaves the quotas out: requests still pass the ext_proc server (model routing,
-	// usage accounting) but the ratelimit filter has nothing to ask the ratelimit service.
+	// usage accounting) but nothing is checked or charged at the ratelimit service.
 	NoQuotas bool
 }
 
@@ -266,8 +273,8 @@ const MaxLimit = 1<<32 - 1
 // UserHeader names the user in the gateway's policy.
 const UserHeader = "x-user-id"
 
-// Policy renders the gateway's policy. The ratelimit filter fails closed, so an overloaded or
-// late ratelimit service shows up as errors instead of as unchecked requests that look fast.
+// Policy renders the gateway's policy. Quota checks fail closed, so an overloaded or late
+// ratelimit service shows up as errors instead of as unchecked requests that look fast.
 func (g *Gateway) Policy(o PolicyOptions) string {
 	limit := o.Limit
 	if limit == 0 {
@@ -381,24 +388,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 
 // Ask sends one chat completion for model as user through the gateway and fails unless the
 // answer is 200.
-func (g *Gateway) Ask(model, user string) error {
-	req, err := http.NewRequest(http.MethodPost, g.URL+"/v1/chat/completions", strings.NewReader(ChatBody(model, false)))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("content-type", "application/json")
-	req.Header.Set(UserHeader, user)
-	resp, err := g.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %d %s", model, resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	return nil
-}
+func (g *Gateway) Ask(model, user string) error { return ask(g.client, g.URL, model, user) }
 
 // ChatBody is the chat completion request every run sends: the seed demo's question.
 func ChatBody(model string, stream bool) string {
