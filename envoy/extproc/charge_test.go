@@ -59,7 +59,7 @@ func (f *fakeRateLimit) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitR
 	for _, d := range req.GetDescriptors() {
 		status := &rlsv3.RateLimitResponse_DescriptorStatus{
 			Code:               rlsv3.RateLimitResponse_OK,
-			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{RequestsPerUnit: 50, Unit: rlsv3.RateLimitResponse_RateLimit_HOUR},
+			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{Name: "hourly", RequestsPerUnit: 50, Unit: rlsv3.RateLimitResponse_RateLimit_HOUR},
 			LimitRemaining:     40,
 			DurationUntilReset: durationpb.New(90 * time.Second),
 		}

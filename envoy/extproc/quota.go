@@ -368,7 +368,11 @@ var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int64{
 }
 
 // rateLimitHeader renders a limit as x-ratelimit-limit does: the limit, then the limit with its
-// window in seconds ("50, 50;w=3600").
+// window in seconds and the quota's name (`50, 50;w=3600;name="qwen3-hourly"`).
 func rateLimitHeader(l *rlsv3.RateLimitResponse_RateLimit) string {
-	return fmt.Sprintf("%d, %d;w=%d", l.GetRequestsPerUnit(), l.GetRequestsPerUnit(), windowSeconds[l.GetUnit()])
+	h := fmt.Sprintf("%d, %d;w=%d", l.GetRequestsPerUnit(), l.GetRequestsPerUnit(), windowSeconds[l.GetUnit()])
+	if l.GetName() != "" {
+		h += ";name=" + strconv.Quote(l.GetName())
+	}
+	return h
 }

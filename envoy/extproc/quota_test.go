@@ -25,12 +25,12 @@ func TestOverQuotaIsAnswered429(t *testing.T) {
 	resp := sendChat(t, c, chatBody)
 	got := immediate(t, resp, 429)
 	if got.Error.Type != errorTypeRateLimit || !strings.Contains(got.Error.Message, "'qwen3'") ||
-		!strings.Contains(got.Error.Message, "50, 50;w=3600") || !strings.Contains(got.Error.Message, "90 seconds") {
+		!strings.Contains(got.Error.Message, `50, 50;w=3600;name="hourly"`) || !strings.Contains(got.Error.Message, "90 seconds") {
 		t.Errorf("429 body: %+v", got.Error)
 	}
 	headers := setHeaders(t, resp.GetImmediateResponse().GetHeaders())
 	for name, want := range map[string]string{
-		"retry-after": "90", "x-ratelimit-limit": "50, 50;w=3600", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "90",
+		"retry-after": "90", "x-ratelimit-limit": `50, 50;w=3600;name="hourly"`, "x-ratelimit-remaining": "0", "x-ratelimit-reset": "90",
 	} {
 		if v := string(headers[name].GetHeader().GetRawValue()); v != want {
 			t.Errorf("%s = %q, want %q", name, v, want)
@@ -59,7 +59,7 @@ func TestAdmittedRequestCarriesItsQuotaHeaders(t *testing.T) {
 		t.Fatalf("want a body response, got %v", resp)
 	}
 	m := metadataFields(resp)
-	if m[envoy.MetadataRateLimitLimit] != "50, 50;w=3600" || m[envoy.MetadataRateLimitRemaining] != "40" || m[envoy.MetadataRateLimitReset] != "90" {
+	if m[envoy.MetadataRateLimitLimit] != `50, 50;w=3600;name="hourly"` || m[envoy.MetadataRateLimitRemaining] != "40" || m[envoy.MetadataRateLimitReset] != "90" {
 		t.Errorf("x-ratelimit metadata %v", m)
 	}
 	fake.mu.Lock()
