@@ -43,11 +43,12 @@ const (
 	chargeQueueSize = 4096
 	// chargeWorkers is the number of calls in flight to the ratelimit service at once.
 	chargeWorkers = 4
-	// chargeBatchDescriptors bounds the descriptors of one call. A worker that frees up takes
-	// every charge queued meanwhile (up to this many descriptors) into one call, so under load
-	// the service's per-call cost is shared by many charges; an idle server sends each charge
-	// alone, at once. Nothing waits to fill a batch.
+	// chargeBatchDescriptors bounds the descriptors of one call.
 	chargeBatchDescriptors = 256
+	// chargeLinger is how long a charge waits for others to share its call. The service's
+	// cost is mostly per call, so at a few hundred requests a second this divides it by
+	// several; no client waits for a charge, and the counters are this much later.
+	chargeLinger = 10 * time.Millisecond
 	// chargeAttemptTimeout bounds one call; the service answers in about a millisecond.
 	chargeAttemptTimeout = 2 * time.Second
 	// chargeAttempts is how often a charge is tried while the service is unreachable.
@@ -62,8 +63,8 @@ type Quota struct {
 	Name string
 	// Cost names the Config.Costs entry whose value is charged.
 	Cost string
-	// Entries are the descriptor entries before the user's, exactly as Envoy's ratelimit
-	// filter builds them for the check: the charge must address the same counter.
+	// Entries are the descriptor entries before the user's: with the user's appended, the
+	// counter the request is checked against and charged to.
 	Entries []DescriptorEntry
 }
 
@@ -85,6 +86,7 @@ type charger struct {
 	logger  *slog.Logger
 	metrics *Metrics
 	queue   chan charge
+	batches chan []charge // from the collector to the senders; unbuffered
 	workers sync.WaitGroup
 
 	state  sync.RWMutex // guards closed; senders hold it for reading
@@ -98,10 +100,12 @@ func newCharger(logger *slog.Logger, metrics *Metrics, conns *rlsConns) *charger
 		logger:  logger,
 		metrics: metrics,
 		queue:   make(chan charge, chargeQueueSize),
+		batches: make(chan []charge),
 		conns:   conns,
 	}
+	c.workers.Add(1 + chargeWorkers)
+	go c.collect()
 	for range chargeWorkers {
-		c.workers.Add(1)
 		go c.work()
 	}
 	return c
@@ -120,8 +124,11 @@ func (c *charger) enqueue(ch charge) {
 	c.send([]charge{ch})
 }
 
-func (c *charger) work() {
+// collect groups queued charges into calls. One collector sees every charge, so a batch holds
+// all that arrived while it lingered; while every sender is busy, the next batch keeps growing.
+func (c *charger) collect() {
 	defer c.workers.Done()
+	defer close(c.batches)
 	var carried *charge
 	for {
 		var first charge
@@ -135,7 +142,14 @@ func (c *charger) work() {
 			first = ch
 		}
 		var batch []charge
-		batch, carried = takeBatch(c.queue, first, chargeRoute, chargeSize, chargeBatchDescriptors)
+		batch, carried = takeBatch(c.queue, first, chargeRoute, chargeSize, chargeBatchDescriptors, chargeLinger)
+		c.batches <- batch
+	}
+}
+
+func (c *charger) work() {
+	defer c.workers.Done()
+	for batch := range c.batches {
 		c.send(batch)
 	}
 }

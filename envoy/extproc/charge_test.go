@@ -313,6 +313,31 @@ func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
 	}
 }
 
+// TestChargesMomentsApartShareACall: an idle service still gets charges that end a few
+// milliseconds apart in one call, since each waits chargeLinger for company.
+func TestChargesMomentsApartShareACall(t *testing.T) {
+	fake := startFakeRateLimit(t)
+	cfg := withDefaults(chargedConfig(t, fake))
+	ch := newCharger(slog.New(slog.DiscardHandler), NewMetrics(nil), &rlsConns{})
+	const charges = 5
+	for i := range charges {
+		ch.enqueue(charge{target: cfg.RateLimitAddress, basis: basisUsage, model: "qwen3",
+			request: chargeRequest(cfg, "qwen3", fmt.Sprintf("user%d", i), map[string]int64{"llm_total_token": 1})})
+		time.Sleep(time.Millisecond)
+	}
+	if err := ch.close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(fake.charges()); got != charges {
+		t.Fatalf("%d charges arrived, want %d", got, charges)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if calls := len(fake.requests); calls >= charges {
+		t.Errorf("%d charges 1 ms apart took %d calls; they should share", charges, calls)
+	}
+}
+
 // TestBrokenOffBeforeOutputIsChargedThePrompt: a request whose answer had not started (or
 // whose JSON body never arrived) when the client left is charged its prompt's estimate: the
 // backend had it.

@@ -79,27 +79,43 @@ func (c *rlsConns) close() {
 	}
 }
 
-// takeBatch returns first and whatever is queued behind it right now, up to max descriptors in
-// all, that can share first's call: the same service and domain. A queued item that cannot is
-// returned as carried, to start the next batch. It never waits for more.
-func takeBatch[T any](queue <-chan T, first T, route func(T) (target, domain string), size func(T) int, max int) (batch []T, carried *T) {
+// takeBatch returns first and what joins it in one call: items queued behind it, up to max
+// descriptors in all, that can share first's call (the same service and domain). It waits up
+// to linger for more once the queue is empty (0: not at all). A queued item that cannot join is
+// returned as carried, to start the next batch.
+func takeBatch[T any](queue <-chan T, first T, route func(T) (target, domain string), size func(T) int, max int, linger time.Duration) (batch []T, carried *T) {
 	batch = []T{first}
 	target, domain := route(first)
 	n := size(first)
+	var deadline <-chan time.Time
+	if linger > 0 {
+		timer := time.NewTimer(linger)
+		defer timer.Stop()
+		deadline = timer.C
+	}
 	for n < max {
+		var item T
+		var ok bool
 		select {
-		case item, ok := <-queue:
-			if !ok {
+		case item, ok = <-queue:
+		default:
+			if deadline == nil {
 				return batch, nil
 			}
-			if t, d := route(item); t != target || d != domain {
-				return batch, &item
+			select {
+			case item, ok = <-queue:
+			case <-deadline:
+				return batch, nil
 			}
-			batch = append(batch, item)
-			n += size(item)
-		default:
+		}
+		if !ok {
 			return batch, nil
 		}
+		if t, d := route(item); t != target || d != domain {
+			return batch, &item
+		}
+		batch = append(batch, item)
+		n += size(item)
 	}
 	return batch, nil
 }
@@ -178,7 +194,7 @@ func (c *checker) work() {
 			}
 		}
 		var batch []*quotaCheck
-		batch, carried = takeBatch(c.queue, first, checkRoute, checkSize, checkBatchDescriptors)
+		batch, carried = takeBatch(c.queue, first, checkRoute, checkSize, checkBatchDescriptors, 0)
 		c.send(batch)
 	}
 }
