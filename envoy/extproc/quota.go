@@ -371,22 +371,33 @@ func (ex *exchange) checkQuota() (*rejection, map[string]*structpb.Value) {
 	}, nil
 }
 
-// windowSeconds are the lengths of the ratelimit service's units in seconds, as Envoy's
-// ratelimit filter counts them in the same headers.
-var windowSeconds = map[rlsv3.RateLimitResponse_RateLimit_Unit]int64{
-	rlsv3.RateLimitResponse_RateLimit_SECOND: 1,
-	rlsv3.RateLimitResponse_RateLimit_MINUTE: 60,
-	rlsv3.RateLimitResponse_RateLimit_HOUR:   3600,
-	rlsv3.RateLimitResponse_RateLimit_DAY:    86400,
-	rlsv3.RateLimitResponse_RateLimit_WEEK:   7 * 86400,
-	rlsv3.RateLimitResponse_RateLimit_MONTH:  30 * 86400,
-	rlsv3.RateLimitResponse_RateLimit_YEAR:   365 * 86400,
+// windowSeconds is the length of a ratelimit service unit in seconds, as Envoy's ratelimit
+// filter counts it in the same headers (a month 30 days, a year 365, as the service counts them).
+func windowSeconds(unit rlsv3.RateLimitResponse_RateLimit_Unit) int64 {
+	switch unit {
+	case rlsv3.RateLimitResponse_RateLimit_SECOND:
+		return 1
+	case rlsv3.RateLimitResponse_RateLimit_MINUTE:
+		return 60
+	case rlsv3.RateLimitResponse_RateLimit_HOUR:
+		return 3600
+	case rlsv3.RateLimitResponse_RateLimit_DAY:
+		return 86400
+	case rlsv3.RateLimitResponse_RateLimit_WEEK:
+		return 7 * 86400
+	case rlsv3.RateLimitResponse_RateLimit_MONTH:
+		return 30 * 86400
+	case rlsv3.RateLimitResponse_RateLimit_YEAR:
+		return 365 * 86400
+	default:
+		return 0
+	}
 }
 
 // rateLimitHeader renders a limit as x-ratelimit-limit does: the limit, then the limit with its
 // window in seconds and the quota's name (`50, 50;w=3600;name="qwen3-hourly"`).
 func rateLimitHeader(l *rlsv3.RateLimitResponse_RateLimit) string {
-	h := fmt.Sprintf("%d, %d;w=%d", l.GetRequestsPerUnit(), l.GetRequestsPerUnit(), windowSeconds[l.GetUnit()])
+	h := fmt.Sprintf("%d, %d;w=%d", l.GetRequestsPerUnit(), l.GetRequestsPerUnit(), windowSeconds(l.GetUnit()))
 	if l.GetName() != "" {
 		h += ";name=" + strconv.Quote(l.GetName())
 	}
