@@ -106,14 +106,15 @@ func TestComposeDemo(t *testing.T) {
 		return ""
 	}
 	checks := map[string]string{
-		"CONFIG_TYPE":                        "GRPC_XDS_SOTW",
-		"CONFIG_GRPC_XDS_SERVER_URL":         envoy.DefaultXDSAddress,
-		"CONFIG_GRPC_XDS_NODE_ID":            envoy.DefaultRateLimitNode,
-		"FORCE_START_WITHOUT_INITIAL_CONFIG": "true",
-		"REDIS_URL":                          rls.DefaultRedisURL,
-		"GRPC_HOST":                          policy.RateLimit.Address,
-		"GRPC_PORT":                          fmt.Sprint(policy.RateLimit.Port),
-		"LOCAL_CACHE_SIZE_IN_BYTES":          "0",
+		"CONFIG_TYPE":                             "GRPC_XDS_SOTW",
+		"CONFIG_GRPC_XDS_SERVER_URL":              envoy.DefaultXDSAddress,
+		"CONFIG_GRPC_XDS_NODE_ID":                 envoy.DefaultRateLimitNode,
+		"FORCE_START_WITHOUT_INITIAL_CONFIG":      "true",
+		"REDIS_URL":                               rls.DefaultRedisURL,
+		"GRPC_HOST":                               policy.RateLimit.Address,
+		"GRPC_PORT":                               fmt.Sprint(policy.RateLimit.Port),
+		"LOCAL_CACHE_SIZE_IN_BYTES":               "0",
+		"STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT": "false",
 	}
 	for k, want := range checks {
 		if got := env(k); got != want {
