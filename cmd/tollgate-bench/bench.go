@@ -203,9 +203,6 @@ func resolveBins(cfg config) (stack.Bins, error) {
 	return b, errors.Join(errs...)
 }
 
-// liteLLMVenv is where `task install-litellm` (run by `LITELLM=1 task bench`) installs LiteLLM.
-var liteLLMVenv = filepath.Join(".tools", "litellm-venv")
-
 // findLiteLLM looks for the litellm command: the flag, the project's venv under the working
 // directory, then PATH.
 func findLiteLLM(flagValue string) (string, error) {
@@ -219,7 +216,8 @@ func findLiteLLM(flagValue string) (string, error) {
 		}
 		return p, nil
 	}
-	local := filepath.Join(liteLLMVenv, "bin", "litellm")
+	// Where `task install-litellm` (run by `LITELLM=1 task bench`) installs it.
+	local := filepath.Join(".tools", "litellm-venv", "bin", "litellm")
 	if _, err := os.Stat(local); err == nil {
 		return filepath.Abs(local)
 	}
