@@ -1,0 +1,321 @@
+package rlsclient_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
+)
+
+// senders is the client's number of calls in flight, for checks and charges each.
+const senders = 4
+
+func counter(model, quota, user string, hits uint64) rlsclient.Descriptor {
+	return rlsclient.Descriptor{
+		Entries: []rlsclient.Entry{{Key: "model", Value: model}, {Key: "quota", Value: quota}, {Key: "user", Value: user}},
+		Hits:    hits,
+	}
+}
+
+func newClient(t *testing.T) *rlsclient.Client {
+	t.Helper()
+	c := rlsclient.New()
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// TestCheckSendsCheckOnlyDescriptors: a check carries an explicit addend of 0 per descriptor
+// (without it the service would count one hit) and gets the service's statuses back in order.
+func TestCheckSendsCheckOnlyDescriptors(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	fake.Over("bob")
+	c := newClient(t)
+	got, err := c.Check(context.Background(), fake.Addr, "tollgate",
+		[]rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 0), counter("qwen3", "hourly", "bob", 0)}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := fake.CheckCalls()
+	if len(calls) != 1 || calls[0].GetDomain() != "tollgate" {
+		t.Fatalf("calls = %v", calls)
+	}
+	for i, d := range calls[0].GetDescriptors() {
+		if d.GetHitsAddend() == nil || d.GetHitsAddend().GetValue() != 0 {
+			t.Errorf("descriptor %d hits_addend = %v, want an explicit 0", i, d.GetHitsAddend())
+		}
+	}
+	want := []rlsclient.Status{
+		{Limit: rlsclient.Limit{Name: "hourly", PerWindow: 50, Unit: "HOUR", Window: time.Hour}, Remaining: 40, ResetIn: 90 * time.Second},
+		{OverLimit: true, Limit: rlsclient.Limit{Name: "hourly", PerWindow: 50, Unit: "HOUR", Window: time.Hour}, ResetIn: 90 * time.Second},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("statuses %+v, want %+v", got, want)
+	}
+}
+
+// TestCheckRejectsAMiscountedAnswer: a service that answers fewer statuses than it was asked
+// about is an error, never a status shifted onto the wrong counter.
+func TestCheckRejectsAMiscountedAnswer(t *testing.T) {
+	addr := startCanned(t, &rlsv3.RateLimitResponse{
+		Statuses: []*rlsv3.RateLimitResponse_DescriptorStatus{{Code: rlsv3.RateLimitResponse_OK}},
+	})
+	c := newClient(t)
+	_, err := c.Check(context.Background(), addr, "tollgate",
+		[]rlsclient.Descriptor{counter("qwen3", "hourly", "a", 0), counter("qwen3", "hourly", "b", 0)}, time.Second)
+	if err == nil || !strings.Contains(err.Error(), "answered 1 statuses for 2 descriptors") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// TestCheckInputErrors: what the service could not count is refused before any call.
+func TestCheckInputErrors(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	c := newClient(t)
+	ctx := context.Background()
+	tests := []struct {
+		name   string
+		domain string
+		ds     []rlsclient.Descriptor
+		want   string
+	}{
+		{"no domain", "", []rlsclient.Descriptor{counter("qwen3", "h", "a", 0)}, "domain must not be empty"},
+		{"empty descriptor", "d", []rlsclient.Descriptor{{}}, "descriptor 0 (): it has no entries"},
+		{"empty value", "d", []rlsclient.Descriptor{counter("qwen3", "h", "a", 0), counter("qwen3", "h", "", 0)},
+			"descriptor 1 (model=qwen3,quota=h,user=): entry 2 needs both a key and a value"},
+		{"empty key", "d", []rlsclient.Descriptor{{Entries: []rlsclient.Entry{{Value: "x"}}}}, "entry 0 needs both"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := c.Check(ctx, fake.Addr, tt.domain, tt.ds, time.Second)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("check: err = %v, want %q", err, tt.want)
+			}
+			var charged error
+			done := make(chan struct{})
+			c.Charge(fake.Addr, tt.domain, tt.ds, func(err error) { charged = err; close(done) })
+			<-done
+			if charged == nil || !strings.Contains(charged.Error(), tt.want) {
+				t.Errorf("charge: err = %v, want %q", charged, tt.want)
+			}
+		})
+	}
+	got, err := c.Check(ctx, fake.Addr, "d", nil, time.Second)
+	if err != nil || got != nil {
+		t.Errorf("no descriptors: %v, %v; want nothing asked, nothing returned", got, err)
+	}
+	if n := len(fake.CheckCalls()) + len(fake.ChargeCalls()); n != 0 {
+		t.Errorf("%d invalid or empty calls reached the service", n)
+	}
+}
+
+// TestChecksQueuedWhileTheServiceIsBusyShareACall: checks that pile up while the senders wait
+// on the service go out in a few calls, and every check gets its own descriptors' statuses.
+func TestChecksQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	fake.Gate = make(chan struct{})
+	const checks = 200
+	for i := range checks {
+		if i%3 == 0 {
+			fake.Over(fmt.Sprintf("user%03d", i))
+		}
+	}
+	c := rlsclient.New()
+	var wg sync.WaitGroup
+	errs := make(chan error, checks)
+	for i := range checks {
+		user := fmt.Sprintf("user%03d", i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses, err := c.Check(context.Background(), fake.Addr, "tollgate",
+				[]rlsclient.Descriptor{counter("qwen3", "hourly", user, 0), counter("qwen3", "weighted", user, 0)}, 5*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if len(statuses) != 2 {
+				errs <- fmt.Errorf("%s: %d statuses, want 2", user, len(statuses))
+				return
+			}
+			for _, s := range statuses {
+				if s.OverLimit != fake.IsOver(user) {
+					errs <- fmt.Errorf("%s: over limit %v, want %v", user, s.OverLimit, fake.IsOver(user))
+				}
+			}
+		}()
+	}
+	// Let the checks queue up behind the held calls, then open the gate.
+	time.Sleep(100 * time.Millisecond)
+	close(fake.Gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls := len(fake.CheckCalls()); calls > 3*senders {
+		t.Errorf("%d checks took %d calls, want at most %d", checks, calls, 3*senders)
+	}
+}
+
+// outcomes counts what charges reported.
+type outcomes struct {
+	mu          sync.Mutex
+	sent, fails int
+	errs        []error
+}
+
+func (o *outcomes) done(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil {
+		o.fails++
+		o.errs = append(o.errs, err)
+		return
+	}
+	o.sent++
+}
+
+func (o *outcomes) counts() (sent, failed int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.sent, o.fails
+}
+
+// TestCloseSendsQueuedCharges: charges queued when the client closes are sent before Close
+// returns, and a charge made after Close is sent right away.
+func TestCloseSendsQueuedCharges(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	c := rlsclient.New()
+	var o outcomes
+	for i := range 50 {
+		c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%02d", i), 1)}, o.done)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(fake.Charges()); got != 50 {
+		t.Fatalf("%d charges arrived before close returned, want 50", got)
+	}
+	c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "late", 1)}, o.done)
+	if got := len(fake.Charges()); got != 51 {
+		t.Fatalf("a charge after close was not sent right away (%d charges)", got)
+	}
+	if sent, failed := o.counts(); sent != 51 || failed != 0 {
+		t.Errorf("outcomes: %d sent, %d failed; want 51 sent", sent, failed)
+	}
+}
+
+// TestChargesQueuedWhileTheServiceIsBusyShareACall: charges that pile up while every sender
+// waits on the service go out together, many per call, each descriptor with its own addend,
+// and a charge for another domain never joins a call of the first.
+func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	fake.Gate = make(chan struct{})
+	c := rlsclient.New()
+	const charges = 300
+	var want []string
+	for i := range charges {
+		domain, user := "tollgate", fmt.Sprintf("user%03d", i)
+		if i == charges/2 {
+			domain = "other"
+		}
+		c.Charge(fake.Addr, domain, []rlsclient.Descriptor{counter("qwen3", "hourly", user, uint64(i+1))}, nil)
+		want = append(want, fmt.Sprintf("model=qwen3,quota=hourly,user=%s +%d", user, i+1))
+	}
+	close(fake.Gate)
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(want)
+	if got := fake.Charges(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("charged descriptors differ from those queued:\ngot  %q\nwant %q", got, want)
+	}
+	calls := fake.ChargeCalls()
+	// Each sender's first call may leave with a single charge; everything queued behind them
+	// fits in a few calls of up to 256 descriptors, plus the other domain's own.
+	if len(calls) > 3*senders {
+		t.Errorf("%d charges took %d calls, want at most %d", charges, len(calls), 3*senders)
+	}
+	for _, r := range calls {
+		for _, d := range r.GetDescriptors() {
+			isOther := d.GetEntries()[2].GetValue() == fmt.Sprintf("user%03d", charges/2)
+			if isOther != (r.GetDomain() == "other") {
+				t.Errorf("descriptor %v sent in a call for domain %q", d.GetEntries(), r.GetDomain())
+			}
+		}
+	}
+}
+
+// TestChargesMomentsApartShareACall: an idle service still gets charges that come a few
+// milliseconds apart in one call, since each waits a moment for company.
+func TestChargesMomentsApartShareACall(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	c := rlsclient.New()
+	const charges = 5
+	for i := range charges {
+		c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%d", i), 1)}, nil)
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(fake.Charges()); got != charges {
+		t.Fatalf("%d charges arrived, want %d", got, charges)
+	}
+	if calls := len(fake.ChargeCalls()); calls >= charges {
+		t.Errorf("%d charges 1 ms apart took %d calls; they should share", charges, calls)
+	}
+}
+
+// TestUnreachableServiceChargeIsRetriedThenReported: a charge the service never answers is
+// tried a few times, then reported failed, and Close still returns.
+func TestUnreachableServiceChargeIsRetriedThenReported(t *testing.T) {
+	c := rlsclient.New()
+	var o outcomes
+	c.Charge(rlsclienttest.DeadAddr(t), "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if sent, failed := o.counts(); sent != 0 || failed != 1 {
+		t.Fatalf("outcomes: %d sent, %d failed; want 1 failed", sent, failed)
+	}
+	if !strings.Contains(o.errs[0].Error(), "Unavailable") {
+		t.Errorf("error %v does not say the service was unavailable", o.errs[0])
+	}
+}
+
+// startCanned runs a ratelimit service that answers every call with resp.
+func startCanned(t *testing.T, resp *rlsv3.RateLimitResponse) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	rlsv3.RegisterRateLimitServiceServer(g, canned{resp: resp})
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return lis.Addr().String()
+}
+
+type canned struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	resp *rlsv3.RateLimitResponse
+}
+
+func (c canned) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return c.resp, nil
+}
