@@ -64,10 +64,6 @@ const (
 
 // Headers and metadata.
 const (
-	// DefaultModelHeader carries the model chosen from the request body. It is the seed's header.
-	DefaultModelHeader = "x-ai-eg-model"
-	// DefaultUserHeader names the user in trusted-header identity mode.
-	DefaultUserHeader = "x-user-id"
 	// MetadataNamespace is the dynamic metadata namespace the ext_proc server writes costs and
 	// usage into. Envoy drops ext_proc metadata in any namespace the filter does not list in
 	// metadata_options.receiving_namespaces.
@@ -85,14 +81,12 @@ const (
 // cannot be attributes: Envoy does not evaluate an index into a header map.)
 const AttributeResponseCode = "response.code"
 
-// Default ports and addresses (all configurable).
+// Default addresses of tollgate's own processes (all configurable). The policy's addresses
+// (listener, ext_proc, ratelimit service) have their defaults in the policy.
 const (
-	DefaultListenerPort  = 8080
-	DefaultAdminAddress  = "127.0.0.1:19000"
-	DefaultXDSAddress    = "127.0.0.1:18000"
-	DefaultExtProcPort   = 1063
-	DefaultMetricsPort   = 1064
-	DefaultRateLimitPort = 8081
+	DefaultAdminAddress = "127.0.0.1:19000"
+	DefaultXDSAddress   = "127.0.0.1:18000"
+	DefaultMetricsPort  = 1064
 )
 
 // BackendCluster returns the cluster name of a backend.

@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -26,7 +27,8 @@ const (
 const celCostLimit = 100_000
 
 // CostEnv returns the CEL environment cost expressions are checked in. The ext_proc server
-// evaluates programs built here, so both sides always agree on variable names and types.
+// evaluates programs built here (CostProgram.Eval), so both sides always agree on variable names
+// and types.
 func CostEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		cel.Variable(CELInputTokens, cel.IntType),
@@ -39,12 +41,57 @@ func CostEnv() (*cel.Env, error) {
 	)
 }
 
+// CostVars are the values a cost expression is evaluated over: a response's token usage, the
+// request's model and the backend serving it.
+type CostVars struct {
+	InputTokens, OutputTokens, TotalTokens, CachedInputTokens, ReasoningTokens int64
+	Model, Backend                                                             string
+}
+
+// CostProgram is a compiled cost expression. It is safe for concurrent use.
+type CostProgram struct{ program cel.Program }
+
+// maxCost bounds a uint result to what a float64 holds exactly, as costs are published as
+// numbers in Envoy's dynamic metadata.
+const maxCost = 1 << 53
+
+// Eval computes the cost of one response. The result must be a non-negative integer; anything
+// else (a negative int, an evaluation error such as a division by zero, a result over the cost
+// limit) is an error, and the caller charges nothing it cannot trust.
+func (p *CostProgram) Eval(ctx context.Context, v CostVars) (int64, error) {
+	out, _, err := p.program.ContextEval(ctx, map[string]any{
+		CELInputTokens:       v.InputTokens,
+		CELOutputTokens:      v.OutputTokens,
+		CELTotalTokens:       v.TotalTokens,
+		CELCachedInputTokens: v.CachedInputTokens,
+		CELReasoningTokens:   v.ReasoningTokens,
+		CELModel:             v.Model,
+		CELBackend:           v.Backend,
+	})
+	if err != nil {
+		return 0, err
+	}
+	switch n := out.Value().(type) {
+	case int64:
+		if n < 0 {
+			return 0, fmt.Errorf("result %d is negative", n)
+		}
+		return n, nil
+	case uint64:
+		if n > maxCost {
+			return 0, fmt.Errorf("result %d is too large", n)
+		}
+		return int64(n), nil
+	default:
+		return 0, fmt.Errorf("result %v is %s, want a non-negative int", out, out.Type().TypeName())
+	}
+}
+
 // CompileCost compiles and type-checks a cost expression. The result type must be int or uint:
 // a double would have to be rounded somewhere, and dyn would defer a type error to the first
-// response that is charged. Programs are safe for concurrent use and carry a cost limit, so a
-// pathological expression fails its evaluation instead of stalling the request.
-// Evaluate with a map holding every CEL* variable; a negative int result is the caller's to refuse.
-func CompileCost(expr string) (cel.Program, error) {
+// response that is charged. Programs carry a cost limit, so a pathological expression fails its
+// evaluation instead of stalling the request.
+func CompileCost(expr string) (*CostProgram, error) {
 	env, err := CostEnv()
 	if err != nil {
 		return nil, fmt.Errorf("build CEL environment: %w", err)
@@ -52,7 +99,7 @@ func CompileCost(expr string) (cel.Program, error) {
 	return compileCost(env, expr)
 }
 
-func compileCost(env *cel.Env, expr string) (cel.Program, error) {
+func compileCost(env *cel.Env, expr string) (*CostProgram, error) {
 	ast, issues := env.Compile(expr)
 	if issues != nil && issues.Err() != nil {
 		return nil, compactIssues(issues)
@@ -65,7 +112,7 @@ func compileCost(env *cel.Env, expr string) (cel.Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	return prg, nil
+	return &CostProgram{program: prg}, nil
 }
 
 // compactIssues renders CEL's multi-line error report (with its ASCII caret art) as one line per

@@ -1,32 +1,25 @@
 package policies
 
 import (
+	"context"
 	"strings"
 	"testing"
 )
 
 // usage is a full set of CEL variables, as the ext_proc side provides them.
-func usage(in, out int64) map[string]any {
-	return map[string]any{
-		CELInputTokens:       in,
-		CELOutputTokens:      out,
-		CELTotalTokens:       in + out,
-		CELCachedInputTokens: int64(0),
-		CELReasoningTokens:   int64(0),
-		CELModel:             "gpt-4",
-		CELBackend:           "sim",
-	}
+func usage(in, out int64) CostVars {
+	return CostVars{InputTokens: in, OutputTokens: out, TotalTokens: in + out, Model: "gpt-4", Backend: "sim"}
 }
 
 func TestCompileCostEvaluates(t *testing.T) {
 	tests := []struct {
 		expr string
-		want any
+		want int64
 	}{
-		{"input_tokens * 2 + output_tokens", int64(2*6 + 6)},
-		{"uint(total_tokens) + 1u", uint64(13)},
-		{"model == 'gpt-4' && backend == 'sim' ? total_tokens * 10 : total_tokens", int64(120)},
-		{"int(double(output_tokens) * 1.5)", int64(9)},
+		{"input_tokens * 2 + output_tokens", 2*6 + 6},
+		{"uint(total_tokens) + 1u", 13},
+		{"model == 'gpt-4' && backend == 'sim' ? total_tokens * 10 : total_tokens", 120},
+		{"int(double(output_tokens) * 1.5)", 9},
 	}
 	for _, tt := range tests {
 		prg, err := CompileCost(tt.expr)
@@ -34,13 +27,13 @@ func TestCompileCostEvaluates(t *testing.T) {
 			t.Errorf("CompileCost(%q): %v", tt.expr, err)
 			continue
 		}
-		out, _, err := prg.Eval(usage(6, 6))
+		got, err := prg.Eval(context.Background(), usage(6, 6))
 		if err != nil {
 			t.Errorf("Eval(%q): %v", tt.expr, err)
 			continue
 		}
-		if got := out.Value(); got != tt.want {
-			t.Errorf("%q = %v (%T), want %v (%T)", tt.expr, got, got, tt.want, tt.want)
+		if got != tt.want {
+			t.Errorf("%q = %d, want %d", tt.expr, got, tt.want)
 		}
 	}
 }
@@ -67,6 +60,41 @@ func TestCompileCostRejects(t *testing.T) {
 	}
 }
 
+// TestEvalRefusesUntrustedResults: a result that is not a non-negative integer that a float64
+// holds exactly, or an evaluation error, is an error: nothing is charged from it. (Compilation
+// already refuses non-integer result types; the check at evaluation holds whatever compiled.)
+func TestEvalRefusesUntrustedResults(t *testing.T) {
+	env, err := CostEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unchecked := func(expr string) *CostProgram {
+		ast, iss := env.Compile(expr)
+		if iss != nil && iss.Err() != nil {
+			t.Fatal(iss.Err())
+		}
+		prg, err := env.Program(ast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &CostProgram{program: prg}
+	}
+	tests := []struct {
+		prg  *CostProgram
+		want string
+	}{
+		{unchecked("input_tokens - 1000"), "negative"},
+		{unchecked("input_tokens / (output_tokens - 6)"), "division by zero"},
+		{unchecked("double(input_tokens) * 1.5"), "want a non-negative int"},
+		{unchecked("uint(9007199254740993)"), "too large"},
+	}
+	for _, tt := range tests {
+		if got, err := tt.prg.Eval(context.Background(), usage(6, 6)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Eval = %d, %v; want an error containing %q", got, err, tt.want)
+		}
+	}
+}
+
 func TestCompileCostBoundsWork(t *testing.T) {
 	list := "[" + strings.Repeat("1,", 29) + "1]"
 	expr := list + ".map(a, " + list + ".map(b, " + list + ".map(c, " + list + ".map(d, a + b + c + d)))).size()"
@@ -74,7 +102,7 @@ func TestCompileCostBoundsWork(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CompileCost: %v", err)
 	}
-	if _, _, err := prg.Eval(usage(1, 1)); err == nil || !strings.Contains(err.Error(), "cost limit") {
+	if _, err := prg.Eval(context.Background(), usage(1, 1)); err == nil || !strings.Contains(err.Error(), "cost limit") {
 		t.Errorf("Eval of an expensive expression = %v, want a cost limit error", err)
 	}
 }
@@ -105,8 +133,9 @@ func BenchmarkEvalCost(b *testing.B) {
 		b.Fatal(err)
 	}
 	vars := usage(100, 50)
+	ctx := context.Background()
 	for b.Loop() {
-		if _, _, err := prg.Eval(vars); err != nil {
+		if _, err := prg.Eval(ctx, vars); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -61,55 +62,26 @@ func rateLimitConfig(p *input) (*rlsconfv3.RateLimitConfig, error) {
 	return cfg, nil
 }
 
-// DescriptorEntry is one key/value of a rate limit descriptor.
-type DescriptorEntry struct{ Key, Value string }
-
 // UserQuota is one quota as it applies to one user: the descriptor the ext_proc server checks
 // and charges for that user's requests, which is the counter the ratelimit service keeps.
 type UserQuota struct {
 	Quota   policies.Quota
-	Entries []DescriptorEntry
-}
-
-// ModelQuota is one quota on a model with the descriptor entries that precede the user's: with
-// the user appended, the counter one user's requests on the model are checked and charged against.
-type ModelQuota struct {
-	Quota   policies.Quota
-	Entries []DescriptorEntry
-}
-
-// ModelQuotas lists every model's quotas, each model's sorted by quota name, with the entries
-// of their descriptors: with the user's appended, the counter the ext_proc server checks and
-// charges, in the descriptor tree rateLimitConfig gives the ratelimit service.
-func ModelQuotas(in *policies.Policy) map[string][]ModelQuota {
-	p := newInput(in)
-	out := make(map[string][]ModelQuota, len(p.modelsWithQuotas))
-	for _, m := range p.modelsWithQuotas {
-		for _, q := range p.quotasByModel[m] {
-			out[m] = append(out[m], ModelQuota{Quota: q, Entries: []DescriptorEntry{
-				{DescriptorModel, q.Model}, {DescriptorQuota, q.Name},
-			}})
-		}
-	}
-	return out
+	Entries []rlsclient.Entry
 }
 
 // UserQuotas lists the quotas that apply to user, for one model or (model "") all of them,
-// sorted by model then quota name: the counters `tollgate quota` reads.
+// sorted by model then quota name, each with its counter's descriptor entries: the counters
+// `tollgate quota` reads, the same the ext_proc server checks and charges.
 func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
-	byModel := ModelQuotas(in)
-	models := make([]string, 0, len(byModel))
-	for m := range byModel {
-		if model == "" || m == model {
-			models = append(models, m)
-		}
-	}
-	sort.Strings(models)
+	p := newInput(in)
 	var out []UserQuota
-	for _, m := range models {
-		for _, mq := range byModel[m] {
-			entries := append(append([]DescriptorEntry(nil), mq.Entries...), DescriptorEntry{DescriptorUser, user})
-			out = append(out, UserQuota{Quota: mq.Quota, Entries: entries})
+	for _, m := range p.modelsWithQuotas {
+		if model != "" && m != model {
+			continue
+		}
+		for _, q := range p.quotasByModel[m] {
+			entries := append(quotaEntries(q), rlsclient.Entry{Key: DescriptorUser, Value: user})
+			out = append(out, UserQuota{Quota: q, Entries: entries})
 		}
 	}
 	return out

@@ -6,12 +6,13 @@ import (
 
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 )
 
 // TestQuotaDescriptorsNameConfiguredCounters: for every quota of every golden policy, the
-// descriptor ModelQuotas gives the ext_proc server (checked and charged, with the user's entry
+// descriptor the ext_proc config gives the ext_proc server (checked and charged, with the user's entry
 // appended) follows a path of the ratelimit service's descriptor tree down to a user leaf with
 // a limit; a descriptor the tree does not know would be neither limited nor counted. UserQuotas
 // names that same descriptor, and Envoy's routes carry no rate limits of their own.
@@ -34,16 +35,16 @@ func TestQuotaDescriptorsNameConfiguredCounters(t *testing.T) {
 		if tree.Domain != p.RateLimit.Domain {
 			t.Fatalf("%s: ratelimit domain %q, want %q", in, tree.Domain, p.RateLimit.Domain)
 		}
-		byModel := translate.ModelQuotas(p)
+		// The counters the ext_proc server checks and charges are the ones the tree limits.
 		for _, q := range p.Quotas {
-			var entries []translate.DescriptorEntry
-			for _, mq := range byModel[q.Model] {
-				if mq.Quota.Name == q.Name {
-					entries = append(mq.Entries, translate.DescriptorEntry{Key: translate.DescriptorUser, Value: "alice"})
+			var entries []rlsclient.Entry
+			for _, eq := range out.ExtProc.Quotas[q.Model] {
+				if eq.Name == q.Name {
+					entries = append(eq.Entries, rlsclient.Entry{Key: out.ExtProc.UserDescriptorKey, Value: "alice"})
 				}
 			}
 			if entries == nil {
-				t.Fatalf("%s: ModelQuotas misses %s on %s", in, q.Name, q.Model)
+				t.Fatalf("%s: the ext_proc config misses %s on %s", in, q.Name, q.Model)
 			}
 			nodes := tree.Descriptors
 			limited := false

@@ -1,13 +1,19 @@
 package translate
 
 import (
+	"encoding/hex"
+	"sort"
+
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
 
-// Render prints the output as YAML in Envoy's own field names: what `tollgate render` shows and
-// what the golden files hold.
+// Render prints the output as YAML in Envoy's own field names, and the ext_proc server's
+// configuration with upstream keys redacted: what `tollgate render` shows and what the golden
+// files hold.
 func Render(o *Output) ([]byte, error) {
 	listeners, err := plainList(o.Listeners)
 	if err != nil {
@@ -28,7 +34,76 @@ func Render(o *Output) ([]byte, error) {
 	return envoy.YAML(map[string]any{
 		"envoy":     map[string]any{"listeners": listeners, "routes": routes, "clusters": clusters},
 		"ratelimit": map[string]any{"configs": rateLimit},
+		"extproc":   extProcPlain(o.ExtProc),
 	})
+}
+
+// extProcPlain is the ext_proc configuration as plain values. Upstream keys print as
+// "[redacted]"; API keys are known by their hashes only, which the policy holds anyway.
+func extProcPlain(c *extproc.Config) map[string]any {
+	if c == nil {
+		return nil
+	}
+	identity := map[string]any{"mode": c.Identity.String(), "header": c.IdentityHeader}
+	switch c.Identity {
+	case extproc.IdentityFromAPIKey:
+		keys := make([]any, 0, len(c.APIKeys))
+		for h, user := range c.APIKeys {
+			keys = append(keys, map[string]any{"sha256": hex.EncodeToString(h[:]), "user": user})
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			return keys[i].(map[string]any)["sha256"].(string) < keys[j].(map[string]any)["sha256"].(string)
+		})
+		identity["apiKeys"] = keys
+	case extproc.IdentityFromJWT:
+		identity["jwtClaim"] = c.JWTClaim
+	}
+	backendKeys := map[string]any{}
+	for name, key := range c.BackendKeys {
+		backendKeys[name] = key.String()
+	}
+	costs := make([]any, 0, len(c.Costs))
+	for _, cost := range c.Costs {
+		entry := map[string]any{"name": cost.Name, "kind": cost.Kind.String()}
+		if cost.Expression != "" {
+			entry["cel"] = cost.Expression
+		}
+		costs = append(costs, entry)
+	}
+	quotas := map[string]any{}
+	for model, qs := range c.Quotas {
+		list := make([]any, 0, len(qs))
+		for _, q := range qs {
+			d := rlsclient.Descriptor{Entries: append(q.Entries, rlsclient.Entry{Key: c.UserDescriptorKey, Value: "<user>"})}
+			list = append(list, map[string]any{"name": q.Name, "cost": q.Cost, "counter": d.String()})
+		}
+		quotas[model] = list
+	}
+	models := map[string]any{}
+	for m, b := range c.Models {
+		models[m] = b
+	}
+	out := map[string]any{
+		"modelHeader":     c.ModelHeader,
+		"identity":        identity,
+		"models":          models,
+		"costs":           costs,
+		"maxRequestBytes": c.MaxRequestBytes,
+		"userLabel":       c.UserLabel,
+	}
+	if len(backendKeys) > 0 {
+		out["backendKeys"] = backendKeys
+	}
+	if c.RateLimitAddress != "" {
+		out["rateLimit"] = map[string]any{
+			"address":  c.RateLimitAddress,
+			"domain":   c.RateLimitDomain,
+			"timeout":  c.QuotaCheckTimeout.String(),
+			"failOpen": c.QuotaFailOpen,
+			"quotas":   quotas,
+		}
+	}
+	return out
 }
 
 func plainList[M proto.Message](msgs []M) ([]any, error) {

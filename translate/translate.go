@@ -1,5 +1,6 @@
 // Package translate turns a valid policy into everything tollgate serves: Envoy listeners,
-// routes and clusters, and the ratelimit service's RateLimitConfig. It is pure and
+// routes and clusters, the ratelimit service's RateLimitConfig, and the ext_proc server's
+// configuration. It is pure and
 // deterministic — no I/O, no clock, no logging — so the same policy always yields the same bytes
 // (and the same xDS version), whatever the order of its lists.
 package translate
@@ -14,6 +15,7 @@ import (
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -23,6 +25,9 @@ type Output struct {
 	Routes           []*routev3.RouteConfiguration
 	Clusters         []*clusterv3.Cluster
 	RateLimitConfigs []*rlsconfv3.RateLimitConfig
+	// ExtProc is the ext_proc server's configuration. It holds the backends' upstream keys,
+	// which are never published over xDS.
+	ExtProc *extproc.Config
 }
 
 // Translate builds the resources for a policy that policies.Parse accepted. It does not
@@ -42,10 +47,15 @@ func Translate(in *policies.Policy) (*Output, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clusters: %w", err)
 	}
+	extProc, err := extProcConfig(p)
+	if err != nil {
+		return nil, fmt.Errorf("ext_proc config: %w", err)
+	}
 	out := &Output{
 		Listeners: []*listenerv3.Listener{l},
 		Routes:    []*routev3.RouteConfiguration{rc},
 		Clusters:  clusters,
+		ExtProc:   extProc,
 	}
 	if len(p.Quotas) > 0 {
 		rl, err := rateLimitConfig(p)

@@ -94,7 +94,7 @@ func testHCM(t testing.TB, routeConfig, extProcCluster string) *hcmv3.HttpConnec
 func testListener(t testing.TB, name string, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:    name,
-		Address: socketAddress("127.0.0.1", envoy.DefaultListenerPort),
+		Address: socketAddress("127.0.0.1", 8080),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.http_connection_manager",

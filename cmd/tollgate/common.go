@@ -105,13 +105,10 @@ func readInitialPolicy(path string) ([]byte, *policies.Policy, error) {
 	return content, p, nil
 }
 
-// newExtProcServer builds the ext_proc server with the policy's share of the configuration.
-func newExtProcServer(p *policies.Policy, logger *slog.Logger, reg prometheus.Registerer) (*extproc.Server, error) {
-	cfg, err := extProcConfig(p)
-	if err != nil {
-		return nil, err
-	}
-	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), cfg), nil
+// newExtProcServer builds the ext_proc server. It has no configuration until the reloader
+// applies the first policy, which happens before it serves.
+func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer) *extproc.Server {
+	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), nil)
 }
 
 // runUntilSignal builds the logger, runs fn until SIGINT or SIGTERM, and turns the outcome into

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
 
@@ -36,7 +37,7 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 	fs := newFlags("extproc", stderr)
 	var o extProcOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to follow (the same file tollgate serve uses)")
-	fs.StringVar(&o.listenAddr, "listen", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server (the policy's extProc endpoint)")
+	fs.StringVar(&o.listenAddr, "listen", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server (the policy's extProc endpoint)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", defaultExtProcMetricsPort), "listen address of /metrics (GenAI metrics), /status and /healthz")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -57,10 +58,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	server, err := newExtProcServer(initial, logger, reg)
-	if err != nil {
-		return err
-	}
+	server := newExtProcServer(logger, reg)
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, &checkOnly{}, server)
 	if err := rl.apply(ctx, content); err != nil {
 		return err

@@ -4,14 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 )
@@ -23,7 +22,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	file := fs.String("f", "policy.yaml", "policy file (says which quotas apply)")
 	user := fs.String("user", "", "user id, as sent in the identity header (required)")
 	model := fs.String("model", "", "only this model's quotas")
-	addr := fs.String("ratelimit", rls.DefaultGRPCAddr, "the ratelimit service's gRPC address")
+	addr := fs.String("ratelimit", "", "the ratelimit service's gRPC address (default: the policy's rateLimit address)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -45,23 +44,21 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fmt.Fprintf(stderr, "tollgate quota: %v\n", err)
-		return 1
+	target := *addr
+	if target == "" {
+		target = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
 	}
-	defer conn.Close()
-	ds := make([]rls.Descriptor, len(quotas))
+	ds := make([]rlsclient.Descriptor, len(quotas))
 	for i, q := range quotas {
-		for _, e := range q.Entries {
-			ds[i].Entries = append(ds[i].Entries, rls.Entry{Key: e.Key, Value: e.Value})
-		}
+		ds[i] = rlsclient.Descriptor{Entries: q.Entries} // hits 0: read only
 	}
+	client := rlsclient.New()
+	defer func() { _ = client.Close(context.Background()) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	statuses, err := rls.Check(ctx, conn, p.RateLimit.Domain, ds)
+	statuses, err := client.Check(ctx, target, p.RateLimit.Domain, ds, 5*time.Second)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", *addr, err)
+		fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", target, err)
 		return 1
 	}
 	now := time.Now()
@@ -69,27 +66,27 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
 	for i, st := range statuses {
 		q := quotas[i].Quota
-		if st.Limit == 0 {
+		if !st.Limit.Matched() {
 			// The service has no limit for this descriptor yet: it has not received the policy.
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
 				*user, q.Model, q.Name, q.Cost, q.Limit, q.Per)
 			continue
 		}
-		used := fmt.Sprint(st.Limit - st.Remaining)
+		used := fmt.Sprint(st.Limit.PerWindow - st.Remaining)
 		reset := now.Add(st.ResetIn).Truncate(time.Second)
 		state := ""
 		switch {
-		case st.Code == "OVER_LIMIT":
+		case st.OverLimit:
 			// The service reports 0 remaining, not by how much the last charge overshot.
-			used, state = fmt.Sprintf(">=%d", st.Limit), "  (over limit: requests get 429)"
+			used, state = fmt.Sprintf(">=%d", st.Limit.PerWindow), "  (over limit: requests get 429)"
 		case q.Shadow && st.Remaining == 0:
 			// In shadow mode the service answers OK even when the window is spent.
-			used, state = fmt.Sprintf(">=%d", st.Limit), "  (shadow: over limit, not enforced)"
+			used, state = fmt.Sprintf(">=%d", st.Limit.PerWindow), "  (shadow: over limit, not enforced)"
 		case q.Shadow:
 			state = "  (shadow: not enforced)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
-			*user, q.Model, q.Name, q.Cost, st.Limit, q.Per, used, st.Remaining,
+			*user, q.Model, q.Name, q.Cost, st.Limit.PerWindow, q.Per, used, st.Remaining,
 			reset.Format(time.RFC3339), st.ResetIn.Round(time.Second), state)
 	}
 	_ = tw.Flush()

@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -98,10 +95,6 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 	if err == nil {
 		out, err = translate.Translate(p)
 	}
-	var cfg *extproc.Config
-	if err == nil {
-		cfg, err = extProcConfig(p)
-	}
 	var res xds.PublishResult
 	var retirement quotaRetirement
 	if err == nil {
@@ -115,7 +108,7 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 	}
 	r.retirement, r.requestTimeout = retirement, p.Listener.RequestTimeout.Duration
 	if r.extProc != nil {
-		r.extProc.Update(cfg)
+		r.extProc.Update(out.ExtProc)
 	}
 
 	r.reloads.WithLabelValues("ok").Inc()
@@ -179,118 +172,6 @@ func errorLines(err error) []string {
 func resources(out *translate.Output) xds.Resources {
 	return xds.NewResources(out.Listeners, out.Routes, out.Clusters, out.RateLimitConfigs)
 }
-
-// extProcConfig is the ext_proc server's share of the policy.
-func extProcConfig(p *policies.Policy) (*extproc.Config, error) {
-	cfg := &extproc.Config{
-		ModelHeader:      p.Listener.ModelHeader,
-		IdentityHeader:   p.Identity.Header,
-		Models:           map[string]string{},
-		MaxRequestBytes:  p.Listener.MaxRequestBytes,
-		MaxResponseBytes: maxResponseBytes,
-		MaxEventBytes:    maxEventBytes,
-		UserLabel:        p.Metrics.UserLabel,
-		CheckUserID: func(id string) error {
-			if err := policies.CheckUserID(id); err != nil {
-				return fmt.Errorf("%w; a user id is %s", err, policies.UserIDRule)
-			}
-			return nil
-		},
-	}
-	for _, m := range p.Models {
-		cfg.Models[m.Name] = m.Backend
-	}
-	chargeConfig(p, cfg)
-	if err := identityConfig(p, cfg); err != nil {
-		return nil, err
-	}
-	// Upstream keys go to the ext_proc server in memory only; they are never part of what is
-	// published over xDS, rendered or logged.
-	for _, b := range p.Backends {
-		if b.APIKey.IsSet() {
-			if cfg.BackendKeys == nil {
-				cfg.BackendKeys = map[string]extproc.Credential{}
-			}
-			cfg.BackendKeys[b.Name] = extproc.Credential(b.APIKey.Value())
-		}
-	}
-	for _, c := range p.Costs {
-		cost := extproc.Cost{Name: c.Name}
-		switch c.Type {
-		case policies.CostInputToken:
-			cost.Kind = extproc.CostInput
-		case policies.CostOutputToken:
-			cost.Kind = extproc.CostOutput
-		case policies.CostTotalToken:
-			cost.Kind = extproc.CostTotal
-		case policies.CostCEL:
-			prog, err := policies.CompileCost(c.CEL)
-			if err != nil {
-				return nil, fmt.Errorf("cost %q: %w", c.Name, err)
-			}
-			cost.Kind, cost.Program = extproc.CostCEL, prog
-		default:
-			return nil, fmt.Errorf("cost %q: unknown type %q", c.Name, c.Type)
-		}
-		cfg.Costs = append(cfg.Costs, cost)
-	}
-	return cfg, nil
-}
-
-// chargeConfig tells the ext_proc server where to charge finished requests and to which
-// counters.
-func chargeConfig(p *policies.Policy, cfg *extproc.Config) {
-	byModel := translate.ModelQuotas(p)
-	if len(byModel) == 0 {
-		return
-	}
-	cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
-	cfg.RateLimitDomain = p.RateLimit.Domain
-	cfg.QuotaCheckTimeout = p.RateLimit.Timeout.Duration
-	cfg.QuotaFailOpen = p.RateLimit.FailureMode != policies.FailureModeClosed
-	cfg.UserDescriptorKey = translate.DescriptorUser
-	cfg.Quotas = make(map[string][]extproc.Quota, len(byModel))
-	for model, quotas := range byModel {
-		for _, mq := range quotas {
-			q := extproc.Quota{Name: mq.Quota.Name, Cost: mq.Quota.Cost}
-			for _, e := range mq.Entries {
-				q.Entries = append(q.Entries, extproc.DescriptorEntry{Key: e.Key, Value: e.Value})
-			}
-			cfg.Quotas[model] = append(cfg.Quotas[model], q)
-		}
-	}
-}
-
-// identityConfig sets how the ext_proc server identifies users.
-func identityConfig(p *policies.Policy, cfg *extproc.Config) error {
-	switch p.Identity.Mode {
-	case policies.IdentityHeader, "":
-		cfg.Identity = extproc.IdentityFromHeader
-	case policies.IdentityAPIKeys:
-		cfg.Identity = extproc.IdentityFromAPIKey
-		cfg.APIKeys = make(map[extproc.KeyHash]string, len(p.Identity.ResolvedAPIKeys))
-		for _, k := range p.Identity.ResolvedAPIKeys {
-			var h extproc.KeyHash
-			if n, err := hex.Decode(h[:], []byte(k.SHA256)); err != nil || n != len(h) {
-				return fmt.Errorf("API key of user %q: bad sha256", k.User)
-			}
-			cfg.APIKeys[h] = k.User
-		}
-	case policies.IdentityJWT:
-		cfg.Identity = extproc.IdentityFromJWT
-		cfg.JWTClaim = p.Identity.JWT.UserClaim
-	default:
-		return fmt.Errorf("unknown identity mode %q", p.Identity.Mode)
-	}
-	return nil
-}
-
-const (
-	// maxResponseBytes caps a buffered (non-streaming) response the ext_proc server reads usage from.
-	maxResponseBytes = 16 << 20
-	// maxEventBytes caps one SSE event; real events are a few hundred bytes.
-	maxEventBytes = 1 << 20
-)
 
 func modelNames(p *policies.Policy) []string {
 	names := make([]string, 0, len(p.Models))

@@ -42,7 +42,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	var o serveOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to serve and watch")
 	fs.StringVar(&o.xdsAddr, "xds", envoy.DefaultXDSAddress, "listen address of the ADS (xDS) gRPC server")
-	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultExtProcPort), "listen address of the ext_proc gRPC server; empty: none (run tollgate extproc as its own process)")
+	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server; empty: none (run tollgate extproc as its own process)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "listen address of /metrics (GenAI and control-plane metrics), /status and /healthz")
 	fs.StringVar(&o.rateLimitNode, "ratelimit-node-id", envoy.DefaultRateLimitNode, "xDS node id of the ratelimit service")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
@@ -82,7 +82,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		xdsOptions = append(xdsOptions, grpc.Creds(credentials.NewTLS(tlsConfig)))
 	}
 
-	content, initial, err := readInitialPolicy(o.policyFile)
+	content, _, err := readInitialPolicy(o.policyFile)
 	if err != nil {
 		return err
 	}
@@ -91,9 +91,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	// processing does not stop when this process does.
 	var extProcServer *extproc.Server
 	if o.extProcAddr != "" {
-		if extProcServer, err = newExtProcServer(initial, logger, reg); err != nil {
-			return err
-		}
+		extProcServer = newExtProcServer(logger, reg)
 	}
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
 	if err := rl.apply(ctx, content); err != nil {

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -9,10 +10,6 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"github.com/google/cel-go/cel"
-
-	"github.com/tollgate-dev/tollgate/envoy"
 )
 
 // CostKind says how a cost is computed from a response's token usage.
@@ -49,13 +46,21 @@ func (k CostKind) String() string {
 type Cost struct {
 	// Name is the dynamic metadata key the cost is published under.
 	Name string
-	// Kind says which usage number the cost is, or that Program computes it.
+	// Kind says which usage number the cost is, or that Eval computes it.
 	Kind CostKind
-	// Program computes a CostCEL cost. The caller compiles it in an environment with int
-	// variables input_tokens, output_tokens, total_tokens, cached_input_tokens,
-	// reasoning_tokens and string variables model, backend. The result must be a
-	// non-negative int or uint; anything else is logged and the cost is not published.
-	Program cel.Program
+	// Expression is a CostCEL cost's source, for logs and the rendered configuration.
+	Expression string
+	// Eval computes a CostCEL cost. The result must be a non-negative integer; an error leaves
+	// the cost uncharged, logged and counted.
+	Eval func(ctx context.Context, in CostVars) (int64, error)
+}
+
+// CostVars is what a CostCEL cost is computed from: a response's token usage, its model and
+// the backend that served it. It has the shape of the policy's CEL variables (policies.CostVars),
+// so the two convert into each other.
+type CostVars struct {
+	InputTokens, OutputTokens, TotalTokens, CachedInputTokens, ReasoningTokens int64
+	Model, Backend                                                             string
 }
 
 // IdentityMode says how the server learns a request's user.
@@ -117,20 +122,18 @@ func (Credential) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted +
 // Config is what the server needs from the policy. The server never modifies a Config and
 // expects the caller not to modify one after handing it over: Update swaps whole values.
 type Config struct {
-	// ModelHeader is the routing header set from the request body's model. Default
-	// envoy.DefaultModelHeader.
+	// ModelHeader is the routing header set from the request body's model.
 	ModelHeader string
-	// IdentityHeader carries the user id upstream. Default
-	// envoy.DefaultUserHeader. In IdentityFromHeader mode the client's value is the user and a
-	// request without it is answered 401; in the other modes the server sets it, overwriting
-	// whatever the client sent.
+	// IdentityHeader carries the user id upstream. In IdentityFromHeader mode the client's
+	// value is the user and a request without it is answered 401; in the other modes the
+	// server sets it, overwriting whatever the client sent.
 	IdentityHeader string
 	// Identity says how the user is known.
 	Identity IdentityMode
 	// APIKeys maps the hash of every accepted API key to its user (IdentityFromAPIKey).
 	APIKeys map[KeyHash]string
 	// JWTClaim is the top-level claim of a verified token that names the user
-	// (IdentityFromJWT). Default "sub".
+	// (IdentityFromJWT).
 	JWTClaim string
 	// BackendKeys maps a backend name to the API key sent to it as
 	// "authorization: Bearer <key>" once a request's model, and so its backend, is known.
@@ -145,14 +148,14 @@ type Config struct {
 	// user becomes a new time series.
 	UserLabel bool
 	// MaxRequestBytes bounds a request body; larger bodies get 413. Envoy enforces its own
-	// buffer limit too; this check keeps the answer a clean 413 when the two disagree.
-	// Default DefaultMaxRequestBytes.
+	// buffer limit too; this check keeps the answer a clean 413 when the two disagree. Zero
+	// leaves the bound to Envoy.
 	MaxRequestBytes int64
-	// MaxResponseBytes bounds how much of a buffered (JSON) response is parsed for usage,
-	// after decompression. Default DefaultMaxResponseBytes.
+	// MaxResponseBytes bounds how much of a buffered (JSON) response is parsed for usage.
+	// Default DefaultMaxResponseBytes.
 	MaxResponseBytes int64
-	// MaxEventBytes bounds one server-sent event of a streamed response. Default
-	// DefaultMaxEventBytes.
+	// MaxEventBytes bounds one server-sent event of a streamed response. Zero: the stream
+	// parser's own default.
 	MaxEventBytes int
 	// RateLimitAddress is the ratelimit service (host:port) that finished requests are charged
 	// to; empty sends no charges.
@@ -176,13 +179,14 @@ type Config struct {
 	CheckUserID func(string) error
 }
 
-// Defaults for zero Config fields.
+// Defaults for zero Config fields. Every other field comes from the policy, whose defaults
+// are the policy's own.
 const (
-	DefaultMaxRequestBytes  = 1 << 20
-	DefaultMaxResponseBytes = 8 << 20
-	DefaultMaxEventBytes    = 1 << 20
-	DefaultJWTClaim         = "sub"
-	DefaultMaxUserIDBytes   = 256
+	// DefaultMaxResponseBytes is well above any usage-bearing JSON answer; a larger one is
+	// charged an estimate rather than held in memory.
+	DefaultMaxResponseBytes = 16 << 20
+	// DefaultMaxUserIDBytes is the longest user id the fallback check accepts.
+	DefaultMaxUserIDBytes = 256
 )
 
 // withDefaults returns a copy of cfg with zero fields filled in and header names lowercased,
@@ -193,25 +197,10 @@ func withDefaults(cfg *Config) *Config {
 		out = *cfg
 	}
 	out.ModelHeader = strings.ToLower(strings.TrimSpace(out.ModelHeader))
-	if out.ModelHeader == "" {
-		out.ModelHeader = envoy.DefaultModelHeader
-	}
 	out.IdentityHeader = strings.ToLower(strings.TrimSpace(out.IdentityHeader))
-	if out.IdentityHeader == "" {
-		out.IdentityHeader = envoy.DefaultUserHeader
-	}
 	out.JWTClaim = strings.TrimSpace(out.JWTClaim)
-	if out.JWTClaim == "" {
-		out.JWTClaim = DefaultJWTClaim
-	}
-	if out.MaxRequestBytes <= 0 {
-		out.MaxRequestBytes = DefaultMaxRequestBytes
-	}
 	if out.MaxResponseBytes <= 0 {
 		out.MaxResponseBytes = DefaultMaxResponseBytes
-	}
-	if out.MaxEventBytes <= 0 {
-		out.MaxEventBytes = DefaultMaxEventBytes
 	}
 	if out.CheckUserID == nil {
 		out.CheckUserID = minimalUserID

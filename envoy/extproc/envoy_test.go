@@ -24,6 +24,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // The tests in this file run the server behind a real Envoy, configured as tollgate configures
@@ -245,7 +246,7 @@ func startEnvoyRig(t *testing.T) *envoyRig {
 	err := envoyConfig.Execute(&cfg, map[string]any{
 		"AccessLog":   rig.accessLog,
 		"Namespace":   envoy.MetadataNamespace,
-		"ModelHeader": envoy.DefaultModelHeader,
+		"ModelHeader": policies.DefaultModelHeader,
 		"BackendPort": upstream.Listener.Addr().(*net.TCPAddr).Port,
 		"ExtProcPort": h.addr.Port,
 		// A JSON list of strings is a YAML flow sequence.
@@ -376,13 +377,13 @@ func TestBehindEnvoy(t *testing.T) {
 
 	t.Run("body model routes and overrides the client header", func(t *testing.T) {
 		status, _, _ := rig.post(t, "route", "/v1/chat/completions", `{"model":"qwen3","messages":[]}`,
-			envoy.DefaultUserHeader, "alice", envoy.DefaultModelHeader, "gpt-4", "accept-encoding", "gzip")
+			policies.DefaultIdentityHeader, "alice", policies.DefaultModelHeader, "gpt-4", "accept-encoding", "gzip")
 		if status != http.StatusOK {
 			t.Fatalf("status = %d, want 200 via the qwen3 route", status)
 		}
 		got, _ := rig.backend.request("route")
-		if v := got.header.Values(envoy.DefaultModelHeader); len(v) != 1 || v[0] != "qwen3" {
-			t.Fatalf("backend saw %s = %v, want exactly [qwen3]", envoy.DefaultModelHeader, v)
+		if v := got.header.Values(policies.DefaultModelHeader); len(v) != 1 || v[0] != "qwen3" {
+			t.Fatalf("backend saw %s = %v, want exactly [qwen3]", policies.DefaultModelHeader, v)
 		}
 		if v := got.header.Get("accept-encoding"); v != "identity" {
 			t.Fatalf("backend saw accept-encoding %q, want identity", v)
@@ -395,7 +396,7 @@ func TestBehindEnvoy(t *testing.T) {
 
 	t.Run("unknown body model takes the catch-all route", func(t *testing.T) {
 		status, _, _ := rig.post(t, "unknown", "/v1/chat/completions", `{"model":"nope"}`,
-			envoy.DefaultUserHeader, "alice", envoy.DefaultModelHeader, "qwen3")
+			policies.DefaultIdentityHeader, "alice", policies.DefaultModelHeader, "qwen3")
 		if status != http.StatusNotFound {
 			t.Fatalf("status = %d, want 404: the client's header must not pick the route", status)
 		}
@@ -416,7 +417,7 @@ func TestBehindEnvoy(t *testing.T) {
 	})
 
 	t.Run("malformed JSON is 400", func(t *testing.T) {
-		status, _, body := rig.post(t, "bad", "/v1/chat/completions", `{"model":`, envoy.DefaultUserHeader, "alice")
+		status, _, body := rig.post(t, "bad", "/v1/chat/completions", `{"model":`, policies.DefaultIdentityHeader, "alice")
 		if status != http.StatusBadRequest || !bytes.Contains(body, []byte("invalid_request_error")) {
 			t.Fatalf("got %d %s, want 400 invalid_request_error", status, body)
 		}
@@ -432,7 +433,7 @@ func TestBehindEnvoy(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			id := fmt.Sprintf("stream-%v", gz)
 			status, _, body := rig.post(t, id, "/v1/chat/completions", `{"model":"qwen3","stream":true,"messages":[]}`,
-				append([]string{envoy.DefaultUserHeader, "alice"}, extra...)...)
+				append([]string{policies.DefaultIdentityHeader, "alice"}, extra...)...)
 			if status != http.StatusOK {
 				t.Fatalf("status = %d: %s", status, body)
 			}
@@ -461,7 +462,7 @@ func TestBehindEnvoy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set(envoy.DefaultUserHeader, "alice")
+		req.Header.Set(policies.DefaultIdentityHeader, "alice")
 		req.Header.Set("x-test-hang", "1")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -484,7 +485,7 @@ func TestBehindEnvoy(t *testing.T) {
 
 	t.Run("upstream error is not charged", func(t *testing.T) {
 		status, _, _ := rig.post(t, "err", "/v1/chat/completions", `{"model":"qwen3"}`,
-			envoy.DefaultUserHeader, "alice", "x-test-status", "500")
+			policies.DefaultIdentityHeader, "alice", "x-test-status", "500")
 		if status != http.StatusInternalServerError {
 			t.Fatalf("status = %d, want the backend's 500", status)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
 
 // maxJSONDepth bounds request body nesting; deeper bodies are rejected with 400 rather than
@@ -45,8 +46,7 @@ type exchange struct {
 	cfg     *Config // the config the request started with, kept to the end
 	logger  *slog.Logger
 	metrics *Metrics
-	checker *checker // nil: quotas are not checked (a test of routing only)
-	charger *charger // nil: charges are not sent (no quotas, or a test of routing only)
+	rls     *rlsclient.Client // nil: quotas are neither checked nor charged (a test of routing only)
 	start   time.Time
 
 	// Request side.
@@ -90,8 +90,8 @@ const (
 	bodyStreamed                    // an SSE stream, parsed chunk by chunk
 )
 
-func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, checker *checker, charger *charger) *exchange {
-	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, checker: checker, charger: charger, start: time.Now()}
+func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client) *exchange {
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, rls: rls, start: time.Now()}
 }
 
 // handle answers one message from Envoy.
@@ -151,7 +151,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 	ex.requestBodySeen = true
 	body := msg.GetBody()
-	if int64(len(body)) > ex.cfg.MaxRequestBytes {
+	if limit := ex.cfg.MaxRequestBytes; limit > 0 && int64(len(body)) > limit {
 		return ex.reject(rejection{
 			status:  413,
 			outcome: outcomeRejected413,
@@ -584,20 +584,7 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 	return namespaced(fields)
 }
 
-// sendCharge hands the request's costs to the charger, addressed to the counters of every
-// quota on the model.
-func (ex *exchange) sendCharge(costs map[string]int64, basis string) {
-	if ex.charger == nil || ex.cfg.RateLimitAddress == "" {
-		return
-	}
-	req := chargeRequest(ex.cfg, ex.model, ex.user, costs)
-	if req == nil {
-		return
-	}
-	ex.charger.enqueue(charge{target: ex.cfg.RateLimitAddress, request: req, basis: basis, model: ex.model})
-}
-
-// costValue computes one cost. A CEL result must be a non-negative integer.
+// costValue computes one cost.
 func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 	switch cost.Kind {
 	case CostInput:
@@ -607,37 +594,20 @@ func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 	case CostTotal:
 		return usage.TotalTokens, nil
 	case CostCEL:
-		if cost.Program == nil {
+		if cost.Eval == nil {
 			return 0, errors.New("no CEL program")
 		}
 		// Evaluated after the client may have gone, so the stream's cancellation must not
 		// cancel the bill.
-		out, _, err := cost.Program.ContextEval(context.WithoutCancel(ex.ctx), map[string]any{
-			"input_tokens":        usage.InputTokens,
-			"output_tokens":       usage.OutputTokens,
-			"total_tokens":        usage.TotalTokens,
-			"cached_input_tokens": usage.CachedInputTokens,
-			"reasoning_tokens":    usage.ReasoningTokens,
-			"model":               ex.model,
-			"backend":             ex.cfg.Models[ex.model],
+		return cost.Eval(context.WithoutCancel(ex.ctx), CostVars{
+			InputTokens:       usage.InputTokens,
+			OutputTokens:      usage.OutputTokens,
+			TotalTokens:       usage.TotalTokens,
+			CachedInputTokens: usage.CachedInputTokens,
+			ReasoningTokens:   usage.ReasoningTokens,
+			Model:             ex.model,
+			Backend:           ex.cfg.Models[ex.model],
 		})
-		if err != nil {
-			return 0, err
-		}
-		switch v := out.Value().(type) {
-		case int64:
-			if v < 0 {
-				return 0, fmt.Errorf("result %d is negative", v)
-			}
-			return v, nil
-		case uint64:
-			if v > 1<<53 {
-				return 0, fmt.Errorf("result %d is too large", v)
-			}
-			return int64(v), nil
-		default:
-			return 0, fmt.Errorf("result %v is %s, want a non-negative int", out, out.Type().TypeName())
-		}
 	default:
 		return 0, fmt.Errorf("unknown cost kind %d", int(cost.Kind))
 	}

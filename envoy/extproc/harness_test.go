@@ -18,7 +18,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/google/cel-go/cel"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
@@ -152,7 +151,7 @@ func chatHeaders(n int, extra ...string) *extprocv3.ProcessingRequest {
 	kv := append([]string{
 		":method", "POST", ":path", "/v1/chat/completions", ":authority", "gateway",
 		"content-type", "application/json", "content-length", strconv.Itoa(n),
-		envoy.DefaultUserHeader, "alice",
+		policies.DefaultIdentityHeader, "alice",
 	}, extra...)
 	return requestHeaders(false, kv...)
 }
@@ -217,14 +216,15 @@ func immediate(t testing.TB, resp *extprocv3.ProcessingResponse, status int) err
 func testConfig(t testing.TB) *Config {
 	t.Helper()
 	return &Config{
-		ModelHeader:    envoy.DefaultModelHeader,
-		IdentityHeader: envoy.DefaultUserHeader,
+		ModelHeader:    policies.DefaultModelHeader,
+		IdentityHeader: policies.DefaultIdentityHeader,
+		JWTClaim:       policies.DefaultJWTUserClaim, // used in jwt mode only
 		Models:         map[string]string{"qwen3": "sim", "gpt-4": "sim", "gpt-3.5-turbo": "sim"},
 		Costs: []Cost{
 			{Name: "llm_input_token", Kind: CostInput},
 			{Name: "llm_output_token", Kind: CostOutput},
 			{Name: "llm_total_token", Kind: CostTotal},
-			{Name: "custom_cost", Kind: CostCEL, Program: celProgram(t, "input_tokens * 2 + output_tokens")},
+			celCost(t, "custom_cost", "input_tokens * 2 + output_tokens"),
 		},
 		MaxRequestBytes:  64 << 10,
 		MaxResponseBytes: 64 << 10,
@@ -234,30 +234,17 @@ func testConfig(t testing.TB) *Config {
 	}
 }
 
-// celProgram compiles expr in the environment the caller of NewServer provides.
-func celProgram(t testing.TB, expr string) cel.Program {
+// celCost is a CEL cost compiled and evaluated by the policy's own CEL code, as translate
+// builds it.
+func celCost(t testing.TB, name, expr string) Cost {
 	t.Helper()
-	env, err := cel.NewEnv(
-		cel.Variable("input_tokens", cel.IntType),
-		cel.Variable("output_tokens", cel.IntType),
-		cel.Variable("total_tokens", cel.IntType),
-		cel.Variable("cached_input_tokens", cel.IntType),
-		cel.Variable("reasoning_tokens", cel.IntType),
-		cel.Variable("model", cel.StringType),
-		cel.Variable("backend", cel.StringType),
-	)
+	prg, err := policies.CompileCost(expr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("compile %q: %v", expr, err)
 	}
-	ast, iss := env.Compile(expr)
-	if iss.Err() != nil {
-		t.Fatalf("compile %q: %v", expr, iss.Err())
-	}
-	prg, err := env.Program(ast)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return prg
+	return Cost{Name: name, Kind: CostCEL, Expression: expr, Eval: func(ctx context.Context, v CostVars) (int64, error) {
+		return prg.Eval(ctx, policies.CostVars(v))
+	}}
 }
 
 func readTestdata(t testing.TB, name string) []byte {

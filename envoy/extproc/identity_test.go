@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 const (
@@ -78,7 +79,7 @@ func TestAPIKeyIdentifiesUser(t *testing.T) {
 		{"x-api-key", []string{"x-api-key", bobKey}, "bob"},
 		{"both, the same key", []string{"authorization", "Bearer " + aliceKey, "x-api-key", aliceKey}, "alice"},
 		// The client's own identity header never counts: the key decides.
-		{"spoofed identity header", []string{"authorization", "Bearer " + aliceKey, envoy.DefaultUserHeader, "victim"}, "alice"},
+		{"spoofed identity header", []string{"authorization", "Bearer " + aliceKey, policies.DefaultIdentityHeader, "victim"}, "alice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,7 +87,7 @@ func TestAPIKeyIdentifiesUser(t *testing.T) {
 			c := h.open(t)
 			resp := c.send(apiKeyHeaders(len(chatBody), tt.headers...))
 			m := headerMutation(t, resp)
-			if got, ok := setValue(t, m, envoy.DefaultUserHeader); !ok || got != tt.user {
+			if got, ok := setValue(t, m, policies.DefaultIdentityHeader); !ok || got != tt.user {
 				t.Fatalf("identity header set to %q (set: %v), want %q", got, ok, tt.user)
 			}
 			for _, removed := range []string{"authorization", "x-api-key"} {
@@ -99,7 +100,7 @@ func TestAPIKeyIdentifiesUser(t *testing.T) {
 			}
 			// The request goes on as usual, and its usage is the user's.
 			body := c.send(requestBody(chatBody))
-			if v, _ := setValue(t, headerMutation(t, body), envoy.DefaultModelHeader); v != "qwen3" {
+			if v, _ := setValue(t, headerMutation(t, body), policies.DefaultModelHeader); v != "qwen3" {
 				t.Fatalf("model header %q after authentication", v)
 			}
 			if strings.Contains(h.logs.String(), aliceKey) || strings.Contains(h.logs.String(), bobKey) {
@@ -116,7 +117,7 @@ func TestAPIKeyRejections(t *testing.T) {
 		code    string
 	}{
 		{"no key", nil, "missing_api_key"},
-		{"only an identity header", []string{envoy.DefaultUserHeader, "alice"}, "missing_api_key"},
+		{"only an identity header", []string{policies.DefaultIdentityHeader, "alice"}, "missing_api_key"},
 		{"empty bearer", []string{"authorization", "Bearer "}, "missing_api_key"},
 		{"basic scheme", []string{"authorization", "Basic YWxpY2U6eA=="}, "missing_api_key"},
 		{"unknown bearer key", []string{"authorization", "Bearer tg-guess"}, "invalid_api_key"},
@@ -165,7 +166,7 @@ func TestJWTClaimIdentifiesUser(t *testing.T) {
 		claims map[string]any
 		user   string
 	}{
-		{"sub", "", map[string]any{"sub": "alice", "iss": "https://auth.example.com"}, "alice"},
+		{"sub", "sub", map[string]any{"sub": "alice", "iss": "https://auth.example.com"}, "alice"},
 		{"custom claim", "email", map[string]any{"sub": "123", "email": "bob@example.com"}, "bob@example.com"},
 		{"numeric claim", "uid", map[string]any{"uid": 4711.0}, "4711"},
 	}
@@ -175,9 +176,9 @@ func TestJWTClaimIdentifiesUser(t *testing.T) {
 			cfg.Identity, cfg.JWTClaim = IdentityFromJWT, tt.claim
 			h := newHarness(t, cfg)
 			c := h.open(t)
-			req := withMetadata(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "victim"), jwtMetadata(t, tt.claims))
+			req := withMetadata(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, "victim"), jwtMetadata(t, tt.claims))
 			m := headerMutation(t, c.send(req))
-			if got, ok := setValue(t, m, envoy.DefaultUserHeader); !ok || got != tt.user {
+			if got, ok := setValue(t, m, policies.DefaultIdentityHeader); !ok || got != tt.user {
 				t.Fatalf("identity header %q (set: %v), want %q", got, ok, tt.user)
 			}
 			if !slices.Contains(m.GetRemoveHeaders(), "authorization") {
@@ -206,7 +207,7 @@ func TestJWTWithoutUsablePayloadIsRejected(t *testing.T) {
 			cfg.Identity = IdentityFromJWT
 			h := newHarness(t, cfg)
 			// A client-sent identity header is no substitute for a verified token.
-			req := withMetadata(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "alice"), tt.meta)
+			req := withMetadata(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, "alice"), tt.meta)
 			got := immediate(t, h.open(t).send(req), 401)
 			if got.Error.Code == nil || *got.Error.Code != tt.code {
 				t.Fatalf("error %+v, want code %s", got.Error, tt.code)
@@ -262,11 +263,11 @@ func TestHeaderModeUserIDRule(t *testing.T) {
 		t.Run("valid "+user[:min(len(user), 16)], func(t *testing.T) {
 			h := newHarness(t, testConfig(t))
 			c := h.open(t)
-			if resp := c.send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, user)); resp.GetImmediateResponse() != nil {
+			if resp := c.send(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, user)); resp.GetImmediateResponse() != nil {
 				t.Fatalf("user %q refused: %v", user, resp.GetImmediateResponse())
 			}
 			body := c.send(requestBody(chatBody))
-			if v, _ := setValue(t, headerMutation(t, body), envoy.DefaultModelHeader); v != "qwen3" {
+			if v, _ := setValue(t, headerMutation(t, body), policies.DefaultModelHeader); v != "qwen3" {
 				t.Fatalf("model header %q for user %q", v, user)
 			}
 		})
@@ -275,7 +276,7 @@ func TestHeaderModeUserIDRule(t *testing.T) {
 		t.Run(fmt.Sprintf("invalid %q", user[:min(len(user), 16)]), func(t *testing.T) {
 			h := newHarness(t, testConfig(t))
 			c := h.open(t)
-			resp := c.send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, user))
+			resp := c.send(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, user))
 			wantInvalidUser(t, h, resp, user, problem)
 			if !strings.Contains(immediate(t, resp, 400).Error.Message, "the x-user-id header") {
 				t.Errorf("message does not name the header: %+v", immediate(t, resp, 400).Error)
@@ -285,7 +286,7 @@ func TestHeaderModeUserIDRule(t *testing.T) {
 	}
 	// A blank header still counts as no header at all.
 	h := newHarness(t, testConfig(t))
-	got := immediate(t, h.open(t).send(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "   ")), 401)
+	got := immediate(t, h.open(t).send(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, "   ")), 401)
 	if got.Error.Code == nil || *got.Error.Code != "missing_user" {
 		t.Errorf("blank header: %+v, want missing_user", got.Error)
 	}
@@ -298,7 +299,7 @@ func TestJWTClaimUserIDRule(t *testing.T) {
 		cfg.Identity = IdentityFromJWT
 		h := newHarness(t, cfg)
 		req := withMetadata(apiKeyHeaders(len(chatBody)), jwtMetadata(t, map[string]any{"sub": user}))
-		if got, _ := setValue(t, headerMutation(t, h.open(t).send(req)), envoy.DefaultUserHeader); got != user {
+		if got, _ := setValue(t, headerMutation(t, h.open(t).send(req)), policies.DefaultIdentityHeader); got != user {
 			t.Errorf("identity header %q, want %q", got, user)
 		}
 	}
@@ -310,7 +311,7 @@ func TestJWTClaimUserIDRule(t *testing.T) {
 			cfg := testConfig(t)
 			cfg.Identity = IdentityFromJWT
 			h := newHarness(t, cfg)
-			req := withMetadata(apiKeyHeaders(len(chatBody), envoy.DefaultUserHeader, "alice"), jwtMetadata(t, map[string]any{"sub": user}))
+			req := withMetadata(apiKeyHeaders(len(chatBody), policies.DefaultIdentityHeader, "alice"), jwtMetadata(t, map[string]any{"sub": user}))
 			resp := h.open(t).send(req)
 			wantInvalidUser(t, h, resp, user, problem)
 			if !strings.Contains(immediate(t, resp, 400).Error.Message, `"sub" claim`) {
@@ -328,7 +329,7 @@ func TestAPIKeyUserIDRule(t *testing.T) {
 	cfg.APIKeys[HashKey("tg-broken")] = "mallory\xff\xfe"
 	h := newHarness(t, cfg)
 	m := headerMutation(t, h.open(t).send(apiKeyHeaders(len(chatBody), "x-api-key", "tg-intl")))
-	if got, _ := setValue(t, m, envoy.DefaultUserHeader); got != "用户" {
+	if got, _ := setValue(t, m, policies.DefaultIdentityHeader); got != "用户" {
 		t.Errorf("identity header %q, want 用户", got)
 	}
 	resp := h.open(t).send(apiKeyHeaders(len(chatBody), "x-api-key", "tg-broken"))
@@ -338,11 +339,11 @@ func TestAPIKeyUserIDRule(t *testing.T) {
 func TestHeaderModeKeepsClientIdentity(t *testing.T) {
 	h := newHarness(t, testConfig(t))
 	m := headerMutation(t, h.open(t).send(chatHeaders(len(chatBody), "authorization", "Bearer client-own")))
-	if _, ok := setValue(t, m, envoy.DefaultUserHeader); ok {
+	if _, ok := setValue(t, m, policies.DefaultIdentityHeader); ok {
 		t.Errorf("header mode rewrote the identity header")
 	}
 	// Only the client's model header goes (the body's model replaces it); identity stays.
-	if fmt.Sprint(m.GetRemoveHeaders()) != "["+envoy.DefaultModelHeader+"]" {
+	if fmt.Sprint(m.GetRemoveHeaders()) != "["+policies.DefaultModelHeader+"]" {
 		t.Errorf("header mode removed %v", m.GetRemoveHeaders())
 	}
 }
@@ -365,7 +366,7 @@ func TestBackendKeyInjected(t *testing.T) {
 		// wantKey: the answer sets authorization to the backend's key.
 		wantKey bool
 	}{
-		{"body model, header mode", IdentityFromHeader, []string{envoy.DefaultUserHeader, "alice", "authorization", "Bearer client-own"}, chatBody, true},
+		{"body model, header mode", IdentityFromHeader, []string{policies.DefaultIdentityHeader, "alice", "authorization", "Bearer client-own"}, chatBody, true},
 		{"body model, api key mode", IdentityFromAPIKey, []string{"x-api-key", aliceKey}, chatBody, true},
 		{"backend without a key", IdentityFromAPIKey, []string{"x-api-key", aliceKey}, `{"model":"free-model"}`, false},
 		{"unknown model", IdentityFromAPIKey, []string{"x-api-key", aliceKey}, `{"model":"nope"}`, false},
@@ -415,9 +416,9 @@ func TestCredentialNeverPrinted(t *testing.T) {
 func TestHeaderAndBodyModelDisagree(t *testing.T) {
 	h := newHarness(t, apiKeyConfig(t))
 	c := h.open(t)
-	c.send(apiKeyHeaders(len(chatBody), "x-api-key", bobKey, envoy.DefaultModelHeader, "gpt-4"))
+	c.send(apiKeyHeaders(len(chatBody), "x-api-key", bobKey, policies.DefaultModelHeader, "gpt-4"))
 	body := c.send(requestBody(chatBody))
-	if got, _ := setValue(t, headerMutation(t, body), envoy.DefaultModelHeader); got != "qwen3" {
+	if got, _ := setValue(t, headerMutation(t, body), policies.DefaultModelHeader); got != "qwen3" {
 		t.Fatalf("routing header %q, want the body's qwen3", got)
 	}
 	c.send(responseHeaders(false, ":status", "200", "content-type", "application/json"))
@@ -441,7 +442,7 @@ func BenchmarkAPIKeyRequestHeaders(b *testing.B) {
 	req := apiKeyHeaders(len(chatBody), "authorization", "Bearer tg-bench-4711")
 	b.ReportAllocs()
 	for b.Loop() {
-		ex := newExchange(context.Background(), cfg, logger, metrics, nil, nil)
+		ex := newExchange(context.Background(), cfg, logger, metrics, nil)
 		if resp := ex.handle(req); resp.GetRequestHeaders() == nil {
 			b.Fatal("request refused")
 		}

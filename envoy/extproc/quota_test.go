@@ -3,24 +3,23 @@ package extproc
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
 )
 
 // TestOverQuotaIsAnswered429: a user the ratelimit service says is over a quota gets a JSON
 // 429 naming the model, the limit and when it resets, with Retry-After and the x-ratelimit
 // headers; nothing goes upstream and nothing is charged.
 func TestOverQuotaIsAnswered429(t *testing.T) {
-	fake := startFakeRateLimit(t)
-	fake.over = map[string]bool{"alice": true}
-	h := newHarness(t, chargedConfig(t, fake))
+	fake := rlsclienttest.Start(t)
+	fake.Over("alice")
+	h := newHarness(t, chargedConfig(t, fake.Addr))
 	c := h.open(t)
 	resp := sendChat(t, c, chatBody)
 	got := immediate(t, resp, 429)
@@ -40,7 +39,7 @@ func TestOverQuotaIsAnswered429(t *testing.T) {
 	if err := h.srv.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if charges := fake.charges(); len(charges) != 0 {
+	if charges := fake.Charges(); len(charges) != 0 {
 		t.Errorf("a refused request was charged: %q", charges)
 	}
 	if n := testutil.ToFloat64(h.srv.metrics.quotaChecks.WithLabelValues(checkOverLimit)); n != 1 {
@@ -52,8 +51,8 @@ func TestOverQuotaIsAnswered429(t *testing.T) {
 // quota closest to its limit, which the route turns into x-ratelimit-* response headers, and
 // its check asked about every quota of the model without spending anything.
 func TestAdmittedRequestCarriesItsQuotaHeaders(t *testing.T) {
-	fake := startFakeRateLimit(t)
-	h := newHarness(t, chargedConfig(t, fake))
+	fake := rlsclienttest.Start(t)
+	h := newHarness(t, chargedConfig(t, fake.Addr))
 	resp := sendChat(t, h.open(t), chatBody)
 	if resp.GetRequestBody() == nil {
 		t.Fatalf("want a body response, got %v", resp)
@@ -62,12 +61,11 @@ func TestAdmittedRequestCarriesItsQuotaHeaders(t *testing.T) {
 	if m[envoy.MetadataRateLimitLimit] != `50, 50;w=3600;name="hourly"` || m[envoy.MetadataRateLimitRemaining] != "40" || m[envoy.MetadataRateLimitReset] != "90" {
 		t.Errorf("x-ratelimit metadata %v", m)
 	}
-	fake.mu.Lock()
-	defer fake.mu.Unlock()
-	if len(fake.checks) != 1 {
-		t.Fatalf("%d checks, want 1", len(fake.checks))
+	checks := fake.CheckCalls()
+	if len(checks) != 1 {
+		t.Fatalf("%d checks, want 1", len(checks))
 	}
-	got := describe(fake.checks[0])
+	got := rlsclienttest.Describe(checks[0])
 	want := []string{"model=qwen3,quota=hourly,user=alice +0", "model=qwen3,quota=weighted,user=alice +0"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("check %q, want %q", got, want)
@@ -77,15 +75,10 @@ func TestAdmittedRequestCarriesItsQuotaHeaders(t *testing.T) {
 // TestQuotaCheckFailureMode: when the ratelimit service cannot be reached, failure mode closed
 // answers a JSON 503 and open admits the request; each is counted.
 func TestQuotaCheckFailureMode(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := lis.Addr().String()
-	lis.Close()
+	dead := rlsclienttest.DeadAddr(t)
 	for _, open := range []bool{false, true} {
 		t.Run(fmt.Sprint("open=", open), func(t *testing.T) {
-			cfg := chargedConfig(t, &fakeRateLimit{addr: dead})
+			cfg := chargedConfig(t, dead)
 			cfg.QuotaFailOpen = open
 			cfg.QuotaCheckTimeout = 200 * time.Millisecond
 			h := newHarness(t, cfg)
@@ -106,62 +99,5 @@ func TestQuotaCheckFailureMode(t *testing.T) {
 				t.Errorf("failed_closed checks = %v, want 1", n)
 			}
 		})
-	}
-}
-
-// TestChecksQueuedWhileTheServiceIsBusyShareACall: checks that pile up while the workers wait
-// on the service go out in a few calls, and every check gets its own descriptors' statuses.
-func TestChecksQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
-	fake := startFakeRateLimit(t)
-	fake.gate = make(chan struct{})
-	fake.over = map[string]bool{}
-	cfg := withDefaults(chargedConfig(t, fake))
-	const checks = 200
-	for i := range checks {
-		if i%3 == 0 {
-			fake.over[fmt.Sprintf("user%03d", i)] = true
-		}
-	}
-	conns := &rlsConns{}
-	defer conns.close()
-	ch := newChecker(conns)
-	var wg sync.WaitGroup
-	errs := make(chan error, checks)
-	for i := range checks {
-		user := fmt.Sprintf("user%03d", i)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			statuses, err := ch.check(context.Background(), cfg.RateLimitAddress, checkRequest(cfg, "qwen3", user), 5*time.Second)
-			if err != nil {
-				errs <- err
-				return
-			}
-			if len(statuses) != 2 {
-				errs <- fmt.Errorf("%s: %d statuses, want 2", user, len(statuses))
-				return
-			}
-			for _, s := range statuses {
-				if over := s.GetCode().String() == "OVER_LIMIT"; over != fake.over[user] {
-					errs <- fmt.Errorf("%s: status %s, over limit %v", user, s.GetCode(), fake.over[user])
-				}
-			}
-		}()
-	}
-	// Let the checks queue up behind the held calls, then open the gate.
-	time.Sleep(100 * time.Millisecond)
-	close(fake.gate)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if err := ch.close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	fake.mu.Lock()
-	defer fake.mu.Unlock()
-	if calls := len(fake.checks); calls > 3*checkWorkers {
-		t.Errorf("%d checks took %d calls, want at most %d", checks, calls, 3*checkWorkers)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
 )
 
 // firstResponseChunk is the first response body message as Envoy sends it without a response
@@ -51,8 +52,8 @@ func TestResponseReadWithoutHeadersMessage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake := startFakeRateLimit(t)
-			h := newHarness(t, chargedConfig(t, fake))
+			fake := rlsclienttest.Start(t)
+			h := newHarness(t, chargedConfig(t, fake.Addr))
 			c := h.open(t)
 			sendChat(t, c, tt.request)
 			var last *extprocv3.ProcessingResponse
@@ -75,7 +76,7 @@ func TestResponseReadWithoutHeadersMessage(t *testing.T) {
 				if err := h.srv.Close(t.Context()); err != nil {
 					t.Fatal(err)
 				}
-				if got := fake.charges(); len(got) != 0 {
+				if got := fake.Charges(); len(got) != 0 {
 					t.Errorf("an error response was charged: %q", got)
 				}
 				return

@@ -34,15 +34,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
 
 // Server is the ext_proc gRPC service. It is safe for concurrent use.
 type Server struct {
 	logger  *slog.Logger
 	metrics *Metrics
-	conns   *rlsConns
-	checker *checker
-	charger *charger
+	rls     *rlsclient.Client
 	cfg     atomic.Pointer[Config]
 }
 
@@ -55,8 +55,7 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	conns := &rlsConns{}
-	s := &Server{logger: logger, metrics: metrics, conns: conns, checker: newChecker(conns), charger: newCharger(logger, metrics, conns)}
+	s := &Server{logger: logger, metrics: metrics, rls: rlsclient.New()}
 	s.cfg.Store(withDefaults(cfg))
 	return s
 }
@@ -65,9 +64,7 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
 // Call it after the gRPC server has stopped, so that every exchange has ended and queued its
 // charge; it gives up when ctx ends.
 func (s *Server) Close(ctx context.Context) error {
-	err := errors.Join(s.checker.close(ctx), s.charger.close(ctx))
-	s.conns.close()
-	return err
+	return s.rls.Close(ctx)
 }
 
 // Update swaps the configuration. Requests already in flight finish with the configuration
@@ -103,7 +100,7 @@ type processor struct{ s *Server }
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
 	defer p.s.metrics.activeStreams.Dec()
-	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.checker, p.s.charger)
+	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls)
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

@@ -2,7 +2,9 @@ package extproc
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"runtime"
 	"strconv"
 	"strings"
@@ -13,8 +15,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 const chatBody = `{"model":"qwen3","messages":[{"role":"user","content":"hi"}]}`
@@ -48,7 +50,7 @@ func TestBodyModelSetsRoutingHeader(t *testing.T) {
 		clientModel []string // the client's own model header
 	}{
 		{name: "no client header"},
-		{name: "client header disagrees", clientModel: []string{envoy.DefaultModelHeader, "gpt-4"}},
+		{name: "client header disagrees", clientModel: []string{policies.DefaultModelHeader, "gpt-4"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +61,7 @@ func TestBodyModelSetsRoutingHeader(t *testing.T) {
 			if common == nil {
 				t.Fatalf("want a body response, got %v", resp)
 			}
-			model := setHeaders(t, common.GetHeaderMutation())[envoy.DefaultModelHeader]
+			model := setHeaders(t, common.GetHeaderMutation())[policies.DefaultModelHeader]
 			if string(model.GetHeader().GetRawValue()) != "qwen3" {
 				t.Fatalf("model header = %q, want the body's qwen3", model.GetHeader().GetRawValue())
 			}
@@ -107,7 +109,7 @@ func TestRejections(t *testing.T) {
 		},
 		{
 			name:    "empty user",
-			headers: requestHeaders(false, ":path", "/v1/chat/completions", envoy.DefaultUserHeader, " "),
+			headers: requestHeaders(false, ":path", "/v1/chat/completions", policies.DefaultIdentityHeader, " "),
 			status:  401, errType: "authentication_error", code: "missing_user",
 			outcome: outcomeRejected401,
 		},
@@ -120,7 +122,7 @@ func TestRejections(t *testing.T) {
 		{
 			name: "two users",
 			headers: requestHeaders(false, ":path", "/v1/chat/completions",
-				envoy.DefaultUserHeader, "alice", envoy.DefaultUserHeader, "bob"),
+				policies.DefaultIdentityHeader, "alice", policies.DefaultIdentityHeader, "bob"),
 			status: 400, errType: "invalid_request_error", code: "ambiguous_user",
 			outcome: outcomeRejected400,
 		},
@@ -155,7 +157,7 @@ func TestRejections(t *testing.T) {
 		},
 		{
 			name:    "no model in the body, one in the client's header",
-			headers: chatHeaders(20, envoy.DefaultModelHeader, "gpt-4"),
+			headers: chatHeaders(20, policies.DefaultModelHeader, "gpt-4"),
 			body:    `{"messages":[]}`,
 			status:  400, errType: "invalid_request_error", param: "model",
 			messageIn: "missing required parameter: model",
@@ -164,7 +166,7 @@ func TestRejections(t *testing.T) {
 		{
 			name: "generation path without a body, model in the header",
 			headers: requestHeaders(true, ":method", "GET", ":path", "/v1/chat/completions",
-				envoy.DefaultUserHeader, "alice", envoy.DefaultModelHeader, "qwen3"),
+				policies.DefaultIdentityHeader, "alice", policies.DefaultModelHeader, "qwen3"),
 			status: 400, errType: "invalid_request_error", param: "model",
 			messageIn: "missing required parameter: model",
 			outcome:   outcomeRejected400,
@@ -172,20 +174,20 @@ func TestRejections(t *testing.T) {
 		{
 			name: "path whose usage cannot be read",
 			headers: requestHeaders(false, ":method", "POST", ":path", "/invocations?x=1",
-				envoy.DefaultUserHeader, "alice", envoy.DefaultModelHeader, "qwen3"),
+				policies.DefaultIdentityHeader, "alice", policies.DefaultModelHeader, "qwen3"),
 			status: 404, errType: "invalid_request_error", code: "unknown_url",
 			messageIn: "POST /invocations. This gateway serves POST /v1/chat/completions",
 			outcome:   outcomeRejected404,
 		},
 		{
 			name:    "unprefixed OpenAI path",
-			headers: requestHeaders(false, ":method", "POST", ":path", "/chat/completions", envoy.DefaultUserHeader, "alice"),
+			headers: requestHeaders(false, ":method", "POST", ":path", "/chat/completions", policies.DefaultIdentityHeader, "alice"),
 			status:  404, errType: "invalid_request_error", code: "unknown_url",
 			outcome: outcomeRejected404,
 		},
 		{
 			name:    "encoded slash Envoy did not decode",
-			headers: requestHeaders(false, ":method", "POST", ":path", "/v1/chat%2Fcompletions", envoy.DefaultUserHeader, "alice"),
+			headers: requestHeaders(false, ":method", "POST", ":path", "/v1/chat%2Fcompletions", policies.DefaultIdentityHeader, "alice"),
 			status:  404, errType: "invalid_request_error", code: "unknown_url",
 			outcome: outcomeRejected404,
 		},
@@ -248,7 +250,7 @@ func TestStreamingRequestForcesIncludeUsage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, testConfig(t))
 			c := h.open(t)
-			kv := []string{":method", "POST", ":path", tt.path, envoy.DefaultUserHeader, "alice"}
+			kv := []string{":method", "POST", ":path", tt.path, policies.DefaultIdentityHeader, "alice"}
 			if tt.contentLength {
 				kv = append(kv, "content-length", strconv.Itoa(len(tt.body)))
 			}
@@ -286,10 +288,14 @@ func TestStreamingRequestForcesIncludeUsage(t *testing.T) {
 func TestJSONResponseUsageBecomesMetadata(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Costs = append(cfg.Costs,
-		Cost{Name: "negative_cost", Kind: CostCEL, Program: celProgram(t, "input_tokens - 1000")},
-		Cost{Name: "failing_cost", Kind: CostCEL, Program: celProgram(t, "input_tokens / (output_tokens - 6)")},
-		Cost{Name: "double_cost", Kind: CostCEL, Program: celProgram(t, "double(input_tokens) * 1.5")},
-		Cost{Name: "by_backend", Kind: CostCEL, Program: celProgram(t, `backend == "sim" && model == "qwen3" ? cached_input_tokens + 100 : 0`)},
+		celCost(t, "negative_cost", "input_tokens - 1000"),
+		celCost(t, "failing_cost", "input_tokens / (output_tokens - 6)"),
+		// The policy refuses a double result when it compiles an expression (tested there);
+		// whatever error an evaluation reports, the cost is not charged.
+		Cost{Name: "double_cost", Kind: CostCEL, Eval: func(context.Context, CostVars) (int64, error) {
+			return 0, errors.New("result 9 is double, want a non-negative int")
+		}},
+		celCost(t, "by_backend", `backend == "sim" && model == "qwen3" ? cached_input_tokens + 100 : 0`),
 	)
 	h := newHarness(t, cfg)
 	c := h.open(t)
@@ -557,7 +563,7 @@ func TestUpdateSwapsConfig(t *testing.T) {
 	sendChat(t, inFlight, chatBody)
 
 	next := testConfig(t)
-	next.Costs = append(next.Costs, Cost{Name: "premium", Kind: CostCEL, Program: celProgram(t, "total_tokens * 10")})
+	next.Costs = append(next.Costs, celCost(t, "premium", "total_tokens * 10"))
 	h.srv.Update(next)
 
 	finish := func(c *call) map[string]any {

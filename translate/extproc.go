@@ -1,0 +1,126 @@
+package translate
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// extProcConfig is the ext_proc server's share of the policy: how it knows users, routes by
+// model, what it publishes and charges, and to which counters of which ratelimit service. The
+// backends' upstream keys are part of it, in memory only: they are never published over xDS,
+// and Render redacts them.
+func extProcConfig(p *input) (*extproc.Config, error) {
+	cfg := &extproc.Config{
+		ModelHeader:     p.Listener.ModelHeader,
+		IdentityHeader:  p.Identity.Header,
+		Models:          make(map[string]string, len(p.Models)),
+		MaxRequestBytes: p.Listener.MaxRequestBytes,
+		UserLabel:       p.Metrics.UserLabel,
+		CheckUserID:     checkUserID,
+	}
+	for _, m := range p.Models {
+		cfg.Models[m.Name] = m.Backend
+	}
+	if err := identityConfig(p, cfg); err != nil {
+		return nil, err
+	}
+	for _, b := range p.Backends {
+		if b.APIKey.IsSet() {
+			if cfg.BackendKeys == nil {
+				cfg.BackendKeys = map[string]extproc.Credential{}
+			}
+			cfg.BackendKeys[b.Name] = extproc.Credential(b.APIKey.Value())
+		}
+	}
+	for _, c := range p.Costs {
+		cost, err := extProcCost(c)
+		if err != nil {
+			return nil, fmt.Errorf("cost %q: %w", c.Name, err)
+		}
+		cfg.Costs = append(cfg.Costs, cost)
+	}
+	if len(p.modelsWithQuotas) > 0 {
+		cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
+		cfg.RateLimitDomain = p.RateLimit.Domain
+		cfg.QuotaCheckTimeout = p.RateLimit.Timeout.Duration
+		cfg.QuotaFailOpen = p.RateLimit.FailureMode != policies.FailureModeClosed
+		cfg.UserDescriptorKey = DescriptorUser
+		cfg.Quotas = make(map[string][]extproc.Quota, len(p.modelsWithQuotas))
+		for _, m := range p.modelsWithQuotas {
+			for _, q := range p.quotasByModel[m] {
+				cfg.Quotas[m] = append(cfg.Quotas[m], extproc.Quota{Name: q.Name, Cost: q.Cost, Entries: quotaEntries(q)})
+			}
+		}
+	}
+	return cfg, nil
+}
+
+// checkUserID is the policy's user id rule, with the rule spelled out for the client.
+func checkUserID(id string) error {
+	if err := policies.CheckUserID(id); err != nil {
+		return fmt.Errorf("%w; a user id is %s", err, policies.UserIDRule)
+	}
+	return nil
+}
+
+// identityConfig sets how the ext_proc server identifies users.
+func identityConfig(p *input, cfg *extproc.Config) error {
+	switch p.Identity.Mode {
+	case policies.IdentityHeader:
+		cfg.Identity = extproc.IdentityFromHeader
+	case policies.IdentityAPIKeys:
+		cfg.Identity = extproc.IdentityFromAPIKey
+		cfg.APIKeys = make(map[extproc.KeyHash]string, len(p.Identity.ResolvedAPIKeys))
+		for _, k := range p.Identity.ResolvedAPIKeys {
+			var h extproc.KeyHash
+			if n, err := hex.Decode(h[:], []byte(k.SHA256)); err != nil || n != len(h) {
+				return fmt.Errorf("API key of user %q: bad sha256", k.User)
+			}
+			cfg.APIKeys[h] = k.User
+		}
+	case policies.IdentityJWT:
+		cfg.Identity = extproc.IdentityFromJWT
+		cfg.JWTClaim = p.Identity.JWT.UserClaim
+	default:
+		return fmt.Errorf("unknown identity mode %q", p.Identity.Mode)
+	}
+	return nil
+}
+
+// extProcCost is one cost as the ext_proc server computes it; a CEL cost is evaluated by the
+// policy's own CEL code.
+func extProcCost(c policies.Cost) (extproc.Cost, error) {
+	cost := extproc.Cost{Name: c.Name}
+	switch c.Type {
+	case policies.CostInputToken:
+		cost.Kind = extproc.CostInput
+	case policies.CostOutputToken:
+		cost.Kind = extproc.CostOutput
+	case policies.CostTotalToken:
+		cost.Kind = extproc.CostTotal
+	case policies.CostCEL:
+		prog, err := policies.CompileCost(c.CEL)
+		if err != nil {
+			return extproc.Cost{}, err
+		}
+		cost.Kind, cost.Expression = extproc.CostCEL, c.CEL
+		cost.Eval = func(ctx context.Context, v extproc.CostVars) (int64, error) {
+			return prog.Eval(ctx, policies.CostVars(v))
+		}
+	default:
+		return extproc.Cost{}, fmt.Errorf("unknown type %q", c.Type)
+	}
+	return cost, nil
+}
+
+// quotaEntries are the descriptor entries of quota q before the user's.
+func quotaEntries(q policies.Quota) []rlsclient.Entry {
+	return []rlsclient.Entry{{Key: DescriptorModel, Value: q.Model}, {Key: DescriptorQuota, Value: q.Name}}
+}
