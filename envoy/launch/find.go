@@ -1,8 +1,11 @@
-// Package launch runs a real Envoy as a child process, as `tollgate run` does on a single
-// machine: it finds the Envoy binary, writes the bootstrap, starts Envoy with its output going
-// to log files, waits until the admin interface says the server is live, stops it (SIGTERM,
-// then SIGKILL after a grace period) and describes an unexpected exit with its exit code and
-// the last lines Envoy wrote to stderr.
+// Package launch is tollgate's one supervisor of child processes. Child starts any program
+// with its output where the caller says, waits until it is ready, stops it (a stop signal, then
+// SIGKILL after a grace period) and waits for it, with the process-group handling the caller
+// asks for; FreePorts picks the loopback ports children listen on. On top of it, Process runs a
+// real Envoy as `tollgate run` does on a single machine: it writes the bootstrap, starts Envoy
+// with its output going to log files, waits until the admin interface says the server is live,
+// and describes an unexpected exit with its exit code and the last lines Envoy wrote to stderr.
+// FindBinary finds the Envoy binary.
 //
 // The package knows nothing about policies: the caller renders the bootstrap.
 package launch

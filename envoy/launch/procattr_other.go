@@ -2,20 +2,13 @@
 
 package launch
 
-import (
-	"os"
-	"syscall"
-)
+import "syscall"
 
 // childAttributes has nothing to add where there are no process groups.
-func childAttributes() *syscall.SysProcAttr { return nil }
+func childAttributes(ChildOptions) *syscall.SysProcAttr { return nil }
 
-// signal stops the process: without POSIX signals, both SIGTERM and SIGKILL become a kill.
-func (p *Process) signal(syscall.Signal) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(os.Kill)
-}
+// send stops the process: without POSIX signals, every signal becomes a kill.
+func (c *Child) send(syscall.Signal, bool) { _ = c.cmd.Process.Kill() }
+
+// sweep has no process group to empty.
+func (c *Child) sweep() {}

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -53,16 +52,14 @@ type Options struct {
 // Process is a running Envoy.
 type Process struct {
 	opts          Options
-	cmd           *exec.Cmd
+	child         *Child
 	bootstrapPath string
 	accessLogPath string
 	logPath       string
 
-	stopOnce sync.Once
-	stopping chan struct{} // closed when Stop begins: an exit after that was asked for
-	done     chan struct{} // closed when the process has exited and exitErr is set
-	exitErr  error         // nil, or *ExitError for an exit Stop did not ask for
-	stopErr  error         // what Stop reports: a failure to shut down cleanly
+	done    chan struct{} // closed when the process has exited and exitErr is set
+	exitErr error         // nil, or *ExitError for an exit Stop did not ask for
+	stopErr error         // what Stop reports: a failure to shut down cleanly
 }
 
 // Start writes the bootstrap and starts Envoy with --disable-hot-restart, so several Envoys
@@ -86,7 +83,6 @@ func Start(o Options) (*Process, error) {
 		bootstrapPath: filepath.Join(o.ConfigDir, BootstrapFile),
 		accessLogPath: filepath.Join(o.LogDir, AccessLogFile),
 		logPath:       filepath.Join(o.LogDir, EnvoyLogFile),
-		stopping:      make(chan struct{}),
 		done:          make(chan struct{}),
 	}
 	if err := os.WriteFile(p.bootstrapPath, o.Bootstrap, 0o600); err != nil {
@@ -107,11 +103,20 @@ func Start(o Options) (*Process, error) {
 	defer stderr.Close()
 
 	args := append([]string{"-c", p.bootstrapPath, "--disable-hot-restart"}, o.Args...)
-	p.cmd = exec.Command(o.Binary, args...)
-	// The child writes to the files itself: no copying goroutine, nothing lost if we crash.
-	p.cmd.Stdout, p.cmd.Stderr = stdout, stderr
-	p.cmd.SysProcAttr = childAttributes()
-	if err := p.cmd.Start(); err != nil {
+	p.child, err = StartChild(ChildOptions{
+		Path: o.Binary,
+		Args: args,
+		// The child writes to the files itself: no copying goroutine, nothing lost if we crash.
+		Stdout: stdout, Stderr: stderr,
+		StopSignal: syscall.SIGTERM,
+		StopGrace:  o.StopGrace,
+		// A group of its own, so a Ctrl-C in the terminal reaches only tollgate, which then
+		// stops Envoy in order; and SIGTERM from the kernel if tollgate dies without stopping
+		// it, so no Envoy is left holding the ports.
+		Group:       OwnGroup,
+		DeathSignal: syscall.SIGTERM,
+	})
+	if err != nil {
 		return nil, fmt.Errorf("start Envoy (%s): %w", o.Binary, err)
 	}
 	go p.wait()
@@ -119,11 +124,10 @@ func Start(o Options) (*Process, error) {
 }
 
 func (p *Process) wait() {
-	err := p.cmd.Wait()
-	select {
-	case <-p.stopping:
+	err := p.child.Wait()
+	if p.child.Asked() {
 		p.stopErr = p.stopResult(err)
-	default:
+	} else {
 		p.exitErr = p.exitError(err)
 	}
 	close(p.done)
@@ -148,7 +152,7 @@ func (p *Process) stopResult(err error) error {
 
 // exitError describes how the process ended, with the end of its log.
 func (p *Process) exitError(err error) *ExitError {
-	e := &ExitError{Pid: p.cmd.Process.Pid, Code: -1, LogPath: p.logPath}
+	e := &ExitError{Pid: p.child.Pid(), Code: -1, LogPath: p.logPath}
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
@@ -166,7 +170,7 @@ func (p *Process) exitError(err error) *ExitError {
 }
 
 // Pid is Envoy's process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.child.Pid() }
 
 // BootstrapPath is the bootstrap file Envoy was started with.
 func (p *Process) BootstrapPath() string { return p.bootstrapPath }
@@ -198,21 +202,7 @@ func (p *Process) Err() error {
 // an earlier unexpected exit, or an *ExitError with DuringStop set when Envoy failed on its
 // way out. Stop is safe to call more than once and from several goroutines.
 func (p *Process) Stop() error {
-	p.stopOnce.Do(func() {
-		select {
-		case <-p.done:
-			return // already exited on its own: nothing to signal
-		default:
-		}
-		close(p.stopping)
-		p.signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(p.opts.StopGrace):
-			p.signal(syscall.SIGKILL)
-			<-p.done
-		}
-	})
+	_ = p.child.Stop()
 	<-p.done
 	if p.exitErr != nil {
 		return p.exitErr

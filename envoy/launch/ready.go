@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,15 +21,12 @@ const readyPollInterval = 50 * time.Millisecond
 func (p *Process) WaitReady(ctx context.Context) error {
 	url := "http://" + dialAddr(p.opts.AdminAddress) + "/ready"
 	client := &http.Client{Timeout: time.Second}
-	tick := time.NewTicker(readyPollInterval)
-	defer tick.Stop()
 	last := "no answer yet"
-	for {
+	err := p.child.Await(ctx, readyPollInterval, func(ctx context.Context) error {
 		state, err := readyState(ctx, client, url)
-		if err == nil && state == "LIVE" {
-			return nil
-		}
 		switch {
+		case err == nil && state == "LIVE":
+			return nil
 		case err != nil && ctx.Err() != nil:
 			// Cut short by ctx: keep the last real answer.
 		case err != nil:
@@ -36,16 +34,19 @@ func (p *Process) WaitReady(ctx context.Context) error {
 		default:
 			last = "/ready says " + state
 		}
-		select {
-		case <-p.done:
-			if e := p.Err(); e != nil {
-				return e
-			}
-			return fmt.Errorf("envoy exited before it was ready (last: %s)", last)
-		case <-ctx.Done():
-			return fmt.Errorf("envoy (pid %d) is not ready: %s; see %s", p.Pid(), last, p.logPath)
-		case <-tick.C:
+		return errors.New(last)
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrExited):
+		<-p.done
+		if e := p.Err(); e != nil {
+			return e
 		}
+		return fmt.Errorf("envoy exited before it was ready (last: %s)", last)
+	default:
+		return fmt.Errorf("envoy (pid %d) is not ready: %s; see %s", p.Pid(), last, p.logPath)
 	}
 }
 
