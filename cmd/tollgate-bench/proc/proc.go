@@ -1,7 +1,7 @@
 // Package proc runs the benchmark's child processes (llmsim, Envoy, tollgate, the ratelimit
-// service, Redis, LiteLLM): output to a log file per process, a polite stop, and the CPU time
-// and resident memory each one (or each process tree) used, read from /proc so the benchmark
-// can say which process a request's CPU went to.
+// service, Redis, LiteLLM) on envoy/launch's supervisor: output to a log file per process, a
+// polite stop, and the CPU time and resident memory each one (or each process tree) used, read
+// from /proc so the benchmark can say which process a request's CPU went to.
 package proc
 
 import (
@@ -10,13 +10,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // stopGrace is how long Stop waits after SIGINT before it kills the process.
@@ -27,15 +27,13 @@ type Process struct {
 	Name    string
 	LogPath string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-
-	mu  sync.Mutex
-	err error // why the process ended, once done is closed
+	child *launch.Child
 }
 
 // Start runs bin with args and this process's environment plus env; its stdout and stderr go
-// to logDir/name.log.
+// to logDir/name.log. The child leads a process group of its own, so a Ctrl-C on the benchmark
+// reaches the children only through Stop, in order, instead of all at once; on Linux the
+// kernel kills it when the benchmark is killed outright, so nothing is left running.
 func Start(name, logDir string, env []string, bin string, args ...string) (*Process, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
@@ -45,65 +43,34 @@ func Start(name, logDir string, env []string, bin string, args ...string) (*Proc
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	if len(env) > 0 {
-		cmd.Env = append(os.Environ(), env...)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = childAttributes()
-	if err := cmd.Start(); err != nil {
-		f.Close()
+	// The child has its own copy of the file once started.
+	defer f.Close()
+	child, err := launch.StartChild(launch.ChildOptions{
+		Path:   bin,
+		Args:   args,
+		Env:    env,
+		Stdout: f, Stderr: f,
+		StopSignal:  syscall.SIGINT,
+		StopGrace:   stopGrace,
+		Group:       launch.OwnGroupSweep,
+		DeathSignal: syscall.SIGKILL,
+	})
+	if err != nil {
 		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
 	}
-	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		f.Close()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		close(p.done)
-	}()
-	return p, nil
+	return &Process{Name: name, LogPath: logPath, child: child}, nil
 }
 
 // Pid is the process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.child.Pid() }
 
 // Exited reports whether the process has ended, and how.
-func (p *Process) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
+func (p *Process) Exited() (bool, error) { return p.child.Exited() }
 
 // Stop sends SIGINT, then SIGKILL after a grace period, and waits for the exit. Then it kills
 // whatever is left of the process's group: children the process started and did not stop
 // itself, such as the workers of a Python server whose supervisor went first.
-func (p *Process) Stop() {
-	defer p.killGroup()
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(stopGrace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// killGroup sends SIGKILL to the process group Start made the process lead (its id is the
-// process's); an empty or gone group is not an error.
-func (p *Process) killGroup() { _ = syscall.Kill(-p.Pid(), syscall.SIGKILL) }
+func (p *Process) Stop() { _ = p.child.Stop() }
 
 // LogTail returns up to the last n bytes of the process's log.
 func (p *Process) LogTail(n int) string {
@@ -285,36 +252,17 @@ func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 
 // Poll is WaitFor with a chosen interval.
 func Poll(ctx context.Context, timeout, interval time.Duration, what string, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not within %s: %w", what, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err)
-		case <-time.After(interval):
-		}
+	pollCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := launch.Poll(pollCtx, interval, func(context.Context) error { return cond() })
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err)
+	default:
+		return fmt.Errorf("%s: not within %s: %w", what, timeout, err)
 	}
-}
-
-// FreePorts asks the kernel for n distinct free loopback ports. Every listener stays open
-// until all n are chosen: a port closed early could be offered again.
-func FreePorts(n int) ([]int, error) {
-	out := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }
 
 // Addr is the loopback address with port.

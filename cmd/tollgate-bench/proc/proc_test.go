@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"slices"
 	"testing"
@@ -170,24 +169,5 @@ func TestWaitForGivesUp(t *testing.T) {
 	err := WaitFor(context.Background(), 50*time.Millisecond, "never", func() error { return errors.New("nope") })
 	if err == nil {
 		t.Fatal("WaitFor returned nil for a condition that never holds")
-	}
-}
-
-func TestFreePortsAreDistinctAndFree(t *testing.T) {
-	ports, err := FreePorts(50)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[int]bool{}
-	for _, p := range ports {
-		if seen[p] {
-			t.Fatalf("port %d handed out twice in %v", p, ports)
-		}
-		seen[p] = true
-		l, err := net.Listen("tcp", Addr(p))
-		if err != nil {
-			t.Fatalf("port %d is not free: %v", p, err)
-		}
-		l.Close()
 	}
 }

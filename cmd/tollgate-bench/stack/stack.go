@@ -19,6 +19,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
 	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // Bins are the programs the stacks run.
@@ -132,8 +133,8 @@ func get(client *http.Client, url string) error {
 	return nil
 }
 
-// ports hands out n distinct free loopback ports.
-func ports(n int) ([]int, error) { return proc.FreePorts(n) }
+// ports hands out n distinct free loopback ports, none handed out before.
+func ports(n int) ([]int, error) { return launch.FreePorts(n) }
 
 // StartSim runs llmsim with no artificial latency and returns its port.
 func (e *Env) StartSim(ctx context.Context) (int, *proc.Process, error) {
