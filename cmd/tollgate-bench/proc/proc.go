@@ -252,12 +252,46 @@ func WaitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 
 // Poll is WaitFor with a chosen interval.
 func Poll(ctx context.Context, timeout, interval time.Duration, what string, cond func() error) error {
-	pollCtx, cancel := context.WithTimeout(ctx, timeout)
+	return bounded(ctx, timeout, what, func(ctx context.Context) error {
+		return launch.Poll(ctx, interval, func(context.Context) error { return cond() })
+	})
+}
+
+// Await is Poll that gives up as soon as the process exits, with the end of its log.
+func (p *Process) Await(ctx context.Context, timeout, interval time.Duration, what string, cond func() error) error {
+	return bounded(ctx, timeout, what, func(ctx context.Context) error {
+		err := p.child.Await(ctx, interval, func(context.Context) error { return cond() })
+		if errors.Is(err, launch.ErrExited) {
+			_, exit := p.Exited()
+			return &exitError{name: p.Name, err: exit, log: p.LogTail(4 << 10)}
+		}
+		return err
+	})
+}
+
+// exitError ends a wait for good: the process is gone.
+type exitError struct {
+	name string
+	err  error
+	log  string
+}
+
+func (e *exitError) Error() string {
+	return fmt.Sprintf("%s exited (%v); last log lines:\n%s", e.name, e.err, e.log)
+}
+
+// bounded runs wait with ctx bounded by timeout, and says in wait's error what was waited for
+// and why the wait ended.
+func bounded(ctx context.Context, timeout time.Duration, what string, wait func(context.Context) error) error {
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := launch.Poll(pollCtx, interval, func(context.Context) error { return cond() })
+	err := wait(waitCtx)
+	var exit *exitError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &exit):
+		return fmt.Errorf("%s: %w", what, err)
 	case ctx.Err() != nil:
 		return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err)
 	default:

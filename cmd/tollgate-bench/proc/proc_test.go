@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -169,5 +170,18 @@ func TestWaitForGivesUp(t *testing.T) {
 	err := WaitFor(context.Background(), 50*time.Millisecond, "never", func() error { return errors.New("nope") })
 	if err == nil {
 		t.Fatal("WaitFor returned nil for a condition that never holds")
+	}
+}
+
+func TestAwaitGivesUpWhenTheProcessExits(t *testing.T) {
+	p, err := Start("quitter", t.TempDir(), nil, "/bin/sh", "-c", "echo 'cannot start: bad flag'; exit 2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	// A wait that ignored the exit would take the whole minute and say "not within 1m0s".
+	err = p.Await(context.Background(), time.Minute, 20*time.Millisecond, "quitter serving", func() error { return errors.New("not yet") })
+	if err == nil || !strings.Contains(err.Error(), "quitter serving: quitter exited (exit status 2)") || !strings.Contains(err.Error(), "cannot start: bad flag") {
+		t.Fatalf("Await = %v, want the exit with the log", err)
 	}
 }

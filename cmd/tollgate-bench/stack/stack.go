@@ -97,23 +97,7 @@ func waitUp(ctx context.Context, p *proc.Process, timeout time.Duration, what st
 
 // waitUpEvery is waitUp polling every interval.
 func waitUpEvery(ctx context.Context, p *proc.Process, timeout, interval time.Duration, what string, cond func() error) error {
-	return proc.Poll(ctx, timeout, interval, what, func() error {
-		if done, err := p.Exited(); done {
-			return &exitError{name: p.Name, err: err, log: p.LogTail(4 << 10)}
-		}
-		return cond()
-	})
-}
-
-// exitError stops waiting for good: the process is gone.
-type exitError struct {
-	name string
-	err  error
-	log  string
-}
-
-func (e *exitError) Error() string {
-	return fmt.Sprintf("%s exited (%v); last log lines:\n%s", e.name, e.err, e.log)
+	return p.Await(ctx, timeout, interval, what, cond)
 }
 
 // newProbeClient is the client readiness checks and single requests use.
