@@ -140,11 +140,11 @@ func (c *Child) Stop() error {
 			return // exited on its own: nothing to signal
 		}
 		close(c.stopping)
-		c.Signal(c.opts.StopSignal)
+		_ = c.Signal(c.opts.StopSignal)
 		select {
 		case <-c.done:
 		case <-time.After(c.opts.StopGrace):
-			c.Signal(syscall.SIGKILL)
+			_ = c.Signal(syscall.SIGKILL)
 			<-c.done
 		}
 	})
@@ -154,17 +154,18 @@ func (c *Child) Stop() error {
 // Kill ends the child with SIGKILL at once, as a crash or the OOM killer would, and waits for
 // the exit. It is not a stop: Asked reports false.
 func (c *Child) Kill() error {
-	c.Signal(syscall.SIGKILL)
+	_ = c.Signal(syscall.SIGKILL)
 	return c.Wait()
 }
 
-// Signal sends sig to the child (to its whole group with OwnGroup), unless the child has
-// already exited and its process id may belong to someone else.
-func (c *Child) Signal(sig syscall.Signal) {
+// Signal sends sig to the child (to its whole group with OwnGroup). A child that has already
+// exited, whose process id may belong to someone else by now, is not signalled:
+// os.ErrProcessDone.
+func (c *Child) Signal(sig syscall.Signal) error {
 	if isClosed(c.done) {
-		return
+		return os.ErrProcessDone
 	}
-	c.send(sig, c.opts.Group == OwnGroup)
+	return c.send(sig, c.opts.Group == OwnGroup)
 }
 
 // ErrExited says the child exited before it was ready.

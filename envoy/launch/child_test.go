@@ -123,7 +123,9 @@ func TestChildKillIsNotAStop(t *testing.T) {
 	if c.Asked() {
 		t.Error("Asked = true after Kill")
 	}
-	c.Signal(syscall.SIGTERM) // an exited child is not signalled; no panic, no error
+	if err := c.Signal(syscall.SIGTERM); !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("Signal after the exit = %v, want os.ErrProcessDone", err)
+	}
 }
 
 func TestChildExitOnItsOwnIsNotAsked(t *testing.T) {

@@ -8,7 +8,7 @@ import "syscall"
 func childAttributes(ChildOptions) *syscall.SysProcAttr { return nil }
 
 // send stops the process: without POSIX signals, every signal becomes a kill.
-func (c *Child) send(syscall.Signal, bool) { _ = c.cmd.Process.Kill() }
+func (c *Child) send(syscall.Signal, bool) error { return c.cmd.Process.Kill() }
 
 // sweep has no process group to empty.
 func (c *Child) sweep() {}

@@ -5,12 +5,11 @@ package launch
 import "syscall"
 
 // send sends sig to the child, or to its whole process group (the child leads it).
-func (c *Child) send(sig syscall.Signal, group bool) {
+func (c *Child) send(sig syscall.Signal, group bool) error {
 	if group {
-		_ = syscall.Kill(-c.cmd.Process.Pid, sig)
-		return
+		return syscall.Kill(-c.cmd.Process.Pid, sig)
 	}
-	_ = c.cmd.Process.Signal(sig)
+	return c.cmd.Process.Signal(sig)
 }
 
 // sweep sends SIGKILL to what is left of the child's process group: processes it started and
