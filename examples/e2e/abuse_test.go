@@ -751,7 +751,7 @@ func redisInfoInt(t testing.TB, addr, section, field string) int64 {
 // where /proc is missing it logs that and returns 0.
 func processRSS(t testing.TB, p *process) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.child.Pid()))
 	if err != nil {
 		t.Logf("cannot read %s's memory: %v", p.name, err)
 		return 0

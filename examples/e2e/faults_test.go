@@ -146,11 +146,11 @@ func TestRateLimitServiceKilled(t *testing.T) {
 
 			// Hung: the connection stays open but nothing answers, so each request waits
 			// for rateLimit.timeout.
-			if err := rateLimit.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			if err := rateLimit.child.Signal(syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
 			phase("hung (SIGSTOP)")
-			if err := rateLimit.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			if err := rateLimit.child.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
 			}
 			// Gone: connections are refused at once.

@@ -14,8 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // binaries built once per test run.
@@ -127,15 +130,14 @@ func freePort(t testing.TB) int {
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 
-// process is a child process whose output goes to a log file, shown when the test fails.
+// process is a child process on launch's supervisor, its output in a log file shown when the
+// test fails. It stays in the test's process group and stops on SIGINT, as at a terminal.
 type process struct {
-	name string
-	port int // the port it listens on, when a test needs to start it again there
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	mu   sync.Mutex
-	err  error
+	name  string
+	port  int // the port it listens on, when a test needs to start it again there
+	child *launch.Child
+	done  <-chan struct{} // closed when the process has exited
+	log   string
 }
 
 func start(t testing.TB, name string, bin string, args ...string) *process {
@@ -145,21 +147,18 @@ func start(t testing.TB, name string, bin string, args ...string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
+	// The child has its own copy of the file once started.
+	defer f.Close()
+	child, err := launch.StartChild(launch.ChildOptions{
+		Path: bin, Args: args,
+		Stdout: f, Stderr: f,
+		StopSignal: syscall.SIGINT,
+		StopGrace:  5 * time.Second,
+	})
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		f.Close()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		close(p.done)
-	}()
+	p := &process{name: name, child: child, done: child.Done(), log: logPath}
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
@@ -170,20 +169,7 @@ func start(t testing.TB, name string, bin string, args ...string) *process {
 	return p
 }
 
-func (p *process) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *process) stop() { _ = p.child.Stop() }
 
 func (p *process) logText() string {
 	b, _ := os.ReadFile(p.log)

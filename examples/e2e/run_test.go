@@ -81,9 +81,7 @@ func (r *runStack) waitExit(t *testing.T, within time.Duration) int {
 	case <-time.After(within):
 		t.Fatalf("tollgate run still running %s later", within)
 	}
-	r.proc.mu.Lock()
-	err := r.proc.err
-	r.proc.mu.Unlock()
+	err := r.proc.child.Wait()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
@@ -161,7 +159,7 @@ func TestRunSeedScenario(t *testing.T) {
 
 	// SIGHUP reloads the policy; it must not end the process (the ratelimit service's own
 	// handler would exit on it).
-	if err := r.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := r.proc.child.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "SIGHUP reload", func() error {
@@ -179,7 +177,7 @@ func TestRunSeedScenario(t *testing.T) {
 		t.Fatalf("after SIGHUP bob's request: %d, want 200", got[0])
 	}
 
-	if err := r.proc.cmd.Process.Signal(os.Interrupt); err != nil {
+	if err := r.proc.child.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	if code := r.waitExit(t, 20*time.Second); code != 0 {
@@ -229,7 +227,7 @@ func TestRunKilledTakesEnvoyAlong(t *testing.T) {
 	needEnvoy(t)
 	r := newRunStack(t, seedPolicy)
 	r.start(t)
-	if err := r.proc.cmd.Process.Kill(); err != nil {
+	if err := r.proc.child.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	r.waitExit(t, 10*time.Second)

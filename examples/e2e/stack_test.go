@@ -244,12 +244,4 @@ func (s *stack) startRateLimitWith(t testing.TB, redisAddr string, extra ...stri
 
 // kill ends the process with SIGKILL, as a crash or the OOM killer would: no shutdown code
 // runs, connections are simply reset.
-func (p *process) kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
+func (p *process) kill() { _ = p.child.Kill() }
