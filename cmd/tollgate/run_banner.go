@@ -1,0 +1,74 @@
+// `tollgate run`: the banner that says, once Envoy is live, what runs where.
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/tollgate-dev/tollgate/policies"
+)
+
+// printBanner tells the user, once Envoy is live, what runs where.
+func printBanner(w io.Writer, plan *runPlan, g *gateway) {
+	p := plan.policy
+	listener := fmt.Sprintf("http://%s", net.JoinHostPort(p.Listener.Address, strconv.Itoa(p.Listener.Port)))
+	metrics := "http://" + dialAddr(plan.opts.metricsAddr)
+	models := make([]string, 0, len(p.Models))
+	for _, m := range p.Models {
+		models = append(models, m.Name)
+	}
+	sort.Strings(models)
+
+	fmt.Fprintf(w, "\ntollgate is running %s; Envoy (pid %d) is live.\n\n", plan.opts.policyFile, g.envoy.Pid())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(label, value string) { fmt.Fprintf(tw, "  %s\t%s\n", label, value) }
+	row("listener", fmt.Sprintf("%s/v1/chat/completions  (user header: %s)", listener, p.Identity.Header))
+	row("models", strings.Join(models, ", "))
+	quotas := quotaLines(p)
+	if len(quotas) == 0 {
+		row("quotas", "none: requests are routed, not limited")
+	}
+	for i, q := range quotas {
+		label := ""
+		if i == 0 {
+			label = "quotas"
+		}
+		row(label, q)
+	}
+	row("metrics", metrics+"/metrics")
+	row("status", metrics+"/status")
+	row("envoy admin", "http://"+dialAddr(plan.opts.adminAddr))
+	row("counters", g.counters.describe())
+	row("logs", g.envoy.AccessLogPath()+"  (access log: one JSON line per request)")
+	row("", g.envoy.LogPath()+"  (Envoy's own log)")
+	_ = tw.Flush()
+	if len(p.Models) > 0 {
+		fmt.Fprintf(w, "\n  try: curl -s %s/v1/chat/completions -H '%s: alice' -H 'content-type: application/json' \\\n"+
+			"         -d '{\"model\":%q,\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n",
+			listener, p.Identity.Header, p.Models[0].Name)
+	}
+	fmt.Fprint(w, "\nCtrl-C to stop.\n")
+}
+
+// quotaLines summarise each quota as model: limit cost per window, with its overrides.
+func quotaLines(p *policies.Policy) []string {
+	lines := make([]string, 0, len(p.Quotas))
+	for _, q := range p.Quotas {
+		l := fmt.Sprintf("%s: %d %s per %s per user", q.Model, q.Limit, q.Cost, q.Per)
+		if len(q.Overrides) > 0 {
+			l += fmt.Sprintf(" (%d override(s))", len(q.Overrides))
+		}
+		if q.Shadow {
+			l += " (shadow: counted, not enforced)"
+		}
+		lines = append(lines, l)
+	}
+	sort.Strings(lines)
+	return lines
+}
