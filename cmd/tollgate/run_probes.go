@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 	"github.com/tollgate-dev/tollgate/envoy/rls"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
@@ -21,23 +22,9 @@ import (
 const startPollInterval = 50 * time.Millisecond
 
 // polling turns a probe into a wait: probe until it succeeds or ctx ends (then the probe's
-// last error says why).
+// last answer says why).
 func polling(probe func(context.Context) error) func(context.Context) error {
-	return func(ctx context.Context) error {
-		tick := time.NewTicker(startPollInterval)
-		defer tick.Stop()
-		for {
-			err := probe(ctx)
-			if err == nil {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return err
-			case <-tick.C:
-			}
-		}
-	}
+	return func(ctx context.Context) error { return launch.Poll(ctx, startPollInterval, probe) }
 }
 
 func httpGet(ctx context.Context, url string) (int, error) {
