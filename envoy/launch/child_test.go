@@ -1,4 +1,4 @@
-package launch
+package launch_test
 
 import (
 	"context"
@@ -13,10 +13,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // startChild runs script with sh, its output in a log file, and stops it when the test ends.
-func startChild(t *testing.T, script string, o ChildOptions) (*Child, string) {
+func startChild(t *testing.T, script string, o launch.ChildOptions) (*launch.Child, string) {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "child.log")
 	f, err := os.Create(logPath)
@@ -27,7 +30,7 @@ func startChild(t *testing.T, script string, o ChildOptions) (*Child, string) {
 	o.Path = "/bin/sh"
 	o.Args = []string{"-c", script}
 	o.Stdout, o.Stderr = f, f
-	c, err := StartChild(o)
+	c, err := launch.StartChild(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +66,7 @@ func running(pid int) bool {
 func readPid(t *testing.T, path string) int {
 	t.Helper()
 	var pid int
-	eventually(t, 10*time.Second, "pid file", func() error {
+	testutil.Eventually(t, 10*time.Second, "pid file", func() error {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -76,8 +79,8 @@ func readPid(t *testing.T, path string) int {
 
 func TestChildStopsWithItsStopSignal(t *testing.T) {
 	c, log := startChild(t, `trap 'echo "got INT"; exit 0' INT; echo "env $CHILD_WORD"; echo up; while :; do sleep 1; done`,
-		ChildOptions{StopSignal: syscall.SIGINT, Env: []string{"CHILD_WORD=hello"}})
-	eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
+		launch.ChildOptions{StopSignal: syscall.SIGINT, Env: []string{"CHILD_WORD=hello"}})
+	testutil.Eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
 	if done, _ := c.Exited(); done {
 		t.Fatal("child exited early")
 	}
@@ -103,8 +106,8 @@ func TestChildStopsWithItsStopSignal(t *testing.T) {
 }
 
 func TestChildStopEscalatesToSIGKILL(t *testing.T) {
-	c, log := startChild(t, `trap '' TERM; echo up; while :; do sleep 1; done`, ChildOptions{StopGrace: 100 * time.Millisecond})
-	eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
+	c, log := startChild(t, `trap '' TERM; echo up; while :; do sleep 1; done`, launch.ChildOptions{StopGrace: 100 * time.Millisecond})
+	testutil.Eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
 	err := c.Stop()
 	if sig, ok := signalled(err); !ok || sig != syscall.SIGKILL {
 		t.Fatalf("Stop of a child that ignores SIGTERM = %v, want killed by SIGKILL", err)
@@ -115,8 +118,8 @@ func TestChildStopEscalatesToSIGKILL(t *testing.T) {
 }
 
 func TestChildKillIsNotAStop(t *testing.T) {
-	c, log := startChild(t, `echo up; while :; do sleep 1; done`, ChildOptions{})
-	eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
+	c, log := startChild(t, `echo up; while :; do sleep 1; done`, launch.ChildOptions{})
+	testutil.Eventually(t, 10*time.Second, "child up", func() error { return fileContains(log, "up") })
 	if sig, ok := signalled(c.Kill()); !ok || sig != syscall.SIGKILL {
 		t.Fatal("Kill did not end the child with SIGKILL")
 	}
@@ -129,7 +132,7 @@ func TestChildKillIsNotAStop(t *testing.T) {
 }
 
 func TestChildExitOnItsOwnIsNotAsked(t *testing.T) {
-	c, _ := startChild(t, `exit 3`, ChildOptions{})
+	c, _ := startChild(t, `exit 3`, launch.ChildOptions{})
 	var exit *exec.ExitError
 	if err := c.Wait(); !errors.As(err, &exit) || exit.ExitCode() != 3 {
 		t.Fatalf("Wait = %v, want exit code 3", err)
@@ -145,14 +148,14 @@ func TestChildExitOnItsOwnIsNotAsked(t *testing.T) {
 // OwnGroup: Stop's signal reaches what the child started.
 func TestChildOwnGroupStopsTheGroup(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
-	c, _ := startChild(t, fmt.Sprintf(`sleep 1000 & echo $! > %s; wait`, pidFile), ChildOptions{Group: OwnGroup})
+	c, _ := startChild(t, fmt.Sprintf(`sleep 1000 & echo $! > %s; wait`, pidFile), launch.ChildOptions{Group: launch.OwnGroup})
 	grandchild := readPid(t, pidFile)
 	if err := c.Stop(); err != nil {
 		if sig, ok := signalled(err); !ok || sig != syscall.SIGTERM {
 			t.Fatalf("Stop = %v", err)
 		}
 	}
-	eventually(t, 5*time.Second, "the grandchild gone", func() error {
+	testutil.Eventually(t, 5*time.Second, "the grandchild gone", func() error {
 		if running(grandchild) {
 			return fmt.Errorf("process %d still runs", grandchild)
 		}
@@ -166,10 +169,10 @@ func TestChildOwnGroupStopsTheGroup(t *testing.T) {
 func TestChildOwnGroupSweepKillsTheLeftovers(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	c, _ := startChild(t, fmt.Sprintf(`sleep 1000 & echo $! > %s; wait`, pidFile),
-		ChildOptions{Group: OwnGroupSweep, StopSignal: syscall.SIGINT})
+		launch.ChildOptions{Group: launch.OwnGroupSweep, StopSignal: syscall.SIGINT})
 	grandchild := readPid(t, pidFile)
 	_ = c.Stop()
-	eventually(t, 5*time.Second, "the grandchild gone", func() error {
+	testutil.Eventually(t, 5*time.Second, "the grandchild gone", func() error {
 		if running(grandchild) {
 			return fmt.Errorf("process %d still runs", grandchild)
 		}
@@ -178,7 +181,7 @@ func TestChildOwnGroupSweepKillsTheLeftovers(t *testing.T) {
 }
 
 func TestChildAwait(t *testing.T) {
-	c, log := startChild(t, `sleep 0.2; echo ready; while :; do sleep 1; done`, ChildOptions{})
+	c, log := startChild(t, `sleep 0.2; echo ready; while :; do sleep 1; done`, launch.ChildOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.Await(ctx, 10*time.Millisecond, func(context.Context) error { return fileContains(log, "ready") }); err != nil {
@@ -192,9 +195,9 @@ func TestChildAwait(t *testing.T) {
 		t.Fatalf("Await cut short by ctx = %v, want the last answer", err)
 	}
 
-	dying, _ := startChild(t, `sleep 0.2; exit 1`, ChildOptions{})
+	dying, _ := startChild(t, `sleep 0.2; exit 1`, launch.ChildOptions{})
 	err = dying.Await(ctx, 10*time.Millisecond, func(context.Context) error { return errors.New("never ready") })
-	if !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), "never ready") {
+	if !errors.Is(err, launch.ErrExited) || !strings.Contains(err.Error(), "never ready") {
 		t.Fatalf("Await of an exiting child = %v, want ErrExited with the last answer", err)
 	}
 }
@@ -202,7 +205,7 @@ func TestChildAwait(t *testing.T) {
 func TestPollKeepsTheLastRealAnswer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	err := Poll(ctx, 10*time.Millisecond, func(ctx context.Context) error {
+	err := launch.Poll(ctx, 10*time.Millisecond, func(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -212,7 +215,7 @@ func TestPollKeepsTheLastRealAnswer(t *testing.T) {
 		t.Fatalf("Poll = %v, want the last answer before ctx ended", err)
 	}
 	n := 0
-	if err := Poll(context.Background(), time.Millisecond, func(context.Context) error {
+	if err := launch.Poll(context.Background(), time.Millisecond, func(context.Context) error {
 		if n++; n < 3 {
 			return errors.New("not yet")
 		}
@@ -223,10 +226,10 @@ func TestPollKeepsTheLastRealAnswer(t *testing.T) {
 }
 
 func TestStartChildErrors(t *testing.T) {
-	if _, err := StartChild(ChildOptions{}); err == nil {
+	if _, err := launch.StartChild(launch.ChildOptions{}); err == nil {
 		t.Fatal("no program: no error")
 	}
-	if _, err := StartChild(ChildOptions{Path: filepath.Join(t.TempDir(), "missing")}); err == nil {
+	if _, err := launch.StartChild(launch.ChildOptions{Path: filepath.Join(t.TempDir(), "missing")}); err == nil {
 		t.Fatal("missing program: no error")
 	}
 }
@@ -234,7 +237,7 @@ func TestStartChildErrors(t *testing.T) {
 func TestFreePortsAreDistinctFreeAndNeverRepeated(t *testing.T) {
 	seen := map[int]bool{}
 	for range 3 {
-		ports, err := FreePorts(50)
+		ports, err := launch.FreePorts(50)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package launch
+package launch_test
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 func notOnPath(string) (string, error) { return "", errors.New("not found") }
@@ -13,7 +15,7 @@ func notOnPath(string) (string, error) { return "", errors.New("not found") }
 // installTools creates an executable at ToolsBinary under root.
 func installTools(t *testing.T, root string) string {
 	t.Helper()
-	bin := filepath.Join(root, filepath.FromSlash(ToolsBinary))
+	bin := filepath.Join(root, filepath.FromSlash(launch.ToolsBinary))
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +29,7 @@ func TestFindPrefersEnvBin(t *testing.T) {
 	root := t.TempDir()
 	installTools(t, root)
 	custom := writeScript(t, "#!/bin/sh\n")
-	got, err := Search{EnvBin: custom, Dirs: []string{root}, LookPath: notOnPath}.Find()
+	got, err := launch.Search{EnvBin: custom, Dirs: []string{root}, LookPath: notOnPath}.Find()
 	if err != nil || got != custom {
 		t.Fatalf("Find = %q, %v; want %q", got, err, custom)
 	}
@@ -47,13 +49,13 @@ func TestFindRejectsABadEnvBinWithoutFallingBack(t *testing.T) {
 		"not executable": {notExec, "is not executable"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := Search{EnvBin: tc.path, Dirs: []string{root}, LookPath: notOnPath}.Find()
-			var nf *NotFoundError
+			_, err := launch.Search{EnvBin: tc.path, Dirs: []string{root}, LookPath: notOnPath}.Find()
+			var nf *launch.NotFoundError
 			if !errors.As(err, &nf) {
 				t.Fatalf("Find = %v, want *NotFoundError", err)
 			}
 			msg := err.Error()
-			for _, s := range []string{"ENVOY_BIN=" + tc.path, tc.reason, InstallCommand, "task setup"} {
+			for _, s := range []string{"ENVOY_BIN=" + tc.path, tc.reason, launch.InstallCommand, "task setup"} {
 				if !strings.Contains(msg, s) {
 					t.Errorf("message lacks %q:\n%s", s, msg)
 				}
@@ -69,7 +71,7 @@ func TestFindWalksUpToTheRepositoryTools(t *testing.T) {
 	if err := os.MkdirAll(deep, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Search{Dirs: []string{deep}, LookPath: notOnPath}.Find()
+	got, err := launch.Search{Dirs: []string{deep}, LookPath: notOnPath}.Find()
 	if err != nil || got != want {
 		t.Fatalf("Find = %q, %v; want %q", got, err, want)
 	}
@@ -81,7 +83,7 @@ func TestFindChecksEveryDirBeforeThePath(t *testing.T) {
 	want := installTools(t, root)
 	onPath := func(string) (string, error) { return "/usr/bin/envoy", nil }
 	// The first dir has no tools; the second (the executable's bin/) does, one level up.
-	got, err := Search{Dirs: []string{elsewhere, filepath.Join(root, "bin")}, LookPath: onPath}.Find()
+	got, err := launch.Search{Dirs: []string{elsewhere, filepath.Join(root, "bin")}, LookPath: onPath}.Find()
 	if err != nil || got != want {
 		t.Fatalf("Find = %q, %v; want %q", got, err, want)
 	}
@@ -90,7 +92,7 @@ func TestFindChecksEveryDirBeforeThePath(t *testing.T) {
 func TestFindFallsBackToThePath(t *testing.T) {
 	var asked string
 	onPath := func(file string) (string, error) { asked = file; return "/opt/envoy/bin/envoy", nil }
-	got, err := Search{Dirs: []string{t.TempDir()}, LookPath: onPath}.Find()
+	got, err := launch.Search{Dirs: []string{t.TempDir()}, LookPath: onPath}.Find()
 	if err != nil || got != "/opt/envoy/bin/envoy" || asked != "envoy" {
 		t.Fatalf("Find = %q, %v (asked PATH for %q)", got, err, asked)
 	}
@@ -98,13 +100,13 @@ func TestFindFallsBackToThePath(t *testing.T) {
 
 func TestFindNothingSaysWhereItLookedAndHowToInstall(t *testing.T) {
 	dir := t.TempDir()
-	_, err := Search{Dirs: []string{dir}, LookPath: notOnPath}.Find()
-	var nf *NotFoundError
+	_, err := launch.Search{Dirs: []string{dir}, LookPath: notOnPath}.Find()
+	var nf *launch.NotFoundError
 	if !errors.As(err, &nf) {
 		t.Fatalf("Find = %v, want *NotFoundError", err)
 	}
 	msg := err.Error()
-	for _, s := range []string{filepath.Join(dir, filepath.FromSlash(ToolsBinary)), "envoy on the PATH", InstallCommand, "task setup", EnvVar} {
+	for _, s := range []string{filepath.Join(dir, filepath.FromSlash(launch.ToolsBinary)), "envoy on the PATH", launch.InstallCommand, "task setup", launch.EnvVar} {
 		if !strings.Contains(msg, s) {
 			t.Errorf("message lacks %q:\n%s", s, msg)
 		}
@@ -112,8 +114,8 @@ func TestFindNothingSaysWhereItLookedAndHowToInstall(t *testing.T) {
 }
 
 func TestDefaultSearchReadsTheEnvironment(t *testing.T) {
-	t.Setenv(EnvVar, "/some/envoy")
-	s := DefaultSearch()
+	t.Setenv(launch.EnvVar, "/some/envoy")
+	s := launch.DefaultSearch()
 	if s.EnvBin != "/some/envoy" {
 		t.Fatalf("EnvBin = %q", s.EnvBin)
 	}

@@ -1,4 +1,4 @@
-package launch
+package launch_test
 
 import (
 	"context"
@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // Fake Envoys: shell scripts standing in for the binary, so start, stop and crash handling are
@@ -67,9 +70,9 @@ func writeScript(t *testing.T, body string) string {
 }
 
 // startFake starts script as Envoy with test directories and stops it when the test ends.
-func startFake(t *testing.T, script string, mutate func(*Options)) *Process {
+func startFake(t *testing.T, script string, mutate func(*launch.Options)) *launch.Process {
 	t.Helper()
-	o := Options{
+	o := launch.Options{
 		Binary:       writeScript(t, script),
 		Bootstrap:    []byte("node: {id: test-envoy}\n"),
 		ConfigDir:    t.TempDir(),
@@ -80,28 +83,12 @@ func startFake(t *testing.T, script string, mutate func(*Options)) *Process {
 	if mutate != nil {
 		mutate(&o)
 	}
-	p, err := Start(o)
+	p, err := launch.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Stop() })
 	return p
-}
-
-// eventually polls cond until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func fileContains(path, substr string) error {
@@ -115,20 +102,20 @@ func fileContains(path, substr string) error {
 	return nil
 }
 
-func waitUp(t *testing.T, p *Process) {
+func waitUp(t *testing.T, p *launch.Process) {
 	t.Helper()
-	eventually(t, 10*time.Second, "fake envoy up", func() error { return fileContains(p.LogPath(), "up") })
+	testutil.Eventually(t, 10*time.Second, "fake envoy up", func() error { return fileContains(p.LogPath(), "up") })
 }
 
 func TestStartWritesBootstrapAndLogsToFiles(t *testing.T) {
-	p := startFake(t, fakeServer, func(o *Options) { o.Args = []string{"--log-level", "info"} })
+	p := startFake(t, fakeServer, func(o *launch.Options) { o.Args = []string{"--log-level", "info"} })
 	waitUp(t, p)
 
 	b, err := os.ReadFile(p.BootstrapPath())
 	if err != nil || string(b) != "node: {id: test-envoy}\n" {
 		t.Fatalf("bootstrap file: %q, %v", b, err)
 	}
-	if filepath.Dir(p.AccessLogPath()) != filepath.Dir(p.LogPath()) || filepath.Base(p.AccessLogPath()) != AccessLogFile {
+	if filepath.Dir(p.AccessLogPath()) != filepath.Dir(p.LogPath()) || filepath.Base(p.AccessLogPath()) != launch.AccessLogFile {
 		t.Fatalf("log paths %s, %s", p.AccessLogPath(), p.LogPath())
 	}
 	// stdout (the access log) got the arguments and the bootstrap the fake read through -c.
@@ -161,12 +148,12 @@ func TestStartWritesBootstrapAndLogsToFiles(t *testing.T) {
 func TestStartTruncatesOldLogs(t *testing.T) {
 	logDir := t.TempDir()
 	old := strings.Repeat("old line from an earlier run\n", 100)
-	if err := os.WriteFile(filepath.Join(logDir, EnvoyLogFile), []byte(old), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(logDir, launch.EnvoyLogFile), []byte(old), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startFake(t, fakeCrash, func(o *Options) { o.LogDir = logDir })
+	p := startFake(t, fakeCrash, func(o *launch.Options) { o.LogDir = logDir })
 	<-p.Done()
-	var exit *ExitError
+	var exit *launch.ExitError
 	if !errors.As(p.Err(), &exit) {
 		t.Fatalf("Err = %v, want *ExitError", p.Err())
 	}
@@ -178,7 +165,7 @@ func TestStartTruncatesOldLogs(t *testing.T) {
 }
 
 func TestStopEscalatesToSIGKILL(t *testing.T) {
-	p := startFake(t, fakeStubborn, func(o *Options) { o.StopGrace = 100 * time.Millisecond })
+	p := startFake(t, fakeStubborn, func(o *launch.Options) { o.StopGrace = 100 * time.Millisecond })
 	waitUp(t, p)
 	if err := p.Stop(); err != nil {
 		t.Fatalf("Stop of a process that ignores SIGTERM: %v", err)
@@ -197,7 +184,7 @@ func TestStopReportsAFailedShutdown(t *testing.T) {
 	p := startFake(t, fakeBadStop, nil)
 	waitUp(t, p)
 	err := p.Stop()
-	var exit *ExitError
+	var exit *launch.ExitError
 	if !errors.As(err, &exit) {
 		t.Fatalf("Stop = %v, want *ExitError", err)
 	}
@@ -210,14 +197,14 @@ func TestStopReportsAFailedShutdown(t *testing.T) {
 }
 
 func TestUnexpectedExitIsReportedWithCodeAndLogTail(t *testing.T) {
-	p := startFake(t, fakeCrash, func(o *Options) { o.TailLines = 5 })
+	p := startFake(t, fakeCrash, func(o *launch.Options) { o.TailLines = 5 })
 	select {
 	case <-p.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("crashing fake did not exit")
 	}
 	err := p.Err()
-	var exit *ExitError
+	var exit *launch.ExitError
 	if !errors.As(err, &exit) {
 		t.Fatalf("Err = %v, want *ExitError", err)
 	}
@@ -244,7 +231,7 @@ func TestUnexpectedExitIsReportedWithCodeAndLogTail(t *testing.T) {
 func TestExitBySignalIsNamed(t *testing.T) {
 	p := startFake(t, fakeKilled, nil)
 	<-p.Done()
-	var exit *ExitError
+	var exit *launch.ExitError
 	if !errors.As(p.Err(), &exit) {
 		t.Fatalf("Err = %v", p.Err())
 	}
@@ -258,19 +245,19 @@ func TestExitBySignalIsNamed(t *testing.T) {
 
 func TestStartErrors(t *testing.T) {
 	dir := t.TempDir()
-	base := Options{Binary: filepath.Join(dir, "missing-envoy"), ConfigDir: dir, LogDir: dir}
-	if _, err := Start(base); err == nil || !strings.Contains(err.Error(), "missing-envoy") {
+	base := launch.Options{Binary: filepath.Join(dir, "missing-envoy"), ConfigDir: dir, LogDir: dir}
+	if _, err := launch.Start(base); err == nil || !strings.Contains(err.Error(), "missing-envoy") {
 		t.Fatalf("missing binary: %v", err)
 	}
 	noDir := base
 	noDir.ConfigDir = filepath.Join(dir, "does", "not", "exist")
-	if _, err := Start(noDir); err == nil || !strings.Contains(err.Error(), "bootstrap") {
+	if _, err := launch.Start(noDir); err == nil || !strings.Contains(err.Error(), "bootstrap") {
 		t.Fatalf("missing config dir: %v", err)
 	}
-	if _, err := Start(Options{ConfigDir: dir, LogDir: dir}); err == nil {
+	if _, err := launch.Start(launch.Options{ConfigDir: dir, LogDir: dir}); err == nil {
 		t.Fatal("no binary: no error")
 	}
-	if _, err := Start(Options{Binary: base.Binary}); err == nil {
+	if _, err := launch.Start(launch.Options{Binary: base.Binary}); err == nil {
 		t.Fatal("no directories: no error")
 	}
 }
@@ -297,7 +284,7 @@ func fakeAdmin(t *testing.T, states ...string) (addr string, calls *atomic.Int32
 
 func TestWaitReadyUntilLive(t *testing.T) {
 	addr, calls := fakeAdmin(t, "PRE_INITIALIZING", "INITIALIZING", "INITIALIZING", "LIVE")
-	p := startFake(t, fakeServer, func(o *Options) { o.AdminAddress = addr })
+	p := startFake(t, fakeServer, func(o *launch.Options) { o.AdminAddress = addr })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.WaitReady(ctx); err != nil {
@@ -310,7 +297,7 @@ func TestWaitReadyUntilLive(t *testing.T) {
 
 func TestWaitReadyGivesUpWithTheLastState(t *testing.T) {
 	addr, _ := fakeAdmin(t, "INITIALIZING")
-	p := startFake(t, fakeServer, func(o *Options) { o.AdminAddress = addr })
+	p := startFake(t, fakeServer, func(o *launch.Options) { o.AdminAddress = addr })
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err := p.WaitReady(ctx)
@@ -321,57 +308,12 @@ func TestWaitReadyGivesUpWithTheLastState(t *testing.T) {
 
 func TestWaitReadyReportsACrash(t *testing.T) {
 	addr, _ := fakeAdmin(t, "INITIALIZING")
-	p := startFake(t, fakeCrash, func(o *Options) { o.AdminAddress = addr })
+	p := startFake(t, fakeCrash, func(o *launch.Options) { o.AdminAddress = addr })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := p.WaitReady(ctx)
-	var exit *ExitError
+	var exit *launch.ExitError
 	if !errors.As(err, &exit) || exit.Code != 3 {
 		t.Fatalf("WaitReady = %v, want the crash's *ExitError", err)
-	}
-}
-
-func TestDialAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"127.0.0.1:19000": "127.0.0.1:19000",
-		"0.0.0.0:19000":   "127.0.0.1:19000",
-		":19000":          "127.0.0.1:19000",
-		"[::]:19000":      "[::1]:19000",
-		"localhost:1":     "localhost:1",
-	} {
-		if got := dialAddr(in); got != want {
-			t.Errorf("dialAddr(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func TestLastLines(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	lines, err := lastLines(write("short", "a\n\nb\r\nc"), 5)
-	if err != nil || strings.Join(lines, ",") != "a,b,c" {
-		t.Fatalf("short: %q %v", lines, err)
-	}
-	lines, err = lastLines(write("empty", ""), 5)
-	if err != nil || len(lines) != 0 {
-		t.Fatalf("empty: %q %v", lines, err)
-	}
-	// Bigger than the part read: only whole lines from the end.
-	var b strings.Builder
-	for i := range 20000 {
-		fmt.Fprintf(&b, "line %d\n", i)
-	}
-	lines, err = lastLines(write("big", b.String()), 3)
-	if err != nil || strings.Join(lines, ",") != "line 19997,line 19998,line 19999" {
-		t.Fatalf("big: %q %v", lines, err)
-	}
-	if _, err := lastLines(filepath.Join(dir, "missing"), 3); err == nil {
-		t.Fatal("missing file: no error")
 	}
 }
