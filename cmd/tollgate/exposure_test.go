@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 	"github.com/tollgate-dev/tollgate/xds/xdstest"
@@ -155,7 +156,7 @@ func TestServeXDSOverMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	path := filepath.Join(dir, "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[2], "x-user-id"))
 	o := serveOptions{
@@ -168,7 +169,7 @@ func TestServeXDSOverMutualTLS(t *testing.T) {
 	want := controlPlaneVersion(t, path)
 
 	var got string
-	waitUntil(t, "a client of the CA gets the snapshot", func() error {
+	testutil.Eventually(t, 15*time.Second, "a client of the CA gets the snapshot", func() error {
 		var err error
 		got, err = fetchCDSVersion(t, addrs[0], certs.CA, certs.ClientCert, certs.ClientKey)
 		return err

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 	"github.com/tollgate-dev/tollgate/xds"
@@ -51,22 +52,6 @@ func writePolicyFile(t *testing.T, path, content string) {
 	}
 	if err := os.Rename(path+".tmp", path); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// waitUntil polls cond until it returns nil; the deadline only bounds a hang.
-func waitUntil(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -167,7 +152,7 @@ func askIdentity(t *testing.T, addr string) (rejected bool, err error) {
 // request handling, an invalid edit is refused while the last good policy keeps serving, and
 // its status reports the same version the control plane computes for the same file.
 func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
-	addrs := freeAddrs(t, 2)
+	addrs := testutil.FreeAddrs(t, 2)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[0], "x-user-id"))
 	o := extProcOptions{policyFile: path, listenAddr: addrs[0], metricsAddr: addrs[1], debounce: 10 * time.Millisecond}
@@ -177,7 +162,7 @@ func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
 
 	var st extProcStatus
 	statusURL := "http://" + addrs[1] + "/status"
-	waitUntil(t, "status", func() error { return getStatus(statusURL, &st) })
+	testutil.Eventually(t, 15*time.Second, "status", func() error { return getStatus(statusURL, &st) })
 	if want := controlPlaneVersion(t, path); st.Reload.EnvoyVersion != want || st.Reload.LastResult != "ok" {
 		t.Fatalf("status %+v, want version %s (the control plane's) and ok", st.Reload, want)
 	}
@@ -187,7 +172,7 @@ func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
 
 	// Users are now named by another header: alice's request lacks it.
 	writePolicyFile(t, path, smallPolicy(t, addrs[0], "x-team-user"))
-	waitUntil(t, "edited identity header applies", func() error {
+	testutil.Eventually(t, 15*time.Second, "edited identity header applies", func() error {
 		rejected, err := askIdentity(t, addrs[0])
 		if err != nil {
 			return err
@@ -200,7 +185,7 @@ func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
 	edited := controlPlaneVersion(t, path)
 
 	writePolicyFile(t, path, "models: [\n")
-	waitUntil(t, "broken policy reported", func() error {
+	testutil.Eventually(t, 15*time.Second, "broken policy reported", func() error {
 		if err := getStatus(statusURL, &st); err != nil {
 			return err
 		}
@@ -218,7 +203,7 @@ func TestStandaloneExtProcFollowsThePolicy(t *testing.T) {
 }
 
 func TestStandaloneExtProcRefusesAnInvalidPolicy(t *testing.T) {
-	addrs := freeAddrs(t, 2)
+	addrs := testutil.FreeAddrs(t, 2)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, "backends: []\nmodels: [{name: qwen3, backend: nowhere}]\n")
 	var stderr strings.Builder
@@ -230,7 +215,7 @@ func TestStandaloneExtProcRefusesAnInvalidPolicy(t *testing.T) {
 
 // serve --extproc "" runs no ext_proc server: requests are processed elsewhere.
 func TestServeWithoutExtProc(t *testing.T) {
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writePolicyFile(t, path, smallPolicy(t, addrs[2], "x-user-id"))
 	o := serveOptions{policyFile: path, xdsAddr: addrs[0], metricsAddr: addrs[1], debounce: 10 * time.Millisecond}
@@ -238,7 +223,7 @@ func TestServeWithoutExtProc(t *testing.T) {
 		return serve(ctx, o, slog.New(slog.DiscardHandler))
 	})
 	var st serveStatus
-	waitUntil(t, "status", func() error { return getStatus("http://"+addrs[1]+"/status", &st) })
+	testutil.Eventually(t, 15*time.Second, "status", func() error { return getStatus("http://"+addrs[1]+"/status", &st) })
 	if st.Reload.LastResult != "ok" || st.XDS.EnvoyVersion == "" {
 		t.Fatalf("status %+v", st)
 	}

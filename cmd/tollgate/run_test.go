@@ -18,23 +18,9 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
-
-// freeAddrs returns n distinct loopback addresses that were free a moment ago.
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		out = append(out, l.Addr().String())
-	}
-	return out
-}
 
 func portOf(t *testing.T, addr string) string {
 	t.Helper()
@@ -49,7 +35,7 @@ func portOf(t *testing.T, addr string) string {
 // with them.
 func testRunOptions(t *testing.T) runOptions {
 	t.Helper()
-	a := freeAddrs(t, 8)
+	a := testutil.FreeAddrs(t, 8)
 	o := runOptions{
 		xdsAddr: a[0], extProcAddr: a[1], metricsAddr: a[2], adminAddr: a[3],
 		rateLimitGRPC: a[4], rateLimitHTTP: a[5], rateLimitDebug: a[6],
@@ -97,7 +83,7 @@ func TestPlanRunAcceptsAgreeingEndpoints(t *testing.T) {
 func TestPlanRunReportsEveryDisagreement(t *testing.T) {
 	o := testRunOptions(t)
 	policyExtProc, policyRateLimit := o.extProcAddr, o.rateLimitGRPC
-	a := freeAddrs(t, 2)
+	a := testutil.FreeAddrs(t, 2)
 	o.extProcAddr, o.rateLimitGRPC = a[0], a[1]
 	_, err := planRun(o)
 	if err == nil {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestServeMissingPolicyDoesNotFloodItsLog runs serve with its log in the policy's directory, as
@@ -17,7 +19,7 @@ import (
 // missing file, each read logs the warning again and the log feeds itself without end.
 func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	path := filepath.Join(dir, "policy.yaml")
 	policy := smallPolicy(t, addrs[2], "x-user-id")
 	writePolicyFile(t, path, policy)
@@ -36,7 +38,7 @@ func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 		debounce: 10 * time.Millisecond,
 	}
 	runInBackground(t, func(ctx context.Context) error { return serve(ctx, o, logger) })
-	waitUntil(t, "serve is up", func() error {
+	testutil.Eventually(t, 15*time.Second, "serve is up", func() error {
 		resp, err := http.Get("http://" + addrs[1] + "/healthz")
 		if err != nil {
 			return err
@@ -56,7 +58,7 @@ func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the missing file is reported", func() error {
+	testutil.Eventually(t, 15*time.Second, "the missing file is reported", func() error {
 		if warnings() == 0 {
 			return fmt.Errorf("no warning yet")
 		}
@@ -77,7 +79,7 @@ func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 	}
 
 	writePolicyFile(t, path, policy)
-	waitUntil(t, "the policy's return is noticed", func() error {
+	testutil.Eventually(t, 15*time.Second, "the policy's return is noticed", func() error {
 		b, err := os.ReadFile(logPath)
 		if err != nil {
 			return err
