@@ -1,16 +1,13 @@
 package rls
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,80 +26,33 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 const testDomain = "tollgate"
 
-// eventually polls cond until it returns nil or timeout passes, then fails with its last error.
-func eventually(tb testing.TB, timeout time.Duration, cond func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago. The services
-// under test take plain host:port settings, not listeners, so a port has to be picked first.
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// freeAddrs returns n distinct free addresses (held open together so they differ).
-func freeAddrs(tb testing.TB, n int) []string {
-	tb.Helper()
-	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs
-}
-
 // startRedis runs a throwaway redis-server on a free port and returns its address.
 func startRedis(tb testing.TB, extraArgs ...string) string {
 	tb.Helper()
-	return startRedisOn(tb, freeAddr(tb), extraArgs...)
+	return startRedisOn(tb, testutil.FreeAddr(tb), extraArgs...)
 }
 
 // startRedisOn runs a throwaway redis-server on addr (127.0.0.1:port) and waits until it
 // accepts connections.
 func startRedisOn(tb testing.TB, addr string, extraArgs ...string) string {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Skip("redis-server not installed")
-	}
+	bin := testutil.RedisServer(tb)
 	_, port, _ := net.SplitHostPort(addr)
 	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", tb.TempDir()}, extraArgs...)
-	cmd := exec.Command("redis-server", args...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	out := &testutil.Buffer{}
+	redis, err := launch.StartChild(launch.ChildOptions{Path: bin, Args: args, Stdout: out, Stderr: out})
+	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	eventually(tb, 10*time.Second, func() error {
+	tb.Cleanup(func() { _ = redis.Kill() })
+	testutil.Eventually(tb, 10*time.Second, "redis-server accepting connections", func() error {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("%w\nredis output:\n%s", err, out.String())
@@ -174,30 +124,12 @@ func (a *testADS) publishQwen3Limit(tb testing.TB, perHour uint32) {
 	}
 }
 
-// lockedBuffer collects log output written from many goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // stack is a running ratelimit service with its Redis and ADS server.
 type stack struct {
 	opts Options
 	ads  *testADS
 	conn *grpc.ClientConn
-	logs *lockedBuffer
+	logs *testutil.Buffer
 	stop func() error
 }
 
@@ -215,7 +147,7 @@ func startStack(tb testing.TB, metrics bool) *stack {
 	ads := startADS(tb, envoy.DefaultRateLimitNode)
 	ads.publishQwen3Limit(tb, 50)
 
-	addrs := freeAddrs(tb, 4)
+	addrs := testutil.FreeAddrs(tb, 4)
 	opts := Options{
 		GRPCAddr:  addrs[0],
 		DebugAddr: addrs[1],
@@ -226,7 +158,7 @@ func startStack(tb testing.TB, metrics bool) *stack {
 	if metrics && metricsClaimed.CompareAndSwap(false, true) {
 		opts.MetricsAddr = addrs[3]
 	}
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -251,7 +183,7 @@ func startStack(tb testing.TB, metrics bool) *stack {
 	tb.Cleanup(func() { _ = stop() })
 
 	// Fail at once, not after a timeout, if Run gives up while starting.
-	eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, "the ratelimit service serving its first configuration", func() error {
 		select {
 		case <-finished:
 			tb.Fatalf("Run returned while starting: %v", runErr)
@@ -283,7 +215,7 @@ func (st *stack) publishAndWaitLoaded(tb testing.TB, perHour uint32) {
 	tb.Helper()
 	before := strings.Count(st.logs.String(), configLoadedLine)
 	st.ads.publishQwen3Limit(tb, perHour)
-	eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, "the new configuration loaded", func() error {
 		if n := strings.Count(st.logs.String(), configLoadedLine); n <= before {
 			return fmt.Errorf("service logged %q %d times, want more than %d", configLoadedLine, n, before)
 		}
@@ -296,7 +228,7 @@ func (st *stack) publishAndWaitLoaded(tb testing.TB, perHour uint32) {
 // for a second before it tries again.
 func dialService(tb testing.TB, addr string) *grpc.ClientConn {
 	tb.Helper()
-	eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, "the service accepting connections", func() error {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
@@ -314,7 +246,7 @@ func dialService(tb testing.TB, addr string) *grpc.ClientConn {
 // waitForLimit polls Check until the service reports limit for the user's qwen3 counter.
 func (st *stack) waitForLimit(tb testing.TB, user string, limit uint64) {
 	tb.Helper()
-	eventually(tb, 30*time.Second, func() error {
+	testutil.Eventually(tb, 30*time.Second, fmt.Sprintf("limit %d for %s", limit, user), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		got, err := Check(ctx, st.conn, testDomain, []Descriptor{qwen3(user)})

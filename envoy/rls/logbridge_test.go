@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 func TestLogBridge(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	bridge := installLogBridge(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), logrus.InfoLevel)
 
 	logrus.WithField("domain", "tollgate").Warn("near the limit")

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 func TestPingRedis(t *testing.T) {
@@ -44,7 +46,7 @@ func TestPingRedis(t *testing.T) {
 	t.Run("TLS", func(t *testing.T) {
 		dir := t.TempDir()
 		pool := writeSelfSignedCert(t, dir)
-		tlsAddr := freeAddr(t)
+		tlsAddr := testutil.FreeAddr(t)
 		_, tlsPort, _ := net.SplitHostPort(tlsAddr)
 		// startRedis's own port stays plain; the TLS port is the one under test.
 		startRedis(t, "--tls-port", tlsPort,
@@ -53,7 +55,7 @@ func TestPingRedis(t *testing.T) {
 			"--tls-ca-cert-file", filepath.Join(dir, "cert.pem"),
 			"--tls-auth-clients", "no")
 		target := redisTarget{Addr: tlsAddr, TLS: true}
-		eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, "redis-server answering over TLS", func() error {
 			return pingRedis(ctx, target, &tls.Config{RootCAs: pool})
 		})
 		if err := pingRedis(ctx, target, &tls.Config{}); err == nil {
@@ -64,7 +66,7 @@ func TestPingRedis(t *testing.T) {
 
 func TestWaitForRedis(t *testing.T) {
 	t.Run("gives up after the wait", func(t *testing.T) {
-		dead := freeAddr(t)
+		dead := testutil.FreeAddr(t)
 		start := time.Now()
 		err := waitForRedis(context.Background(), redisTarget{Addr: dead}, nil, 400*time.Millisecond)
 		if err == nil || !strings.Contains(err.Error(), "cannot reach Redis at "+dead) {
@@ -76,7 +78,7 @@ func TestWaitForRedis(t *testing.T) {
 	})
 
 	t.Run("waits for a Redis that starts late", func(t *testing.T) {
-		addr := freeAddr(t)
+		addr := testutil.FreeAddr(t)
 		result := make(chan error, 1)
 		go func() { result <- waitForRedis(context.Background(), redisTarget{Addr: addr}, nil, 30*time.Second) }()
 		// The first attempts fail; the wait then succeeds once Redis is up on that port.
@@ -94,7 +96,7 @@ func TestWaitForRedis(t *testing.T) {
 	t.Run("stops with the context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		err := waitForRedis(ctx, redisTarget{Addr: freeAddr(t)}, nil, time.Hour)
+		err := waitForRedis(ctx, redisTarget{Addr: testutil.FreeAddr(t)}, nil, time.Hour)
 		if err == nil || !strings.Contains(err.Error(), "context canceled") {
 			t.Fatalf("err = %v, want context canceled", err)
 		}

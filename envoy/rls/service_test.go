@@ -14,6 +14,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestService runs the real upstream service against a real Redis and an in-test ADS server.
@@ -32,7 +33,7 @@ func TestService(t *testing.T) {
 		alice := qwen3("alice")
 		// A window that ends during the test would reset the counter halfway: start in a
 		// fresh one if this one is about to end.
-		eventually(t, 30*time.Second, func() error {
+		testutil.Eventually(t, 30*time.Second, "a window with 20 s left", func() error {
 			if s := checkOne(t, st.conn, alice); s.ResetIn < 20*time.Second {
 				return fmt.Errorf("window ends in %s", s.ResetIn)
 			}
@@ -117,7 +118,7 @@ func TestService(t *testing.T) {
 		if st.opts.MetricsAddr == "" {
 			t.Skip("metrics were enabled by an earlier run in this process (go test -count)")
 		}
-		eventually(t, 10*time.Second, func() error {
+		testutil.Eventually(t, 10*time.Second, "the metrics endpoint", func() error {
 			resp, err := http.Get("http://" + st.opts.MetricsAddr + "/metrics")
 			if err != nil {
 				return err
@@ -190,7 +191,7 @@ func TestRunErrors(t *testing.T) {
 	})
 
 	t.Run("Redis unreachable", func(t *testing.T) {
-		dead := freeAddr(t)
+		dead := testutil.FreeAddr(t)
 		start := time.Now()
 		err := Run(ctx, discard, Options{RedisURL: dead, RedisWait: 300 * time.Millisecond})
 		if err == nil {
@@ -222,7 +223,7 @@ func TestRunErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer busy.Close()
-		addrs := freeAddrs(t, 2)
+		addrs := testutil.FreeAddrs(t, 2)
 		err = Run(ctx, discard, Options{
 			GRPCAddr: busy.Addr().String(), HTTPAddr: addrs[0], DebugAddr: addrs[1], RedisURL: redisAddr,
 		})
@@ -244,7 +245,7 @@ func TestRunErrors(t *testing.T) {
 // serves (with errors) at once and loads its limits once the server appears.
 func TestRunBeforeControlPlane(t *testing.T) {
 	redisAddr := startRedis(t)
-	addrs := freeAddrs(t, 4)
+	addrs := testutil.FreeAddrs(t, 4)
 	xdsAddr := addrs[3]
 	opts := Options{GRPCAddr: addrs[0], HTTPAddr: addrs[1], DebugAddr: addrs[2], XDSAddr: xdsAddr, RedisURL: redisAddr}
 

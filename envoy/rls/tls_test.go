@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/xds"
 	"github.com/tollgate-dev/tollgate/xds/xdstest"
 )
@@ -83,14 +84,14 @@ func TestServiceOverMutualTLS(t *testing.T) {
 	ads.publishQwen3Limit(t, 50)
 
 	redisAddr := startRedis(t)
-	addrs := freeAddrs(t, 3)
+	addrs := testutil.FreeAddrs(t, 3)
 	opts := Options{
 		GRPCAddr: addrs[0], DebugAddr: addrs[1], HTTPAddr: addrs[2],
 		XDSAddr:  ads.addr,
 		RedisURL: redisAddr,
 		XDSTLS:   XDSTLS{CAFile: certs.CA, CertFile: certs.ClientCert, KeyFile: certs.ClientKey},
 	}
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	finished := make(chan error, 1)
