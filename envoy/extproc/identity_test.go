@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -396,7 +397,7 @@ func TestBackendKeyInjected(t *testing.T) {
 
 func TestCredentialNeverPrinted(t *testing.T) {
 	cfg := backendKeyConfig(t, IdentityFromAPIKey)
-	var logs syncBuffer
+	var logs tgtest.Buffer
 	slog.New(slog.NewJSONHandler(&logs, nil)).Info("config", "keys", cfg.BackendKeys, "key", cfg.BackendKeys["sim"])
 	for _, shown := range []string{
 		fmt.Sprint(cfg.BackendKeys), fmt.Sprintf("%v %+v %#v %s %q %x", cfg, cfg, cfg.BackendKeys, cfg.BackendKeys["sim"], cfg.BackendKeys["sim"], cfg.BackendKeys["sim"]),

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -602,11 +604,11 @@ func TestClientCancelReleasesStream(t *testing.T) {
 			first = gzipChunks(t, events)[0]
 		}
 		c.send(responseBody(first, false))
-		waitFor(t, "the stream to be active", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 1 })
+		tgtest.Eventually(t, 10*time.Second, "the stream to be active", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 1 })
 		c.cancel()
 	}
-	waitFor(t, "cancelled streams to be released", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 0 })
-	waitFor(t, "goroutines to settle", func() bool { return runtime.NumGoroutine() <= baseline })
+	tgtest.Eventually(t, 10*time.Second, "cancelled streams to be released", func() bool { return testutil.ToFloat64(h.srv.metrics.activeStreams) == 0 })
+	tgtest.Eventually(t, 10*time.Second, "goroutines to settle", func() bool { return runtime.NumGoroutine() <= baseline })
 	if n := testutil.ToFloat64(h.srv.metrics.requests.WithLabelValues(outcomeCancelled)); n != 2 {
 		t.Fatalf("cancelled outcomes = %v, want 2", n)
 	}
