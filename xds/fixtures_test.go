@@ -273,18 +273,6 @@ func (c *adsClient) next() *discoverygrpc.DiscoveryResponse {
 	}
 }
 
-// waitFor polls cond until it holds; the deadline only bounds a hang.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func (s *testServer) client(nodeID string) (ClientStatus, bool) {
 	for _, c := range s.Status().Clients {
 		if c.NodeID == nodeID {

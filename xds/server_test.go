@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 func TestNodesGetTheirGroupsSnapshot(t *testing.T) {
@@ -21,7 +23,7 @@ func TestNodesGetTheirGroupsSnapshot(t *testing.T) {
 	// This Envoy connects before anything is published and must simply wait.
 	early := connect(t, s.addr, "envoy-a")
 	early.subscribe(resource.ClusterType, "")
-	waitFor(t, "the early CDS request to be held", func() bool { return s.openWatches(GroupEnvoy) == 1 })
+	tgtest.Eventually(t, 10*time.Second, "the early CDS request to be held", func() bool { return s.openWatches(GroupEnvoy) == 1 })
 
 	res := publish(t, s.Server, testResources(t))
 	if !res.EnvoyChanged || !res.RateLimitChanged {
@@ -70,7 +72,7 @@ func TestNodesGetTheirGroupsSnapshot(t *testing.T) {
 	// request is held rather than answered with Envoy's clusters.
 	rl.ack(rls)
 	rl.subscribe(resource.ClusterType, "")
-	waitFor(t, "the ratelimit node's CDS request to be held", func() bool { return s.openWatches(GroupRateLimit) == 2 })
+	tgtest.Eventually(t, 10*time.Second, "the ratelimit node's CDS request to be held", func() bool { return s.openWatches(GroupRateLimit) == 2 })
 	select {
 	case resp := <-rl.responses:
 		t.Fatalf("ratelimit node got an unexpected %s response", resp.GetTypeUrl())
@@ -86,7 +88,7 @@ func TestPublishUnchangedContentDoesNotPush(t *testing.T) {
 	c.subscribe(resource.ClusterType, "")
 	resp := c.next()
 	c.ack(resp)
-	waitFor(t, "the ACK to be recorded", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "the ACK to be recorded", func() bool {
 		st, ok := s.client("envoy-a")
 		return ok && st.Acked[resource.ClusterType] == first.EnvoyVersion
 	})
@@ -142,7 +144,7 @@ func TestRestartWithSameContentDoesNotPush(t *testing.T) {
 
 	c := connect(t, s.addr, "envoy-a")
 	c.subscribe(resource.ClusterType, old.EnvoyVersion)
-	waitFor(t, "the reconnect request to be held", func() bool { return s.openWatches(GroupEnvoy) == 1 })
+	tgtest.Eventually(t, 10*time.Second, "the reconnect request to be held", func() bool { return s.openWatches(GroupEnvoy) == 1 })
 	if st, _ := s.client("envoy-a"); st.Acked[resource.ClusterType] != old.EnvoyVersion {
 		t.Errorf("status should report the version the client runs: %+v", st)
 	}
@@ -162,7 +164,7 @@ func TestPublishRejectsBadConfigAndKeepsServing(t *testing.T) {
 	c := connect(t, s.addr, "envoy-a")
 	c.subscribe(resource.ClusterType, "")
 	c.ack(c.next())
-	waitFor(t, "the ACK", func() bool { return s.openWatches(GroupEnvoy) == 1 })
+	tgtest.Eventually(t, 10*time.Second, "the ACK", func() bool { return s.openWatches(GroupEnvoy) == 1 })
 
 	bad := testResources(t)
 	bad.Routes = append(bad.Routes, testRoutes("unused", "backend_missing"))
@@ -205,7 +207,7 @@ func TestNackIsRecordedAndNotResent(t *testing.T) {
 	c.subscribe(resource.ClusterType, "")
 	resp := c.next()
 	c.nack(resp, "", "cluster backend_sim: bad thing")
-	waitFor(t, "the NACK to be held as a watch", func() bool { return s.openWatches(GroupEnvoy) == 1 })
+	tgtest.Eventually(t, 10*time.Second, "the NACK to be held as a watch", func() bool { return s.openWatches(GroupEnvoy) == 1 })
 
 	if got := testutil.ToFloat64(s.metrics.pushes.WithLabelValues(GroupEnvoy)); got != 1 {
 		t.Errorf("pushes = %v after one response and a NACK, want 1", got)
@@ -229,7 +231,7 @@ func TestNackIsRecordedAndNotResent(t *testing.T) {
 		t.Fatalf("after the NACK the client got %q, want the new version %q", resp.GetVersionInfo(), v2.EnvoyVersion)
 	}
 	c.ack(resp)
-	waitFor(t, "the ACK to clear the NACK", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "the ACK to clear the NACK", func() bool {
 		st, _ := s.client("envoy-a")
 		return st.LastNack == nil && st.Acked[resource.ClusterType] == v2.EnvoyVersion
 	})
@@ -238,7 +240,7 @@ func TestNackIsRecordedAndNotResent(t *testing.T) {
 	v3 := publish(t, s.Server, testResources(t, envoy.BackendCluster("third")))
 	resp = c.next()
 	c.nack(resp, v2.EnvoyVersion, "rejected again")
-	waitFor(t, "the second NACK to be held as a watch", func() bool { return s.openWatches(GroupEnvoy) == 1 })
+	tgtest.Eventually(t, 10*time.Second, "the second NACK to be held as a watch", func() bool { return s.openWatches(GroupEnvoy) == 1 })
 	if got := testutil.ToFloat64(s.metrics.pushes.WithLabelValues(GroupEnvoy)); got != 3 {
 		t.Errorf("pushes = %v after three versions, want 3", got)
 	}
@@ -261,7 +263,7 @@ func TestStatusListsClients(t *testing.T) {
 	b := connectAndAck("envoy-b", resource.ListenerType)
 	connectAndAck(envoy.DefaultRateLimitNode, resource.RateLimitConfigType)
 	connectAndAck("envoy-a", resource.ClusterType)
-	waitFor(t, "three clients with ACKs", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "three clients with ACKs", func() bool {
 		st := s.Status()
 		if len(st.Clients) != 3 {
 			return false
@@ -298,7 +300,7 @@ func TestStatusListsClients(t *testing.T) {
 
 	// A disconnect removes the client.
 	b.cancel()
-	waitFor(t, "envoy-b to disappear", func() bool {
+	tgtest.Eventually(t, 10*time.Second, "envoy-b to disappear", func() bool {
 		_, ok := s.client("envoy-b")
 		return !ok
 	})

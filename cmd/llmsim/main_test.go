@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,11 +9,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/llmsim/sim"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -69,46 +68,16 @@ func TestParseConfigRejectsBadFlags(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the server goroutine writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitFor polls cond until it holds, failing the test after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRunServesUntilCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var logs syncBuffer
+	var logs testutil.Buffer
 	ran := make(chan error, 1)
 	go func() { ran <- run(ctx, []string{"--listen", "127.0.0.1:0", "--name", "main-test"}, &logs) }()
 
 	addrPattern := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
 	var addr string
-	waitFor(t, "the listening log line", func() bool {
+	testutil.Eventually(t, 30*time.Second, "the listening log line", func() bool {
 		if m := addrPattern.FindStringSubmatch(logs.String()); m != nil {
 			addr = m[1]
 			return true
