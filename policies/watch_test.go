@@ -8,11 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // waitTimeout is generous: it only bounds a failing test, a passing one never waits for it.
@@ -311,33 +312,8 @@ func TestWatchPollsWithoutEvents(t *testing.T) {
 	}
 }
 
-// logBuffer collects a watcher's log lines; the watcher writes from its own goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// count returns how many log lines contain s.
-func (b *logBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), s)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func loggingWatcher(path string, debounce time.Duration) (*Watcher, *logBuffer) {
-	logs := &logBuffer{}
+func loggingWatcher(path string, debounce time.Duration) (*Watcher, *testutil.Buffer) {
+	logs := &testutil.Buffer{}
 	return NewWatcher(path, debounce, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), logs
 }
 
@@ -383,7 +359,7 @@ func TestWatchMissingFileIgnoresOtherFiles(t *testing.T) {
 	marker := filepath.Join(dir, "marker")
 	writeFile(t, marker, "x")
 	r.awaitIgnored(t, marker)
-	if n := logs.count(missingWarning); n != 1 {
+	if n := strings.Count(logs.String(), missingWarning); n != 1 {
 		t.Errorf("%d missing-file warnings, want 1:\n%s", n, logs)
 	}
 
@@ -391,7 +367,7 @@ func TestWatchMissingFileIgnoresOtherFiles(t *testing.T) {
 	if got := r.next(t); got != "v1" {
 		t.Errorf("delivery = %q, want v1", got)
 	}
-	if n := logs.count(missingWarning); n != 1 {
+	if n := strings.Count(logs.String(), missingWarning); n != 1 {
 		t.Errorf("%d missing-file warnings, want 1:\n%s", n, logs)
 	}
 }
@@ -412,7 +388,7 @@ func TestWatchWarnsOncePerDisappearance(t *testing.T) {
 		}
 	}
 	failedReads(5)
-	if n := logs.count(missingWarning); n != 1 {
+	if n := strings.Count(logs.String(), missingWarning); n != 1 {
 		t.Fatalf("%d missing-file warnings after 5 reads, want 1:\n%s", n, logs)
 	}
 
@@ -424,10 +400,10 @@ func TestWatchWarnsOncePerDisappearance(t *testing.T) {
 		t.Fatal(err)
 	}
 	failedReads(5)
-	if n := logs.count(missingWarning); n != 2 {
+	if n := strings.Count(logs.String(), missingWarning); n != 2 {
 		t.Errorf("%d missing-file warnings after the second disappearance, want 2:\n%s", n, logs)
 	}
-	if n := logs.count("policy file is readable again"); n != 1 {
+	if n := strings.Count(logs.String(), "policy file is readable again"); n != 1 {
 		t.Errorf("%d notices of the file's return, want 1:\n%s", n, logs)
 	}
 }
