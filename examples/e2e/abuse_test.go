@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // The abuse tests attack a running gateway the way a hostile client or a broken upstream
@@ -53,7 +55,7 @@ const defaultMaxRequestBytes = 1 << 20
 // content-length) gets a JSON 413 long before it has sent the gigabyte; the ext_proc server
 // never sees more than the limit, and Envoy and tollgate keep serving with bounded memory.
 func TestAbuseHugeRequestBody(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
 	s.writePolicy(t, abusePolicy)
 	s.startTollgate(t)
@@ -101,7 +103,7 @@ func TestAbuseHugeRequestBody(t *testing.T) {
 // more is a 413, with and without content-length: Envoy's buffer limit and the ext_proc
 // server's limit agree, so no size slips between them.
 func TestAbuseBodyLimitIsExact(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
 	s.writePolicy(t, abusePolicy)
 	s.startTollgate(t)
@@ -141,7 +143,7 @@ func TestAbuseBodyLimitIsExact(t *testing.T) {
 // TestAbuseDeeplyNestedJSON: bodies nested a million levels deep (within the size limit) get a
 // JSON 400 after a bounded amount of work, and the gateway keeps serving.
 func TestAbuseDeeplyNestedJSON(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
 	s.writePolicy(t, abusePolicy)
 	s.startTollgate(t)
@@ -246,7 +248,7 @@ func TestAbuseMalformedUpstreamStreams(t *testing.T) {
 			}
 
 			var after string
-			eventually(t, 10*time.Second, "tollgate records the outcome", func() error {
+			testutil.Eventually(t, 10*time.Second, "tollgate records the outcome", func() error {
 				after = string(mustDo(t, "GET", s.metricsURL("/metrics"), nil, "").body)
 				if metricDelta(before, after, "tollgate_extproc_requests_total") < 1 {
 					return errors.New("no outcome yet")
@@ -275,7 +277,7 @@ func TestAbuseMalformedUpstreamStreams(t *testing.T) {
 // answer 502 itself; the client gets the same OpenAI-style JSON error as for every other
 // gateway failure, and nothing is charged.
 func TestAbuseBrokenUpstream(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	broken := garbageServer(t, "this is not HTTP\r\n\r\n")
 	s := newStack(t, map[string]int{"alpha": broken, "beta": startSim(t, "beta")})
 	s.writePolicy(t, abusePolicy)
@@ -421,7 +423,7 @@ func TestAbuseSlowClients(t *testing.T) {
 		if n := strings.Count(string(st.body), `"content":`); n != tokens {
 			t.Errorf("%d content events, want %d", n, tokens)
 		}
-		eventually(t, 10*time.Second, "the long stream is charged", func() error {
+		testutil.Eventually(t, 10*time.Second, "the long stream is charged", func() error {
 			n, err := redisCounter(redisAddr, "*user_patient_*")
 			if err != nil {
 				return err
@@ -601,7 +603,7 @@ func TestAbuseRandomAPIKeysNeverReachRedis(t *testing.T) {
 	if testing.Short() {
 		randomKeys = 10_000
 	}
-	needEnvoy(t)
+	testutil.Envoy(t)
 	sum := sha256.Sum256([]byte("sk-alice-abuse-test"))
 	policy := strings.Replace(abusePolicy, "identity: {header: x-user-id}",
 		"identity:\n  mode: apiKeys\n  apiKeys: [{user: alice, sha256: "+hex.EncodeToString(sum[:])+"}]", 1)
@@ -800,7 +802,7 @@ func doRequest(t testing.TB, req *http.Request) response {
 func (s *stack) accessLogEntries(t testing.TB, users ...string) map[string]map[string]any {
 	t.Helper()
 	var found map[string][]map[string]any
-	eventually(t, 30*time.Second, fmt.Sprintf("access log lines of %q", users), func() error {
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("access log lines of %q", users), func() error {
 		found = map[string][]map[string]any{}
 		for _, line := range strings.Split(s.envoy.logText(), "\n") {
 			var e map[string]any
@@ -905,7 +907,7 @@ func abuseQuotaStack(t testing.TB, simArgs ...string) (*stack, string) {
 // abuseQuotaStackWithRateLimit is abuseQuotaStack that also hands back the ratelimit service.
 func abuseQuotaStackWithRateLimit(t testing.TB, simArgs ...string) (*stack, string, *process) {
 	t.Helper()
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha", simArgs...), "beta": startSim(t, "beta", simArgs...)})
 	s.writePolicy(t, abusePolicy)
 	s.startTollgate(t)

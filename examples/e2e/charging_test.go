@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // The charging tests end requests every way a client can — leaving mid-stream, after the usage
@@ -58,7 +59,7 @@ const chargingPrompt = "Hello from Alice!"
 
 func chargingStack(t *testing.T) *stack {
 	t.Helper()
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{
 		"fast": startSim(t, "fast", "--output-tokens", fmt.Sprint(simOutputTokens), "--token-delay", "40ms"),
 		"slow": startSim(t, "slow", "--ttft", "3s"),
@@ -104,7 +105,7 @@ func spentOn(t testing.TB, s *stack, user, model, quota string) int {
 func awaitSpent(t testing.TB, s *stack, user, model string, atLeast int) int {
 	t.Helper()
 	var got int
-	eventually(t, 10*time.Second, "charges counted", func() error {
+	testutil.Eventually(t, 10*time.Second, "charges counted", func() error {
 		got = spent(t, s, user, model)
 		if got < atLeast {
 			return fmt.Errorf("%d counted, want at least %d", got, atLeast)
@@ -332,7 +333,7 @@ func TestStreamInFlightWhenModelRemovedIsCharged(t *testing.T) {
 			RetiredQuotas []string `json:"retired_quotas"`
 		} `json:"policy"`
 	}
-	eventually(t, 10*time.Second, "qwen3 removed", func() error {
+	testutil.Eventually(t, 10*time.Second, "qwen3 removed", func() error {
 		if err := getJSON(s.metricsURL("/status"), &st); err != nil {
 			return err
 		}

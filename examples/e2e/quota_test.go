@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // seedPolicy is the seed demo's policy: 50 tokens per user per hour on qwen3.
@@ -33,7 +35,7 @@ quotas:
 // quotaStack runs the whole gateway: llmsim, Redis, tollgate serve, tollgate ratelimit, Envoy.
 func quotaStack(t testing.TB, policy string) *stack {
 	t.Helper()
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
@@ -174,7 +176,7 @@ func metricSum(t testing.TB, metrics, name string) int {
 // rateLimitCalls).
 func (s *stack) awaitRateLimitCalls(t testing.TB, want int) {
 	t.Helper()
-	eventually(t, 10*time.Second, "charge answered", func() error {
+	testutil.Eventually(t, 10*time.Second, "charge answered", func() error {
 		if got := s.rateLimitCalls(t); got < want {
 			return fmt.Errorf("%d checks and charges answered, want %d", got, want)
 		}
@@ -254,14 +256,14 @@ func TestQuotaEditsApplyLive(t *testing.T) {
 		t.Fatalf("before the edit: %s", got)
 	}
 	s.writePolicy(t, strings.Replace(seedPolicy, "limit: 50, per: hour", "limit: 500, per: hour", 1))
-	eventually(t, 20*time.Second, "raised limit lets alice through", func() error {
+	testutil.Eventually(t, 20*time.Second, "raised limit lets alice through", func() error {
 		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 200 {
 			return fmt.Errorf("status %d", got)
 		}
 		return nil
 	})
 	s.writePolicy(t, strings.Replace(seedPolicy, "limit: 50, per: hour", "limit: 20, per: hour", 1))
-	eventually(t, 20*time.Second, "lowered limit rejects alice", func() error {
+	testutil.Eventually(t, 20*time.Second, "lowered limit rejects alice", func() error {
 		if got := sendN(t, s, "alice", "qwen3", 1, false)[0]; got != 429 {
 			return fmt.Errorf("status %d", got)
 		}

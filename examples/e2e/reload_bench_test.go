@@ -5,6 +5,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // BenchmarkReloadLatency measures, through a real Envoy, the time from saving an edited policy
@@ -13,7 +15,7 @@ import (
 //
 //	go test -run '^$' -bench ReloadLatency -benchtime 50x ./examples/e2e
 func BenchmarkReloadLatency(b *testing.B) {
-	needEnvoy(b)
+	testutil.Envoy(b)
 	s := newStack(b, map[string]int{"sim": startSim(b, "sim")})
 	s.writePolicy(b, routingPolicyOne)
 	s.startTollgate(b)

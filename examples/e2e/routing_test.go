@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 const routingPolicy = `
@@ -23,7 +25,7 @@ models:
 // body, answers unknown models with a JSON 404, picks up an edited policy without a restart,
 // and keeps serving the last good config when an edit is broken.
 func TestRoutingAndHotReload(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
 	s.writePolicy(t, routingPolicy)
 	s.startTollgate(t)
@@ -111,7 +113,7 @@ func TestRoutingAndHotReload(t *testing.T) {
 		"  - {name: gpt-4, backend: beta}\n  - {name: llama3, backend: beta}\n", 1)
 	saved := time.Now()
 	s.writePolicy(t, edited)
-	eventually(t, 10*time.Second, "new model routed after the edit", func() error {
+	testutil.Eventually(t, 10*time.Second, "new model routed after the edit", func() error {
 		r, err := do("POST", s.url("/v1/chat/completions"), alice, chatBody("llama3"))
 		if err != nil {
 			return err
@@ -133,7 +135,7 @@ func TestRoutingAndHotReload(t *testing.T) {
 
 	// A broken edit: the last good config keeps serving and the errors are reported.
 	s.writePolicy(t, edited+"\nquotas:\n  - {model: llama3, cost: nope, limit: -1, per: fortnight}\n")
-	eventually(t, 10*time.Second, "broken policy reported", func() error {
+	testutil.Eventually(t, 10*time.Second, "broken policy reported", func() error {
 		if err := getJSON(s.metricsURL("/status"), &st); err != nil {
 			return err
 		}
@@ -167,7 +169,7 @@ func TestRoutingAndHotReload(t *testing.T) {
 // error (NACKed) state.
 func assertEnvoyAcked(t *testing.T, s *stack, version string) {
 	t.Helper()
-	eventually(t, 10*time.Second, "envoy at version "+version, func() error {
+	testutil.Eventually(t, 10*time.Second, "envoy at version "+version, func() error {
 		r, err := do("GET", s.adminURL("/config_dump"), nil, "")
 		if err != nil {
 			return err

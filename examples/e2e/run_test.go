@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // runStack is `tollgate run` (control plane, ratelimit service, embedded Redis and a real
@@ -33,8 +35,8 @@ func newRunStack(t *testing.T, policy string) *runStack {
 	return &runStack{
 		stack:          s,
 		logDir:         filepath.Join(s.dir, "logs"),
-		rateLimitHTTP:  freePort(t),
-		rateLimitDebug: freePort(t),
+		rateLimitHTTP:  testutil.FreePort(t),
+		rateLimitDebug: testutil.FreePort(t),
 	}
 }
 
@@ -56,11 +58,10 @@ func (r *runStack) args() []string {
 // ready banner.
 func (r *runStack) start(t *testing.T) {
 	t.Helper()
-	needEnvoy(t)
-	t.Setenv("ENVOY_BIN", bins.envoy)
+	t.Setenv("ENVOY_BIN", testutil.Envoy(t))
 	t.Setenv("REDIS_URL", "") // the embedded Redis, whatever the developer's shell says
 	r.proc = start(t, "tollgate-run", bins.tollgate, r.args()...)
-	eventually(t, 60*time.Second, "tollgate run ready banner", func() error {
+	testutil.Eventually(t, 60*time.Second, "tollgate run ready banner", func() error {
 		select {
 		case <-r.proc.done:
 			t.Fatalf("tollgate run exited before it was ready:\n%s", r.proc.logText())
@@ -109,7 +110,7 @@ func assertClosed(t *testing.T, ports map[string]int) {
 // everything, alice's requests 1–5 pass and 6–10 get 429, bob is unaffected, and Ctrl-C stops
 // every part (Envoy first) and exits 0.
 func TestRunSeedScenario(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	r := newRunStack(t, seedPolicy)
 	r.start(t)
 
@@ -140,7 +141,7 @@ func TestRunSeedScenario(t *testing.T) {
 	}
 
 	// The access log goes to its file, not to the terminal.
-	eventually(t, 10*time.Second, "11 requests in the access log file", func() error {
+	testutil.Eventually(t, 10*time.Second, "11 requests in the access log file", func() error {
 		b, err := os.ReadFile(filepath.Join(r.logDir, "envoy-access.log"))
 		if err != nil {
 			return err
@@ -162,7 +163,7 @@ func TestRunSeedScenario(t *testing.T) {
 	if err := r.proc.child.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "SIGHUP reload", func() error {
+	testutil.Eventually(t, 10*time.Second, "SIGHUP reload", func() error {
 		if !strings.Contains(r.proc.logText(), "SIGHUP: reloading the policy") {
 			return errors.New("no reload logged")
 		}
@@ -197,7 +198,7 @@ func TestRunSeedScenario(t *testing.T) {
 // TestRunReportsAnEnvoyCrash: when Envoy dies, tollgate run does not go on without a data plane:
 // it says so, stops the rest and exits non-zero.
 func TestRunReportsAnEnvoyCrash(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	r := newRunStack(t, seedPolicy)
 	r.start(t)
 
@@ -224,14 +225,14 @@ func TestRunReportsAnEnvoyCrash(t *testing.T) {
 // TestRunKilledTakesEnvoyAlong: even a tollgate run that is killed outright, with no chance
 // to stop Envoy, leaves no Envoy behind holding the ports.
 func TestRunKilledTakesEnvoyAlong(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	r := newRunStack(t, seedPolicy)
 	r.start(t)
 	if err := r.proc.child.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	r.waitExit(t, 10*time.Second)
-	eventually(t, 15*time.Second, "Envoy gone", func() error {
+	testutil.Eventually(t, 15*time.Second, "Envoy gone", func() error {
 		c, err := net.DialTimeout("tcp", addr(r.adminPort), time.Second)
 		if err != nil {
 			return nil

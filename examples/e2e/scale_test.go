@@ -9,12 +9,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestScaleOutSharesOneQuota: two gateways (each an Envoy with its own tollgate) in front of one
 // ratelimit service and one Redis enforce one quota per user, whichever gateway a request takes.
 func TestScaleOutSharesOneQuota(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	sim := startSim(t, "sim")
 	a := newStack(t, map[string]int{"sim": sim})
 	b := newStack(t, map[string]int{"sim": sim})
@@ -41,7 +43,7 @@ func TestScaleOutSharesOneQuota(t *testing.T) {
 // before any of them is charged, so a nearly spent quota can be overshot — by at most the
 // requests in flight times their cost, as check-then-charge allows, and never further.
 func TestConcurrentOvershootIsBounded(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	const concurrency, perRequest, limit = 20, 12, 50
 	// A slow first token keeps every request of the burst in flight at once.
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--ttft", "300ms")})
@@ -86,7 +88,7 @@ func TestConcurrentOvershootIsBounded(t *testing.T) {
 	}
 	// Every admitted request is charged exactly once, whatever the overshoot: the counter in
 	// Redis is the tokens actually spent. (Charges are sent when streams end, so wait for them.)
-	eventually(t, 10*time.Second, "Redis counter equals the tokens spent", func() error {
+	testutil.Eventually(t, 10*time.Second, "Redis counter equals the tokens spent", func() error {
 		n, err := redisCounter(redisAddr, "*user_racer_*")
 		if err != nil {
 			return err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // secretsPolicy gives the backend an upstream key from a file, and quotas small enough that a
@@ -37,7 +39,7 @@ quotas:
 // server, so both would show the key (and any client's credentials). They stay at info, as they
 // must wherever Envoy handles real keys.
 func TestUpstreamKeyNeverLeaks(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	canary := "sk-canary-" + randomHex(t, 16)
 	simPort := startSim(t, "sim", "--require-key", canary, "--log-level", "debug")
 	s := newStack(t, map[string]int{"sim": simPort})
@@ -110,7 +112,7 @@ func TestUpstreamKeyNeverLeaks(t *testing.T) {
 		"ratelimit service log":    rateLimit.logText,
 	}
 	// Envoy writes its access log on a timer; wait until this test's lines are there.
-	eventually(t, 15*time.Second, "Envoy's access log has the test's requests", func() error {
+	testutil.Eventually(t, 15*time.Second, "Envoy's access log has the test's requests", func() error {
 		if !strings.Contains(s.envoy.logText(), `"status":429`) {
 			return fmt.Errorf("no 429 line yet")
 		}
@@ -136,15 +138,15 @@ func TestUpstreamKeyNeverLeaks(t *testing.T) {
 // components ("router:info,..."), chosen by the test.
 func startEnvoyAtLevel(t testing.TB, s *stack, level, componentLevels string) {
 	t.Helper()
-	needEnvoy(t)
+	envoyBin := testutil.Envoy(t)
 	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
 	out := runTollgate(t, "bootstrap", "--xds", addr(s.xdsPort), "--admin", addr(s.adminPort))
 	if err := os.WriteFile(bootstrapPath, []byte(out), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
+	s.envoy = start(t, "envoy", envoyBin, "-c", bootstrapPath,
 		"--disable-hot-restart", "--log-level", level, "--component-log-level", componentLevels, "--concurrency", "1")
-	eventually(t, 30*time.Second, "envoy ready", func() error {
+	testutil.Eventually(t, 30*time.Second, "envoy ready", func() error {
 		r, err := do("GET", s.adminURL("/ready"), nil, "")
 		if err != nil {
 			return err

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // backendRequestsStat counts the requests Envoy sent to the seed policy's only backend.
@@ -26,7 +28,7 @@ func TestSmugglingCaseVariantKeys(t *testing.T) {
 		chatBody("qwen3")); r.status != 200 {
 		t.Fatalf("ordinary request: %d %s", r.status, r.body)
 	}
-	eventually(t, 10*time.Second, "backend request counted", func() error {
+	testutil.Eventually(t, 10*time.Second, "backend request counted", func() error {
 		if got := backendCalls(); got != before+1 {
 			return fmt.Errorf("%s went from %d to %d, want +1", backendRequestsStat, before, got)
 		}

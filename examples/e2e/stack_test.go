@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // stack is one running gateway: llmsim backends, tollgate serve and a real Envoy.
@@ -34,10 +35,10 @@ type stack struct {
 // startSim runs one llmsim named name and returns its port.
 func startSim(t testing.TB, name string, extra ...string) int {
 	t.Helper()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	args := append([]string{"--listen", addr(port), "--name", name}, extra...)
 	start(t, "llmsim-"+name, bins.llmsim, args...)
-	eventually(t, 10*time.Second, "llmsim "+name+" healthy", func() error {
+	testutil.Eventually(t, 10*time.Second, "llmsim "+name+" healthy", func() error {
 		r, err := do("GET", fmt.Sprintf("http://%s/healthz", addr(port)), nil, "")
 		if err != nil {
 			return err
@@ -58,12 +59,12 @@ func newStack(t testing.TB, backends map[string]int) *stack {
 	return &stack{
 		dir:          dir,
 		policyPath:   filepath.Join(dir, "policy.yaml"),
-		listenerPort: freePort(t),
-		adminPort:    freePort(t),
-		xdsPort:      freePort(t),
-		extProcPort:  freePort(t),
-		metricsPort:  freePort(t),
-		rateLimit:    freePort(t),
+		listenerPort: testutil.FreePort(t),
+		adminPort:    testutil.FreePort(t),
+		xdsPort:      testutil.FreePort(t),
+		extProcPort:  testutil.FreePort(t),
+		metricsPort:  testutil.FreePort(t),
+		rateLimit:    testutil.FreePort(t),
 		backends:     backends,
 	}
 }
@@ -121,25 +122,18 @@ func runTollgate(t testing.TB, args ...string) string {
 // startRedis runs a throwaway redis-server on a free port and returns its address.
 func startRedis(t testing.TB) string {
 	t.Helper()
-	a, _ := startRedisOn(t, freePort(t))
+	a, _ := startRedisOn(t, testutil.FreePort(t))
 	return a
 }
 
 // startRedisOn runs a throwaway redis-server (no persistence) on port.
 func startRedisOn(t testing.TB, port int) (string, *process) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not found (run `task setup`)"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	bin := testutil.RedisServer(t)
 	p := start(t, "redis", bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
 	a := addr(port)
-	eventually(t, 10*time.Second, "redis up", func() error {
+	testutil.Eventually(t, 10*time.Second, "redis up", func() error {
 		c, err := net.DialTimeout("tcp", a, time.Second)
 		if err != nil {
 			return err
@@ -168,7 +162,7 @@ func (s *stack) startTollgateWith(t testing.TB, extra ...string) {
 		"--debounce", "50ms",
 		"--log-level", "debug"}, extra...)
 	s.tollgate = start(t, "tollgate", bins.tollgate, args...)
-	eventually(t, 15*time.Second, "tollgate serving", func() error {
+	testutil.Eventually(t, 15*time.Second, "tollgate serving", func() error {
 		_, err := do("GET", s.metricsURL("/healthz"), nil, "")
 		return err
 	})
@@ -178,7 +172,7 @@ func (s *stack) startTollgateWith(t testing.TB, extra ...string) {
 // policy file; pair it with startTollgateWith(t, "--extproc", "").
 func (s *stack) startExtProc(t testing.TB) *process {
 	t.Helper()
-	metrics := freePort(t)
+	metrics := testutil.FreePort(t)
 	p := start(t, "extproc", bins.tollgate, "extproc",
 		"-f", s.policyPath,
 		"--listen", addr(s.extProcPort),
@@ -187,7 +181,7 @@ func (s *stack) startExtProc(t testing.TB) *process {
 		"--log-level", "debug")
 	p.port = s.extProcPort
 	s.extProcMetricsPort = metrics
-	eventually(t, 15*time.Second, "tollgate extproc serving", func() error {
+	testutil.Eventually(t, 15*time.Second, "tollgate extproc serving", func() error {
 		_, err := do("GET", fmt.Sprintf("http://%s/healthz", addr(metrics)), nil, "")
 		return err
 	})
@@ -197,18 +191,18 @@ func (s *stack) startExtProc(t testing.TB) *process {
 // startEnvoyWith is startEnvoy with extra `tollgate bootstrap` flags.
 func (s *stack) startEnvoyWith(t testing.TB, bootstrapFlags ...string) {
 	t.Helper()
-	needEnvoy(t)
+	envoyBin := testutil.Envoy(t)
 	bootstrapPath := filepath.Join(s.dir, "envoy.yaml")
 	args := append([]string{"bootstrap", "--xds", addr(s.xdsPort), "--admin", addr(s.adminPort)}, bootstrapFlags...)
 	out := runTollgate(t, args...)
 	if err := os.WriteFile(bootstrapPath, []byte(out), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.envoy = start(t, "envoy", bins.envoy, "-c", bootstrapPath,
+	s.envoy = start(t, "envoy", envoyBin, "-c", bootstrapPath,
 		"--disable-hot-restart", "--log-level", "warn", "--concurrency", "1",
 		// The access log (stdout) is flushed every 10 s by default; tests read it sooner.
 		"--file-flush-interval-msec", "100")
-	eventually(t, 30*time.Second, "envoy ready", func() error {
+	testutil.Eventually(t, 30*time.Second, "envoy ready", func() error {
 		r, err := do("GET", s.adminURL("/ready"), nil, "")
 		if err != nil {
 			return err
@@ -226,14 +220,14 @@ func (s *stack) startRateLimitWith(t testing.TB, redisAddr string, extra ...stri
 	s.charges = true
 	args := append([]string{"ratelimit",
 		"--grpc", addr(s.rateLimit),
-		"--http", addr(freePort(t)),
-		"--debug", addr(freePort(t)),
+		"--http", addr(testutil.FreePort(t)),
+		"--debug", addr(testutil.FreePort(t)),
 		"--xds", addr(s.xdsPort),
 		"--redis", redisAddr,
 		"--log-level", "debug"}, extra...)
 	p := start(t, "ratelimit", bins.tollgate, args...)
 	p.port = s.rateLimit
-	eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
+	testutil.Eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
 		if !strings.Contains(p.logText(), "Successfully loaded new configuration") {
 			return fmt.Errorf("no config loaded yet")
 		}

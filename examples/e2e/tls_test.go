@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/xds"
 	"github.com/tollgate-dev/tollgate/xds/xdstest"
 )
@@ -25,7 +26,7 @@ import (
 // service, with its own client certificate, loads its limits — shown end to end by the seed
 // scenario's 429. A client without a certificate gets nothing.
 func TestMutualTLSControlPlane(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	certs, err := xdstest.WriteCertificates(t.TempDir(), "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)

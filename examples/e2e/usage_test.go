@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 const usagePolicy = `
@@ -27,7 +29,7 @@ costs:
 // metadata (seen through the access log) and in the GenAI metrics, for JSON and SSE responses —
 // the seed's table: 10 qwen3 requests → input 60, output 60, total 120, count 10.
 func TestUsageAccounting(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, usagePolicy)
 	s.startTollgate(t)
@@ -40,7 +42,7 @@ func TestUsageAccounting(t *testing.T) {
 
 	// The access log line of each request carries the metadata the ext_proc server wrote.
 	var entries []map[string]any
-	eventually(t, 10*time.Second, "10 access log lines with usage", func() error {
+	testutil.Eventually(t, 10*time.Second, "10 access log lines with usage", func() error {
 		entries = entries[:0]
 		for _, line := range strings.Split(s.envoy.logText(), "\n") {
 			if !strings.HasPrefix(line, "{") {
