@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // LiteLLM is the LiteLLM proxy routing qwen3 to llmsim and doing nothing else: what a request
@@ -105,7 +106,7 @@ func (e *Env) StartLiteLLM(ctx context.Context, simPort, workers int) (*LiteLLM,
 	if workers < 1 {
 		workers = 1
 	}
-	ps, err := ports(1)
+	ps, err := launch.FreePorts(1)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +126,7 @@ func (e *Env) StartLiteLLM(ctx context.Context, simPort, workers int) (*LiteLLM,
 		return nil, err
 	}
 	client := newProbeClient()
-	err = waitUpEvery(ctx, l.Proc, LiteLLMStartTimeout, 250*time.Millisecond, "LiteLLM serving qwen3", func() error {
+	err = l.Proc.Await(ctx, LiteLLMStartTimeout, 250*time.Millisecond, "LiteLLM serving qwen3", func() error {
 		b, _ := os.ReadFile(l.Proc.LogPath)
 		if n := strings.Count(string(b), workerStarted); n < workers {
 			return fmt.Errorf("%d of %d workers started", n, workers)

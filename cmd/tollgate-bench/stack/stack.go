@@ -90,15 +90,8 @@ func (e *Env) startWithEnv(name string, env []string, bin string, args ...string
 	return p, nil
 }
 
-// waitUp polls cond, failing early with the process's log when the process exits.
-func waitUp(ctx context.Context, p *proc.Process, timeout time.Duration, what string, cond func() error) error {
-	return waitUpEvery(ctx, p, timeout, 20*time.Millisecond, what, cond)
-}
-
-// waitUpEvery is waitUp polling every interval.
-func waitUpEvery(ctx context.Context, p *proc.Process, timeout, interval time.Duration, what string, cond func() error) error {
-	return p.Await(ctx, timeout, interval, what, cond)
-}
+// probeInterval is how often readiness is polled while a process starts.
+const probeInterval = 20 * time.Millisecond
 
 // newProbeClient is the client readiness checks and single requests use.
 func newProbeClient() *http.Client { return &http.Client{Timeout: 2 * time.Second} }
@@ -117,12 +110,9 @@ func get(client *http.Client, url string) error {
 	return nil
 }
 
-// ports hands out n distinct free loopback ports, none handed out before.
-func ports(n int) ([]int, error) { return launch.FreePorts(n) }
-
 // StartSim runs llmsim with no artificial latency and returns its port.
 func (e *Env) StartSim(ctx context.Context) (int, *proc.Process, error) {
-	ps, err := ports(1)
+	ps, err := launch.FreePorts(1)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -132,7 +122,7 @@ func (e *Env) StartSim(ctx context.Context) (int, *proc.Process, error) {
 	}
 	url := fmt.Sprintf("http://%s/healthz", proc.Addr(ps[0]))
 	client := newProbeClient()
-	return ps[0], p, waitUp(ctx, p, 10*time.Second, "llmsim healthy", func() error { return get(client, url) })
+	return ps[0], p, p.Await(ctx, 10*time.Second, probeInterval, "llmsim healthy", func() error { return get(client, url) })
 }
 
 // Plain is an Envoy with a static route to llmsim: no ext_proc, no rate limiting.
@@ -144,7 +134,7 @@ type Plain struct {
 
 // StartPlain runs the floor: Envoy routing everything to llmsim on simPort.
 func (e *Env) StartPlain(ctx context.Context, simPort int) (*Plain, error) {
-	ps, err := ports(2)
+	ps, err := launch.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +149,7 @@ func (e *Env) StartPlain(ctx context.Context, simPort int) (*Plain, error) {
 	}
 	url := fmt.Sprintf("http://%s", proc.Addr(listen))
 	client := newProbeClient()
-	err = waitUp(ctx, p, 30*time.Second, "plain Envoy ready", func() error {
+	err = p.Await(ctx, 30*time.Second, probeInterval, "plain Envoy ready", func() error {
 		return get(client, fmt.Sprintf("http://%s/ready", proc.Addr(admin)))
 	})
 	if err != nil {
@@ -298,7 +288,7 @@ func (g *Gateway) WritePolicy(content string) error {
 // policy opts describes, and waits until a request for qwen3 passes through all of them. The
 // gateway's files live in e.Dir, so one Env holds one gateway.
 func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions) (*Gateway, error) {
-	ps, err := ports(9)
+	ps, err := launch.FreePorts(9)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +331,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if g.ControlPlane, err = e.startWithEnv("tollgate-serve", e.TollgateEnv, e.Bins.ControlPlane[0], cpArgs...); err != nil {
 		return nil, err
 	}
-	if err := waitUp(ctx, g.ControlPlane, 20*time.Second, "control plane serving", func() error {
+	if err := g.ControlPlane.Await(ctx, 20*time.Second, probeInterval, "control plane serving", func() error {
 		return get(g.client, "http://"+g.MetricsAddr+"/healthz")
 	}); err != nil {
 		return nil, err
@@ -362,7 +352,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if g.Envoy, err = e.startEnvoy("envoy-gateway", bsPath); err != nil {
 		return nil, err
 	}
-	err = waitUp(ctx, g.Envoy, 30*time.Second, "gateway serving qwen3", func() error {
+	err = g.Envoy.Await(ctx, 30*time.Second, probeInterval, "gateway serving qwen3", func() error {
 		return g.Ask("qwen3", "warmup")
 	})
 	if err != nil {
@@ -393,7 +383,7 @@ type RateLimit struct {
 // StartRateLimit runs Redis and `tollgate ratelimit` against the ADS server at xdsAddr, and
 // waits until the service has loaded a configuration (so something must be published).
 func (e *Env) StartRateLimit(ctx context.Context, xdsAddr string) (*RateLimit, error) {
-	ps, err := ports(4)
+	ps, err := launch.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -419,7 +409,7 @@ func (e *Env) startRateLimit(ctx context.Context, grpcPort, httpPort, debugPort 
 	if err != nil {
 		return nil, err
 	}
-	return p, waitUp(ctx, p, 30*time.Second, "ratelimit service has a configuration", func() error {
+	return p, p.Await(ctx, 30*time.Second, probeInterval, "ratelimit service has a configuration", func() error {
 		if !p.LogContains("Successfully loaded new configuration") {
 			return errors.New("no configuration loaded yet")
 		}
@@ -437,7 +427,7 @@ func (e *Env) startRedis(ctx context.Context, port int) (*proc.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	return p, waitUp(ctx, p, 10*time.Second, "redis up", func() error {
+	return p, p.Await(ctx, 10*time.Second, probeInterval, "redis up", func() error {
 		c, err := net.DialTimeout("tcp", proc.Addr(port), time.Second)
 		if err != nil {
 			return err
