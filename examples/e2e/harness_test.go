@@ -1,5 +1,9 @@
+//go:build e2e
+
 // Package e2e runs tollgate end to end with the real parts users run: a real Envoy, the
 // tollgate binary, the upstream ratelimit service with a real Redis, and llmsim as the LLM.
+// Its files build only with the tag e2e (`task test-e2e`); the demo check (demo_test.go) only
+// with the tag demo (`task test-demo`). `task test` runs both.
 package e2e
 
 import (
