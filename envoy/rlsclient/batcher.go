@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// call is one caller's part of a ShouldRateLimit call: descriptors for one service and domain,
-// and where the answer goes.
+// call is one caller's part of a shared call: descriptors for one service and domain (or
+// refunds, which go to Redis), and where the answer goes.
 type call struct {
 	target, domain string
 	descriptors    []Descriptor
+	refunds        []Refund
 	// timeout bounds one attempt of the call that carries this one (the first's counts).
 	timeout time.Duration
 	// done gets the statuses of this call's descriptors, in order, or the call's error. It is
@@ -19,13 +20,17 @@ type call struct {
 	done func([]Status, error)
 }
 
+// size is what the call adds to a batch.
+func (c *call) size() int { return len(c.descriptors) + len(c.refunds) }
+
 // batcher groups calls that queue up into shared ShouldRateLimit calls. One collector sees
 // every call, so a batch holds all that arrived while it formed (or lingered); while every
 // sender is busy, the queue keeps growing and the next batch takes it. A batch never mixes
 // services or domains and holds at most maxDescriptors descriptors.
 type batcher struct {
 	queue          chan *call
-	batches        chan []*call // from the collector to the senders; unbuffered
+	batches        chan []*call  // from the collector to the senders; unbuffered
+	flushes        chan struct{} // ends a linger at once: someone waits for what it holds
 	maxDescriptors int
 	linger         time.Duration
 	send           func([]*call)
@@ -47,6 +52,7 @@ func newBatcher(cfg batcherConfig, send func([]*call)) *batcher {
 	b := &batcher{
 		queue:          make(chan *call, cfg.queue),
 		batches:        make(chan []*call),
+		flushes:        make(chan struct{}, 1),
 		maxDescriptors: cfg.maxDescriptors,
 		linger:         cfg.linger,
 		send:           send,
@@ -107,7 +113,7 @@ func (b *batcher) work() {
 // another service or domain is returned as carried, to start the next batch.
 func (b *batcher) take(first *call) (batch []*call, carried *call) {
 	batch = []*call{first}
-	n := len(first.descriptors)
+	n := first.size()
 	var deadline <-chan time.Time
 	if b.linger > 0 {
 		timer := time.NewTimer(b.linger)
@@ -127,6 +133,8 @@ func (b *batcher) take(first *call) (batch []*call, carried *call) {
 			case next, ok = <-b.queue:
 			case <-deadline:
 				return batch, nil
+			case <-b.flushes:
+				return batch, nil
 			}
 		}
 		if !ok {
@@ -136,9 +144,17 @@ func (b *batcher) take(first *call) (batch []*call, carried *call) {
 			return batch, next
 		}
 		batch = append(batch, next)
-		n += len(next.descriptors)
+		n += next.size()
 	}
 	return batch, nil
+}
+
+// flush ends the current linger, if any: a caller waits for what is queued.
+func (b *batcher) flush() {
+	select {
+	case b.flushes <- struct{}{}:
+	default:
+	}
 }
 
 // close stops taking queued calls and waits until every queued one is sent, or ctx ends.

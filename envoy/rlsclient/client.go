@@ -16,9 +16,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,52 +30,76 @@ import (
 
 // Sizes and timings.
 const (
-	// queueSize bounds the checks, and the charges, waiting for the collector. A full queue
+	// queueSize bounds the checks, charges and refunds waiting for the collector. A full queue
 	// makes the caller wait: backpressure rather than a dropped charge.
 	queueSize = 4096
-	// senders is the number of calls in flight at once, for checks and for charges each.
+	// senders is the number of calls in flight at once, for checks, charges and refunds each.
 	senders = 4
 	// maxDescriptors bounds the descriptors of one call.
 	maxDescriptors = 256
-	// chargeLinger is how long a charge waits for others to share its call. The service's
+	// linger is how long a charge or refund waits for others to share its call. The service's
 	// cost is mostly per call, so at a few hundred requests a second this divides it by
-	// several; no client waits for a charge, and the counters are this much later.
-	chargeLinger = 10 * time.Millisecond
-	// chargeAttemptTimeout bounds one charge call; the service answers in about a millisecond.
-	chargeAttemptTimeout = 2 * time.Second
-	// chargeAttempts is how often a charge is tried while the service is unreachable.
-	chargeAttempts = 4
-	// chargeRetryBase is the first pause between attempts; it doubles each time.
-	chargeRetryBase = 100 * time.Millisecond
+	// several. No client waits for it: a check of the same counter sends it at once.
+	linger = 10 * time.Millisecond
+	// chargeTimeout bounds one charge call; the service answers in about a millisecond.
+	chargeTimeout = 2 * time.Second
 )
+
+// Options configure a client.
+type Options struct {
+	// Logger receives what the client gives up on; nil discards.
+	Logger *slog.Logger
+	// Refunder takes hits back from the service's counters. Without one, Admit only checks
+	// and nothing is reserved.
+	Refunder Refunder
+	// Spool is the file that keeps charges and refunds the service or Redis did not take,
+	// across restarts. Empty: they are kept in memory only, and lost when the process ends.
+	Spool string
+}
 
 // Client talks to ratelimit services, one connection per address. It is safe for concurrent
 // use; Close it when done.
 type Client struct {
-	conns   conns
-	checks  *batcher
-	charges *batcher
+	logger   *slog.Logger
+	refunder Refunder
+	conns    conns
+	pending  pending
+	checks   *batcher
+	charges  *batcher
+	refunds  *batcher
+	backlog  *backlog
 }
 
-// New returns a client with its workers running.
-func New() *Client {
-	c := &Client{}
-	c.checks = newBatcher(batcherConfig{queue: queueSize, senders: senders, maxDescriptors: maxDescriptors},
-		func(batch []*call) { c.send(batch, 1) })
-	c.charges = newBatcher(batcherConfig{queue: queueSize, senders: senders, maxDescriptors: maxDescriptors, linger: chargeLinger},
-		func(batch []*call) { c.send(batch, chargeAttempts) })
-	return c
+// New returns a client with its workers running. It fails only when the spool cannot be
+// read or written.
+func New(opts Options) (*Client, error) {
+	c := &Client{logger: opts.Logger, refunder: opts.Refunder}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	backlog, err := newBacklog(c.logger, opts.Spool, c.deliver, retryable)
+	if err != nil {
+		return nil, err
+	}
+	c.backlog = backlog
+	c.checks = newBatcher(batcherConfig{queue: queueSize, senders: senders, maxDescriptors: maxDescriptors}, c.sendChecks)
+	c.charges = newBatcher(batcherConfig{queue: queueSize, senders: senders, maxDescriptors: maxDescriptors, linger: linger}, c.sendCharges)
+	c.refunds = newBatcher(batcherConfig{queue: queueSize, senders: senders, maxDescriptors: maxDescriptors, linger: linger}, c.sendRefunds)
+	return c, nil
 }
 
 // Check asks the service at target about ds in domain and returns its statuses, in the order
-// of ds. It waits for room in the queue and for the answer until ctx ends, and the call itself
-// for at most timeout.
+// of ds. It first waits for this client's charges and refunds to the same counters, then for
+// room in the queue and for the answer, until ctx ends; the call itself takes at most timeout.
 func (c *Client) Check(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, error) {
 	if err := checkRequest(domain, ds); err != nil {
 		return nil, err
 	}
 	if len(ds) == 0 {
 		return nil, nil
+	}
+	if err := c.pending.wait(ctx, counterKeys(domain, ds), c.flush); err != nil {
+		return nil, err
 	}
 	type answer struct {
 		statuses []Status
@@ -94,8 +120,9 @@ func (c *Client) Check(ctx context.Context, target, domain string, ds []Descript
 }
 
 // Charge adds each descriptor's hits to its counter in the service at target, in the
-// background: it returns once the charge is queued (waiting while the queue is full) and calls
-// done, if not nil, with the outcome once the service answered or every attempt failed.
+// background: it returns once the charge is queued (waiting while the queue is full). A charge
+// the service does not take is kept and sent again until it does (see Options.Spool). done, if
+// not nil, gets the outcome once the service took the charge, or it was given up.
 func (c *Client) Charge(target, domain string, ds []Descriptor, done func(error)) {
 	if err := checkRequest(domain, ds); err != nil || len(ds) == 0 {
 		if done != nil {
@@ -103,19 +130,51 @@ func (c *Client) Charge(target, domain string, ds []Descriptor, done func(error)
 		}
 		return
 	}
-	cl := &call{target: target, domain: domain, descriptors: ds, timeout: chargeAttemptTimeout,
-		done: func(_ []Status, err error) {
-			if done != nil {
-				done(err)
-			}
-		}}
+	applied := c.track(counterKeys(domain, ds), done)
+	cl := &call{target: target, domain: domain, descriptors: ds, timeout: chargeTimeout,
+		done: func(_ []Status, err error) { applied(err) }}
 	_ = c.charges.add(context.Background(), cl) // never fails without a deadline
 }
 
-// Close sends the checks and charges still queued, then releases the connections. Checks and
-// charges made after Close are sent at once, unbatched. It gives up waiting when ctx ends.
+// refund takes hits back, in the background, like Charge.
+func (c *Client) refund(refunds []Refund, done func(error)) {
+	keys := make([]string, len(refunds))
+	for i, r := range refunds {
+		keys[i] = counterKey(r.Domain, r.Entries)
+	}
+	applied := c.track(keys, done)
+	cl := &call{refunds: refunds, timeout: chargeTimeout, done: func(_ []Status, err error) { applied(err) }}
+	_ = c.refunds.add(context.Background(), cl)
+}
+
+// track registers a change to keys until it is applied or given up, and returns the function
+// that reports that.
+func (c *Client) track(keys []string, done func(error)) func(error) {
+	ch := c.pending.add(keys)
+	return func(err error) {
+		c.pending.done(ch)
+		if done != nil {
+			done(err)
+		}
+	}
+}
+
+// flush sends the charges and refunds lingering for company, and tries the backlog again.
+func (c *Client) flush() {
+	c.charges.flush()
+	c.refunds.flush()
+	c.backlog.poke()
+}
+
+// Backlog is the number of charges and refunds waiting for the service or Redis to come back.
+func (c *Client) Backlog() int { return c.backlog.size() }
+
+// Close sends what is still queued, then releases the connections. What the service does not
+// take by then stays in the spool for the next run. Checks and charges made after Close are
+// sent at once, unbatched. It gives up waiting when ctx ends.
 func (c *Client) Close(ctx context.Context) error {
-	err := errors.Join(c.checks.close(ctx), c.charges.close(ctx))
+	err := errors.Join(c.checks.close(ctx), c.charges.close(ctx), c.refunds.close(ctx))
+	c.backlog.close()
 	c.conns.close()
 	return err
 }
@@ -133,56 +192,140 @@ func checkRequest(domain string, ds []Descriptor) error {
 	return nil
 }
 
-// send makes one call for a batch, trying up to attempts times while the service is
-// unreachable with a doubling pause, and hands every caller its own statuses. The batch shares
-// one fate: every caller gets the same error.
-func (c *Client) send(batch []*call, attempts int) {
-	first := batch[0]
-	req := &rlsv3.RateLimitRequest{Domain: first.domain}
-	for _, cl := range batch {
-		for _, d := range cl.descriptors {
-			req.Descriptors = append(req.Descriptors, d.proto())
-		}
+func counterKeys(domain string, ds []Descriptor) []string {
+	keys := make([]string, len(ds))
+	for i, d := range ds {
+		keys[i] = counterKey(domain, d.Entries)
 	}
-	var resp *rlsv3.RateLimitResponse
-	conn, err := c.conns.get(first.target)
-	pause := chargeRetryBase
-	for attempt := 1; err == nil; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), first.timeout)
-		resp, err = rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, req)
-		cancel()
-		if err == nil || attempt >= attempts || !retryable(err) {
-			break
-		}
-		time.Sleep(pause)
-		pause *= 2
-	}
-	statuses := resp.GetStatuses()
-	if err == nil && len(statuses) != len(req.GetDescriptors()) {
-		err = fmt.Errorf("the ratelimit service answered %d statuses for %d descriptors", len(statuses), len(req.GetDescriptors()))
-	}
-	if err != nil {
-		err = fmt.Errorf("ratelimit service at %s, domain %q: %w", first.target, first.domain, err)
-	}
+	return keys
+}
+
+// sendChecks makes one call for a batch of checks and hands every caller its own statuses.
+func (c *Client) sendChecks(batch []*call) {
+	statuses, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), batch[0].timeout)
 	for _, cl := range batch {
 		if err != nil {
 			cl.done(nil, err)
 			continue
 		}
 		n := len(cl.descriptors)
-		out := make([]Status, n)
-		for i, s := range statuses[:n] {
-			out[i] = statusFromProto(s)
-		}
+		cl.done(statuses[:n:n], nil)
 		statuses = statuses[n:]
-		cl.done(out, nil)
 	}
 }
 
-// retryable reports errors of a service that may answer a moment later.
+// sendCharges makes one call for a batch of charges. What the service did not take goes to
+// the backlog, to be sent again.
+func (c *Client) sendCharges(batch []*call) {
+	_, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), batch[0].timeout)
+	c.settleBatch(batch, err, func(cl *call) *entry {
+		return &entry{Target: cl.target, Domain: cl.domain, Charges: cl.descriptors}
+	})
+}
+
+// sendRefunds takes back the hits of a batch of refunds in one round trip to Redis.
+func (c *Client) sendRefunds(batch []*call) {
+	var refunds []Refund
+	for _, cl := range batch {
+		refunds = append(refunds, cl.refunds...)
+	}
+	err := c.refundNow(refunds)
+	c.settleBatch(batch, err, func(cl *call) *entry { return &entry{Refunds: cl.refunds} })
+}
+
+// settleBatch reports a batch's outcome, or hands it to the backlog when err left it unapplied.
+func (c *Client) settleBatch(batch []*call, err error, asEntry func(*call) *entry) {
+	if err != nil && retryable(err) {
+		entries := make([]*entry, len(batch))
+		for i, cl := range batch {
+			e := asEntry(cl)
+			done := cl.done
+			e.done = func(err error) { done(nil, err) }
+			entries[i] = e
+		}
+		c.backlog.add(entries)
+		return
+	}
+	for _, cl := range batch {
+		cl.done(nil, err)
+	}
+}
+
+// deliver is one backlog attempt for entries of one kind.
+func (c *Client) deliver(_ string, entries []*entry) error {
+	if len(entries[0].Refunds) > 0 {
+		var refunds []Refund
+		for _, e := range entries {
+			refunds = append(refunds, e.Refunds...)
+		}
+		return c.refundNow(refunds)
+	}
+	var ds []Descriptor
+	for _, e := range entries {
+		ds = append(ds, e.Charges...)
+	}
+	_, err := c.shouldRateLimit(entries[0].Target, entries[0].Domain, ds, chargeTimeout)
+	return err
+}
+
+func (c *Client) refundNow(refunds []Refund) error {
+	if c.refunder == nil {
+		return errors.New("no access to the counters to take hits back")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), chargeTimeout)
+	defer cancel()
+	return c.refunder.Refund(ctx, refunds)
+}
+
+func descriptorsOf(batch []*call) []Descriptor {
+	if len(batch) == 1 {
+		return batch[0].descriptors
+	}
+	var ds []Descriptor
+	for _, cl := range batch {
+		ds = append(ds, cl.descriptors...)
+	}
+	return ds
+}
+
+// shouldRateLimit makes one ShouldRateLimit call.
+func (c *Client) shouldRateLimit(target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, error) {
+	req := &rlsv3.RateLimitRequest{Domain: domain, Descriptors: make([]*ratelimitv3.RateLimitDescriptor, len(ds))}
+	for i, d := range ds {
+		req.Descriptors[i] = d.proto()
+	}
+	conn, err := c.conns.get(target)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "ratelimit service at %s: %v", target, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit service at %s, domain %q: %w", target, domain, err)
+	}
+	if len(resp.GetStatuses()) != len(ds) {
+		return nil, fmt.Errorf("ratelimit service at %s, domain %q: it answered %d statuses for %d descriptors", target, domain, len(resp.GetStatuses()), len(ds))
+	}
+	out := make([]Status, len(ds))
+	for i, s := range resp.GetStatuses() {
+		out[i] = statusFromProto(s)
+	}
+	return out, nil
+}
+
+// retryable reports errors after which nothing was applied, so sending again cannot count
+// twice: the service was not reached, or it reported that it could not count (its Redis is
+// away, or it has not loaded its limits yet; the upstream service reports both as Unknown), or
+// the Refunder's Redis did not answer. A call that timed out may still be applied once a
+// stalled service resumes, so it is not sent again; neither is one refused as invalid.
 func retryable(err error) bool {
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+	s, isStatus := status.FromError(err)
+	if !isStatus {
+		return true // the Refunder's Redis
+	}
+	switch s.Code() {
+	case codes.Unavailable, codes.Unknown, codes.ResourceExhausted, codes.Aborted:
 		return true
 	default:
 		return false

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // senders is the client's number of calls in flight, for checks and charges each.
@@ -29,7 +32,10 @@ func counter(model, quota, user string, hits uint64) rlsclient.Descriptor {
 
 func newClient(t *testing.T) *rlsclient.Client {
 	t.Helper()
-	c := rlsclient.New()
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = c.Close(context.Background()) })
 	return c
 }
@@ -129,7 +135,10 @@ func TestChecksQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
 			fake.Over(fmt.Sprintf("user%03d", i))
 		}
 	}
-	c := rlsclient.New()
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, checks)
 	for i := range checks {
@@ -198,7 +207,10 @@ func (o *outcomes) counts() (sent, failed int) {
 // returns, and a charge made after Close is sent right away.
 func TestCloseSendsQueuedCharges(t *testing.T) {
 	fake := rlsclienttest.Start(t)
-	c := rlsclient.New()
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var o outcomes
 	for i := range 50 {
 		c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%02d", i), 1)}, o.done)
@@ -224,7 +236,10 @@ func TestCloseSendsQueuedCharges(t *testing.T) {
 func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
 	fake := rlsclienttest.Start(t)
 	fake.Gate = make(chan struct{})
-	c := rlsclient.New()
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	const charges = 300
 	var want []string
 	for i := range charges {
@@ -263,7 +278,10 @@ func TestChargesQueuedWhileTheServiceIsBusyShareACall(t *testing.T) {
 // milliseconds apart in one call, since each waits a moment for company.
 func TestChargesMomentsApartShareACall(t *testing.T) {
 	fake := rlsclienttest.Start(t)
-	c := rlsclient.New()
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	const charges = 5
 	for i := range charges {
 		c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%d", i), 1)}, nil)
@@ -280,20 +298,150 @@ func TestChargesMomentsApartShareACall(t *testing.T) {
 	}
 }
 
-// TestUnreachableServiceChargeIsRetriedThenReported: a charge the service never answers is
-// tried a few times, then reported failed, and Close still returns.
-func TestUnreachableServiceChargeIsRetriedThenReported(t *testing.T) {
-	c := rlsclient.New()
+// TestUnreachableServiceChargeIsKept: a charge the service does not take waits in the backlog
+// instead of being dropped; a client without a spool reports it lost when it closes.
+func TestUnreachableServiceChargeIsKept(t *testing.T) {
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var o outcomes
 	c.Charge(rlsclienttest.DeadAddr(t), "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	testutil.Eventually(t, 5*time.Second, "the backlog", func() error {
+		if n := c.Backlog(); n != 1 {
+			return fmt.Errorf("backlog %d, want 1", n)
+		}
+		return nil
+	})
+	if sent, failed := o.counts(); sent != 0 || failed != 0 {
+		t.Fatalf("outcomes before close: %d sent, %d failed; want none yet", sent, failed)
+	}
 	if err := c.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if sent, failed := o.counts(); sent != 0 || failed != 1 {
 		t.Fatalf("outcomes: %d sent, %d failed; want 1 failed", sent, failed)
 	}
-	if !strings.Contains(o.errs[0].Error(), "Unavailable") {
-		t.Errorf("error %v does not say the service was unavailable", o.errs[0])
+	if !strings.Contains(o.errs[0].Error(), "stopped before the ratelimit service took") {
+		t.Errorf("error %v does not say why the charge was lost", o.errs[0])
+	}
+}
+
+// TestBacklogDeliversWhenTheServiceComesBack: charges made while the service is away are sent,
+// once each, as soon as it answers again.
+func TestBacklogDeliversWhenTheServiceComesBack(t *testing.T) {
+	addr := rlsclienttest.DeadAddr(t)
+	c, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o outcomes
+	for i := range 20 {
+		c.Charge(addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%02d", i), uint64(i+1))}, o.done)
+	}
+	testutil.Eventually(t, 5*time.Second, "the backlog", func() error {
+		if n := c.Backlog(); n != 20 {
+			return fmt.Errorf("backlog %d, want 20", n)
+		}
+		return nil
+	})
+	fake := rlsclienttest.StartOn(t, addr)
+	testutil.Eventually(t, 10*time.Second, "the deliveries", func() error {
+		if sent, _ := o.counts(); sent != 20 {
+			return fmt.Errorf("%d of 20 delivered", sent)
+		}
+		return nil
+	})
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(fake.Charges()); got != 20 {
+		t.Errorf("the service got %d charges, want each of the 20 once", got)
+	}
+}
+
+// TestSpoolKeepsChargesAcrossRestarts: a client stopped while the service is away leaves its
+// charges in the spool; the next client with that spool delivers them, once; one after that
+// has nothing left to send. An entry whose delivery was under way when the spool was last
+// written is not sent again: it may have counted.
+func TestSpoolKeepsChargesAcrossRestarts(t *testing.T) {
+	spool := filepath.Join(t.TempDir(), "charges.spool")
+	addr := rlsclienttest.DeadAddr(t)
+	first, err := rlsclient.New(rlsclient.Options{Spool: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		first.Charge(addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", fmt.Sprintf("user%d", i), 5)}, nil)
+	}
+	testutil.Eventually(t, 5*time.Second, "the backlog", func() error {
+		if n := first.Backlog(); n != 3 {
+			return fmt.Errorf("backlog %d, want 3", n)
+		}
+		return nil
+	})
+	if err := first.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// An attempt under way when the process died: its entry is marked tried, never confirmed.
+	f, err := os.OpenFile(spool, os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"add":{"id":99,"target":"` + addr + `","domain":"tollgate","charges":[{"Entries":[{"Key":"model","Value":"qwen3"},{"Key":"quota","Value":"hourly"},{"Key":"user","Value":"maybe"}],"Hits":7}]}}` + "\n" +
+		`{"tried":[99]}` + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	fake := rlsclienttest.StartOn(t, addr)
+	second, err := rlsclient.New(rlsclient.Options{Spool: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the deliveries", func() error {
+		if n := len(fake.Charges()); n != 3 {
+			return fmt.Errorf("%d of 3 spooled charges delivered", n)
+		}
+		return nil
+	})
+	if err := second.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	third, err := rlsclient.New(rlsclient.Options{Spool: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := third.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"model=qwen3,quota=hourly,user=user0 +5", "model=qwen3,quota=hourly,user=user1 +5", "model=qwen3,quota=hourly,user=user2 +5"}
+	if got := fake.Charges(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("charges %q, want %q (each once, the unconfirmed one never)", got, want)
+	}
+}
+
+// TestCheckSeesTheChargesBeforeIt: a charge handed over just before a check of the same
+// counter reaches the service before the check, though charges wait for company; a check of
+// another counter does not wait for it.
+func TestCheckSeesTheChargesBeforeIt(t *testing.T) {
+	fake := rlsclienttest.Start(t)
+	c := newClient(t)
+	for i := range 5 {
+		c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, nil)
+		if _, err := c.Check(context.Background(), fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 0)}, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(fake.Charges()); n != i+1 {
+			t.Fatalf("check %d reached the service after %d charges, want %d", i+1, n, i+1)
+		}
+	}
+	c.Charge(fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "bob", 12)}, nil)
+	if _, err := c.Check(context.Background(), fake.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "carol", 0)}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fake.Charges()); n != 5 {
+		t.Errorf("a check of another counter flushed bob's charge (%d charges)", n)
 	}
 }
 

@@ -45,10 +45,13 @@ type Fake struct {
 	checks  []*rlsv3.RateLimitRequest
 }
 
-// Start runs a fake until the test ends.
-func Start(t testing.TB) *Fake {
+// Start runs a fake on a free loopback port until the test ends.
+func Start(t testing.TB) *Fake { return StartOn(t, "127.0.0.1:0") }
+
+// StartOn runs a fake on addr until the test ends.
+func StartOn(t testing.TB, addr string) *Fake {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,185 @@
+package rlsclient
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Reservations. The service's counters only go up, and a check made before a request runs
+// cannot know what the request will cost: with check-then-charge, every request in flight at
+// once passes the same check, so a client that opens many connections spends many requests
+// past its limit. Admit therefore counts each request's worst case on its counters as it is
+// admitted, and Settle replaces that by the actual cost when the request ends: the difference
+// is charged through the service when the request cost more, and taken back from the
+// counter in Redis when it cost less (Refunder), the one change the service's API cannot make.
+
+// Refund takes hits back from one counter in the window that contains At.
+type Refund struct {
+	Domain  string
+	Entries []Entry
+	// Unit is the unit of the limit the hits were counted under (SECOND ... YEAR): with At,
+	// it names the window, and so the counter's key.
+	Unit string
+	At   time.Time
+	Hits uint64
+}
+
+// Refunder takes hits back from the service's counters.
+type Refunder interface {
+	Refund(ctx context.Context, refunds []Refund) error
+}
+
+// Reservation is what an admission counted on one counter ahead of the request's real cost.
+type Reservation struct {
+	target, domain string
+	entries        []Entry
+	// hits were added to the counter in the window named by unit and at; unit is empty when
+	// nothing was counted (no limit matched, or the client cannot refund).
+	hits uint64
+	unit string
+	at   time.Time
+}
+
+// Hits is what was reserved.
+func (r Reservation) Hits() uint64 { return r.hits }
+
+// Reserves reports whether Admit counts reservations; without a Refunder it only checks.
+func (c *Client) Reserves() bool { return c.refunder != nil }
+
+// Admit asks the service about each descriptor's counter and counts its Hits on it, in one
+// call: for each descriptor the call carries a check (hits 0) and then the reservation, so
+// the status returned is the counter as it was before this request, and requests admitted
+// at once each see the others' reservations (the service applies a call's descriptors in
+// order). It waits first for this client's charges and refunds to the same counters.
+//
+// Without a Refunder nothing is reserved (a reservation could never be taken back): Admit
+// then checks only. A refused request gives its reservations back with Release.
+func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, []Reservation, error) {
+	if err := checkRequest(domain, ds); err != nil {
+		return nil, nil, err
+	}
+	if len(ds) == 0 {
+		return nil, nil, nil
+	}
+	reserve := c.refunder != nil
+	call := make([]Descriptor, 0, 2*len(ds))
+	for _, d := range ds {
+		call = append(call, Descriptor{Entries: d.Entries})
+		if reserve && d.Hits > 0 {
+			call = append(call, d)
+		}
+	}
+	sent := time.Now()
+	statuses, err := c.Check(ctx, target, domain, call, timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	before := make([]Status, len(ds))
+	reservations := make([]Reservation, len(ds))
+	i := 0
+	for j, d := range ds {
+		before[j] = statuses[i]
+		i++
+		r := Reservation{target: target, domain: domain, entries: d.Entries}
+		if reserve && d.Hits > 0 {
+			counted := statuses[i]
+			i++
+			if counted.Limit.Matched() {
+				r.hits, r.unit, r.at = d.Hits, counted.Limit.Unit, windowTime(sent, counted.ResetIn)
+			}
+		}
+		reservations[j] = r
+	}
+	return before, reservations, nil
+}
+
+// windowTime is a time inside the window the service counted in: the service reports the time
+// to the window's end in whole seconds from its own clock, read after the call was sent.
+func windowTime(sent time.Time, resetIn time.Duration) time.Time {
+	if resetIn < time.Second {
+		return sent
+	}
+	return sent.Truncate(time.Second).Add(resetIn - time.Second)
+}
+
+// Settle replaces each reservation by the actual cost of the request on that counter (in
+// the order of res): the difference is charged through the service when the request cost
+// more, and refunded when it cost less. A reservation that counted nothing is charged the
+// actual cost in full. done, if not nil, gets the joined outcome once everything is applied
+// or given up.
+func (c *Client) Settle(res []Reservation, actual []uint64, done func(error)) {
+	var charges, refunds []pendingSettle
+	for i, r := range res {
+		switch cost := actual[i]; {
+		case cost > r.hits:
+			charges = append(charges, pendingSettle{r: r, hits: cost - r.hits})
+		case cost < r.hits:
+			refunds = append(refunds, pendingSettle{r: r, hits: r.hits - cost})
+		}
+	}
+	outcomes := newJoin(2, done)
+	c.chargeSettles(charges, outcomes.one)
+	c.refundSettles(refunds, outcomes.one)
+}
+
+// Release gives every reservation back: the request was refused.
+func (c *Client) Release(res []Reservation, done func(error)) {
+	c.Settle(res, make([]uint64, len(res)), done)
+}
+
+type pendingSettle struct {
+	r    Reservation
+	hits uint64
+}
+
+// chargeSettles charges the extra costs, one call per service and domain (a request's
+// reservations all share them).
+func (c *Client) chargeSettles(settles []pendingSettle, done func(error)) {
+	if len(settles) == 0 {
+		done(nil)
+		return
+	}
+	ds := make([]Descriptor, len(settles))
+	for i, s := range settles {
+		ds[i] = Descriptor{Entries: s.r.entries, Hits: s.hits}
+	}
+	first := settles[0].r
+	c.Charge(first.target, first.domain, ds, done)
+}
+
+func (c *Client) refundSettles(settles []pendingSettle, done func(error)) {
+	if len(settles) == 0 {
+		done(nil)
+		return
+	}
+	refunds := make([]Refund, len(settles))
+	for i, s := range settles {
+		refunds[i] = Refund{Domain: s.r.domain, Entries: s.r.entries, Unit: s.r.unit, At: s.r.at, Hits: s.hits}
+	}
+	c.refund(refunds, done)
+}
+
+// join calls done once with the joined errors of n outcomes.
+type join struct {
+	mu   sync.Mutex
+	left int
+	errs []error
+	done func(error)
+}
+
+func newJoin(n int, done func(error)) *join { return &join{left: n, done: done} }
+
+func (j *join) one(err error) {
+	j.mu.Lock()
+	j.left--
+	if err != nil {
+		j.errs = append(j.errs, err)
+	}
+	last := j.left == 0
+	j.mu.Unlock()
+	if last && j.done != nil {
+		j.done(errors.Join(j.errs...))
+	}
+}
