@@ -21,6 +21,7 @@ const (
 	DefaultRateLimitDomain  = "tollgate"
 	DefaultRateLimitTimeout = 100 * time.Millisecond
 	DefaultFailureMode      = FailureModeOpen
+	DefaultMaxOutputTokens  = 4096
 	DefaultConnectTimeout   = 5 * time.Second
 	DefaultIdentityMode     = IdentityHeader
 	DefaultJWTUserClaim     = "sub"
@@ -34,6 +35,10 @@ const (
 	// FailureModeClosed answers 503 while the ratelimit service is unreachable.
 	FailureModeClosed = "closed"
 )
+
+// MaxOutputTokensCeiling bounds rateLimit.defaultMaxOutputTokens: no model produces more in one
+// answer, and a larger reservation would only refuse requests for nothing.
+const MaxOutputTokensCeiling = 10_000_000
 
 // Bounds of listener.maxRequestBytes: below 1 KiB no chat request fits; above 64 MiB Envoy
 // would buffer unreasonable bodies in memory for every concurrent request.
@@ -88,6 +93,9 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 	setString("rateLimit.domain", &p.RateLimit.Domain, DefaultRateLimitDomain)
 	setDuration("rateLimit.timeout", &p.RateLimit.Timeout, DefaultRateLimitTimeout)
 	setString("rateLimit.failureMode", &p.RateLimit.FailureMode, DefaultFailureMode)
+	if p.RateLimit.DefaultMaxOutputTokens == 0 && !written("rateLimit.defaultMaxOutputTokens") {
+		p.RateLimit.DefaultMaxOutputTokens = DefaultMaxOutputTokens
+	}
 
 	// HTTP header names are case-insensitive and Envoy keeps them lowercase.
 	p.Listener.ModelHeader = strings.ToLower(p.Listener.ModelHeader)

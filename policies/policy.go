@@ -146,6 +146,11 @@ type RateLimit struct {
 	// FailureMode is "open" (default: admit requests when the service is down) or "closed"
 	// (answer 503).
 	FailureMode string `yaml:"failureMode"`
+	// DefaultMaxOutputTokens is the most output a request that names no ceiling of its own
+	// (max_tokens and the like) is taken to produce: admission reserves it on the request's
+	// quotas until the real usage replaces it, and an answer without usage is charged at most
+	// this much output. Default 4096.
+	DefaultMaxOutputTokens int64 `yaml:"defaultMaxOutputTokens"`
 }
 
 // Backend is one upstream LLM server.

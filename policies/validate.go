@@ -176,6 +176,9 @@ func (v *validator) rateLimit(r RateLimit) {
 	if r.FailureMode != FailureModeOpen && r.FailureMode != FailureModeClosed {
 		v.add("rateLimit.failureMode", "must be %q or %q, got %q", FailureModeOpen, FailureModeClosed, r.FailureMode)
 	}
+	if r.DefaultMaxOutputTokens < 1 || r.DefaultMaxOutputTokens > MaxOutputTokensCeiling {
+		v.add("rateLimit.defaultMaxOutputTokens", "must be from 1 to %d, got %d", MaxOutputTokensCeiling, r.DefaultMaxOutputTokens)
+	}
 }
 
 // portClashes catches two services told to bind the same address and port on one machine,

@@ -51,11 +51,12 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		cfg.RateLimitDomain = p.RateLimit.Domain
 		cfg.QuotaCheckTimeout = p.RateLimit.Timeout.Duration
 		cfg.QuotaFailOpen = p.RateLimit.FailureMode != policies.FailureModeClosed
+		cfg.DefaultMaxOutputTokens = p.RateLimit.DefaultMaxOutputTokens
 		cfg.UserDescriptorKey = DescriptorUser
 		cfg.Quotas = make(map[string][]extproc.Quota, len(p.modelsWithQuotas))
 		for _, m := range p.modelsWithQuotas {
 			for _, q := range p.quotasByModel[m] {
-				cfg.Quotas[m] = append(cfg.Quotas[m], extproc.Quota{Name: q.Name, Cost: q.Cost, Entries: quotaEntries(q)})
+				cfg.Quotas[m] = append(cfg.Quotas[m], extproc.Quota{Name: q.Name, Cost: q.Cost, Entries: quotaEntries(q), Shadow: q.Shadow})
 			}
 		}
 	}

@@ -75,7 +75,7 @@ func extProcPlain(c *extproc.Config) map[string]any {
 		list := make([]any, 0, len(qs))
 		for _, q := range qs {
 			d := rlsclient.Descriptor{Entries: append(q.Entries, rlsclient.Entry{Key: c.UserDescriptorKey, Value: "<user>"})}
-			list = append(list, map[string]any{"name": q.Name, "cost": q.Cost, "counter": d.String()})
+			list = append(list, map[string]any{"name": q.Name, "cost": q.Cost, "counter": d.String(), "shadow": q.Shadow})
 		}
 		quotas[model] = list
 	}
@@ -96,11 +96,12 @@ func extProcPlain(c *extproc.Config) map[string]any {
 	}
 	if c.RateLimitAddress != "" {
 		out["rateLimit"] = map[string]any{
-			"address":  c.RateLimitAddress,
-			"domain":   c.RateLimitDomain,
-			"timeout":  c.QuotaCheckTimeout.String(),
-			"failOpen": c.QuotaFailOpen,
-			"quotas":   quotas,
+			"address":                c.RateLimitAddress,
+			"domain":                 c.RateLimitDomain,
+			"timeout":                c.QuotaCheckTimeout.String(),
+			"failOpen":               c.QuotaFailOpen,
+			"defaultMaxOutputTokens": c.DefaultMaxOutputTokens,
+			"quotas":                 quotas,
 		}
 	}
 	return out

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -107,8 +108,8 @@ func readInitialPolicy(path string) ([]byte, *policies.Policy, error) {
 
 // newExtProcServer builds the ext_proc server. It has no configuration until the reloader
 // applies the first policy, which happens before it serves.
-func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer) *extproc.Server {
-	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), nil)
+func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer, rls rlsclient.Options) (*extproc.Server, error) {
+	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), nil, rls)
 }
 
 // runUntilSignal builds the logger, runs fn until SIGINT or SIGTERM, and turns the outcome into

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
@@ -58,7 +59,10 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	server := newExtProcServer(logger, reg)
+	server, err := newExtProcServer(logger, reg, rlsclient.Options{})
+	if err != nil {
+		return err
+	}
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, &checkOnly{}, server)
 	if err := rl.apply(ctx, content); err != nil {
 		return err

@@ -52,7 +52,11 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	for i, q := range quotas {
 		ds[i] = rlsclient.Descriptor{Entries: q.Entries} // hits 0: read only
 	}
-	client := rlsclient.New()
+	client, err := rlsclient.New(rlsclient.Options{})
+	if err != nil {
+		fmt.Fprintf(stderr, "tollgate quota: %v\n", err)
+		return 1
+	}
 	defer func() { _ = client.Close(context.Background()) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

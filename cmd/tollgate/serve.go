@@ -18,6 +18,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
@@ -91,7 +92,9 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	// processing does not stop when this process does.
 	var extProcServer *extproc.Server
 	if o.extProcAddr != "" {
-		extProcServer = newExtProcServer(logger, reg)
+		if extProcServer, err = newExtProcServer(logger, reg, rlsclient.Options{}); err != nil {
+			return err
+		}
 	}
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
 	if err := rl.apply(ctx, content); err != nil {

@@ -1,7 +1,7 @@
 package extproc
 
 import (
-	"strconv"
+	"errors"
 
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
@@ -22,8 +22,9 @@ const (
 
 // Results of a charge, the values of tollgate_quota_charges_total{result}.
 const (
-	chargeSent   = "sent"
-	chargeFailed = "failed"
+	chargeSent    = "sent"
+	chargeFailed  = "failed"  // given up: these tokens are not counted
+	chargeSpooled = "spooled" // not taken by shutdown: kept in the spool for the next run
 )
 
 // Quota is one counter the requests for a model are checked against and charged to.
@@ -35,6 +36,9 @@ type Quota struct {
 	// Entries are the descriptor entries before the user's: with the user's appended, the
 	// counter the request is checked against and charged to.
 	Entries []rlsclient.Entry
+	// Shadow quotas are counted like the others but never refuse a request or show in its
+	// headers.
+	Shadow bool
 }
 
 // descriptor is the counter of one user on quota q, with hits to add: the quota's entries,
@@ -45,15 +49,33 @@ func (c *Config) descriptor(q Quota, user string, hits uint64) rlsclient.Descrip
 	return rlsclient.Descriptor{Entries: append(entries, rlsclient.Entry{Key: c.UserDescriptorKey, Value: user}), Hits: hits}
 }
 
-// sendCharge hands the request's costs to the ratelimit client, one descriptor per quota on
-// the model with a non-zero cost. The client batches and retries; its verdict is logged and
+// settleQuota charges the request's costs to every quota on its model, once, when the exchange
+// ends: what was reserved at admission is replaced by the actual cost (the difference charged
+// or refunded), and a quota with nothing reserved is charged the cost in full. A cost that
+// could not be computed keeps its reservation, and is never guessed otherwise. The client
+// batches, retries and keeps what the service does not take; its verdict is logged and
 // counted here.
-func (ex *exchange) sendCharge(costs map[string]int64, basis string) {
-	if ex.rls == nil || ex.cfg.RateLimitAddress == "" {
+func (ex *exchange) settleQuota(costs map[string]int64, basis string) {
+	quotas := ex.cfg.Quotas[ex.model]
+	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
+		return
+	}
+	done := ex.chargeOutcome(basis)
+	if len(ex.reservations) == len(quotas) {
+		actual := make([]uint64, len(quotas))
+		for i, q := range quotas {
+			if cost, ok := costs[q.Cost]; ok && cost >= 0 {
+				actual[i] = uint64(cost)
+			} else {
+				actual[i] = ex.reservations[i].Hits()
+			}
+		}
+		ex.rls.Settle(ex.reservations, actual, done)
+		ex.reservations = nil
 		return
 	}
 	var descriptors []rlsclient.Descriptor
-	for _, q := range ex.cfg.Quotas[ex.model] {
+	for _, q := range quotas {
 		hits, ok := costs[q.Cost]
 		if !ok || hits <= 0 {
 			continue // a zero addend would only check, and an unknown cost is never guessed
@@ -63,23 +85,34 @@ func (ex *exchange) sendCharge(costs map[string]int64, basis string) {
 	if len(descriptors) == 0 {
 		return
 	}
-	logger, metrics, model, target := ex.logger, ex.metrics, ex.model, ex.cfg.RateLimitAddress
-	ex.rls.Charge(target, ex.cfg.RateLimitDomain, descriptors, func(err error) {
-		result := chargeSent
-		if err != nil {
-			result = chargeFailed
-			logger.Error("quota charge not delivered; these tokens are not counted",
-				"model", model, "basis", basis, "ratelimit", target, "descriptors", describe(descriptors), "error", err)
-		}
-		metrics.charges.WithLabelValues(basis, result).Inc()
-	})
+	ex.rls.Charge(ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, done)
 }
 
-// describe renders descriptors as "key=value,... +hits" for a log line.
-func describe(ds []rlsclient.Descriptor) []string {
-	out := make([]string, len(ds))
-	for i, d := range ds {
-		out[i] = d.String() + " +" + strconv.FormatUint(d.Hits, 10)
+// releaseQuota gives back what was reserved for a request that costs nothing: its answer was
+// an error.
+func (ex *exchange) releaseQuota() {
+	if len(ex.reservations) == 0 {
+		return
 	}
-	return out
+	ex.rls.Release(ex.reservations, nil)
+	ex.reservations = nil
+}
+
+// chargeOutcome logs and counts how a charge ended.
+func (ex *exchange) chargeOutcome(basis string) func(error) {
+	logger, metrics, model, user := ex.logger, ex.metrics, ex.model, ex.user
+	return func(err error) {
+		result := chargeSent
+		switch {
+		case errors.Is(err, rlsclient.ErrSpooled):
+			result = chargeSpooled
+			logger.Warn("quota charge kept in the spool for the next run",
+				"model", model, "user", userForLog(user), "basis", basis)
+		case err != nil:
+			result = chargeFailed
+			logger.Error("quota charge not delivered; these tokens are not counted",
+				"model", model, "user", userForLog(user), "basis", basis, "error", err)
+		}
+		metrics.charges.WithLabelValues(basis, result).Inc()
+	}
 }

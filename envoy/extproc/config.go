@@ -168,6 +168,9 @@ type Config struct {
 	// Quotas lists, by model, the counters a request for that model is checked against before
 	// it goes upstream and charged to when it ends.
 	Quotas map[string][]Quota
+	// DefaultMaxOutputTokens is the most output a request that names no ceiling of its own is
+	// taken to produce: admission reserves it on the request's quotas.
+	DefaultMaxOutputTokens int64
 	// QuotaCheckTimeout bounds one quota check. Default DefaultQuotaCheckTimeout.
 	QuotaCheckTimeout time.Duration
 	// QuotaFailOpen admits a request whose quota check failed (the ratelimit service did not
@@ -217,6 +220,16 @@ func minimalUserID(s string) error {
 		return errors.New("not valid UTF-8")
 	}
 	return nil
+}
+
+// cost returns the cost named name.
+func (c *Config) cost(name string) (Cost, bool) {
+	for _, cost := range c.Costs {
+		if cost.Name == name {
+			return cost, true
+		}
+	}
+	return Cost{}, false
 }
 
 // modelLabel bounds metric cardinality: a model the policy does not know is "_OTHER".

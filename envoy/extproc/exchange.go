@@ -60,6 +60,10 @@ type exchange struct {
 	promptBytes      int        // bytes of text in the request body, for estimates
 	streamRequested  bool       // the body asked for a streamed answer
 
+	// reservations are what admission counted on the model's quotas, in their order, until
+	// the request's real cost replaces them.
+	reservations []rlsclient.Reservation
+
 	// Response side.
 	responseSeen   bool        // the response's status and headers were read
 	responseStatus string      // the status sent as an attribute, until the head is read
@@ -191,12 +195,12 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		})
 	}
 	ex.model = parsed.Model
-	rejected, limits := ex.checkQuota()
+	ex.promptBytes = parsed.TextBytes
+	rejected, limits := ex.admit(ex.worstCase())
 	if rejected != nil {
 		return ex.reject(*rejected)
 	}
 	ex.llmCall = true
-	ex.promptBytes = parsed.TextBytes
 	ex.streamRequested = parsed.Stream
 
 	// The body decides the route: a client's own model header is overwritten, never trusted.
@@ -278,6 +282,7 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 				errorType = strconv.Itoa(status)
 			}
 			ex.observeDuration(errorType)
+			ex.releaseQuota()
 		}
 		ex.finish(outcomeErrorStatus)
 		return nil
@@ -479,6 +484,14 @@ func (ex *exchange) streamServed() served {
 	return served{outputEvents: int64(ex.stream.OutputEvents()), outputTextBytes: ex.stream.OutputTextBytes()}
 }
 
+// worstCase is the most the request may cost as far as can be told before it runs: its prompt
+// as estimated and the most output it may produce. Admission reserves it.
+func (ex *exchange) worstCase() llmapi.Usage {
+	u := llmapi.Usage{Known: true, InputTokens: tokensForBytes(int64(ex.promptBytes)), OutputTokens: ex.cfg.DefaultMaxOutputTokens}
+	u.TotalTokens = u.InputTokens + u.OutputTokens
+	return u
+}
+
 // bytesPerToken is the estimate's exchange rate: about four bytes of text per token, which is
 // what OpenAI advises for English; code and other languages run somewhat denser or sparser.
 const bytesPerToken = 4
@@ -546,7 +559,7 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 		costs[cost.Name] = value
 		fields[cost.Name] = structpb.NewNumberValue(float64(value))
 	}
-	ex.sendCharge(costs, basis)
+	ex.settleQuota(costs, basis)
 
 	labels := ex.labels()
 	end := time.Now()

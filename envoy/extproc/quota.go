@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/extproc/llmapi"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
 
@@ -28,23 +29,26 @@ const (
 // DefaultQuotaCheckTimeout bounds a check when Config.QuotaCheckTimeout is zero.
 const DefaultQuotaCheckTimeout = 2 * time.Second
 
-// checkQuota asks whether the exchange's user is already over a quota of its model. It returns
-// the rejection to answer with, or the x-ratelimit metadata of the quota closest to its limit
-// (nil when the model has no quotas or the check failed open).
-func (ex *exchange) checkQuota() (*rejection, map[string]*structpb.Value) {
+// admit decides whether the exchange's user may send the request on: whether every quota of
+// its model still has room, before this request, once the requests already admitted have
+// reserved their worst case. It reserves this request's worst case (worst) on each quota in
+// the same call, to be settled when the request ends. It returns the rejection to answer with,
+// or the x-ratelimit metadata of the enforced quota closest to its limit (nil when the model
+// has no quotas or the check failed open).
+func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.Value) {
 	quotas := ex.cfg.Quotas[ex.model]
 	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
 		return nil, nil
 	}
 	descriptors := make([]rlsclient.Descriptor, len(quotas))
 	for i, q := range quotas {
-		descriptors[i] = ex.cfg.descriptor(q, ex.user, 0)
+		descriptors[i] = ex.cfg.descriptor(q, ex.user, ex.reserve(q, worst))
 	}
 	timeout := ex.cfg.QuotaCheckTimeout
 	if timeout <= 0 {
 		timeout = DefaultQuotaCheckTimeout
 	}
-	statuses, err := ex.rls.Check(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
+	statuses, reservations, err := ex.rls.Admit(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
 	if err != nil {
 		if ex.ctx.Err() != nil {
 			// The client is gone; nothing is answered and nothing reached the backend.
@@ -71,18 +75,27 @@ func (ex *exchange) checkQuota() (*rejection, map[string]*structpb.Value) {
 		}, nil
 	}
 
-	// The status that decides: the first quota over its limit, else the one with the least
-	// left, whose numbers the x-ratelimit headers carry.
+	// The status that decides: the first enforced quota over its limit, else the enforced one
+	// with the least left, whose numbers the x-ratelimit headers carry. A shadow quota is
+	// counted (and reserved) like any other, but never changes what the client sees.
 	var decisive *rlsclient.Status
 	for i := range statuses {
 		s := &statuses[i]
+		if quotas[i].Shadow || !s.Limit.Matched() {
+			continue
+		}
 		if s.OverLimit {
 			decisive = s
 			break
 		}
-		if s.Limit.Matched() && (decisive == nil || s.Remaining < decisive.Remaining) {
+		if decisive == nil || s.Remaining < decisive.Remaining {
 			decisive = s
 		}
+	}
+	if decisive == nil || !decisive.OverLimit {
+		ex.reservations = reservations
+	} else {
+		ex.rls.Release(reservations, nil)
 	}
 	if decisive == nil {
 		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
@@ -118,6 +131,21 @@ func (ex *exchange) checkQuota() (*rejection, map[string]*structpb.Value) {
 		},
 		details: "tollgate_quota_exceeded",
 	}, nil
+}
+
+// reserve is what quota q counts for the request ahead of its real cost: the cost of its
+// worst case, or nothing when the cost cannot be computed (the request is then only checked
+// on q, and charged in full when it ends).
+func (ex *exchange) reserve(q Quota, worst llmapi.Usage) uint64 {
+	cost, ok := ex.cfg.cost(q.Cost)
+	if !ok {
+		return 0
+	}
+	hits, err := ex.costValue(cost, worst)
+	if err != nil || hits <= 0 {
+		return 0
+	}
+	return uint64(hits)
 }
 
 // rateLimitHeader renders a limit as x-ratelimit-limit does: the limit, then the limit with its

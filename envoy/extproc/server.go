@@ -46,18 +46,26 @@ type Server struct {
 	cfg     atomic.Pointer[Config]
 }
 
-// NewServer returns a server using cfg (see Config for defaults of zero fields). A nil logger
-// discards logs; nil metrics are created unregistered.
-func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config) *Server {
+// NewServer returns a server using cfg (see Config for defaults of zero fields) and a
+// ratelimit client made with rls. A nil logger discards logs; nil metrics are created
+// unregistered. It fails only when the client's spool cannot be used.
+func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config, rls rlsclient.Options) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	s := &Server{logger: logger, metrics: metrics, rls: rlsclient.New()}
+	if rls.Logger == nil {
+		rls.Logger = logger
+	}
+	client, err := rlsclient.New(rls)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{logger: logger, metrics: metrics, rls: client}
 	s.cfg.Store(withDefaults(cfg))
-	return s
+	return s, nil
 }
 
 // Close sends the charges still queued and releases the connections to the ratelimit service.

@@ -1,0 +1,149 @@
+package rls
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlconfig "github.com/envoyproxy/ratelimit/src/config"
+	"github.com/envoyproxy/ratelimit/src/limiter"
+	"github.com/mediocregopher/radix/v4"
+
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
+)
+
+// CacheKeyPrefix is the prefix of the service's Redis keys. tollgate runs the service with
+// it (whatever CACHE_KEY_PREFIX says), so the keys Counters computes are the service's keys.
+const CacheKeyPrefix = ""
+
+// refundScript takes hits back from one counter: never below zero, and never for a counter
+// that is gone (its window ended and it expired), which would otherwise come back as a key
+// without an expiry.
+var refundScript = radix.NewEvalScript(`
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local n = math.min(tonumber(ARGV[1]), tonumber(current))
+if n <= 0 then return 0 end
+redis.call('DECRBY', KEYS[1], n)
+return n
+`)
+
+// counterTimeout bounds one round of refunds.
+const counterTimeout = 2 * time.Second
+
+// Counters changes the service's counters in Redis directly, for what its API cannot do: its
+// counters only go up, so hits reserved for a request that then cost less are taken back
+// here. The key of a counter comes from the upstream library's own cache-key code, with the
+// limit's unit and the time the hits were counted, exactly as the service derives it.
+type Counters struct {
+	target redisTarget
+	tls    *tls.Config
+	keys   limiter.CacheKeyGenerator
+
+	mu   sync.Mutex
+	pool radix.Client // connected on first use, so a Redis that starts later is fine
+}
+
+// NewCounters prepares access to the counters in the Redis at redisURL (host:port, redis://
+// or rediss://, as RedisURL of Options). It does not connect yet.
+func NewCounters(redisURL string) (*Counters, error) {
+	target, err := parseRedisURL(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	c := &Counters{target: target, keys: limiter.NewCacheKeyGenerator(CacheKeyPrefix)}
+	if target.TLS {
+		host, _, _ := net.SplitHostPort(target.Addr)
+		c.tls = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	return c, nil
+}
+
+// Key is the service's Redis key of a counter: the descriptor in domain, counted under a limit
+// of unit (SECOND ... YEAR) at time at.
+func (c *Counters) Key(domain string, entries []rlsclient.Entry, unit string, at time.Time) (string, error) {
+	u, ok := rlsv3.RateLimitResponse_RateLimit_Unit_value[unit]
+	if !ok || u == int32(rlsv3.RateLimitResponse_RateLimit_UNKNOWN) {
+		return "", fmt.Errorf("unknown unit %q", unit)
+	}
+	d := &ratelimitv3.RateLimitDescriptor{Entries: make([]*ratelimitv3.RateLimitDescriptor_Entry, len(entries))}
+	for i, e := range entries {
+		d.Entries[i] = &ratelimitv3.RateLimitDescriptor_Entry{Key: e.Key, Value: e.Value}
+	}
+	limit := &rlconfig.RateLimit{Limit: &rlsv3.RateLimitResponse_RateLimit{Unit: rlsv3.RateLimitResponse_RateLimit_Unit(u)}}
+	return c.keys.GenerateCacheKey(domain, d, limit, at.Unix()).Key, nil
+}
+
+// Refund takes each refund's hits back from its counter, in one round trip. A refund whose
+// unit names no window is skipped: its hits were never counted under a key.
+func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error {
+	pipeline := radix.NewPipeline()
+	n := 0
+	for _, r := range refunds {
+		key, err := c.Key(r.Domain, r.Entries, r.Unit, r.At)
+		if err != nil {
+			continue
+		}
+		pipeline.Append(refundScript.Cmd(nil, []string{key}, strconv.FormatUint(r.Hits, 10)))
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	if err := pool.Do(ctx, pipeline); err != nil {
+		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	return nil
+}
+
+// connect returns the connection pool, dialling it on first use.
+func (c *Counters) connect(ctx context.Context) (radix.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pool != nil {
+		return c.pool, nil
+	}
+	dialer := radix.Dialer{NetDialer: &net.Dialer{Timeout: redisDialTimeout}}
+	if c.tls != nil {
+		dialer.NetDialer = &tls.Dialer{NetDialer: &net.Dialer{Timeout: redisDialTimeout}, Config: c.tls}
+	}
+	// REDIS_AUTH is "password" or "user:password", split at the first colon as the service does.
+	if user, pass, hasUser := strings.Cut(c.target.Auth, ":"); hasUser {
+		dialer.AuthUser, dialer.AuthPass = user, pass
+	} else {
+		dialer.AuthPass = c.target.Auth
+	}
+	ctx, cancel := context.WithTimeout(ctx, redisDialTimeout)
+	defer cancel()
+	pool, err := radix.PoolConfig{Size: 2, Dialer: dialer}.New(ctx, "tcp", c.target.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	c.pool = pool
+	return pool, nil
+}
+
+// Close releases the connections.
+func (c *Counters) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pool == nil {
+		return nil
+	}
+	err := c.pool.Close()
+	c.pool = nil
+	return err
+}
