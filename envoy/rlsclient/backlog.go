@@ -66,10 +66,10 @@ type backlog struct {
 	deliver func(kind string, entries []*entry) error // one attempt
 	retry   func(error) bool                          // whether an error left the entries unapplied
 
-	mu      sync.Mutex
-	entries []*entry
-	nextID  uint64
-	spool   *os.File // nil: memory only
+	mu        sync.Mutex
+	entries   []*entry
+	nextID    uint64
+	spool     *os.File // nil: memory only
 	wake      chan struct{}
 	stop      chan struct{}
 	stopped   chan struct{}
