@@ -26,14 +26,13 @@ const CacheKeyPrefix = ""
 // refundScript takes hits back from one counter: never below zero, and never for a counter
 // that is gone (its window ended and it expired), which would otherwise come back as a key
 // without an expiry.
-var refundScript = radix.NewEvalScript(`
-local current = redis.call('GET', KEYS[1])
+// It is sent with EVAL: radix cannot pipeline its EVALSHA-with-fallback, and the script is short.
+const refundScript = `local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
 local n = math.min(tonumber(ARGV[1]), tonumber(current))
 if n <= 0 then return 0 end
 redis.call('DECRBY', KEYS[1], n)
-return n
-`)
+return n`
 
 // counterTimeout bounds one round of refunds.
 const counterTimeout = 2 * time.Second
@@ -91,7 +90,7 @@ func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error
 		if err != nil {
 			continue
 		}
-		pipeline.Append(refundScript.Cmd(nil, []string{key}, strconv.FormatUint(r.Hits, 10)))
+		pipeline.Append(radix.Cmd(nil, "EVAL", refundScript, "1", key, strconv.FormatUint(r.Hits, 10)))
 		n++
 	}
 	if n == 0 {
