@@ -37,6 +37,9 @@ type Policy struct {
 type Tier struct {
 	Name  string   `yaml:"name"`
 	Users []string `yaml:"users"`
+	// MaxConcurrentRequests caps the requests each member has in flight at once on one
+	// gateway; 0 takes rateLimit.maxConcurrentRequests.
+	MaxConcurrentRequests int `yaml:"maxConcurrentRequests"`
 }
 
 // Metrics settings.
@@ -151,6 +154,9 @@ type RateLimit struct {
 	// quotas until the real usage replaces it, and an answer without usage is charged at most
 	// this much output. Default 4096.
 	DefaultMaxOutputTokens int64 `yaml:"defaultMaxOutputTokens"`
+	// MaxConcurrentRequests caps the requests each user has in flight at once on one gateway
+	// (a tier may set its own); beyond it a request is answered 429. 0: no cap.
+	MaxConcurrentRequests int `yaml:"maxConcurrentRequests"`
 }
 
 // Backend is one upstream LLM server.

@@ -176,6 +176,9 @@ func (v *validator) rateLimit(r RateLimit) {
 	if r.FailureMode != FailureModeOpen && r.FailureMode != FailureModeClosed {
 		v.add("rateLimit.failureMode", "must be %q or %q, got %q", FailureModeOpen, FailureModeClosed, r.FailureMode)
 	}
+	if r.MaxConcurrentRequests < 0 {
+		v.add("rateLimit.maxConcurrentRequests", "must not be negative, got %d", r.MaxConcurrentRequests)
+	}
 	if r.DefaultMaxOutputTokens < 1 || r.DefaultMaxOutputTokens > MaxOutputTokensCeiling {
 		v.add("rateLimit.defaultMaxOutputTokens", "must be from 1 to %d, got %d", MaxOutputTokensCeiling, r.DefaultMaxOutputTokens)
 	}
@@ -454,6 +457,9 @@ func (v *validator) tiers(ts []Tier) nameSet {
 		names.add(t.Name)
 		if len(t.Users) == 0 {
 			v.add(path+".users", "a tier needs at least one user")
+		}
+		if t.MaxConcurrentRequests < 0 {
+			v.add(path+".maxConcurrentRequests", "must not be negative, got %d", t.MaxConcurrentRequests)
 		}
 		for j, u := range t.Users {
 			upath := indexPath(path+".users", j)

@@ -28,6 +28,18 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend
 	}
+	cfg.DefaultMaxConcurrentRequests = p.RateLimit.MaxConcurrentRequests
+	for _, t := range p.Tiers {
+		if t.MaxConcurrentRequests == 0 {
+			continue
+		}
+		if cfg.MaxConcurrentRequests == nil {
+			cfg.MaxConcurrentRequests = map[string]int{}
+		}
+		for _, u := range t.Users {
+			cfg.MaxConcurrentRequests[u] = t.MaxConcurrentRequests
+		}
+	}
 	if err := identityConfig(p, cfg); err != nil {
 		return nil, err
 	}

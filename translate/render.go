@@ -79,17 +79,18 @@ func extProcPlain(c *extproc.Config) map[string]any {
 		}
 		quotas[model] = list
 	}
-	models := map[string]any{}
-	for m, b := range c.Models {
-		models[m] = b
-	}
+	models := toAnyMap(c.Models)
 	out := map[string]any{
 		"modelHeader":     c.ModelHeader,
 		"identity":        identity,
 		"models":          models,
 		"costs":           costs,
 		"maxRequestBytes": c.MaxRequestBytes,
-		"userLabel":       c.UserLabel,
+		"maxConcurrentRequests": map[string]any{
+			"default": c.DefaultMaxConcurrentRequests,
+			"byUser":  toAnyMap(c.MaxConcurrentRequests),
+		},
+		"userLabel": c.UserLabel,
 	}
 	if len(backendKeys) > 0 {
 		out["backendKeys"] = backendKeys
@@ -117,4 +118,13 @@ func plainList[M proto.Message](msgs []M) ([]any, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// toAnyMap copies m for the YAML encoder, which sorts map keys.
+func toAnyMap[V any](m map[string]V) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }

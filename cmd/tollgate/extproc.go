@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tollgate-dev/tollgate/envoy"
-	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
@@ -29,6 +28,7 @@ type extProcOptions struct {
 	debounce    time.Duration
 	logLevel    string
 	logFormat   string
+	charges     chargeOptions
 }
 
 // extProcCommand runs the ext_proc server on its own. Envoy fails requests closed when it
@@ -43,9 +43,11 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	o.charges.register(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
+	o.charges.resolve(fs, o.listenAddr)
 	return runUntilSignal("extproc", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {
 		return runExtProc(ctx, o, logger)
 	})
@@ -59,7 +61,12 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	server, err := newExtProcServer(logger, reg, rlsclient.Options{})
+	rlsOpts, closeCounters, err := o.charges.clientOptions(logger)
+	if err != nil {
+		return err
+	}
+	defer closeCounters()
+	server, err := newExtProcServer(logger, reg, rlsOpts)
 	if err != nil {
 		return err
 	}

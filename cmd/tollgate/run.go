@@ -31,6 +31,9 @@ type runOptions struct {
 	logDir         string
 	logLevel       string
 	envoyLogLevel  string
+	// charges.spool keeps undelivered charges; it only matters with counters that outlive the
+	// process (--redis).
+	charges chargeOptions
 }
 
 func runCommand(args []string, stdout, stderr io.Writer) int {
@@ -48,8 +51,13 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.logDir, "log-dir", filepath.Join(".run", "logs"), "directory for Envoy's access log and its own log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.envoyLogLevel, "envoy-log-level", "info", "Envoy's own log level (trace, debug, info, warning, error, critical, off), written to the log directory")
+	o.charges.registerSpool(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
+	}
+	// Counters in the embedded Redis end with the process: so would a spool's charges.
+	if o.redisURL != "" {
+		o.charges.resolve(fs, o.extProcAddr)
 	}
 	logger, err := newLogger(stderr, o.logLevel, "text")
 	if err != nil {

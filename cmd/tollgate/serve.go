@@ -18,7 +18,6 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
-	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
@@ -36,6 +35,8 @@ type serveOptions struct {
 	pprof         bool
 	// xdsTLS serves ADS over TLS (mutual TLS with a client CA); zero: plain TCP.
 	xdsTLS xds.TLSFiles
+	// charges configure the ext_proc server's reservations and spool.
+	charges chargeOptions
 }
 
 func serveCommand(args []string, stdout, stderr io.Writer) int {
@@ -53,9 +54,11 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.xdsTLS.CertFile, "xds-tls-cert", "", "PEM certificate of the ADS server; turns on TLS 1.3 for xDS")
 	fs.StringVar(&o.xdsTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
 	fs.StringVar(&o.xdsTLS.ClientCAFile, "xds-tls-client-ca", "", "PEM CA certificates; xDS clients must present a certificate signed by one (mutual TLS)")
+	o.charges.register(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
+	o.charges.resolve(fs, o.extProcAddr)
 	if err := o.xdsTLS.Validate(); err != nil {
 		fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
 		return 2
@@ -92,7 +95,12 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	// processing does not stop when this process does.
 	var extProcServer *extproc.Server
 	if o.extProcAddr != "" {
-		if extProcServer, err = newExtProcServer(logger, reg, rlsclient.Options{}); err != nil {
+		rlsOpts, closeCounters, err := o.charges.clientOptions(logger)
+		if err != nil {
+			return err
+		}
+		defer closeCounters()
+		if extProcServer, err = newExtProcServer(logger, reg, rlsOpts); err != nil {
 			return err
 		}
 	}

@@ -38,7 +38,7 @@ func BenchmarkExchangeJSON(b *testing.B) {
 	respBody := responseBody(response, true)
 	b.ReportAllocs()
 	for b.Loop() {
-		ex := newExchange(context.Background(), cfg, logger, metrics, nil)
+		ex := newExchange(context.Background(), cfg, logger, metrics, nil, nil)
 		ex.handle(reqHeaders)
 		ex.handle(reqBody)
 		ex.handle(respHeaders)
@@ -53,7 +53,7 @@ func BenchmarkExchangeJSON(b *testing.B) {
 // long stream takes.
 func BenchmarkSSEChunk(b *testing.B) {
 	cfg := withDefaults(testConfig(b))
-	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil)
+	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil, nil)
 	ex.handle(chatHeaders(len(chatBody)))
 	ex.handle(requestBody(`{"model":"qwen3","stream":true}`))
 	ex.handle(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))

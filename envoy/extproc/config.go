@@ -171,6 +171,10 @@ type Config struct {
 	// DefaultMaxOutputTokens is the most output a request that names no ceiling of its own is
 	// taken to produce: admission reserves it on the request's quotas.
 	DefaultMaxOutputTokens int64
+	// MaxConcurrentRequests caps the requests a user has in flight at once on this server, by
+	// user; DefaultMaxConcurrentRequests applies to users not listed. 0: no cap.
+	MaxConcurrentRequests        map[string]int
+	DefaultMaxConcurrentRequests int
 	// QuotaCheckTimeout bounds one quota check. Default DefaultQuotaCheckTimeout.
 	QuotaCheckTimeout time.Duration
 	// QuotaFailOpen admits a request whose quota check failed (the ratelimit service did not
@@ -220,6 +224,14 @@ func minimalUserID(s string) error {
 		return errors.New("not valid UTF-8")
 	}
 	return nil
+}
+
+// concurrencyCap is the most requests user may have in flight at once; 0: no cap.
+func (c *Config) concurrencyCap(user string) int {
+	if n, ok := c.MaxConcurrentRequests[user]; ok {
+		return n
+	}
+	return c.DefaultMaxConcurrentRequests
 }
 
 // cost returns the cost named name.

@@ -63,6 +63,9 @@ type exchange struct {
 	// reservations are what admission counted on the model's quotas, in their order, until
 	// the request's real cost replaces them.
 	reservations []rlsclient.Reservation
+	// inFlight counts the user's requests in flight; holding says this one is counted.
+	inFlight *inFlight
+	holding  bool
 
 	// Response side.
 	responseSeen   bool        // the response's status and headers were read
@@ -94,8 +97,8 @@ const (
 	bodyStreamed                    // an SSE stream, parsed chunk by chunk
 )
 
-func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client) *exchange {
-	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, rls: rls, start: time.Now()}
+func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client, inFlight *inFlight) *exchange {
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, rls: rls, inFlight: inFlight, start: time.Now()}
 }
 
 // handle answers one message from Envoy.
@@ -659,6 +662,7 @@ func (ex *exchange) finish(outcome string) {
 // did (the client left, Envoy reset the stream, a timeout) is recorded as cancelled; if it was
 // an LLM call that reached its backend, what it served is charged.
 func (ex *exchange) close() {
+	defer ex.releaseConcurrency()
 	if ex.gzip != nil && !ex.finished {
 		// Whatever the decompressor holds was never delivered either; it is dropped.
 		if err := ex.gzip.Close(); err != nil {

@@ -443,7 +443,7 @@ func BenchmarkAPIKeyRequestHeaders(b *testing.B) {
 	req := apiKeyHeaders(len(chatBody), "authorization", "Bearer tg-bench-4711")
 	b.ReportAllocs()
 	for b.Loop() {
-		ex := newExchange(context.Background(), cfg, logger, metrics, nil)
+		ex := newExchange(context.Background(), cfg, logger, metrics, nil, nil)
 		if resp := ex.handle(req); resp.GetRequestHeaders() == nil {
 			b.Fatal("request refused")
 		}

@@ -95,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"basis", "result"}),
 		quotaChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_quota_checks_total",
-			Help: "Quota checks before a request goes upstream, by result (ok, over_limit: answered 429, failed_open: the ratelimit service did not answer and the request was admitted, failed_closed: ... and refused with 503).",
+			Help: "Quota checks before a request goes upstream, by result (ok, over_limit: answered 429, failed_open: the ratelimit service did not answer and the request was admitted, failed_closed: ... and refused with 503, too_many_in_flight: the user had their cap of concurrent requests in flight, answered 429).",
 		}, []string{"result"}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",

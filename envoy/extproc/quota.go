@@ -24,6 +24,8 @@ const (
 	checkOverLimit   = "over_limit"    // over one: answered 429
 	checkFailedOpen  = "failed_open"   // the service did not answer; failure mode open admits
 	checkFailedClose = "failed_closed" // the service did not answer; failure mode closed: 503
+	// checkTooManyInFlight: the user had their cap of requests in flight; answered 429.
+	checkTooManyInFlight = "too_many_in_flight"
 )
 
 // DefaultQuotaCheckTimeout bounds a check when Config.QuotaCheckTimeout is zero.
@@ -36,6 +38,9 @@ const DefaultQuotaCheckTimeout = 2 * time.Second
 // or the x-ratelimit metadata of the enforced quota closest to its limit (nil when the model
 // has no quotas or the check failed open).
 func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.Value) {
+	if r := ex.holdConcurrency(); r != nil {
+		return r, nil
+	}
 	quotas := ex.cfg.Quotas[ex.model]
 	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
 		return nil, nil

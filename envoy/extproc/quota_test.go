@@ -11,6 +11,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
+	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // TestOverQuotaIsAnswered429: a user the ratelimit service says is over a quota gets a JSON
@@ -99,5 +100,37 @@ func TestQuotaCheckFailureMode(t *testing.T) {
 				t.Errorf("failed_closed checks = %v, want 1", n)
 			}
 		})
+	}
+}
+
+// TestConcurrentRequestsPerUserAreCapped: a user with their cap of requests in flight gets a
+// JSON 429 for the next one; once one has ended, the next is admitted. Other users are not
+// affected.
+func TestConcurrentRequestsPerUserAreCapped(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.DefaultMaxConcurrentRequests = 5
+	cfg.MaxConcurrentRequests = map[string]int{"alice": 2} // her tier's cap beats the default
+	h := newHarness(t, cfg)
+	first, second := h.open(t), h.open(t)
+	for _, c := range []*call{first, second} {
+		if resp := sendChat(t, c, chatBody); resp.GetRequestBody() == nil {
+			t.Fatalf("a request within the cap was refused: %v", resp)
+		}
+	}
+	third := h.open(t)
+	got := immediate(t, sendChat(t, third, chatBody), 429)
+	if got.Error.Code == nil || *got.Error.Code != "too_many_concurrent_requests" || !strings.Contains(got.Error.Message, "at most 2") {
+		t.Errorf("429 body: %+v", got.Error)
+	}
+	third.end()
+	first.end()
+	tgtest.Eventually(t, 5*time.Second, "the first request's end counted", func() bool {
+		return testutil.ToFloat64(h.srv.metrics.activeStreams) == 1
+	})
+	if resp := sendChat(t, h.open(t), chatBody); resp.GetRequestBody() == nil {
+		t.Fatalf("a request after one ended was refused: %v", resp)
+	}
+	if n := testutil.ToFloat64(h.srv.metrics.quotaChecks.WithLabelValues(checkTooManyInFlight)); n != 1 {
+		t.Errorf("too_many_in_flight = %v, want 1", n)
 	}
 }

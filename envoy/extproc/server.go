@@ -40,10 +40,11 @@ import (
 
 // Server is the ext_proc gRPC service. It is safe for concurrent use.
 type Server struct {
-	logger  *slog.Logger
-	metrics *Metrics
-	rls     *rlsclient.Client
-	cfg     atomic.Pointer[Config]
+	logger   *slog.Logger
+	metrics  *Metrics
+	rls      *rlsclient.Client
+	inFlight inFlight
+	cfg      atomic.Pointer[Config]
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -108,7 +109,7 @@ type processor struct{ s *Server }
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
 	defer p.s.metrics.activeStreams.Dec()
-	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls)
+	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

@@ -612,7 +612,7 @@ func TestAbuseRandomAPIKeysNeverReachRedis(t *testing.T) {
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
-	redisAddr := startRedis(t)
+	redisAddr := s.startRedis(t)
 	rls := s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)
 
@@ -913,7 +913,7 @@ func abuseQuotaStackWithRateLimit(t testing.TB, simArgs ...string) (*stack, stri
 	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha", simArgs...), "beta": startSim(t, "beta", simArgs...)})
 	s.writePolicy(t, abusePolicy)
 	s.startTollgate(t)
-	redisAddr := startRedis(t)
+	redisAddr := s.startRedis(t)
 	rls := s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)
 	return s, redisAddr, rls

@@ -68,7 +68,7 @@ func chargingStack(t *testing.T) *stack {
 	})
 	s.writePolicy(t, chargingPolicy)
 	s.startTollgate(t)
-	s.startRateLimit(t, startRedis(t))
+	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)
 	return s
 }

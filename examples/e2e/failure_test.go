@@ -71,7 +71,7 @@ func redisStack(t testing.TB, policy string) (*stack, *process) {
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
-	port := testutil.FreePort(t)
+	port := s.redisPort
 	redisAddr, redis := startRedisOn(t, port)
 	s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)

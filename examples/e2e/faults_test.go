@@ -108,7 +108,7 @@ func TestRateLimitServiceKilled(t *testing.T) {
 			s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 			s.writePolicy(t, policy)
 			s.startTollgate(t)
-			redisAddr := startRedis(t)
+			redisAddr := s.startRedis(t)
 			rateLimit := s.startRateLimitWith(t, redisAddr)
 			s.startEnvoy(t)
 			if got := fmt.Sprint(sendN(t, s, "alice", "qwen3", 6, false)); got != "[200 200 200 200 200 429]" {

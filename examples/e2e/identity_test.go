@@ -80,7 +80,7 @@ func identityStack(t testing.TB, policy string, files map[string]string, simArgs
 	}
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
-	redisAddr := startRedis(t)
+	redisAddr := s.startRedis(t)
 	s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)
 	return s, redisAddr

@@ -41,7 +41,7 @@ func quotaStack(t testing.TB, policy string) *stack {
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
-	s.startRateLimit(t, startRedis(t))
+	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)
 	return s
 }

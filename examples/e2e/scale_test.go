@@ -22,12 +22,12 @@ func TestScaleOutSharesOneQuota(t *testing.T) {
 	sim := startSim(t, "sim")
 	a := newStack(t, map[string]int{"sim": sim})
 	b := newStack(t, map[string]int{"sim": sim})
-	b.rateLimit = a.rateLimit
+	b.rateLimit, b.redisPort = a.rateLimit, a.redisPort
 	for _, s := range []*stack{a, b} {
 		s.writePolicy(t, seedPolicy)
 		s.startTollgate(t)
 	}
-	a.startRateLimit(t, startRedis(t))
+	a.startRateLimit(t, a.startRedis(t))
 	b.charges = true
 	a.startEnvoy(t)
 	b.startEnvoy(t)
@@ -51,7 +51,7 @@ func TestConcurrentOvershootIsBounded(t *testing.T) {
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--ttft", "300ms")})
 	s.writePolicy(t, seedPolicy)
 	s.startTollgate(t)
-	redisAddr := startRedis(t)
+	redisAddr := s.startRedis(t)
 	s.startRateLimit(t, redisAddr)
 	s.startEnvoy(t)
 

@@ -48,7 +48,7 @@ func TestUpstreamKeyNeverLeaks(t *testing.T) {
 	writeFile(t, filepath.Join(s.dir, "upstream.key"), canary+"\n")
 	s.writePolicy(t, secretsPolicy)
 	s.startTollgate(t)
-	rateLimit := s.startRateLimit(t, startRedis(t))
+	rateLimit := s.startRateLimit(t, s.startRedis(t))
 	startEnvoyAtLevel(t, s, "debug", "router:info,ext_proc:info")
 
 	// The simulator really does refuse a request without the key, so a 200 through the

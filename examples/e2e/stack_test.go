@@ -27,6 +27,9 @@ type stack struct {
 	// ext_proc server runs in `tollgate serve`.
 	extProcMetricsPort int
 	rateLimit          int // port the policy points Envoy's ratelimit cluster at
+	// redisPort is where the stack's Redis runs (startRedis): the ratelimit service keeps its
+	// counters there, and tollgate takes reserved hits back from them.
+	redisPort int
 	backends           map[string]int
 	// charges says quotas are charged to a ratelimit service, so tests wait for charges.
 	charges  bool
@@ -67,6 +70,7 @@ func newStack(t testing.TB, backends map[string]int) *stack {
 		extProcPort:  testutil.FreePort(t),
 		metricsPort:  testutil.FreePort(t),
 		rateLimit:    testutil.FreePort(t),
+		redisPort:    testutil.FreePort(t),
 		backends:     backends,
 	}
 }
@@ -121,10 +125,10 @@ func runTollgate(t testing.TB, args ...string) string {
 	return out
 }
 
-// startRedis runs a throwaway redis-server on a free port and returns its address.
-func startRedis(t testing.TB) string {
+// startRedis runs the stack's throwaway redis-server and returns its address.
+func (s *stack) startRedis(t testing.TB) string {
 	t.Helper()
-	a, _ := startRedisOn(t, testutil.FreePort(t))
+	a, _ := startRedisOn(t, s.redisPort)
 	return a
 }
 
@@ -162,6 +166,8 @@ func (s *stack) startTollgateWith(t testing.TB, extra ...string) {
 		"--extproc", addr(s.extProcPort),
 		"--metrics", addr(s.metricsPort),
 		"--debounce", "50ms",
+		"--redis", addr(s.redisPort),
+		"--charge-spool", filepath.Join(s.dir, "charges.spool"),
 		"--log-level", "debug"}, extra...)
 	s.tollgate = start(t, "tollgate", bins.tollgate, args...)
 	testutil.Eventually(t, 15*time.Second, "tollgate serving", func() error {
@@ -180,6 +186,8 @@ func (s *stack) startExtProc(t testing.TB) *process {
 		"--listen", addr(s.extProcPort),
 		"--metrics", addr(metrics),
 		"--debounce", "50ms",
+		"--redis", addr(s.redisPort),
+		"--charge-spool", filepath.Join(s.dir, "extproc-charges.spool"),
 		"--log-level", "debug")
 	p.port = s.extProcPort
 	s.extProcMetricsPort = metrics

@@ -38,7 +38,7 @@ func TestMutualTLSControlPlane(t *testing.T) {
 	s.startTollgateWith(t,
 		"--xds-tls-cert", certs.ServerCert, "--xds-tls-key", certs.ServerKey, "--xds-tls-client-ca", certs.CA)
 	clientTLS := []string{"--xds-tls-ca", certs.CA, "--xds-tls-cert", certs.ClientCert, "--xds-tls-key", certs.ClientKey}
-	s.startRateLimitWith(t, startRedis(t), clientTLS...)
+	s.startRateLimitWith(t, s.startRedis(t), clientTLS...)
 	s.startEnvoyWith(t, clientTLS...)
 
 	if got := fmt.Sprint(sendN(t, s, "alice", "qwen3", 6, false)); got != "[200 200 200 200 200 429]" {
