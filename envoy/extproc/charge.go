@@ -25,6 +25,9 @@ const (
 	chargeSent    = "sent"
 	chargeFailed  = "failed"  // given up: these tokens are not counted
 	chargeSpooled = "spooled" // not taken by shutdown: kept in the spool for the next run
+	// chargeUnconfirmed: the service took the charge but did not answer in time (it waits for
+	// its Redis); it counts it later, and it is not sent again.
+	chargeUnconfirmed = "unconfirmed"
 )
 
 // Quota is one counter the requests for a model are checked against and charged to.
@@ -107,6 +110,10 @@ func (ex *exchange) chargeOutcome(basis string) func(error) {
 		case errors.Is(err, rlsclient.ErrSpooled):
 			result = chargeSpooled
 			logger.Warn("quota charge kept in the spool for the next run",
+				"model", model, "user", userForLog(user), "basis", basis)
+		case errors.Is(err, rlsclient.ErrUnconfirmed):
+			result = chargeUnconfirmed
+			logger.Warn("quota charge not confirmed in time; the ratelimit service counts it once its Redis answers",
 				"model", model, "user", userForLog(user), "basis", basis)
 		case err != nil:
 			result = chargeFailed

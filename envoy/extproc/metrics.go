@@ -48,6 +48,7 @@ type Metrics struct {
 	charges            *prometheus.CounterVec
 	quotaChecks        *prometheus.CounterVec
 	activeStreams      prometheus.Gauge
+	chargeBacklog      prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not registered). When a
@@ -91,7 +92,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"model"}),
 		charges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_quota_charges_total",
-			Help: "Charges sent to the ratelimit service when a request ended, by basis (usage: reported by the backend; estimate: from the prompt and the output served) and result (sent, failed).",
+			Help: "Charges sent to the ratelimit service when a request ended, by basis (usage: reported by the backend; estimate: an upper bound of what was served) and result (sent; unconfirmed: taken but not confirmed in time, counted once the service's Redis answers; spooled: kept for the next run; failed: given up, not counted).",
 		}, []string{"basis", "result"}),
 		quotaChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_quota_checks_total",
@@ -100,6 +101,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) being served right now.",
+		}),
+		chargeBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tollgate_quota_charges_backlog",
+			Help: "Charges and refunds the ratelimit service or Redis has not taken yet: kept (and spooled) and sent again until it does.",
 		}),
 	}
 	if reg == nil {
@@ -115,6 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.charges = registerOrReuse(reg, m.charges)
 	m.quotaChecks = registerOrReuse(reg, m.quotaChecks)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
+	m.chargeBacklog = registerOrReuse(reg, m.chargeBacklog)
 	return m
 }
 

@@ -60,6 +60,9 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config, rls rlsclient
 	if rls.Logger == nil {
 		rls.Logger = logger
 	}
+	if rls.OnBacklog == nil {
+		rls.OnBacklog = func(n int) { metrics.chargeBacklog.Set(float64(n)) }
+	}
 	client, err := rlsclient.New(rls)
 	if err != nil {
 		return nil, err

@@ -65,6 +65,7 @@ type backlog struct {
 	logger  *slog.Logger
 	deliver func(kind string, entries []*entry) error // one attempt
 	retry   func(error) bool                          // whether an error left the entries unapplied
+	report  func(n int)                               // told the size after each change; may be nil
 
 	mu        sync.Mutex
 	entries   []*entry
@@ -78,16 +79,24 @@ type backlog struct {
 
 // newBacklog starts a backlog. With a spool path it first reads back what an earlier run left
 // undelivered there (entries tried but unconfirmed are given up and logged) and delivers it.
-func newBacklog(logger *slog.Logger, path string, deliver func(string, []*entry) error, retry func(error) bool) (*backlog, error) {
-	b := &backlog{logger: logger, deliver: deliver, retry: retry,
+func newBacklog(logger *slog.Logger, path string, deliver func(string, []*entry) error, retry func(error) bool, report func(int)) (*backlog, error) {
+	b := &backlog{logger: logger, deliver: deliver, retry: retry, report: report,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if path != "" {
 		if err := b.openSpool(path); err != nil {
 			return nil, err
 		}
 	}
+	b.reportSize()
 	go b.run()
 	return b, nil
+}
+
+// reportSize tells report the number of entries waiting.
+func (b *backlog) reportSize() {
+	if b.report != nil {
+		b.report(b.size())
+	}
 }
 
 // openSpool reads the spool at path, keeps what is still to deliver, and rewrites the file
@@ -208,6 +217,7 @@ func (b *backlog) add(entries []*entry) {
 	for _, e := range dropped {
 		e.finish(fmt.Errorf("given up: more than %d charges were waiting for the ratelimit service", backlogMax))
 	}
+	b.reportSize()
 	b.poke()
 }
 
@@ -256,6 +266,7 @@ func (b *backlog) run() {
 		}
 		pause = backlogRetryBase
 		b.remove(batch)
+		b.reportSize()
 		for _, e := range batch {
 			e.finish(err)
 		}

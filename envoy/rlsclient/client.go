@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -43,6 +44,11 @@ const (
 	linger = 10 * time.Millisecond
 	// chargeTimeout bounds one charge call; the service answers in about a millisecond.
 	chargeTimeout = 2 * time.Second
+	// lateCallTimeout bounds a reserving call whose caller gave up waiting. The upstream
+	// service waits for Redis without a deadline and counts what it was sent once Redis is
+	// back, so a reservation sent during a Redis outage is counted late: the call stays open to
+	// learn that, and take the reservation back, for outages up to this long.
+	lateCallTimeout = time.Minute
 )
 
 // Options configure a client.
@@ -55,6 +61,9 @@ type Options struct {
 	// Spool is the file that keeps charges and refunds the service or Redis did not take,
 	// across restarts. Empty: they are kept in memory only, and lost when the process ends.
 	Spool string
+	// OnBacklog, if set, is told how many charges and refunds wait for the service or Redis
+	// whenever that changes.
+	OnBacklog func(n int)
 }
 
 // Client talks to ratelimit services, one connection per address. It is safe for concurrent
@@ -68,6 +77,8 @@ type Client struct {
 	charges  *batcher
 	refunds  *batcher
 	backlog  *backlog
+	// degraded is set while reserving calls fail: Admit then only checks.
+	degraded atomic.Bool
 }
 
 // New returns a client with its workers running. It fails only when the spool cannot be
@@ -77,7 +88,7 @@ func New(opts Options) (*Client, error) {
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
-	backlog, err := newBacklog(c.logger, opts.Spool, c.deliver, retryable)
+	backlog, err := newBacklog(c.logger, opts.Spool, c.deliver, retryable, opts.OnBacklog)
 	if err != nil {
 		return nil, err
 	}
@@ -89,25 +100,49 @@ func New(opts Options) (*Client, error) {
 }
 
 // Check asks the service at target about ds in domain and returns its statuses, in the order
-// of ds. It first waits for this client's charges and refunds to the same counters, then for
-// room in the queue and for the answer, until ctx ends; the call itself takes at most timeout.
+// of ds. Within timeout (or until ctx ends) it waits for this client's charges and refunds to
+// the same counters, for room in the queue, and for the answer.
 func (c *Client) Check(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, error) {
+	return c.check(ctx, target, domain, ds, timeout, nil)
+}
+
+// check is Check. When late is set, the call is not abandoned with its caller: it gets up to
+// lateCallTimeout, and a successful answer that comes after the caller gave up goes to late,
+// which can then undo what the call did.
+func (c *Client) check(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration, late func([]Status)) ([]Status, error) {
 	if err := checkRequest(domain, ds); err != nil {
 		return nil, err
 	}
 	if len(ds) == 0 {
 		return nil, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	if err := c.pending.wait(ctx, counterKeys(domain, ds), c.flush); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("waiting for earlier charges to the same counters: %w", err)
 	}
 	type answer struct {
 		statuses []Status
 		err      error
 	}
 	answers := make(chan answer, 1) // a sender never waits for the caller
+	var mu sync.Mutex
+	gaveUp := false
 	cl := &call{target: target, domain: domain, descriptors: ds, timeout: timeout,
-		done: func(s []Status, err error) { answers <- answer{s, err} }}
+		done: func(s []Status, err error) {
+			mu.Lock()
+			abandoned := gaveUp
+			if !abandoned {
+				answers <- answer{s, err}
+			}
+			mu.Unlock()
+			if abandoned && err == nil && late != nil {
+				late(s)
+			}
+		}}
+	if late != nil {
+		cl.timeout = max(timeout, lateCallTimeout)
+	}
 	if err := c.checks.add(ctx, cl); err != nil {
 		return nil, err
 	}
@@ -115,6 +150,16 @@ func (c *Client) Check(ctx context.Context, target, domain string, ds []Descript
 	case a := <-answers:
 		return a.statuses, a.err
 	case <-ctx.Done():
+		mu.Lock()
+		gaveUp = true
+		mu.Unlock()
+		select {
+		case a := <-answers: // it came just now
+			if a.err == nil && late != nil {
+				late(a.statuses)
+			}
+		default:
+		}
 		return nil, ctx.Err()
 	}
 }
@@ -201,8 +246,13 @@ func counterKeys(domain string, ds []Descriptor) []string {
 }
 
 // sendChecks makes one call for a batch of checks and hands every caller its own statuses.
+// The call gets the longest timeout of its callers.
 func (c *Client) sendChecks(batch []*call) {
-	statuses, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), batch[0].timeout)
+	timeout := batch[0].timeout
+	for _, cl := range batch[1:] {
+		timeout = max(timeout, cl.timeout)
+	}
+	statuses, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), timeout)
 	for _, cl := range batch {
 		if err != nil {
 			cl.done(nil, err)
@@ -235,6 +285,9 @@ func (c *Client) sendRefunds(batch []*call) {
 
 // settleBatch reports a batch's outcome, or hands it to the backlog when err left it unapplied.
 func (c *Client) settleBatch(batch []*call, err error, asEntry func(*call) *entry) {
+	if status.Code(err) == codes.DeadlineExceeded {
+		err = fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+	}
 	if err != nil && retryable(err) {
 		entries := make([]*entry, len(batch))
 		for i, cl := range batch {
@@ -313,6 +366,11 @@ func (c *Client) shouldRateLimit(target, domain string, ds []Descriptor, timeout
 	}
 	return out, nil
 }
+
+// ErrUnconfirmed is the outcome of a charge the service took but did not answer in time. It is
+// not sent again, which could count it twice: the upstream service, when it waits for Redis,
+// counts it once Redis is back.
+var ErrUnconfirmed = errors.New("the ratelimit service took the charge but did not confirm it in time; it counts it once it can")
 
 // retryable reports errors after which nothing was applied, so sending again cannot count
 // twice: the service was not reached, or it reported that it could not count (its Redis is

@@ -63,7 +63,9 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 	if len(ds) == 0 {
 		return nil, nil, nil
 	}
-	reserve := c.refunder != nil
+	// While the service does not answer, requests are only checked: a reservation it took
+	// without answering would be counted late, when its Redis is back.
+	reserve := c.refunder != nil && !c.degraded.Load()
 	call := make([]Descriptor, 0, 2*len(ds))
 	for _, d := range ds {
 		call = append(call, Descriptor{Entries: d.Entries})
@@ -72,26 +74,40 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 		}
 	}
 	sent := time.Now()
-	statuses, err := c.Check(ctx, target, domain, call, timeout)
+	// split pairs the statuses of the call with the request's descriptors: the check's status,
+	// and what the reservation counted.
+	split := func(statuses []Status) ([]Status, []Reservation) {
+		before := make([]Status, len(ds))
+		reservations := make([]Reservation, len(ds))
+		i := 0
+		for j, d := range ds {
+			before[j] = statuses[i]
+			i++
+			r := Reservation{target: target, domain: domain, entries: d.Entries}
+			if reserve && d.Hits > 0 {
+				if counted := statuses[i]; counted.Limit.Matched() {
+					r.hits, r.unit, r.at = d.Hits, counted.Limit.Unit, windowTime(sent, counted.ResetIn)
+				}
+				i++
+			}
+			reservations[j] = r
+		}
+		return before, reservations
+	}
+	// A reservation the service counted after its caller gave up is taken back.
+	late := func(statuses []Status) {
+		_, reservations := split(statuses)
+		c.Release(reservations, nil)
+	}
+	if !reserve {
+		late = nil
+	}
+	statuses, err := c.check(ctx, target, domain, call, timeout, late)
+	c.degraded.Store(err != nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	before := make([]Status, len(ds))
-	reservations := make([]Reservation, len(ds))
-	i := 0
-	for j, d := range ds {
-		before[j] = statuses[i]
-		i++
-		r := Reservation{target: target, domain: domain, entries: d.Entries}
-		if reserve && d.Hits > 0 {
-			counted := statuses[i]
-			i++
-			if counted.Limit.Matched() {
-				r.hits, r.unit, r.at = d.Hits, counted.Limit.Unit, windowTime(sent, counted.ResetIn)
-			}
-		}
-		reservations[j] = r
-	}
+	before, reservations := split(statuses)
 	return before, reservations, nil
 }
 
