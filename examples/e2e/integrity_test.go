@@ -406,3 +406,27 @@ func TestKilledWithChargesQueued(t *testing.T) {
 		t.Errorf("%v charges still waiting after delivery", v)
 	}
 }
+
+// TestShadowQuotaNeverDrivesHeaders: a shadow quota is counted but never changes what a client
+// sees: the x-ratelimit headers of admitted answers come from the enforced quota even when the
+// shadow one is spent, and no request is refused for it.
+func TestShadowQuotaNeverDrivesHeaders(t *testing.T) {
+	policy := seedPolicy + "  - {name: tiny-shadow, model: qwen3, cost: llm_total_token, limit: 5, per: day, shadow: true}\n"
+	s := quotaStack(t, policy)
+	for i, remaining := range []string{"50", "38", "26", "14", "2"} {
+		r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "shadowed"}, chatBody("qwen3"))
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+		if got := r.header.Get("x-ratelimit-remaining"); got != remaining {
+			t.Errorf("request %d: x-ratelimit-remaining %q, want %q (the enforced 50/hour quota)", i+1, got, remaining)
+		}
+		if got := r.header.Get("x-ratelimit-limit"); !strings.Contains(got, `name="qwen3-llm_total_token-per-hour"`) {
+			t.Errorf("request %d: x-ratelimit-limit %q names another quota than the enforced one", i+1, got)
+		}
+	}
+	r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "shadowed"}, chatBody("qwen3"))
+	if r.status != 429 || strings.Contains(string(r.body), "tiny-shadow") {
+		t.Errorf("6th request: %d %s; want the enforced quota's 429", r.status, r.body)
+	}
+}
