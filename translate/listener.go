@@ -20,6 +20,9 @@ import (
 )
 
 const (
+	// defaultConnectionBufferBytes is Envoy's own per-connection buffer limit, kept for
+	// policies that allow smaller bodies.
+	defaultConnectionBufferBytes = 1 << 20
 	// extProcMessageTimeout bounds one ext_proc round trip. The server answers in microseconds;
 	// a stall this long means it is gone, and the request fails closed rather than hanging.
 	extProcMessageTimeout = 5 * time.Second
@@ -95,6 +98,10 @@ func listener(p *input) (*listenerv3.Listener, error) {
 	return &listenerv3.Listener{
 		Name:    envoy.ListenerName,
 		Address: envoy.SocketAddress(p.Listener.Address, p.Listener.Port),
+		// The ext_proc filter buffers a request's whole body, and Envoy bounds what one
+		// stream may buffer by its connection's buffer limit (1 MiB unless set): without this
+		// a policy's larger maxRequestBytes would still end in a 413 at 1 MiB.
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(uint32(max(p.Listener.MaxRequestBytes, defaultConnectionBufferBytes))),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.http_connection_manager",

@@ -102,43 +102,53 @@ func TestAbuseHugeRequestBody(t *testing.T) {
 }
 
 // TestAbuseBodyLimitIsExact: a body of exactly listener.maxRequestBytes is served, one byte
-// more is a 413, with and without content-length: Envoy's buffer limit and the ext_proc
-// server's limit agree, so no size slips between them.
+// more is a JSON 413, with and without content-length, at the default limit and at limits the
+// policy raises it to: Envoy's buffer limits and the ext_proc server's limit agree, so no size
+// slips between them, and a raised limit really admits bodies that large.
 func TestAbuseBodyLimitIsExact(t *testing.T) {
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{"alpha": startSim(t, "alpha"), "beta": startSim(t, "beta")})
-	s.writePolicy(t, abusePolicy)
-	s.startTollgate(t)
-	s.startEnvoy(t)
-
-	for _, chunked := range []bool{false, true} {
-		for _, size := range []int{defaultMaxRequestBytes, defaultMaxRequestBytes + 1} {
-			want := 200
-			if size > defaultMaxRequestBytes {
-				want = 413
+	sim := startSim(t, "alpha")
+	for _, limit := range []int{defaultMaxRequestBytes, 4 << 20, 32 << 20} {
+		t.Run(fmt.Sprintf("limit=%d", limit), func(t *testing.T) {
+			s := newStack(t, map[string]int{"alpha": sim, "beta": sim})
+			policy := abusePolicy
+			if limit != defaultMaxRequestBytes {
+				policy = strings.Replace(policy, "listener: {{listener}}",
+					fmt.Sprintf("listener: {address: 127.0.0.1, port: {{listener_port}}, maxRequestBytes: %d}", limit), 1)
 			}
-			t.Run(fmt.Sprintf("chunked=%v/%d bytes", chunked, size), func(t *testing.T) {
-				body := paddedChat("qwen3", size)
-				extProcBefore := s.envoyStat(t, "cluster.tollgate_extproc.upstream_cx_tx_bytes_total")
-				up := uploadBody(t, s.listenerPort, map[string]string{"x-user-id": "alice"}, body, chunked)
-				if up.status != want {
-					t.Fatalf("status %d, want %d: %.300s", up.status, want, up.body)
-				}
-				// The served body reached the ext_proc server whole; the refused one did not.
-				extProcSent := s.envoyStat(t, "cluster.tollgate_extproc.upstream_cx_tx_bytes_total") - extProcBefore
-				if reached := extProcSent >= size; reached != (want == 200) {
-					t.Errorf("Envoy sent the ext_proc server %d bytes for a %d byte body answered %d", extProcSent, size, up.status)
-				}
-				if want == 200 && up.header.Get("x-llmsim-backend") != "alpha" {
-					t.Errorf("served by %q, want alpha", up.header.Get("x-llmsim-backend"))
-				}
-				if want == 413 {
-					if e, ok := up.json(t)["error"].(map[string]any); !ok || e["type"] != "invalid_request_error" {
-						t.Errorf("413 body: %s", up.body)
+			s.writePolicy(t, policy)
+			s.startTollgate(t)
+			s.startEnvoy(t)
+			for _, chunked := range []bool{false, true} {
+				for _, size := range []int{limit, limit + 1} {
+					want := 200
+					if size > limit {
+						want = 413
 					}
+					t.Run(fmt.Sprintf("chunked=%v/%d bytes", chunked, size), func(t *testing.T) {
+						body := paddedChat("qwen3", size)
+						extProcBefore := s.envoyStat(t, "cluster.tollgate_extproc.upstream_cx_tx_bytes_total")
+						up := uploadBody(t, s.listenerPort, map[string]string{"x-user-id": "alice"}, body, chunked)
+						if up.status != want {
+							t.Fatalf("status %d, want %d: %.300s", up.status, want, up.body)
+						}
+						// The served body reached the ext_proc server whole; the refused one did not.
+						extProcSent := s.envoyStat(t, "cluster.tollgate_extproc.upstream_cx_tx_bytes_total") - extProcBefore
+						if reached := extProcSent >= size; reached != (want == 200) {
+							t.Errorf("Envoy sent the ext_proc server %d bytes for a %d byte body answered %d", extProcSent, size, up.status)
+						}
+						if want == 200 && up.header.Get("x-llmsim-backend") != "alpha" {
+							t.Errorf("served by %q, want alpha", up.header.Get("x-llmsim-backend"))
+						}
+						if want == 413 {
+							if e, ok := up.json(t)["error"].(map[string]any); !ok || e["type"] != "invalid_request_error" {
+								t.Errorf("413 body: %s", up.body)
+							}
+						}
+					})
 				}
-			})
-		}
+			}
+		})
 	}
 }
 

@@ -57,7 +57,8 @@ func startSim(t testing.TB, name string, extra ...string) int {
 }
 
 // newStack prepares ports and a policy directory; render writes the policy from a template in
-// which {{listener}}, {{extproc}}, {{ratelimit}} and {{backend:NAME}} are replaced.
+// which {{listener}} (or {{listener_port}}), {{extproc}}, {{ratelimit_port}} and
+// {{backend:NAME}} are replaced.
 func newStack(t testing.TB, backends map[string]int) *stack {
 	t.Helper()
 	dir := t.TempDir()
@@ -78,6 +79,7 @@ func newStack(t testing.TB, backends map[string]int) *stack {
 func (s *stack) render(tmpl string) string {
 	r := strings.NewReplacer(
 		"{{listener}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.listenerPort),
+		"{{listener_port}}", fmt.Sprint(s.listenerPort),
 		"{{extproc}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.extProcPort),
 		"{{ratelimit_port}}", fmt.Sprint(s.rateLimit),
 	)

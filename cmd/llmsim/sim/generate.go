@@ -24,7 +24,7 @@ const (
 
 const (
 	// maxBodyBytes bounds request bodies; a larger one is a 413, not an out-of-memory.
-	maxBodyBytes = 16 << 20
+	maxBodyBytes = 65 << 20 // above the largest body a policy lets through (64 MiB)
 	// maxKnobTokens bounds the token-count knobs so one request cannot ask for a gigabyte answer.
 	maxKnobTokens = 1 << 20
 	// maxKnobTTFT and maxKnobTokenDelay bound the timing knobs, so a typo ("5m" for "5ms")
