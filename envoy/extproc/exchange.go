@@ -288,6 +288,11 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	}
 
 	ex.encoding = strings.ToLower(strings.TrimSpace(head.encoding))
+	// gzip is decoded here rather than by Envoy's decompressor filter ahead of ext_proc: that
+	// filter ends every response it decodes with trailers of its own, and Envoy 1.40's ext_proc
+	// never lets trailers added behind it through while it streams a body, so every decoded
+	// response would stall until the stream idle timeout (envoyproxy/envoy#21205; reproduced with
+	// STREAMED and FULL_DUPLEX_STREAMED bodies, response headers and trailers sent or skipped).
 	gzipped := ex.encoding == "gzip" || ex.encoding == "x-gzip"
 	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
 		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
