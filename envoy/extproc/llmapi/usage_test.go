@@ -46,8 +46,23 @@ func TestForPath(t *testing.T) {
 			t.Errorf("Paths lists %q, which ForPath does not know", path)
 		}
 	}
-	if got := len(Formats()); got != 4 {
-		t.Errorf("Formats() lists %d formats, want each of the 4 once", got)
+	// Formats lists every format of the table exactly once.
+	listed := map[Format]int{}
+	for _, f := range Formats() {
+		listed[f]++
+	}
+	for _, row := range formatsByPath {
+		if listed[row.format] != 1 {
+			t.Errorf("Formats() lists %s %d times, want once", row.format.Name(), listed[row.format])
+		}
+	}
+	if len(Formats()) != len(listed) {
+		t.Errorf("Formats() has %d entries for %d formats", len(Formats()), len(listed))
+	}
+	for _, f := range []Format{ChatCompletions, Completions, Responses, AnthropicMessages} {
+		if listed[f] != 1 {
+			t.Errorf("Formats() lists %s %d times, want once", f.Name(), listed[f])
+		}
 	}
 }
 
