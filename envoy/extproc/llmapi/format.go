@@ -87,8 +87,8 @@ func Paths() []string {
 	return paths
 }
 
-// Formats lists every format once, in the order of the path table.
-func Formats() []Format {
+// allFormats lists every format once, in the order of the path table.
+func allFormats() []Format {
 	var formats []Format
 	for _, row := range formatsByPath {
 		seen := false

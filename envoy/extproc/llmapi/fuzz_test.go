@@ -34,7 +34,7 @@ func fixtureSeeds(f *testing.F, suffix string) [][]byte {
 
 // fuzzFormat picks one of the formats by a fuzzed number.
 func fuzzFormat(n uint8) Format {
-	formats := Formats()
+	formats := allFormats()
 	return formats[int(n)%len(formats)]
 }
 
@@ -108,7 +108,7 @@ func FuzzParseRequest(f *testing.F) {
 
 func FuzzFromJSON(f *testing.F) {
 	for _, seed := range fixtureSeeds(f, ".json") {
-		for i := range Formats() {
+		for i := range allFormats() {
 			f.Add(uint8(i), seed)
 		}
 	}
@@ -139,7 +139,7 @@ func FuzzFromJSON(f *testing.F) {
 // agree, and the event buffer must stay within the limit.
 func FuzzStream(f *testing.F) {
 	for _, seed := range fixtureSeeds(f, ".sse") {
-		for i := range Formats() {
+		for i := range allFormats() {
 			f.Add(uint8(i), seed, uint16(len(seed)/3), uint16(len(seed)/2))
 		}
 	}

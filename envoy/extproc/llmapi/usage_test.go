@@ -48,20 +48,20 @@ func TestForPath(t *testing.T) {
 	}
 	// Formats lists every format of the table exactly once.
 	listed := map[Format]int{}
-	for _, f := range Formats() {
+	for _, f := range allFormats() {
 		listed[f]++
 	}
 	for _, row := range formatsByPath {
 		if listed[row.format] != 1 {
-			t.Errorf("Formats() lists %s %d times, want once", row.format.Name(), listed[row.format])
+			t.Errorf("allFormats() lists %s %d times, want once", row.format.Name(), listed[row.format])
 		}
 	}
-	if len(Formats()) != len(listed) {
-		t.Errorf("Formats() has %d entries for %d formats", len(Formats()), len(listed))
+	if len(allFormats()) != len(listed) {
+		t.Errorf("allFormats() has %d entries for %d formats", len(allFormats()), len(listed))
 	}
 	for _, f := range []Format{ChatCompletions, Completions, Responses, AnthropicMessages} {
 		if listed[f] != 1 {
-			t.Errorf("Formats() lists %s %d times, want once", f.Name(), listed[f])
+			t.Errorf("allFormats() lists %s %d times, want once", f.Name(), listed[f])
 		}
 	}
 }
