@@ -50,15 +50,15 @@ type exchange struct {
 	start   time.Time
 
 	// Request side.
-	started          bool       // request headers seen
-	api              llmapi.API // from :path
-	user             string     // the identity header's value
-	model            string     // the model the request is routed and accounted by
-	hasContentLength bool       // the client sent content-length (so a new body needs one)
-	requestBodySeen  bool       // the (single, buffered) request body message arrived
-	llmCall          bool       // the body was parsed: the response's usage is accounted for
-	promptBytes      int        // bytes of text in the request body, for estimates
-	streamRequested  bool       // the body asked for a streamed answer
+	started          bool          // request headers seen
+	format           llmapi.Format // from :path; nil when the path is not metered
+	user             string        // the identity header's value
+	model            string        // the model the request is routed and accounted by
+	hasContentLength bool          // the client sent content-length (so a new body needs one)
+	requestBodySeen  bool          // the (single, buffered) request body message arrived
+	llmCall          bool          // the body was parsed: the response's usage is accounted for
+	promptBytes      int           // bytes of text in the request body, for estimates
+	streamRequested  bool          // the body asked for a streamed answer
 
 	// reservations are what admission counted on the model's quotas, in their order, until
 	// the request's real cost replaces them.
@@ -124,7 +124,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 	ex.started = true
 	ex.start = time.Now()
 	headers := msg.GetHeaders()
-	ex.api = llmapi.APIForPath(firstHeader(headers, ":path"))
+	ex.format = llmapi.ForPath(firstHeader(headers, ":path"))
 
 	// Without a user no quota could hold the request, so it must stop here.
 	user, rejected := ex.identify(headers, meta)
@@ -132,7 +132,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 		return ex.reject(*rejected)
 	}
 	ex.user = user
-	if ex.api == llmapi.Unknown {
+	if ex.format == nil {
 		// Only requests whose usage can be read reach a backend: any other path would be an
 		// unmetered way to the same model server.
 		return ex.reject(unknownPath(firstHeader(headers, ":method"), firstHeader(headers, ":path")))
@@ -171,7 +171,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		})
 	}
 
-	parsed, err := llmapi.ParseRequest(body, maxJSONDepth)
+	parsed, err := ex.format.ParseRequest(body, maxJSONDepth)
 	if err != nil {
 		apiErr := apiError{Message: "invalid request body", Type: errorTypeInvalidRequest}
 		var reqErr *llmapi.RequestError
@@ -218,9 +218,9 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	// response headers.
 	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
 	maps.Copy(fields, limits)
-	if parsed.Stream && !parsed.IncludeUsage && (ex.api == llmapi.ChatCompletions || ex.api == llmapi.Completions) {
-		// Without stream_options.include_usage an OpenAI stream reports no usage and could
-		// not be charged.
+	if parsed.Stream && !parsed.IncludeUsage && ex.format.NeedsIncludeUsage() {
+		// Without stream_options.include_usage such a stream reports no usage and could not
+		// be charged.
 		forced, err := llmapi.ForceIncludeUsage(body)
 		if err != nil {
 			ex.logger.Warn("cannot force include_usage; the stream may go uncharged",
@@ -296,6 +296,11 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	}
 
 	ex.encoding = strings.ToLower(strings.TrimSpace(head.encoding))
+	// gzip is decoded here rather than by Envoy's decompressor filter ahead of ext_proc: that
+	// filter ends every response it decodes with trailers of its own, and Envoy 1.40's ext_proc
+	// never lets trailers added behind it through while it streams a body, so every decoded
+	// response would stall until the stream idle timeout (envoyproxy/envoy#21205; reproduced with
+	// STREAMED and FULL_DUPLEX_STREAMED bodies, response headers and trailers sent or skipped).
 	gzipped := ex.encoding == "gzip" || ex.encoding == "x-gzip"
 	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
 		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
@@ -310,7 +315,7 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	switch {
 	case mediaType == "text/event-stream":
 		ex.bodyMode = bodyStreamed
-		ex.stream = llmapi.NewStream(ex.api, ex.cfg.MaxEventBytes)
+		ex.stream = llmapi.NewStream(ex.format, ex.cfg.MaxEventBytes)
 		if gzipped {
 			ex.gzip = llmapi.NewGzipStream(streamWriter{ex.stream})
 		}
@@ -463,7 +468,7 @@ func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
 			"model", ex.model, "bytes", len(body), "limit", ex.cfg.MaxResponseBytes)
 		return llmapi.Usage{}, served{}
 	}
-	usage, err := llmapi.FromJSON(ex.api, body)
+	usage, err := ex.format.UsageFromJSON(body)
 	if err != nil {
 		ex.logger.Warn("cannot read usage from response", "model", ex.model, "error", err)
 		return llmapi.Usage{}, served{}
@@ -471,7 +476,7 @@ func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
 	if usage.Known {
 		return usage, served{}
 	}
-	return usage, served{outputTextBytes: llmapi.ResponseTextBytes(ex.api, body)}
+	return usage, served{outputTextBytes: ex.format.ResponseTextBytes(body)}
 }
 
 // served is what a response had delivered when it ended: the basis of an output estimate.
@@ -533,7 +538,7 @@ func (ex *exchange) billable(reported llmapi.Usage, out served, complete bool) (
 func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *structpb.Struct {
 	usage, basis := ex.billable(reported, out, complete)
 	if basis == basisEstimate {
-		attrs := []any{"model", ex.model, "api", ex.api, "user", ex.user, "completed", complete,
+		attrs := []any{"model", ex.model, "api", ex.format.Name(), "user", ex.user, "completed", complete,
 			"usage_reported", reported.Known, "output_events", out.outputEvents,
 			"input_tokens_charged", usage.InputTokens, "output_tokens_charged", usage.OutputTokens}
 		if complete {
@@ -686,23 +691,11 @@ func (ex *exchange) close() {
 
 // labels are the operation and model labels of the GenAI metrics.
 func (ex *exchange) labels() []string {
-	return []string{operationName(ex.api), ex.cfg.modelLabel(ex.model)}
-}
-
-// operationName is the GenAI gen_ai.operation.name of an API.
-func operationName(api llmapi.API) string {
-	switch api {
-	case llmapi.ChatCompletions:
-		return "chat"
-	case llmapi.Completions:
-		return "text_completion"
-	case llmapi.Responses:
-		return "responses"
-	case llmapi.AnthropicMessages:
-		return "messages"
-	default:
-		return otherLabel
+	operation := otherLabel
+	if ex.format != nil {
+		operation = ex.format.Operation()
 	}
+	return []string{operation, ex.cfg.modelLabel(ex.model)}
 }
 
 // namespaced wraps fields in tollgate's dynamic metadata namespace.

@@ -119,7 +119,7 @@ func TestUsageFormatKnob(t *testing.T) {
 	srv := startServer(t, sim.Options{})
 	apis := []struct {
 		path string
-		api  llmapi.API
+		api  llmapi.Format
 	}{
 		{"/v1/chat/completions", llmapi.ChatCompletions},
 		{"/v1/completions", llmapi.Completions},
@@ -163,7 +163,7 @@ func TestUsageFormatKnob(t *testing.T) {
 					} else {
 						docs = [][]byte{raw}
 						var err error
-						if usage, err = llmapi.FromJSON(a.api, raw); err != nil {
+						if usage, err = a.api.UsageFromJSON(raw); err != nil {
 							t.Fatal(err)
 						}
 					}

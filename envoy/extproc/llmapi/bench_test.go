@@ -47,8 +47,8 @@ func BenchmarkStreamAnthropic(b *testing.B) {
 
 func BenchmarkFromJSON(b *testing.B) {
 	for _, bench := range []struct {
-		file string
-		api  API
+		file   string
+		format Format
 	}{
 		{"chat.json", ChatCompletions},
 		{"responses.json", Responses},
@@ -59,7 +59,7 @@ func BenchmarkFromJSON(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if u, err := FromJSON(bench.api, body); err != nil || !u.Known {
+				if u, err := bench.format.UsageFromJSON(body); err != nil || !u.Known {
 					b.Fatal(err)
 				}
 			}

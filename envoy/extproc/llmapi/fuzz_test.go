@@ -32,6 +32,12 @@ func fixtureSeeds(f *testing.F, suffix string) [][]byte {
 	return seeds
 }
 
+// fuzzFormat picks one of the formats by a fuzzed number.
+func fuzzFormat(n uint8) Format {
+	formats := allFormats()
+	return formats[int(n)%len(formats)]
+}
+
 func FuzzParseRequest(f *testing.F) {
 	for _, seed := range []string{
 		`{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}`,
@@ -102,13 +108,14 @@ func FuzzParseRequest(f *testing.F) {
 
 func FuzzFromJSON(f *testing.F) {
 	for _, seed := range fixtureSeeds(f, ".json") {
-		for api := range AnthropicMessages + 1 {
-			f.Add(uint8(api), seed)
+		for i := range allFormats() {
+			f.Add(uint8(i), seed)
 		}
 	}
-	f.Add(uint8(ChatCompletions), []byte(`{"usage":{"prompt_tokens":1,"completion_tokens":-2,"total_tokens":1e3}}`))
-	f.Fuzz(func(t *testing.T, api uint8, body []byte) {
-		u, err := FromJSON(API(api%5), body)
+	f.Add(uint8(0), []byte(`{"usage":{"prompt_tokens":1,"completion_tokens":-2,"total_tokens":1e3}}`))
+	f.Fuzz(func(t *testing.T, format uint8, body []byte) {
+		fm := fuzzFormat(format)
+		u, err := fm.UsageFromJSON(body)
 		if err == nil && !json.Valid(body) {
 			t.Fatalf("accepted invalid JSON %q", body)
 		}
@@ -118,7 +125,7 @@ func FuzzFromJSON(f *testing.F) {
 		if !u.Known && u != (Usage{}) {
 			t.Fatalf("counters without a usage object: %+v", u)
 		}
-		n := ResponseTextBytes(API(api%5), body)
+		n := fm.ResponseTextBytes(body)
 		if n < 0 || n > int64(len(body)) {
 			t.Fatalf("ResponseTextBytes = %d for a %d-byte body", n, len(body))
 		}
@@ -132,17 +139,18 @@ func FuzzFromJSON(f *testing.F) {
 // agree, and the event buffer must stay within the limit.
 func FuzzStream(f *testing.F) {
 	for _, seed := range fixtureSeeds(f, ".sse") {
-		for api := range AnthropicMessages + 1 {
-			f.Add(uint8(api), seed, uint16(len(seed)/3), uint16(len(seed)/2))
+		for i := range allFormats() {
+			f.Add(uint8(i), seed, uint16(len(seed)/3), uint16(len(seed)/2))
 		}
 	}
-	f.Add(uint8(ChatCompletions), []byte("data: x\r\n\r\ndata:[DONE]\r\r"), uint16(8), uint16(9))
-	f.Fuzz(func(t *testing.T, api uint8, data []byte, split1, split2 uint16) {
+	f.Add(uint8(0), []byte("data: x\r\n\r\ndata:[DONE]\r\r"), uint16(8), uint16(9))
+	f.Fuzz(func(t *testing.T, format uint8, data []byte, split1, split2 uint16) {
+		fm := fuzzFormat(format)
 		const limit = 256
 		i := min(int(split1), len(data))
 		j := min(i+int(split2), len(data))
-		whole := runStream(API(api%5), limit, data)
-		s := NewStream(API(api%5), limit)
+		whole := runStream(fm, limit, data)
+		s := NewStream(fm, limit)
 		for _, c := range [][]byte{data[:i], data[i:j], data[j:]} {
 			_ = s.Write(c)
 			if cap(s.data) > limit {
@@ -156,7 +164,7 @@ func FuzzStream(f *testing.F) {
 		if split != whole {
 			t.Fatalf("split at %d,%d: %+v\nwhole: %+v", i, j, split, whole)
 		}
-		ws := NewStream(API(api%5), limit)
+		ws := NewStream(fm, limit)
 		_ = ws.Write(data)
 		if ws.OutputTextBytes() != s.OutputTextBytes() {
 			t.Fatalf("split at %d,%d: OutputTextBytes %d, whole %d", i, j, s.OutputTextBytes(), ws.OutputTextBytes())

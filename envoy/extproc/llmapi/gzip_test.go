@@ -285,7 +285,7 @@ func TestGunzipLimited(t *testing.T) {
 	if err != nil || !bytes.Equal(got, plain) {
 		t.Fatalf("fixture: %v", err)
 	}
-	u, err := FromJSON(AnthropicMessages, got)
+	u, err := AnthropicMessages.UsageFromJSON(got)
 	if err != nil || u.OutputTokens != 503 {
 		t.Fatalf("usage of the decoded fixture: %+v, %v", u, err)
 	}

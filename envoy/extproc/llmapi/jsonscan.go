@@ -700,3 +700,65 @@ func mulAdd10(n int64, d byte) (int64, bool) {
 	}
 	return n*10 + v, true
 }
+
+// readTextLen consumes a value and returns its decoded length if it is a string, else 0.
+func (s *scanner) readTextLen(parentDepth int) (int64, error) {
+	if s.peek() != '"' {
+		return 0, s.skipValue(parentDepth)
+	}
+	raw, escaped, err := s.readString()
+	if err != nil {
+		return 0, err
+	}
+	return int64(stringLen(raw, escaped)), nil
+}
+
+// readRawLen consumes a value of any kind and returns its raw length as sent.
+func (s *scanner) readRawLen(parentDepth int) (int64, error) {
+	s.skipWS()
+	start := s.pos
+	err := s.skipValue(parentDepth)
+	return int64(s.pos - start), err
+}
+
+// arrayIter walks the elements of one array; like objectIter, the caller consumes each element
+// before asking for the next.
+type arrayIter struct {
+	depth   int // nesting depth of this array
+	started bool
+}
+
+// enterArray consumes the opening bracket of an array whose parent is at parentDepth. A value
+// that is not an array is skipped instead and reported with ok false.
+func (s *scanner) enterArray(parentDepth int) (it arrayIter, ok bool, err error) {
+	if s.peek() != '[' {
+		return arrayIter{}, false, s.skipValue(parentDepth)
+	}
+	if parentDepth+1 > s.maxDepth {
+		return arrayIter{}, false, s.tooDeep()
+	}
+	s.pos++
+	return arrayIter{depth: parentDepth + 1}, true, nil
+}
+
+// nextElement advances to the next element, or reports false after the closing bracket.
+func (s *scanner) nextElement(it *arrayIter) (bool, error) {
+	c := s.peek()
+	if !it.started {
+		it.started = true
+		if c == ']' {
+			s.pos++
+			return false, nil
+		}
+		return true, nil
+	}
+	switch c {
+	case ']':
+		s.pos++
+		return false, nil
+	case ',':
+		s.pos++
+		return true, nil
+	}
+	return false, s.failUnexpected()
+}

@@ -49,7 +49,7 @@ const (
 //
 // A Stream is not safe for concurrent use.
 type Stream struct {
-	api           API
+	format        Format
 	maxEventBytes int
 
 	phase     linePhase
@@ -61,11 +61,9 @@ type Stream struct {
 
 	data      []byte // the current event's data, reused across events
 	dataLines int
-	eventType [48]byte
-	typeLen   int
-	typeLong  bool
+	name      eventName   // the current event's "event:" field
+	event     eventResult // what the current event contributes, filled by the format
 
-	ev            event
 	usage         rawUsage
 	done          bool
 	outputEvents  int
@@ -74,32 +72,32 @@ type Stream struct {
 	err           error
 }
 
-// NewStream returns a parser for a streamed response of the given API. maxEventBytes bounds the
-// data of a single event (values below 1 mean DefaultMaxEventBytes).
-func NewStream(api API, maxEventBytes int) *Stream {
+// NewStream returns a parser for a streamed response in the given format. maxEventBytes bounds
+// the data of a single event (values below 1 mean DefaultMaxEventBytes).
+func NewStream(format Format, maxEventBytes int) *Stream {
 	if maxEventBytes < 1 {
 		maxEventBytes = DefaultMaxEventBytes
 	}
-	return &Stream{api: api, maxEventBytes: maxEventBytes}
+	return &Stream{format: format, maxEventBytes: maxEventBytes}
 }
 
 // Usage returns the usage merged from every event so far: for each counter, the last value
 // reported wins, and a report that omits a counter keeps the earlier value.
-func (s *Stream) Usage() Usage { return s.usage.usage(s.api) }
+func (s *Stream) Usage() Usage { return s.format.usage(s.usage) }
 
 // Done reports whether the terminal event arrived: "data: [DONE]", a Responses
 // response.completed, response.incomplete or response.failed event, or an Anthropic
 // message_stop. Bytes after it are ignored.
 func (s *Stream) Done() bool { return s.done }
 
-// OutputEvents counts the events that carried generated output: chat or completions chunks
-// with non-empty content, reasoning, refusal, tool calls or text, Responses "*.delta" events,
-// and Anthropic content_block_delta events.
+// OutputEvents counts the events that carried generated output, as each format's readEvent
+// tells: chat or completions chunks with non-empty content, reasoning, refusal, tool calls or
+// text, Responses "*.delta" events, and Anthropic content_block_delta events.
 func (s *Stream) OutputEvents() int { return s.outputEvents }
 
 // OutputTextBytes is the byte length of the generated text the output events carried so far,
 // for estimating output tokens when a stream ends without usage (a client that disconnects
-// mid-stream, a backend that never reports it). It counts, per API:
+// mid-stream, a backend that never reports it). It counts, per format:
 //
 //   - chat completions: each choice's delta content, reasoning_content, reasoning and refusal
 //     strings, plus the raw length of a non-empty tool_calls array as sent;
@@ -174,7 +172,7 @@ func (s *Stream) startValue() {
 		s.startDataLine()
 	case s.fieldIs("event"):
 		s.sink = sinkEvent
-		s.typeLen, s.typeLong = 0, false
+		s.name.n, s.name.long = 0, false
 	default: // id, retry and unknown fields do not affect usage
 		s.sink = sinkIgnore
 	}
@@ -197,10 +195,10 @@ func (s *Stream) appendValue(v []byte) {
 	case sinkData:
 		s.appendData(v)
 	case sinkEvent:
-		n := copy(s.eventType[s.typeLen:], v)
-		s.typeLen += n
+		n := copy(s.name.buf[s.name.n:], v)
+		s.name.n += n
 		if n < len(v) {
-			s.typeLong = true
+			s.name.long = true
 		}
 	}
 }
@@ -235,7 +233,7 @@ func (s *Stream) endLine() {
 		case s.fieldIs("data"): // "data" without a colon: an empty data line
 			s.startDataLine()
 		case s.fieldIs("event"):
-			s.typeLen, s.typeLong = 0, false
+			s.name.n, s.name.long = 0, false
 		}
 	}
 	s.phase = phaseField
@@ -248,7 +246,7 @@ func (s *Stream) dispatch() {
 	defer func() {
 		s.data = s.data[:0]
 		s.dataLines = 0
-		s.typeLen, s.typeLong = 0, false
+		s.name.n, s.name.long = 0, false
 	}()
 	if s.dataLines == 0 || s.err != nil {
 		return // an event without data is not dispatched
@@ -261,49 +259,18 @@ func (s *Stream) dispatch() {
 		s.done = true
 		return
 	}
-	ev := &s.ev
-	if err := ev.parse(s.api, data, true); err != nil {
+	r := &s.event
+	*r = eventResult{}
+	if err := s.format.readEvent(data, &s.name, r); err != nil {
 		s.skippedEvents++
 		return
 	}
-	var typ []byte
-	switch {
-	case ev.hasType:
-		typ = ev.typeBuf[:ev.typeLen]
-	case !s.typeLong:
-		typ = s.eventType[:s.typeLen] // the JSON carries no type: fall back to the SSE event name
+	s.usage.merge(&r.usage)
+	if r.output {
+		s.outputEvents++
 	}
-	switch s.api {
-	case Responses:
-		switch string(typ) {
-		case "response.completed", "response.incomplete", "response.failed":
-			s.usage.merge(&ev.nested)
-			s.done = true
-		default:
-			if bytes.HasSuffix(typ, []byte(".delta")) {
-				s.outputEvents++
-				s.textBytes += ev.text
-			}
-		}
-	case AnthropicMessages:
-		switch string(typ) {
-		case "message_start":
-			s.usage.merge(&ev.nested)
-		case "message_delta":
-			s.usage.merge(&ev.usage)
-		case "content_block_delta":
-			s.outputEvents++
-			s.textBytes += ev.text
-		case "message_stop":
-			s.done = true
-		}
-	default: // chat completions, completions, and a best effort for unknown APIs
-		s.usage.merge(&ev.usage)
-		if ev.content {
-			s.outputEvents++
-		}
-		s.textBytes += ev.text
-	}
+	s.textBytes += r.text
+	s.done = r.done
 }
 
 // lineEnd returns the offset of the first '\r' or '\n' in b, or len(b) when there is none.

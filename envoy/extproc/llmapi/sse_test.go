@@ -18,8 +18,8 @@ type streamResult struct {
 	Err           string
 }
 
-func runStream(api API, maxEventBytes int, chunks ...[]byte) streamResult {
-	s := NewStream(api, maxEventBytes)
+func runStream(format Format, maxEventBytes int, chunks ...[]byte) streamResult {
+	s := NewStream(format, maxEventBytes)
 	for _, c := range chunks {
 		_ = s.Write(c) // the error is also reported by Err
 	}
@@ -31,9 +31,9 @@ func runStream(api API, maxEventBytes int, chunks ...[]byte) streamResult {
 }
 
 var streamFixtures = []struct {
-	file string
-	api  API
-	want streamResult
+	file   string
+	format Format
+	want   streamResult
 }{
 	{"chat_stream_usage.sse", ChatCompletions, streamResult{
 		Usage: Usage{InputTokens: 19, OutputTokens: 10, TotalTokens: 29, Known: true}, Done: true, OutputEvents: 3}},
@@ -65,7 +65,7 @@ var streamFixtures = []struct {
 func TestStreamFixtures(t *testing.T) {
 	for _, tt := range streamFixtures {
 		t.Run(tt.file, func(t *testing.T) {
-			got := runStream(tt.api, 0, readFixture(t, tt.file))
+			got := runStream(tt.format, 0, readFixture(t, tt.file))
 			if got != tt.want {
 				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
 			}
@@ -79,11 +79,11 @@ func TestStreamFixturesEverySplit(t *testing.T) {
 	for _, tt := range streamFixtures {
 		t.Run(tt.file, func(t *testing.T) {
 			data := readFixture(t, tt.file)
-			if got := runStream(tt.api, 0, bytesOneByOne(data)...); got != tt.want {
+			if got := runStream(tt.format, 0, bytesOneByOne(data)...); got != tt.want {
 				t.Fatalf("byte by byte: got %+v\nwant %+v", got, tt.want)
 			}
 			for i := 0; i <= len(data); i++ {
-				if got := runStream(tt.api, 0, data[:i], data[i:]); got != tt.want {
+				if got := runStream(tt.format, 0, data[:i], data[i:]); got != tt.want {
 					t.Fatalf("split at %d: got %+v\nwant %+v", i, got, tt.want)
 				}
 			}
@@ -91,7 +91,7 @@ func TestStreamFixturesEverySplit(t *testing.T) {
 			for range 200 {
 				i := rng.IntN(len(data) + 1)
 				j := i + rng.IntN(len(data)-i+1)
-				if got := runStream(tt.api, 0, data[:i], data[i:j], data[j:]); got != tt.want {
+				if got := runStream(tt.format, 0, data[:i], data[i:j], data[j:]); got != tt.want {
 					t.Fatalf("split at %d and %d: got %+v\nwant %+v", i, j, got, tt.want)
 				}
 			}

@@ -9,9 +9,9 @@ import (
 
 func TestStreamOutputTextBytesFixtures(t *testing.T) {
 	tests := []struct {
-		file string
-		api  API
-		want int64
+		file   string
+		format Format
+		want   int64
 	}{
 		{"chat_stream_usage.sse", ChatCompletions, int64(len("Hello") + len("! How") + len(" can I help — 日本語?"))},
 		{"completions_stream.sse", Completions, int64(len("\n\n") + len("This is") + len(" a test"))},
@@ -20,13 +20,13 @@ func TestStreamOutputTextBytesFixtures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		data := readFixture(t, tt.file)
-		s := NewStream(tt.api, 0)
+		s := NewStream(tt.format, 0)
 		_ = s.Write(data)
 		if got := s.OutputTextBytes(); got != tt.want {
 			t.Errorf("%s: OutputTextBytes = %d, want %d", tt.file, got, tt.want)
 		}
 		// Byte by byte: the count must not depend on how the stream is split.
-		s = NewStream(tt.api, 0)
+		s = NewStream(tt.format, 0)
 		for i := range data {
 			_ = s.Write(data[i : i+1])
 		}
@@ -39,10 +39,10 @@ func TestStreamOutputTextBytesFixtures(t *testing.T) {
 func TestStreamOutputTextBytes(t *testing.T) {
 	toolCalls := `[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]`
 	tests := []struct {
-		name string
-		api  API
-		data string
-		want int64
+		name   string
+		format Format
+		data   string
+		want   int64
 	}{
 		{"chat all fields", ChatCompletions,
 			`data: {"choices":[{"delta":{"role":"assistant","content":"ab","reasoning_content":"cde","reasoning":"f","refusal":"gh"}}]}` + "\n\n",
@@ -83,7 +83,7 @@ func TestStreamOutputTextBytes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewStream(tt.api, 0)
+			s := NewStream(tt.format, 0)
 			_ = s.Write([]byte(tt.data))
 			if got := s.OutputTextBytes(); got != tt.want {
 				t.Errorf("OutputTextBytes = %d, want %d", got, tt.want)
@@ -123,9 +123,9 @@ func TestResponseTextBytesFixtures(t *testing.T) {
 		chatContent = v.Choices[0].Message.Content
 	}
 	tests := []struct {
-		file string
-		api  API
-		want int64
+		file   string
+		format Format
+		want   int64
 	}{
 		{"chat.json", ChatCompletions, int64(len(chatContent))},
 		{"completions.json", Completions, -1},
@@ -134,7 +134,7 @@ func TestResponseTextBytesFixtures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		body := readFixture(t, tt.file)
-		got := ResponseTextBytes(tt.api, body)
+		got := tt.format.ResponseTextBytes(body)
 		if tt.want < 0 {
 			if got <= 0 {
 				t.Errorf("%s: ResponseTextBytes = %d, want > 0", tt.file, got)
@@ -144,9 +144,6 @@ func TestResponseTextBytesFixtures(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("%s: ResponseTextBytes = %d, want %d", tt.file, got, tt.want)
 		}
-		if got := ResponseTextBytes(Unknown, body); got != 0 {
-			t.Errorf("%s: ResponseTextBytes(Unknown) = %d, want 0", tt.file, got)
-		}
 	}
 }
 
@@ -154,10 +151,10 @@ func TestResponseTextBytes(t *testing.T) {
 	toolCalls := `[{"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Oslo\"}"}}]`
 	input := `{"city": "Oslo"}`
 	tests := []struct {
-		name string
-		api  API
-		body string
-		want int64
+		name   string
+		format Format
+		body   string
+		want   int64
 	}{
 		{"chat", ChatCompletions,
 			`{"choices":[{"message":{"role":"assistant","content":"ab\u00e9","reasoning_content":"cd","reasoning":"e","refusal":"no"}},` +
@@ -183,7 +180,7 @@ func TestResponseTextBytes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := ResponseTextBytes(tt.api, []byte(tt.body)); got != tt.want {
+			if got := tt.format.ResponseTextBytes([]byte(tt.body)); got != tt.want {
 				t.Errorf("ResponseTextBytes = %d, want %d", got, tt.want)
 			}
 		})
@@ -194,10 +191,10 @@ func TestResponseTextBytes(t *testing.T) {
 func TestResponseTextBytesLinear(t *testing.T) {
 	const n = 200_000
 	body := []byte(`{"choices":[` + strings.TrimSuffix(strings.Repeat(`{"text":"ab"},`, n), ",") + `]}`)
-	if got := ResponseTextBytes(Completions, body); got != 2*n {
+	if got := Completions.ResponseTextBytes(body); got != 2*n {
 		t.Fatalf("ResponseTextBytes = %d, want %d", got, 2*n)
 	}
-	allocs := testing.AllocsPerRun(5, func() { ResponseTextBytes(Completions, body) })
+	allocs := testing.AllocsPerRun(5, func() { Completions.ResponseTextBytes(body) })
 	if allocs != 0 {
 		t.Errorf("ResponseTextBytes allocates %v times, want 0", allocs)
 	}

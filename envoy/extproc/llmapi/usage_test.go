@@ -16,8 +16,8 @@ func readFixture(t testing.TB, name string) []byte {
 	return data
 }
 
-func TestAPIForPath(t *testing.T) {
-	tests := map[string]API{
+func TestForPath(t *testing.T) {
+	tests := map[string]Format{
 		"/v1/chat/completions":              ChatCompletions,
 		"/v1/chat/completions?stream=true":  ChatCompletions,
 		"/v1/completions":                   Completions,
@@ -26,28 +26,59 @@ func TestAPIForPath(t *testing.T) {
 		"/v1/messages":                      AnthropicMessages,
 		"/anthropic/v1/messages":            AnthropicMessages,
 		"/anthropic/v1/messages?beta=true":  AnthropicMessages,
-		"/v1/messages/count_tokens":         Unknown,
-		"/v1/chat/completions/":             Unknown,
-		"/v1/models":                        Unknown,
-		"/V1/CHAT/COMPLETIONS":              Unknown,
-		"":                                  Unknown,
-		"?":                                 Unknown,
-		"/v1/embeddings":                    Unknown,
-		"/prefix/v1/chat/completions":       Unknown,
-		"/v1/responses/resp_123/input_item": Unknown,
+		"/v1/messages/count_tokens":         nil,
+		"/v1/chat/completions/":             nil,
+		"/v1/models":                        nil,
+		"/V1/CHAT/COMPLETIONS":              nil,
+		"":                                  nil,
+		"?":                                 nil,
+		"/v1/embeddings":                    nil,
+		"/prefix/v1/chat/completions":       nil,
+		"/v1/responses/resp_123/input_item": nil,
 	}
 	for path, want := range tests {
-		if got := APIForPath(path); got != want {
-			t.Errorf("APIForPath(%q) = %v, want %v", path, got, want)
+		if got := ForPath(path); got != want {
+			t.Errorf("ForPath(%q) = %s, want %s", path, formatName(got), formatName(want))
+		}
+	}
+	for _, path := range Paths() {
+		if ForPath(path) == nil {
+			t.Errorf("Paths lists %q, which ForPath does not know", path)
+		}
+	}
+	// Formats lists every format of the table exactly once.
+	listed := map[Format]int{}
+	for _, f := range allFormats() {
+		listed[f]++
+	}
+	for _, row := range formatsByPath {
+		if listed[row.format] != 1 {
+			t.Errorf("allFormats() lists %s %d times, want once", row.format.Name(), listed[row.format])
+		}
+	}
+	if len(allFormats()) != len(listed) {
+		t.Errorf("allFormats() has %d entries for %d formats", len(allFormats()), len(listed))
+	}
+	for _, f := range []Format{ChatCompletions, Completions, Responses, AnthropicMessages} {
+		if listed[f] != 1 {
+			t.Errorf("allFormats() lists %s %d times, want once", f.Name(), listed[f])
 		}
 	}
 }
 
+// formatName names a format in test messages; nil is no format.
+func formatName(f Format) string {
+	if f == nil {
+		return "<none>"
+	}
+	return f.Name()
+}
+
 func TestFromJSONFixtures(t *testing.T) {
 	tests := []struct {
-		file string
-		api  API
-		want Usage
+		file   string
+		format Format
+		want   Usage
 	}{
 		{"chat.json", ChatCompletions, Usage{InputTokens: 1117, OutputTokens: 46, TotalTokens: 1163,
 			CachedInputTokens: 1024, ReasoningTokens: 12, Known: true}},
@@ -60,7 +91,7 @@ func TestFromJSONFixtures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			got, err := FromJSON(tt.api, readFixture(t, tt.file))
+			got, err := tt.format.UsageFromJSON(readFixture(t, tt.file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,10 +104,10 @@ func TestFromJSONFixtures(t *testing.T) {
 
 func TestFromJSON(t *testing.T) {
 	tests := []struct {
-		name string
-		api  API
-		body string
-		want Usage
+		name   string
+		format Format
+		body   string
+		want   Usage
 	}{
 		{"total computed", ChatCompletions, `{"usage":{"prompt_tokens":3,"completion_tokens":4}}`,
 			Usage{InputTokens: 3, OutputTokens: 4, TotalTokens: 7, Known: true}},
@@ -106,12 +137,10 @@ func TestFromJSON(t *testing.T) {
 			Usage{InputTokens: 10, OutputTokens: 1, TotalTokens: 11, Known: true}},
 		{"last duplicate wins", ChatCompletions, `{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}`,
 			Usage{InputTokens: 2, TotalTokens: 2, Known: true}},
-		{"unknown api reads usage", Unknown, `{"usage":{"input_tokens":1,"output_tokens":2}}`,
-			Usage{InputTokens: 1, OutputTokens: 2, TotalTokens: 3, Known: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := FromJSON(tt.api, []byte(tt.body))
+			got, err := tt.format.UsageFromJSON([]byte(tt.body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,7 +157,7 @@ func TestFromJSONErrors(t *testing.T) {
 		`{"usage":{"prompt_tokens":1,}}`, `{"id":"x",`, `{"usage":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}`,
 		strings.Repeat("[", 1_000_000),
 	} {
-		if u, err := FromJSON(ChatCompletions, []byte(body)); err == nil {
+		if u, err := ChatCompletions.UsageFromJSON([]byte(body)); err == nil {
 			t.Errorf("FromJSON(%.40q) = %+v, want an error", body, u)
 		}
 	}
@@ -155,7 +184,7 @@ var tokenCountForms = []struct {
 func TestFromJSONTokenCountForms(t *testing.T) {
 	for _, tt := range tokenCountForms {
 		body := `{"usage":{"prompt_tokens":` + tt.value + `,"completion_tokens":"4"}}`
-		got, err := FromJSON(ChatCompletions, []byte(body))
+		got, err := ChatCompletions.UsageFromJSON([]byte(body))
 		if err != nil {
 			t.Fatalf("FromJSON(%s): %v", body, err)
 		}
@@ -172,9 +201,9 @@ func TestFromJSONTokenCountForms(t *testing.T) {
 
 func TestFromJSONFloatAndStringUsagePerAPI(t *testing.T) {
 	tests := []struct {
-		api  API
-		body string
-		want Usage
+		format Format
+		body   string
+		want   Usage
 	}{
 		{ChatCompletions, `{"usage":{"prompt_tokens":6.0,"completion_tokens":6.0,"total_tokens":12.0,` +
 			`"prompt_tokens_details":{"cached_tokens":2.0},"completion_tokens_details":{"reasoning_tokens":"1"}}}`,
@@ -187,12 +216,12 @@ func TestFromJSONFloatAndStringUsagePerAPI(t *testing.T) {
 			Usage{InputTokens: 8, OutputTokens: 6, TotalTokens: 14, CachedInputTokens: 2, Known: true}},
 	}
 	for _, tt := range tests {
-		got, err := FromJSON(tt.api, []byte(tt.body))
+		got, err := tt.format.UsageFromJSON([]byte(tt.body))
 		if err != nil {
-			t.Fatalf("FromJSON(%v, %s): %v", tt.api, tt.body, err)
+			t.Fatalf("FromJSON(%s, %s): %v", tt.format.Name(), tt.body, err)
 		}
 		if got != tt.want {
-			t.Errorf("FromJSON(%v, %s) = %+v, want %+v", tt.api, tt.body, got, tt.want)
+			t.Errorf("FromJSON(%s, %s) = %+v, want %+v", tt.format.Name(), tt.body, got, tt.want)
 		}
 	}
 }
@@ -204,9 +233,9 @@ func TestStreamTokenCountForms(t *testing.T) {
 			wantIn = 0
 		}
 		streams := []struct {
-			api  API
-			data string
-			want Usage
+			format Format
+			data   string
+			want   Usage
 		}{
 			{ChatCompletions, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n" +
 				"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":" + tt.value + ",\"completion_tokens\":6.0}}\n\ndata: [DONE]\n\n",
@@ -221,9 +250,9 @@ func TestStreamTokenCountForms(t *testing.T) {
 				Usage{InputTokens: wantIn, OutputTokens: 6, TotalTokens: wantIn + 6, Known: true}},
 		}
 		for _, st := range streams {
-			got := runStream(st.api, 0, []byte(st.data))
+			got := runStream(st.format, 0, []byte(st.data))
 			if got.Usage != st.want || !got.Done || got.SkippedEvents != 0 {
-				t.Errorf("%v stream with input tokens %s: %+v, want usage %+v", st.api, tt.value, got, st.want)
+				t.Errorf("%s stream with input tokens %s: %+v, want usage %+v", st.format.Name(), tt.value, got, st.want)
 			}
 		}
 	}
@@ -232,7 +261,7 @@ func TestStreamTokenCountForms(t *testing.T) {
 func TestTokenCountAllocations(t *testing.T) {
 	body := []byte(`{"usage":{"prompt_tokens":6.0,"completion_tokens":"6","total_tokens":1.2e1}}`)
 	allocs := testing.AllocsPerRun(100, func() {
-		if u, err := FromJSON(ChatCompletions, body); err != nil || u.TotalTokens != 12 {
+		if u, err := ChatCompletions.UsageFromJSON(body); err != nil || u.TotalTokens != 12 {
 			t.Fatalf("%+v %v", u, err)
 		}
 	})

@@ -1,0 +1,33 @@
+package llmapi
+
+import "testing"
+
+// TestFormatFacts pins what the exchange takes from each format besides parsing: the name in
+// logs, the GenAI operation name in metrics, and whether streams need include_usage forced.
+func TestFormatFacts(t *testing.T) {
+	tests := []struct {
+		format            Format
+		name, operation   string
+		needsIncludeUsage bool
+	}{
+		{ChatCompletions, "chat_completions", "chat", true},
+		{Completions, "completions", "text_completion", true},
+		{Responses, "responses", "responses", false},
+		{AnthropicMessages, "anthropic_messages", "messages", false},
+	}
+	for _, tt := range tests {
+		if got := tt.format.Name(); got != tt.name {
+			t.Errorf("Name() = %q, want %q", got, tt.name)
+		}
+		if got := tt.format.Operation(); got != tt.operation {
+			t.Errorf("%s: Operation() = %q, want %q", tt.name, got, tt.operation)
+		}
+		if got := tt.format.NeedsIncludeUsage(); got != tt.needsIncludeUsage {
+			t.Errorf("%s: NeedsIncludeUsage() = %v, want %v", tt.name, got, tt.needsIncludeUsage)
+		}
+		body := []byte(`{"model":"m","stream":true}`)
+		if req, err := tt.format.ParseRequest(body, 0); err != nil || req.Model != "m" || !req.Stream {
+			t.Errorf("%s: ParseRequest = %+v, %v", tt.name, req, err)
+		}
+	}
+}
