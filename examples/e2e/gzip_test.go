@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -9,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // gzipPolicy has one model with a limit high enough that nothing is rejected: the test reads
@@ -33,11 +37,11 @@ quotas:
 // event stream flushed through gzip event by event. The client gets the gzip bytes as the
 // backend sent them.
 func TestGzipResponsesChargedExactly(t *testing.T) {
-	needEnvoy(t)
+	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--output-tokens", "23", "--input-tokens", "11")})
 	s.writePolicy(t, gzipPolicy)
 	s.startTollgate(t)
-	s.startRateLimit(t, startRedis(t))
+	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)
 
 	for _, tt := range []struct {

@@ -31,7 +31,7 @@ func TestBadRequestsGetOpenAIErrors(t *testing.T) {
 		{"gzip knob unknown value", "/v1/chat/completions", `{"model":"m"}`, []string{sim.HeaderGzip, "br"}, 400, nil, sim.HeaderGzip},
 		{"misspelt knob", "/v1/chat/completions", `{"model":"m"}`, []string{"x-llmsim-output-token", "3"}, 400, nil, "x-llmsim-output-token"},
 		{"cut-after without stream", "/v1/chat/completions", `{"model":"m"}`, []string{sim.HeaderCutAfter, "1"}, 400, nil, sim.HeaderCutAfter},
-		{"body too large", "/v1/chat/completions", `{"model":"m","pad":"` + strings.Repeat("x", 16<<20) + `"}`, nil, 413, nil, "larger than"},
+		{"body too large", "/v1/chat/completions", `{"model":"m","pad":"` + strings.Repeat("x", 65<<20) + `"}`, nil, 413, nil, "larger than"},
 		{"unknown path", "/v1/embeddingz", `{"model":"m"}`, nil, 404, nil, "/v1/embeddingz"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
