@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
 	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // chargedConfig is testConfig with two quotas on qwen3 charged to fake.
@@ -90,12 +91,13 @@ func TestBrokenOffStreamIsCharged(t *testing.T) {
 		sent  int // events delivered before the client leaves
 		total string
 	}{
-		// The estimate: one token per 4 bytes of the prompt's strings (the model excluded), and
-		// the larger of one per output event and one per 4 bytes of output text.
+		// The upper bound: one token per byte of the prompt's strings (the model excluded) plus
+		// the framing; nothing served yet counts the request's whole output ceiling; output
+		// served counts one token per byte of its text.
 		{"after the usage chunk", 5, "17"},
-		{"before any output", 1, fmt.Sprint(tokensForBytes(int64(len("user") + len("Tell me a story about a gateway"))))},
-		{"after two output events", 3, fmt.Sprint(tokensForBytes(int64(len("user")+len("Tell me a story about a gateway"))) +
-			max(2, tokensForBytes(int64(len("Hello")+len("! How can I help?")))))},
+		{"before any output", 1, fmt.Sprint(int64(len("user")+len("Tell me a story about a gateway")+promptFraming) + policies.DefaultMaxOutputTokens)},
+		{"after two output events", 3, fmt.Sprint(len("user") + len("Tell me a story about a gateway") + promptFraming +
+			len("Hello") + len("! How can I help?"))},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,12 +160,13 @@ func TestUnreachableRateLimitChargeIsRetriedThenCounted(t *testing.T) {
 	}
 }
 
-// TestBrokenOffBeforeOutputIsChargedThePrompt: a request whose answer had not started (or
-// whose JSON body never arrived) when the client left is charged its prompt's estimate: the
-// backend had it.
-func TestBrokenOffBeforeOutputIsChargedThePrompt(t *testing.T) {
-	const prompt = `{"model":"qwen3","messages":[{"role":"user","content":"Summarise this document"}]}`
-	want := tokensForBytes(int64(len("user") + len("Summarise this document")))
+// TestBrokenOffBeforeOutputIsChargedTheCeiling: a request whose answer had not started (or
+// whose JSON body never arrived) when the client left is charged its prompt's upper bound and
+// its whole output ceiling: the backend had the prompt, and may produce the answer all the same.
+func TestBrokenOffBeforeOutputIsChargedTheCeiling(t *testing.T) {
+	const prompt = `{"model":"qwen3","max_tokens":300,"messages":[{"role":"user","content":"Summarise this document"}]}`
+	input := int64(len("user") + len("Summarise this document") + promptFraming)
+	want, weighted := input+300, 2*input+300 // custom_cost is input_tokens * 2 + output_tokens
 	for name, answer := range map[string]func(c *call){
 		"client gone before any answer": func(c *call) {},
 		"JSON answer broken off before its body": func(c *call) {
@@ -179,7 +182,7 @@ func TestBrokenOffBeforeOutputIsChargedThePrompt(t *testing.T) {
 			c.cancel()
 			waitForCharges(t, fake,
 				fmt.Sprintf("model=qwen3,quota=hourly,user=alice +%d", want),
-				fmt.Sprintf("model=qwen3,quota=weighted,user=alice +%d", 2*want))
+				fmt.Sprintf("model=qwen3,quota=weighted,user=alice +%d", weighted))
 			tgtest.Eventually(t, 10*time.Second, "the estimated charge counted", func() bool {
 				return testutil.ToFloat64(h.srv.metrics.charges.WithLabelValues(basisEstimate, chargeSent)) == 1
 			})

@@ -58,6 +58,7 @@ type exchange struct {
 	requestBodySeen  bool          // the (single, buffered) request body message arrived
 	llmCall          bool          // the body was parsed: the response's usage is accounted for
 	promptBytes      int           // bytes of text in the request body, for estimates
+	maxOutput        int64         // the most output the request lets the backend produce
 	streamRequested  bool          // the body asked for a streamed answer
 
 	// reservations are what admission counted on the model's quotas, in their order, until
@@ -199,6 +200,10 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 	ex.model = parsed.Model
 	ex.promptBytes = parsed.TextBytes
+	ex.maxOutput = parsed.MaxOutputTokens
+	if ex.maxOutput <= 0 {
+		ex.maxOutput = ex.cfg.DefaultMaxOutputTokens
+	}
 	rejected, limits := ex.admit(ex.worstCase())
 	if rejected != nil {
 		return ex.reject(*rejected)
@@ -479,56 +484,11 @@ func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
 	return usage, served{outputTextBytes: ex.format.ResponseTextBytes(body)}
 }
 
-// served is what a response had delivered when it ended: the basis of an output estimate.
-type served struct {
-	outputEvents    int64
-	outputTextBytes int64
-}
-
 func (ex *exchange) streamServed() served {
 	if ex.stream == nil {
 		return served{}
 	}
 	return served{outputEvents: int64(ex.stream.OutputEvents()), outputTextBytes: ex.stream.OutputTextBytes()}
-}
-
-// worstCase is the most the request may cost as far as can be told before it runs: its prompt
-// as estimated and the most output it may produce. Admission reserves it.
-func (ex *exchange) worstCase() llmapi.Usage {
-	u := llmapi.Usage{Known: true, InputTokens: tokensForBytes(int64(ex.promptBytes)), OutputTokens: ex.cfg.DefaultMaxOutputTokens}
-	u.TotalTokens = u.InputTokens + u.OutputTokens
-	return u
-}
-
-// bytesPerToken is the estimate's exchange rate: about four bytes of text per token, which is
-// what OpenAI advises for English; code and other languages run somewhat denser or sparser.
-const bytesPerToken = 4
-
-func tokensForBytes(n int64) int64 { return (n + bytesPerToken - 1) / bytesPerToken }
-
-// billable returns the usage to charge and its basis. A response that completed is charged
-// the usage its backend reported. One that reported none, or broke off before its final usage,
-// is charged an estimate: the prompt at one token per four bytes of the request's text (or the
-// backend's own prompt count when it already sent one), and the output as the largest of the
-// output tokens reported so far, one token per streamed output event, and one token per four
-// bytes of output text. A report that already covers every streamed event (OpenAI's usage
-// chunk, which comes after the content) is final and charged as is.
-func (ex *exchange) billable(reported llmapi.Usage, out served, complete bool) (llmapi.Usage, string) {
-	if reported.Known && (complete || reported.OutputTokens >= out.outputEvents) {
-		if reported.TotalTokens == 0 {
-			reported.TotalTokens = reported.InputTokens + reported.OutputTokens
-		}
-		return reported, basisUsage
-	}
-	estimate := llmapi.Usage{Known: true, InputTokens: tokensForBytes(int64(ex.promptBytes))}
-	if reported.Known && reported.InputTokens > 0 {
-		estimate.InputTokens = reported.InputTokens
-		estimate.CachedInputTokens = reported.CachedInputTokens
-		estimate.CacheCreationInputTokens = reported.CacheCreationInputTokens
-	}
-	estimate.OutputTokens = max(reported.OutputTokens, out.outputEvents, tokensForBytes(out.outputTextBytes))
-	estimate.TotalTokens = estimate.InputTokens + estimate.OutputTokens
-	return estimate, basisEstimate
 }
 
 // settle ends a successful LLM response, completed or broken off: it charges the billable

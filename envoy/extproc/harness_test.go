@@ -219,10 +219,11 @@ func immediate(t testing.TB, resp *extprocv3.ProcessingResponse, status int) err
 func testConfig(t testing.TB) *Config {
 	t.Helper()
 	return &Config{
-		ModelHeader:    policies.DefaultModelHeader,
-		IdentityHeader: policies.DefaultIdentityHeader,
-		JWTClaim:       policies.DefaultJWTUserClaim, // used in jwt mode only
-		Models:         map[string]string{"qwen3": "sim", "gpt-4": "sim", "gpt-3.5-turbo": "sim"},
+		ModelHeader:            policies.DefaultModelHeader,
+		IdentityHeader:         policies.DefaultIdentityHeader,
+		JWTClaim:               policies.DefaultJWTUserClaim, // used in jwt mode only
+		DefaultMaxOutputTokens: policies.DefaultMaxOutputTokens,
+		Models:                 map[string]string{"qwen3": "sim", "gpt-4": "sim", "gpt-3.5-turbo": "sim"},
 		Costs: []Cost{
 			{Name: "llm_input_token", Kind: CostInput},
 			{Name: "llm_output_token", Kind: CostOutput},

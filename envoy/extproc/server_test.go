@@ -412,6 +412,7 @@ func TestNonSuccessResponseIsNotRead(t *testing.T) {
 }
 
 func TestResponsesWithoutUsage(t *testing.T) {
+	const ceiling = float64(policies.DefaultMaxOutputTokens) // chatBody names no max_tokens
 	// Usage that sits after more bytes than MaxResponseBytes (64 KiB here) is not read, even
 	// when a small compressed body expands to it.
 	oversized := []byte(`{"pad":"` + strings.Repeat("a", 70<<10) + `","usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
@@ -420,18 +421,18 @@ func TestResponsesWithoutUsage(t *testing.T) {
 		headers    []string
 		headersEnd bool    // the response has no body at all
 		body       []byte  // nil: no body message is sent
-		output     float64 // output tokens estimated
+		output     float64 // output tokens charged: the text's bytes, or the ceiling when none was read
 	}{
-		{name: "JSON without usage", headers: []string{"content-type", "application/json"}, body: []byte(`{"id":"x","choices":[]}`)},
-		{name: "JSON answer without usage", headers: []string{"content-type", "application/json"}, output: 2,
+		{name: "JSON without usage", headers: []string{"content-type", "application/json"}, body: []byte(`{"id":"x","choices":[]}`), output: ceiling},
+		{name: "JSON answer without usage", headers: []string{"content-type", "application/json"}, output: float64(len("Hello!")),
 			body: []byte(`{"id":"x","choices":[{"message":{"role":"assistant","content":"Hello!"}}]}`)},
-		{name: "not JSON", headers: []string{"content-type", "text/plain"}},
-		{name: "unsupported encoding", headers: []string{"content-type", "application/json", "content-encoding", "br"}},
-		{name: "corrupt gzip", headers: []string{"content-type", "application/json", "content-encoding", "gzip"}, body: []byte("not gzip")},
-		{name: "JSON over the size limit", headers: []string{"content-type", "application/json"}, body: oversized},
-		{name: "gzip expanding over the size limit", headers: []string{"content-type", "application/json", "content-encoding", "gzip"}, body: gzipBytes(t, oversized)},
+		{name: "not JSON", headers: []string{"content-type", "text/plain"}, output: ceiling},
+		{name: "unsupported encoding", headers: []string{"content-type", "application/json", "content-encoding", "br"}, output: ceiling},
+		{name: "corrupt gzip", headers: []string{"content-type", "application/json", "content-encoding", "gzip"}, body: []byte("not gzip"), output: ceiling},
+		{name: "JSON over the size limit", headers: []string{"content-type", "application/json"}, body: oversized, output: ceiling},
+		{name: "gzip expanding over the size limit", headers: []string{"content-type", "application/json", "content-encoding", "gzip"}, body: gzipBytes(t, oversized), output: ceiling},
 		{name: "SSE without a usage event", headers: []string{"content-type", "text/event-stream"}, body: []byte("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n"), output: 1},
-		{name: "empty success", headers: []string{"content-type", "application/json", "content-length", "0"}, headersEnd: true},
+		{name: "empty success", headers: []string{"content-type", "application/json", "content-length", "0"}, headersEnd: true, output: ceiling},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -446,13 +447,13 @@ func TestResponsesWithoutUsage(t *testing.T) {
 			} else {
 				resp = c.send(responseBody(tt.body, true))
 			}
-			// Nothing the backend reported: the prompt (and the output seen, if any) is
-			// charged as estimated, and the estimate is what the access log shows.
+			// Nothing the backend reported: the prompt and the output are charged their upper
+			// bounds, and that is what the access log shows.
 			fields := metadataFields(resp)
 			if fields[metadataUsageBasis] != basisEstimate {
 				t.Fatalf("usage_basis %v, want %s: %v", fields[metadataUsageBasis], basisEstimate, fields)
 			}
-			prompt := float64(tokensForBytes(int64(len("user") + len("hi"))))
+			prompt := float64(len("user") + len("hi") + promptFraming)
 			if fields["llm_input_token"] != prompt {
 				t.Errorf("input estimate %v, want %v", fields["llm_input_token"], prompt)
 			}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
@@ -56,8 +57,12 @@ const (
 )
 
 // chargingPrompt is the request text: "user" and this content are the prompt's strings, 4 + 17
-// bytes, which the gateway estimates at ceil(21 / 4) = 6 tokens when no usage arrives.
+// bytes, which the gateway bounds at 21 + 8 (framing) = 29 tokens when no usage arrives.
 const chargingPrompt = "Hello from Alice!"
+
+// promptBound is what the gateway charges for chargingPrompt when the backend reported no
+// prompt count: one token per byte of its strings, plus 8 for the framing.
+const promptBound = len("user") + len(chargingPrompt) + 8
 
 func chargingStack(t *testing.T) *stack {
 	t.Helper()
@@ -163,8 +168,9 @@ func (sr sseReader) next(t testing.TB) (text string, usage bool) {
 }
 
 // streamAndLeave sends a streamed request over HTTP/1.1 on its own connection, reads `events`
-// output events (or, with events < 0, up to the usage chunk) and closes the connection.
-func streamAndLeave(t testing.TB, s *stack, path, user, body string, events int) (served int) {
+// output events (or, with events < 0, up to the usage chunk) and closes the connection. It
+// returns the output events it read and the bytes of their text.
+func streamAndLeave(t testing.TB, s *stack, path, user, body string, events int) (served, textBytes int) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr(s.listenerPort))
 	if err != nil {
@@ -186,14 +192,15 @@ func streamAndLeave(t testing.TB, s *stack, path, user, body string, events int)
 	for events < 0 || served < events {
 		text, usage := sr.next(t)
 		if usage {
-			return served
+			return served, textBytes
 		}
 		if text == "" {
 			t.Fatalf("stream ended after %d output events, before the client meant to leave", served)
 		}
 		served++
+		textBytes += len(text)
 	}
-	return served
+	return served, textBytes
 }
 
 func streamBody(model string) string {
@@ -201,19 +208,24 @@ func streamBody(model string) string {
 }
 
 // assertEstimateCharged checks what user was charged on model for `streams` streams the client
-// left after `served` output events of llmsim's words, against the documented error of an
-// estimate: never fewer tokens than events served (plus the prompt), at most 1.6 times the
-// output, with up to two more events per stream that Envoy had passed on before it saw the
-// client go.
-func assertEstimateCharged(t *testing.T, s *stack, user, model string, served, streams int) {
+// left after `served` output events of llmsim's words (textBytes of text), against the
+// documented upper bound: never less than the backend generated (the events served, up to two
+// more per stream that Envoy had passed on before it saw the client go, and the prompt), at
+// most one token per byte of the text served and of those two events, plus the prompt's bound
+// (or the prompt count the backend reported, promptReported).
+func assertEstimateCharged(t *testing.T, s *stack, user, model string, served, textBytes, streams int, promptReported bool) {
 	t.Helper()
-	low := served + streams*simInputTokens
-	high := int(1.6*float64(served+2*streams)) + streams*simInputTokens
+	const maxEventBytes = 24 // llmsim's longest word, with its space
+	prompt := promptBound
+	if promptReported {
+		prompt = simInputTokens
+	}
+	low := served + 2*streams + streams*simInputTokens
+	high := textBytes + streams*(2*maxEventBytes+prompt)
 	got := awaitSpent(t, s, user, model, low)
-	t.Logf("%d streams left after %d output events in all: %d tokens charged (bounds %d–%d)", streams, served, got, low, high)
+	t.Logf("%d streams left after %d output events (%d bytes of text) in all: %d tokens charged (bounds %d–%d)", streams, served, textBytes, got, low, high)
 	if got < low || got > high {
-		t.Fatalf("charged %d tokens for %d output events served (+%d prompt tokens per stream); want %d–%d",
-			got, served, simInputTokens, low, high)
+		t.Fatalf("charged %d tokens for %d output events served; want %d–%d", got, served, low, high)
 	}
 }
 
@@ -221,11 +233,12 @@ func assertEstimateCharged(t *testing.T, s *stack, user, model string, served, s
 // drops the connection are charged what they served, within the documented estimate error.
 func TestClientLeavingMidStreamIsCharged(t *testing.T) {
 	s := chargingStack(t)
-	served := 0
+	served, textBytes := 0, 0
 	for i := range 10 {
-		served += streamAndLeave(t, s, "/v1/chat/completions", "leaver", streamBody("qwen3"), 3+i*26/9)
+		n, b := streamAndLeave(t, s, "/v1/chat/completions", "leaver", streamBody("qwen3"), 3+i*26/9)
+		served, textBytes = served+n, textBytes+b
 	}
-	assertEstimateCharged(t, s, "leaver", "qwen3", served, 10)
+	assertEstimateCharged(t, s, "leaver", "qwen3", served, textBytes, 10, false)
 }
 
 // TestClientLeavingAfterUsageIsChargedExactly: a client that leaves after the usage chunk but
@@ -233,7 +246,7 @@ func TestClientLeavingMidStreamIsCharged(t *testing.T) {
 func TestClientLeavingAfterUsageIsChargedExactly(t *testing.T) {
 	s := chargingStack(t)
 	for range 3 {
-		if n := streamAndLeave(t, s, "/v1/chat/completions", "almost", streamBody("qwen3"), -1); n != simOutputTokens {
+		if n, _ := streamAndLeave(t, s, "/v1/chat/completions", "almost", streamBody("qwen3"), -1); n != simOutputTokens {
 			t.Fatalf("%d output events before the usage chunk, want %d", n, simOutputTokens)
 		}
 	}
@@ -248,8 +261,8 @@ func TestClientLeavingAfterUsageIsChargedExactly(t *testing.T) {
 func TestClientLeavingAnthropicStreamIsCharged(t *testing.T) {
 	s := chargingStack(t)
 	body := fmt.Sprintf(`{"model":"claude","max_tokens":100,"stream":true,"messages":[{"role":"user","content":%q}]}`, chargingPrompt)
-	served := streamAndLeave(t, s, "/v1/messages", "anthro", body, 10)
-	assertEstimateCharged(t, s, "anthro", "claude", served, 1)
+	served, textBytes := streamAndLeave(t, s, "/v1/messages", "anthro", body, 10)
+	assertEstimateCharged(t, s, "anthro", "claude", served, textBytes, 1, true)
 }
 
 // TestClientLeavingHTTP2StreamIsCharged: over HTTP/2 the client resets only its stream, not
@@ -276,21 +289,24 @@ func TestClientLeavingHTTP2StreamIsCharged(t *testing.T) {
 		t.Fatalf("%s %d, want HTTP/2 200", resp.Proto, resp.StatusCode)
 	}
 	sr := sseReader{bufio.NewReader(resp.Body)}
-	served := 0
+	served, textBytes := 0, 0
 	for served < 12 {
-		if text, _ := sr.next(t); text == "" {
+		text, _ := sr.next(t)
+		if text == "" {
 			t.Fatalf("stream ended after %d events", served)
 		}
 		served++
+		textBytes += len(text)
 	}
 	cancel() // RST_STREAM; the connection stays up
 	resp.Body.Close()
 
-	assertEstimateCharged(t, s, "h2", "qwen3", served, 1)
+	assertEstimateCharged(t, s, "h2", "qwen3", served, textBytes, 1, false)
 }
 
 // TestClientTimeoutBeforeAnswerIsCharged: a non-streamed request whose client gives up before
-// the backend answers is charged its prompt's estimate: the backend has read the prompt.
+// the backend answers is charged the prompt's bound and the request's whole output ceiling: the
+// backend has read the prompt and goes on to answer it, whoever is left to read the answer.
 func TestClientTimeoutBeforeAnswerIsCharged(t *testing.T) {
 	s := chargingStack(t)
 	client := &http.Client{Timeout: 500 * time.Millisecond}
@@ -305,9 +321,9 @@ func TestClientTimeoutBeforeAnswerIsCharged(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("the slow backend answered within the client's timeout (%d)", resp.StatusCode)
 	}
-	want := (len("user") + len(chargingPrompt) + 3) / 4
+	want := promptBound + int(policies.DefaultMaxOutputTokens) // the request names no max_tokens
 	if got := awaitSpent(t, s, "impatient", "slowpoke", 1); got != want {
-		t.Fatalf("charged %d, want the prompt's estimate %d", got, want)
+		t.Fatalf("charged %d, want the prompt's bound and the output ceiling, %d", got, want)
 	}
 }
 

@@ -23,6 +23,10 @@ type Request struct {
 	// so on; keys do not count. It sizes the prompt for estimating tokens when a backend reports
 	// no usage, without a second pass over the body.
 	TextBytes int
+	// MaxOutputTokens is the most output the request lets the backend produce: the largest of
+	// max_tokens, max_completion_tokens and max_output_tokens given as a whole non-negative
+	// number, whichever the API reads; 0 when the request names none.
+	MaxOutputTokens int64
 }
 
 // RequestError is a client error in a request body. Message is safe to return to the client
@@ -37,10 +41,13 @@ func (e *RequestError) Error() string { return e.Message }
 
 // Field names the request scanner looks for.
 const (
-	keyModel         = "model"
-	keyStream        = "stream"
-	keyStreamOptions = "stream_options"
-	keyIncludeUsage  = "include_usage"
+	keyModel               = "model"
+	keyStream              = "stream"
+	keyStreamOptions       = "stream_options"
+	keyIncludeUsage        = "include_usage"
+	keyMaxTokens           = "max_tokens"
+	keyMaxCompletionTokens = "max_completion_tokens"
+	keyMaxOutputTokens     = "max_output_tokens"
 )
 
 // The same names as byte slices, for bytes.EqualFold without a conversion per key.
@@ -49,6 +56,9 @@ var (
 	foldStream        = []byte(keyStream)
 	foldStreamOptions = []byte(keyStreamOptions)
 	foldIncludeUsage  = []byte(keyIncludeUsage)
+	// The output ceilings: a case variant would let a backend produce more than the gateway
+	// reserved for.
+	foldCeilings = [][]byte{[]byte(keyMaxTokens), []byte(keyMaxCompletionTokens), []byte(keyMaxOutputTokens)}
 )
 
 // requestLayout is a parsed request plus the byte offsets ForceIncludeUsage edits.
@@ -199,6 +209,16 @@ func scanRequest(body []byte, maxDepth int) (requestLayout, error) {
 			if err := readStreamOptions(&s, &layout); err != nil {
 				return layout, err
 			}
+		case keyMaxTokens, keyMaxCompletionTokens, keyMaxOutputTokens:
+			// The largest counts, duplicates included: whichever the backend honours, the
+			// output stays within it. A value that is no whole number is the backend's to refuse.
+			n, ok, err := s.readTokenCount(it.depth)
+			if err != nil {
+				return layout, requestJSONError(err)
+			}
+			if ok {
+				layout.req.MaxOutputTokens = max(layout.req.MaxOutputTokens, n)
+			}
 		default:
 			if name := topLevelVariant(key); name != "" {
 				return layout, caseVariantKey(name)
@@ -324,7 +344,7 @@ func topLevelVariant(key []byte) string {
 	// A variant has at least as many bytes as the name and at most three per letter (the
 	// Kelvin sign is the widest letter that folds to ASCII), so most keys skip the fold.
 	switch {
-	case len(key) < len(keyModel) || len(key) > 3*len(keyStreamOptions):
+	case len(key) < len(keyModel) || len(key) > 3*len(keyMaxCompletionTokens):
 		return ""
 	case bytes.EqualFold(key, foldModel):
 		return keyModel
@@ -332,6 +352,11 @@ func topLevelVariant(key []byte) string {
 		return keyStream
 	case bytes.EqualFold(key, foldStreamOptions):
 		return keyStreamOptions
+	}
+	for _, ceiling := range foldCeilings {
+		if bytes.EqualFold(key, ceiling) {
+			return string(ceiling)
+		}
 	}
 	return ""
 }

@@ -301,6 +301,9 @@ func TestParseRequestCaseVariantKeys(t *testing.T) {
 			`{"\u0053\u0054\u0052\u0045\u0041\u004d\u005f\u004f\u0050\u0054\u0049\u004f\u004e\u0053":{}}`, "stream_options"},
 		{"fully escaped INCLUDE_USAGE",
 			`{"stream_options":{"\u0049\u004e\u0043\u004c\u0055\u0044\u0045\u005f\u0055\u0053\u0041\u0047\u0045":true}}`, includeParam},
+		{"Max_Tokens", `{"model":"qwen3","max_tokens":10,"Max_Tokens":100000}`, "max_tokens"},
+		{"MAX_COMPLETION_TOKENS", `{"model":"qwen3","MAX_COMPLETION_TOKENS":100000}`, "max_completion_tokens"},
+		{"Max_Output_Tokens", `{"model":"qwen3","Max_Output_Tokens":100000}`, "max_output_tokens"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -406,5 +409,38 @@ func TestParseRequestAllocations(t *testing.T) {
 	// One allocation: the model string the Request returns.
 	if allocs > 1 {
 		t.Errorf("ParseRequest allocates %v times per body, want at most 1", allocs)
+	}
+}
+
+// TestParseRequestOutputCeiling: the output a request lets the backend produce is the largest
+// whole number among the ceilings the APIs read; anything else names no ceiling.
+func TestParseRequestOutputCeiling(t *testing.T) {
+	tests := []struct {
+		body string
+		want int64
+	}{
+		{`{"model":"m"}`, 0},
+		{`{"model":"m","max_tokens":256}`, 256},
+		{`{"model":"m","max_completion_tokens":1000}`, 1000},
+		{`{"model":"m","max_output_tokens":77}`, 77},
+		{`{"model":"m","max_tokens":10,"max_completion_tokens":900}`, 900},
+		{`{"model":"m","max_completion_tokens":900,"max_tokens":10}`, 900},
+		{`{"model":"m","max_tokens":10,"max_tokens":500}`, 500},
+		{`{"model":"m","max_tokens":"300"}`, 300},
+		{`{"model":"m","max_tokens":3e2}`, 300},
+		{`{"model":"m","max_tokens":-5}`, 0},
+		{`{"model":"m","max_tokens":2.5}`, 0},
+		{`{"model":"m","max_tokens":null}`, 0},
+		{`{"model":"m","metadata":{"max_tokens":99999}}`, 0},
+	}
+	for _, tt := range tests {
+		req, err := ParseRequest([]byte(tt.body), 0)
+		if err != nil {
+			t.Errorf("%s: %v", tt.body, err)
+			continue
+		}
+		if req.MaxOutputTokens != tt.want {
+			t.Errorf("%s: MaxOutputTokens %d, want %d", tt.body, req.MaxOutputTokens, tt.want)
+		}
 	}
 }
