@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/internal/testutil"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // The abuse tests attack a running gateway the way a hostile client or a broken upstream
@@ -199,8 +200,9 @@ func TestAbuseDeeplyNestedJSON(t *testing.T) {
 // the 1 MiB event cap, a last event that is never terminated, or that dies before its usage
 // chunk never hangs the client and never takes tollgate down. Usage is charged when it can be
 // read; when it cannot, the gap is logged, counted in tollgate_usage_missing_total, and an
-// estimate of what was served is charged (the prompt's 2 tokens, and one token per output
-// event or per 4 bytes of output text, whichever is more).
+// upper bound of what was served is charged: the prompt's 6 bytes of strings plus 8 for the
+// framing, and one token per byte of the output text served, or the whole output ceiling when
+// none could be read.
 func TestAbuseMalformedUpstreamStreams(t *testing.T) {
 	// Tokens 20 ms apart: a stream cut after its third token has surely sent its headers
 	// through Envoy to the client by then.
@@ -216,13 +218,15 @@ func TestAbuseMalformedUpstreamStreams(t *testing.T) {
 		wantLog    string // what tollgate logs about the answer
 	}{
 		{"garbage between events", "junk", [2]string{"x-llmsim-sse-fault", "garbage"}, true, true, 12, false, ""},
-		// The oversized event comes first: the parser stops before any output.
-		{"event over the cap", "bloat", [2]string{"x-llmsim-sse-fault", "oversize-event"}, true, true, 2, true,
+		// The oversized event comes first: the parser stops before any output, so the request
+		// is charged its output ceiling (it names none: the policy's default).
+		{"event over the cap", "bloat", [2]string{"x-llmsim-sse-fault", "oversize-event"}, true, true, 14 + int(policies.DefaultMaxOutputTokens), true,
 			"cannot parse response stream"},
 		// Six output events of llmsim's words (35 bytes of text).
-		{"last event never terminated", "dangle", [2]string{"x-llmsim-sse-fault", "unterminated"}, true, false, 2 + 9, true,
+		{"last event never terminated", "dangle", [2]string{"x-llmsim-sse-fault", "unterminated"}, true, false, 14 + 35, true,
 			"successful response without token usage; charging an estimate"},
-		{"cut before the usage chunk", "cut", [2]string{"x-llmsim-cut-after", "3"}, false, false, 2 + 4, true,
+		// Three output events (14 bytes of text).
+		{"cut before the usage chunk", "cut", [2]string{"x-llmsim-cut-after", "3"}, false, false, 14 + 14, true,
 			"response broke off before its final usage; charging what was served"},
 	}
 	for _, c := range cases {

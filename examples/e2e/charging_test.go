@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate-dev/tollgate/envoy/rls"
-	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // The charging tests end requests every way a client can — leaving mid-stream, after the usage

@@ -30,7 +30,7 @@ type stack struct {
 	// redisPort is where the stack's Redis runs (startRedis): the ratelimit service keeps its
 	// counters there, and tollgate takes reserved hits back from them.
 	redisPort int
-	backends           map[string]int
+	backends  map[string]int
 	// charges says quotas are charged to a ratelimit service, so tests wait for charges.
 	charges  bool
 	tollgate *process
