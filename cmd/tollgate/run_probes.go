@@ -9,11 +9,8 @@ import (
 	"net/http"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/tollgate-dev/tollgate/envoy/launch"
-	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 )
@@ -53,25 +50,17 @@ func limitsProbe(p *policies.Policy, addr string) func(context.Context) error {
 	if len(quotas) == 0 {
 		return nil
 	}
-	var d rls.Descriptor
-	for _, e := range quotas[0].Entries {
-		d.Entries = append(d.Entries, rls.Entry{Key: e.Key, Value: e.Value})
-	}
+	d := rlsclient.Descriptor{Entries: quotas[0].Entries}
 	domain := p.RateLimit.Domain
 	target := dialAddr(addr)
 	return func(ctx context.Context) error {
-		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		st, err := rls.Check(ctx, conn, domain, []rls.Descriptor{d})
+		st, err := rlsclient.CheckOnce(ctx, target, domain, []rlsclient.Descriptor{d})
 		if err != nil {
 			return err
 		}
-		if st[0].Limit == 0 {
+		if !st[0].Limit.Matched() {
 			return fmt.Errorf("no limit for %s yet", d)
 		}
 		return nil

@@ -27,6 +27,7 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
@@ -243,25 +244,25 @@ func dialService(tb testing.TB, addr string) *grpc.ClientConn {
 	return conn
 }
 
-// waitForLimit polls Check until the service reports limit for the user's qwen3 counter.
+// waitForLimit polls a check until the service reports limit for the user's qwen3 counter.
 func (st *stack) waitForLimit(tb testing.TB, user string, limit uint64) {
 	tb.Helper()
 	testutil.Eventually(tb, 30*time.Second, fmt.Sprintf("limit %d for %s", limit, user), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		got, err := Check(ctx, st.conn, testDomain, []Descriptor{qwen3(user)})
+		got, err := rlsclient.CheckOnce(ctx, st.opts.GRPCAddr, testDomain, []rlsclient.Descriptor{qwen3(user)})
 		if err != nil {
 			return err
 		}
-		if got[0].Limit != limit {
-			return fmt.Errorf("limit is %d, want %d", got[0].Limit, limit)
+		if got[0].Limit.PerWindow != limit {
+			return fmt.Errorf("limit is %d, want %d", got[0].Limit.PerWindow, limit)
 		}
 		return nil
 	})
 }
 
-func qwen3(user string) Descriptor {
-	return Descriptor{Entries: []Entry{{Key: "route", Value: "qwen3"}, {Key: "user", Value: user}}}
+func qwen3(user string) rlsclient.Descriptor {
+	return rlsclient.Descriptor{Entries: []rlsclient.Entry{{Key: "route", Value: "qwen3"}, {Key: "user", Value: user}}}
 }
 
 // charge spends hits on the user's qwen3 counter the way Envoy's stream-done call does, and
@@ -287,11 +288,9 @@ func charge(tb testing.TB, conn grpc.ClientConnInterface, user string, hits uint
 }
 
 // checkOne checks one descriptor and fails the test on error.
-func checkOne(tb testing.TB, conn grpc.ClientConnInterface, d Descriptor) WindowStatus {
+func checkOne(tb testing.TB, st *stack, d rlsclient.Descriptor) rlsclient.Status {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	got, err := Check(ctx, conn, testDomain, []Descriptor{d})
+	got, err := rlsclient.CheckOnce(context.Background(), st.opts.GRPCAddr, testDomain, []rlsclient.Descriptor{d})
 	if err != nil {
 		tb.Fatalf("check %s: %v", d, err)
 	}

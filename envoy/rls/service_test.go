@@ -14,6 +14,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
@@ -34,20 +35,20 @@ func TestService(t *testing.T) {
 		// A window that ends during the test would reset the counter halfway: start in a
 		// fresh one if this one is about to end.
 		testutil.Eventually(t, 30*time.Second, "a window with 20 s left", func() error {
-			if s := checkOne(t, st.conn, alice); s.ResetIn < 20*time.Second {
+			if s := checkOne(t, st, alice); s.ResetIn < 20*time.Second {
 				return fmt.Errorf("window ends in %s", s.ResetIn)
 			}
 			return nil
 		})
 
-		first := checkOne(t, st.conn, alice)
-		want := WindowStatus{Descriptor: alice, Code: "OK", Limit: 50, Unit: "HOUR", Remaining: 50}
-		first.ResetIn, want.ResetIn = 0, 0
+		first := checkOne(t, st, alice)
+		want := rlsclient.Status{Limit: rlsclient.Limit{PerWindow: 50, Unit: "HOUR", Window: time.Hour}, Remaining: 50}
+		first.ResetIn = 0
 		if fmt.Sprint(first) != fmt.Sprint(want) {
 			t.Fatalf("first check = %+v, want %+v", first, want)
 		}
 		// Checks spend nothing.
-		if again := checkOne(t, st.conn, alice); again.Remaining != 50 {
+		if again := checkOne(t, st, alice); again.Remaining != 50 {
 			t.Fatalf("second check reports %d remaining, want 50", again.Remaining)
 		}
 
@@ -55,9 +56,9 @@ func TestService(t *testing.T) {
 			if code := charge(t, st.conn, "alice", 12); code != rlsv3.RateLimitResponse_OK {
 				t.Fatalf("charge %d answered %s", i+1, code)
 			}
-			got := checkOne(t, st.conn, alice)
-			if got.Code != "OK" || got.Remaining != wantRemaining {
-				t.Fatalf("after charge %d: %s with %d remaining, want OK with %d", i+1, got.Code, got.Remaining, wantRemaining)
+			got := checkOne(t, st, alice)
+			if got.OverLimit || got.Remaining != wantRemaining {
+				t.Fatalf("after charge %d: over limit %v with %d remaining, want OK with %d", i+1, got.OverLimit, got.Remaining, wantRemaining)
 			}
 		}
 		// The fifth charge crosses the limit (60 > 50); Envoy ignores this answer at stream
@@ -65,24 +66,24 @@ func TestService(t *testing.T) {
 		if code := charge(t, st.conn, "alice", 12); code != rlsv3.RateLimitResponse_OVER_LIMIT {
 			t.Fatalf("fifth charge answered %s, want OVER_LIMIT", code)
 		}
-		over := checkOne(t, st.conn, alice)
-		if over.Code != "OVER_LIMIT" || over.Remaining != 0 || over.ResetIn <= 0 || over.ResetIn > time.Hour {
+		over := checkOne(t, st, alice)
+		if !over.OverLimit || over.Remaining != 0 || over.ResetIn <= 0 || over.ResetIn > time.Hour {
 			t.Fatalf("check after the fifth charge = %+v, want OVER_LIMIT, 0 remaining, reset within the hour", over)
 		}
 
-		if bob := checkOne(t, st.conn, qwen3("bob")); bob.Code != "OK" || bob.Remaining != 50 {
+		if bob := checkOne(t, st, qwen3("bob")); bob.OverLimit || bob.Remaining != 50 {
 			t.Errorf("bob = %+v, want OK with 50 remaining: alice's usage leaked into his counter", bob)
 		}
 	})
 
 	t.Run("one call answers several descriptors in order", func(t *testing.T) {
 		charge(t, st.conn, "dora", 7)
-		ds := []Descriptor{
+		ds := []rlsclient.Descriptor{
 			qwen3("erin"),
-			{Entries: []Entry{{Key: "route", Value: "gpt-4"}, {Key: "user", Value: "dora"}}},
+			{Entries: []rlsclient.Entry{{Key: "route", Value: "gpt-4"}, {Key: "user", Value: "dora"}}},
 			qwen3("dora"),
 		}
-		got, err := Check(context.Background(), st.conn, testDomain, ds)
+		got, err := rlsclient.CheckOnce(context.Background(), st.opts.GRPCAddr, testDomain, ds)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,13 +93,8 @@ func TestService(t *testing.T) {
 		if got[0].Remaining != 50 || got[2].Remaining != 43 {
 			t.Errorf("remaining = %d, %d; want 50 for erin, 43 for dora", got[0].Remaining, got[2].Remaining)
 		}
-		if got[1].Limit != 0 || got[1].Code != "OK" || got[1].Unit != "" {
+		if got[1].Limit.Matched() || got[1].OverLimit {
 			t.Errorf("a model without a limit = %+v, want OK with no limit", got[1])
-		}
-		for i := range ds {
-			if got[i].Descriptor.String() != ds[i].String() {
-				t.Errorf("status %d is for %s, want %s", i, got[i].Descriptor, ds[i])
-			}
 		}
 	})
 
@@ -137,13 +133,13 @@ func TestService(t *testing.T) {
 
 	t.Run("a new snapshot applies without a restart", func(t *testing.T) {
 		st.publishAndWaitLoaded(t, 100)
-		if got := checkOne(t, st.conn, qwen3("carol")); got.Limit != 100 || got.Remaining != 100 {
+		if got := checkOne(t, st, qwen3("carol")); got.Limit.PerWindow != 100 || got.Remaining != 100 {
 			t.Fatalf("carol after the raise = %+v, want limit 100 with 100 remaining", got)
 		}
 		// The counters survive a limit change: alice spent 60 this window.
-		got := checkOne(t, st.conn, qwen3("alice"))
-		if got.Code != "OK" || got.Remaining != 40 {
-			t.Errorf("alice after the raise = %s with %d remaining, want OK with 40", got.Code, got.Remaining)
+		got := checkOne(t, st, qwen3("alice"))
+		if got.OverLimit || got.Remaining != 40 {
+			t.Errorf("alice after the raise = over limit %v with %d remaining, want OK with 40", got.OverLimit, got.Remaining)
 		}
 	})
 
@@ -169,7 +165,7 @@ func TestRunAgainInOneProcess(t *testing.T) {
 	if code := charge(t, st.conn, "frank", 20); code != rlsv3.RateLimitResponse_OK {
 		t.Fatalf("charge answered %s", code)
 	}
-	if got := checkOne(t, st.conn, qwen3("frank")); got.Remaining != 30 {
+	if got := checkOne(t, st, qwen3("frank")); got.Remaining != 30 {
 		t.Errorf("frank has %d remaining, want 30", got.Remaining)
 	}
 }
@@ -261,7 +257,7 @@ func TestRunBeforeControlPlane(t *testing.T) {
 
 	conn := dialService(t, opts.GRPCAddr)
 	st := &stack{opts: opts, conn: conn}
-	_, err := Check(context.Background(), conn, testDomain, []Descriptor{qwen3("gina")})
+	_, err := rlsclient.CheckOnce(context.Background(), opts.GRPCAddr, testDomain, []rlsclient.Descriptor{qwen3("gina")})
 	if err == nil || !strings.Contains(err.Error(), "no rate limit configuration loaded") {
 		t.Fatalf("check before any config: err = %v, want no rate limit configuration loaded", err)
 	}

@@ -421,3 +421,19 @@ func (c *conns) close() {
 		delete(c.conns, target)
 	}
 }
+
+// CheckOnce asks the service at target about ds in domain with a client of its own, for a
+// single question such as a readiness probe or `tollgate quota`. It gives up when ctx ends
+// (within 5 s without a deadline).
+func CheckOnce(ctx context.Context, target, domain string, ds []Descriptor) ([]Status, error) {
+	c, err := New(Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = c.Close(context.Background()) }()
+	timeout := 5 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		timeout = time.Until(deadline)
+	}
+	return c.Check(ctx, target, domain, ds, timeout)
+}

@@ -14,10 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 )
@@ -88,23 +85,16 @@ func spent(t testing.TB, s *stack, user, model string) int {
 // spentOn asks the ratelimit service how much of user's quota on model is used.
 func spentOn(t testing.TB, s *stack, user, model, quota string) int {
 	t.Helper()
-	conn, err := grpc.NewClient(addr(s.rateLimit), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	statuses, err := rls.Check(ctx, conn, "tollgate", []rls.Descriptor{{Entries: []rls.Entry{
+	statuses, err := rlsclient.CheckOnce(context.Background(), addr(s.rateLimit), "tollgate", []rlsclient.Descriptor{{Entries: []rlsclient.Entry{
 		{Key: "model", Value: model}, {Key: "quota", Value: quota}, {Key: "user", Value: user},
 	}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if statuses[0].Limit == 0 {
+	if !statuses[0].Limit.Matched() {
 		t.Fatalf("the ratelimit service has no limit for %s on %s", user, model)
 	}
-	return int(statuses[0].Limit - statuses[0].Remaining)
+	return int(statuses[0].Limit.PerWindow - statuses[0].Remaining)
 }
 
 // awaitSpent waits until the counter stops moving (charges land after the client has left),

@@ -10,12 +10,9 @@ import (
 	"slices"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
-	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 )
@@ -56,19 +53,16 @@ func Envoy(ctx context.Context, g *stack.Gateway, edits int) ([]time.Duration, e
 // time from the save until the ratelimit service's check-only answer reports that limit.
 func RateLimit(ctx context.Context, g *stack.Gateway, edits int) ([]time.Duration, error) {
 	defer restore(g)
-	conn, err := grpc.NewClient(g.RateLimitAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	client, err := rlsclient.New(rlsclient.Options{})
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
+	defer func() { _ = client.Close(context.Background()) }()
 	p, err := policies.Parse("policy.yaml", []byte(g.Policy(stack.PolicyOptions{})), nil)
 	if err != nil {
 		return nil, err
 	}
-	var d rls.Descriptor
-	for _, e := range translate.UserQuotas(p, "reload-probe", "qwen3")[0].Entries {
-		d.Entries = append(d.Entries, rls.Entry{Key: e.Key, Value: e.Value})
-	}
+	d := rlsclient.Descriptor{Entries: translate.UserQuotas(p, "reload-probe", "qwen3")[0].Entries}
 	out := make([]time.Duration, 0, edits)
 	for i := range edits {
 		limit := uint64(stack.MaxLimit - 1 - i)
@@ -79,12 +73,12 @@ func RateLimit(ctx context.Context, g *stack.Gateway, edits int) ([]time.Duratio
 		err := proc.Poll(ctx, editTimeout, pollInterval, fmt.Sprintf("ratelimit service reporting limit %d", limit), func() error {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			st, err := rls.Check(cctx, conn, p.RateLimit.Domain, []rls.Descriptor{d})
+			st, err := client.Check(cctx, g.RateLimitAddr, p.RateLimit.Domain, []rlsclient.Descriptor{d}, time.Second)
 			if err != nil {
 				return err
 			}
-			if st[0].Limit != limit {
-				return fmt.Errorf("limit still %d", st[0].Limit)
+			if st[0].Limit.PerWindow != limit {
+				return fmt.Errorf("limit still %d", st[0].Limit.PerWindow)
 			}
 			return nil
 		})

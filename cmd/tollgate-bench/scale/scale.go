@@ -14,11 +14,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
-	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
 	"github.com/tollgate-dev/tollgate/xds"
@@ -232,12 +231,12 @@ func MeasureRateLimitLoad(ctx context.Context, n int, start RateLimitStarter) (R
 	if err != nil {
 		return res, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	client, err := rlsclient.New(rlsclient.Options{})
 	if err != nil {
 		return res, err
 	}
-	defer conn.Close()
-	if err := awaitLimit(ctx, conn, PolicyYAML(small, smallLimit), small-1, smallLimit, 30*time.Second); err != nil {
+	defer func() { _ = client.Close(context.Background()) }()
+	if err := awaitLimit(ctx, client, addr, PolicyYAML(small, smallLimit), small-1, smallLimit, 30*time.Second); err != nil {
 		return res, err
 	}
 
@@ -255,7 +254,7 @@ func MeasureRateLimitLoad(ctx context.Context, n int, start RateLimitStarter) (R
 		return res, err
 	}
 	res.Publish = time.Since(started)
-	if err := awaitLimit(ctx, conn, big, n-1, bigLimit, 2*time.Minute); err != nil {
+	if err := awaitLimit(ctx, client, addr, big, n-1, bigLimit, 2*time.Minute); err != nil {
 		return res, err
 	}
 	res.Loaded = time.Since(started)
@@ -277,7 +276,7 @@ func publish(ctx context.Context, server *xds.Server, data []byte) (*policies.Po
 
 // awaitLimit polls the service until the quota of model-<model> (for a user without an
 // override) reports limit.
-func awaitLimit(ctx context.Context, conn *grpc.ClientConn, data []byte, model int, limit uint64, timeout time.Duration) error {
+func awaitLimit(ctx context.Context, client *rlsclient.Client, target string, data []byte, model int, limit uint64, timeout time.Duration) error {
 	p, err := policies.Parse("scale.yaml", data, nil)
 	if err != nil {
 		return err
@@ -286,19 +285,16 @@ func awaitLimit(ctx context.Context, conn *grpc.ClientConn, data []byte, model i
 	if len(quotas) == 0 {
 		return errors.New("no quota for the probed model")
 	}
-	var d rls.Descriptor
-	for _, e := range quotas[0].Entries {
-		d.Entries = append(d.Entries, rls.Entry{Key: e.Key, Value: e.Value})
-	}
+	d := rlsclient.Descriptor{Entries: quotas[0].Entries}
 	return proc.Poll(ctx, timeout, 2*time.Millisecond, fmt.Sprintf("ratelimit service answering with limit %d", limit), func() error {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		st, err := rls.Check(cctx, conn, p.RateLimit.Domain, []rls.Descriptor{d})
+		st, err := client.Check(cctx, target, p.RateLimit.Domain, []rlsclient.Descriptor{d}, 2*time.Second)
 		if err != nil {
 			return err
 		}
-		if st[0].Limit != limit {
-			return fmt.Errorf("limit %d", st[0].Limit)
+		if st[0].Limit.PerWindow != limit {
+			return fmt.Errorf("limit %d", st[0].Limit.PerWindow)
 		}
 		return nil
 	})
