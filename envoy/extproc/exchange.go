@@ -71,7 +71,7 @@ type exchange struct {
 	// Response side.
 	responseSeen   bool        // the response's status and headers were read
 	responseStatus string      // the status sent as an attribute, until the head is read
-	encoding       string      // content-encoding, lowercased
+	encoding       llmapi.ContentEncoding
 	bodyMode       bodyHandler // how the response body is read
 
 	// JSON responses, collected until their end.
@@ -81,7 +81,7 @@ type exchange struct {
 
 	// Streamed responses.
 	stream      *llmapi.Stream
-	gzip        *llmapi.GzipStream
+	decoder     llmapi.StreamDecoder // feeds stream, decoding the body's content-encoding
 	streamErr   error
 	firstOutput time.Time
 
@@ -300,18 +300,13 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 		return nil
 	}
 
-	ex.encoding = strings.ToLower(strings.TrimSpace(head.encoding))
-	// gzip is decoded here rather than by Envoy's decompressor filter ahead of ext_proc: that
-	// filter ends every response it decodes with trailers of its own, and Envoy 1.40's ext_proc
-	// never lets trailers added behind it through while it streams a body, so every decoded
-	// response would stall until the stream idle timeout (envoyproxy/envoy#21205; reproduced with
-	// STREAMED and FULL_DUPLEX_STREAMED bodies, response headers and trailers sent or skipped).
-	gzipped := ex.encoding == "gzip" || ex.encoding == "x-gzip"
-	if ex.encoding != "" && ex.encoding != "identity" && !gzipped {
+	encoding, known := llmapi.ParseContentEncoding(head.encoding)
+	if !known {
 		ex.logger.Warn("response has an unsupported content-encoding; usage unknown",
-			"model", ex.model, "content_encoding", ex.encoding)
+			"model", ex.model, "content_encoding", head.encoding)
 		return ex.settleUnread()
 	}
+	ex.encoding = encoding
 	if endOfStream {
 		return ex.settleUnread()
 	}
@@ -321,9 +316,7 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	case mediaType == "text/event-stream":
 		ex.bodyMode = bodyStreamed
 		ex.stream = llmapi.NewStream(ex.format, ex.cfg.MaxEventBytes)
-		if gzipped {
-			ex.gzip = llmapi.NewGzipStream(streamWriter{ex.stream})
-		}
+		ex.decoder = llmapi.NewStreamDecoder(ex.encoding, ex.stream)
 	case mediaType == "application/json" || strings.HasSuffix(mediaType, "+json"):
 		ex.bodyMode = bodyJSON
 	default:
@@ -372,17 +365,18 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody, attributes map[strin
 
 // sniffResponse tells from the first bytes of a successful response's body what the body is,
 // as its headers would have: a JSON document starts with '{' or '[', anything else from an LLM
-// API is an event stream, and gzip is known by its magic number (what it wraps is then what
-// the request asked for). Upstreams are asked for identity encoding, so gzip is rare; other
-// encodings are not recognised, read as a stream that reports nothing, and charged an
-// estimate.
+// API is an event stream, and a compressed body is known by its first bytes (what it wraps is
+// then what the request asked for). Upstreams are asked for identity encoding, so compression
+// is rare; encodings llmapi does not know are read as a stream that reports nothing, and
+// charged the upper bound.
 func sniffResponse(status string, first []byte, streamRequested bool) responseHead {
 	head := responseHead{status: status}
 	trimmed := bytes.TrimLeft(first, " \t\r\n")
+	encoding, compressed := llmapi.SniffContentEncoding(first)
 	switch {
 	case len(trimmed) == 0:
-	case len(first) >= 2 && first[0] == 0x1f && first[1] == 0x8b:
-		head.encoding = "gzip"
+	case compressed:
+		head.encoding = encoding.String()
 		head.contentType = "application/json"
 		if streamRequested {
 			head.contentType = "text/event-stream"
@@ -415,19 +409,13 @@ func (ex *exchange) settleUnread() *structpb.Struct {
 	return ex.settle(llmapi.Usage{}, served{}, true)
 }
 
-// feed passes one streamed chunk to the SSE parser, through gzip when needed. After an error
+// feed passes one streamed chunk to the SSE parser, decoding it when needed. After an error
 // the rest of the stream is only passed through.
 func (ex *exchange) feed(chunk []byte) {
 	if ex.streamErr != nil || len(chunk) == 0 {
 		return
 	}
-	var err error
-	if ex.gzip != nil {
-		err = ex.gzip.Write(chunk)
-	} else {
-		err = ex.stream.Write(chunk)
-	}
-	if err != nil {
+	if err := ex.decoder.Write(chunk); err != nil {
 		ex.streamErr = err
 		ex.logger.Warn("cannot parse response stream; usage seen so far is kept",
 			"model", ex.model, "error", err)
@@ -440,13 +428,13 @@ func (ex *exchange) feed(chunk []byte) {
 }
 
 func (ex *exchange) streamUsage() llmapi.Usage {
-	if ex.gzip != nil && ex.streamErr == nil {
-		// Closing flushes what the decompressor still holds into the parser.
-		if err := ex.gzip.Close(); err != nil {
+	if ex.decoder != nil && ex.streamErr == nil {
+		// Closing flushes what the decoder still holds into the parser.
+		if err := ex.decoder.Close(); err != nil {
 			ex.streamErr = err
-			ex.logger.Warn("gzip response stream ended badly", "model", ex.model, "error", err)
+			ex.logger.Warn("compressed response stream ended badly", "model", ex.model, "error", err)
 		}
-		ex.gzip = nil
+		ex.decoder = nil
 	}
 	return ex.stream.Usage()
 }
@@ -459,14 +447,10 @@ func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
 			"model", ex.model, "limit", ex.cfg.MaxResponseBytes)
 		return llmapi.Usage{}, served{}
 	}
-	body := ex.jsonBody
-	if ex.encoding == "gzip" || ex.encoding == "x-gzip" {
-		plain, err := llmapi.GunzipLimited(body, ex.cfg.MaxResponseBytes)
-		if err != nil {
-			ex.logger.Warn("cannot decompress response; usage unknown", "model", ex.model, "error", err)
-			return llmapi.Usage{}, served{}
-		}
-		body = plain
+	body, err := ex.encoding.Decode(ex.jsonBody, ex.cfg.MaxResponseBytes)
+	if err != nil {
+		ex.logger.Warn("cannot decompress response; usage unknown", "model", ex.model, "error", err)
+		return llmapi.Usage{}, served{}
 	}
 	if int64(len(body)) > ex.cfg.MaxResponseBytes {
 		ex.logger.Warn("response too large to read usage from; usage unknown",
@@ -628,12 +612,12 @@ func (ex *exchange) finish(outcome string) {
 // an LLM call that reached its backend, what it served is charged.
 func (ex *exchange) close() {
 	defer ex.releaseConcurrency()
-	if ex.gzip != nil && !ex.finished {
-		// Whatever the decompressor holds was never delivered either; it is dropped.
-		if err := ex.gzip.Close(); err != nil {
-			ex.logger.Debug("closing gzip stream of an unfinished response", "error", err)
+	if ex.decoder != nil && !ex.finished {
+		// Whatever the decoder holds was never delivered either; it is dropped.
+		if err := ex.decoder.Close(); err != nil {
+			ex.logger.Debug("closing the decoder of an unfinished response", "error", err)
 		}
-		ex.gzip = nil
+		ex.decoder = nil
 	}
 	if ex.finished || !ex.started {
 		return
@@ -680,12 +664,3 @@ func validHeaderValue(s string) bool {
 	return true
 }
 
-// streamWriter adapts the SSE parser to io.Writer for the gzip decoder.
-type streamWriter struct{ s *llmapi.Stream }
-
-func (w streamWriter) Write(p []byte) (int, error) {
-	if err := w.s.Write(p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
