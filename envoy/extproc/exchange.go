@@ -69,8 +69,8 @@ type exchange struct {
 	holding  bool
 
 	// Response side.
-	responseSeen   bool        // the response's status and headers were read
-	responseStatus string      // the status sent as an attribute, until the head is read
+	responseSeen   bool   // the response's status and headers were read
+	responseStatus string // the status sent as an attribute, until the head is read
 	encoding       llmapi.ContentEncoding
 	bodyMode       bodyHandler // how the response body is read
 
@@ -663,4 +663,3 @@ func validHeaderValue(s string) bool {
 	}
 	return true
 }
-
