@@ -109,6 +109,15 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				return err
 			}
 		}
+		var checkOnly *stack.Gateway
+		if cfg.checkOnly {
+			envK := cfg.newEnv(bins, filepath.Join(dir, "check-only"))
+			envK.CheckOnly = true
+			defer envK.Close()
+			if checkOnly, err = envK.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
+				return err
+			}
+		}
 		var lite *stack.LiteLLM
 		if cfg.litellm {
 			logger.Info("starting LiteLLM (slow: every worker imports it)", "workers", cfg.litellmWorkers, "timeout", stack.LiteLLMStartTimeout)
@@ -120,7 +129,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gw, extProcOnly, lite, sim, logger)
+		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly}, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)

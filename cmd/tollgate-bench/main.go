@@ -82,6 +82,7 @@ type config struct {
 	streamTokens                int
 	streamFloor                 bool
 	extProcOnly                 bool
+	checkOnly                   bool
 	litellm                     bool
 	litellmBin                  string
 	litellmWorkers              int
@@ -129,6 +130,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
 	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
+	fs.BoolVar(&c.checkOnly, "check-only", true, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
 	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+
 		"the default comes from $LITELLM (LITELLM=1 turns it on). Needs LiteLLM, which LITELLM=1 task bench installs; it takes a minute or more to start")
 	fs.StringVar(&c.litellmBin, "litellm-bin", "", "the litellm command (default: .tools/litellm-venv/bin/litellm, then PATH)")

@@ -55,16 +55,23 @@ func requests(cfg config, plainURL, gatewayURL string) (plain, gateway, plainStr
 // fractions of the floor's max. Systems take turns so that machine noise spreads over all.
 // extProcOnly, when not nil, is a gateway without quotas (system E); lite, when not nil, the
 // LiteLLM proxy (system L).
-func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, lite *stack.LiteLLM, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
-	systems := overheadSystems(cfg, plain, gw, extProcOnly, sim)
+func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gws gateways, lite *stack.LiteLLM, sim *proc.Process, logger *slog.Logger) ([]*report.System, error) {
+	systems := overheadSystems(cfg, plain, gws, sim)
 	if lite != nil {
 		systems = append(systems, liteLLMSystem(cfg, lite, sim))
 	}
 	return measureOverhead(ctx, cfg, systems, logger)
 }
 
-// overheadSystems are A to E.
-func overheadSystems(cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gateway, sim *proc.Process) []*loadedSystem {
+// gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
+// E's (no quotas) and K's (checks only, no reservations).
+type gateways struct {
+	main, extProcOnly, checkOnly *stack.Gateway
+}
+
+// overheadSystems are A to E, and K.
+func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Process) []*loadedSystem {
+	gw, extProcOnly := gws.main, gws.extProcOnly
 	self := os.Getpid()
 	plainReq, gwReq, plainStream, gwStream := requests(cfg, plain.URL, gw.URL)
 	plainPids := map[string]int{"envoy": plain.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self}
@@ -92,6 +99,15 @@ func overheadSystems(cfg config, plain *stack.Plain, gw, extProcOnly *stack.Gate
 			rep:  &report.System{Key: "E", Name: "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls", Floor: "A"},
 			req:  req,
 			pids: gatewayPids(extProcOnly),
+		})
+	}
+	if gws.checkOnly != nil {
+		req := gwReq
+		req.URL = gws.checkOnly.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{
+			rep:  &report.System{Key: "K", Name: "B checking quotas only: nothing reserved at admission, the whole cost charged at the end", Floor: "A"},
+			req:  req,
+			pids: gatewayPids(gws.checkOnly),
 		})
 	}
 	return systems

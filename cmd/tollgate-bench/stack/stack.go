@@ -48,6 +48,9 @@ type Env struct {
 	// TollgateEnv is added to the environment of tollgate's processes (the control plane and
 	// the ratelimit service), for runtime settings such as GOMAXPROCS.
 	TollgateEnv []string
+	// CheckOnly runs the control plane without the gateway's Redis (no --redis): requests are
+	// only checked, nothing is reserved, as before reservations existed.
+	CheckOnly bool
 
 	mu    sync.Mutex
 	procs []*proc.Process
@@ -327,7 +330,11 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		"--xds", proc.Addr(g.ports.xds),
 		"--extproc", proc.Addr(g.ports.extProc),
 		"--metrics", g.MetricsAddr,
-		"--debounce", debounce.String())
+		"--debounce", debounce.String(),
+		"--charge-spool", "")
+	if !e.CheckOnly {
+		cpArgs = append(cpArgs, "--redis", proc.Addr(g.ports.redis))
+	}
 	if g.ControlPlane, err = e.startWithEnv("tollgate-serve", e.TollgateEnv, e.Bins.ControlPlane[0], cpArgs...); err != nil {
 		return nil, err
 	}
