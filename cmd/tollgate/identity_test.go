@@ -2,11 +2,10 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/tollgate-dev/tollgate/envoy/extproc"
 )
 
 func TestHashKey(t *testing.T) {
@@ -49,5 +48,5 @@ func TestHashKey(t *testing.T) {
 }
 
 func sha256Hex(s string) string {
-	return fmt.Sprintf("%x", extproc.HashKey(s))
+	return fmt.Sprintf("%x", sha256.Sum256([]byte(s)))
 }
