@@ -15,11 +15,7 @@ func (anthropicMessages) ParseRequest(body []byte, maxDepth int) (Request, error
 }
 
 func (f anthropicMessages) UsageFromJSON(body []byte) (Usage, error) {
-	raw, err := topLevelUsage(body)
-	if err != nil {
-		return Usage{}, err
-	}
-	return f.usage(raw), nil
+	return usageFromJSON(body, f.usage)
 }
 
 // usage counts cache reads and writes into InputTokens, so that a quota on input tokens means

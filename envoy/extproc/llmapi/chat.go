@@ -15,11 +15,7 @@ func (chatCompletions) ParseRequest(body []byte, maxDepth int) (Request, error) 
 }
 
 func (f chatCompletions) UsageFromJSON(body []byte) (Usage, error) {
-	raw, err := topLevelUsage(body)
-	if err != nil {
-		return Usage{}, err
-	}
-	return f.usage(raw), nil
+	return usageFromJSON(body, f.usage)
 }
 
 func (chatCompletions) usage(raw rawUsage) Usage { return openAIUsage(raw) }

@@ -236,3 +236,13 @@ func topLevelUsage(body []byte) (rawUsage, error) {
 	}
 	return u, nil
 }
+
+// usageFromJSON reads the top-level "usage" object of a complete JSON response and converts
+// it the way the format names its counters.
+func usageFromJSON(body []byte, convert func(rawUsage) Usage) (Usage, error) {
+	raw, err := topLevelUsage(body)
+	if err != nil {
+		return Usage{}, err
+	}
+	return convert(raw), nil
+}

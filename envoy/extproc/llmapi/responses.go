@@ -17,11 +17,7 @@ func (responses) ParseRequest(body []byte, maxDepth int) (Request, error) {
 }
 
 func (f responses) UsageFromJSON(body []byte) (Usage, error) {
-	raw, err := topLevelUsage(body)
-	if err != nil {
-		return Usage{}, err
-	}
-	return f.usage(raw), nil
+	return usageFromJSON(body, f.usage)
 }
 
 func (responses) usage(raw rawUsage) Usage { return openAIUsage(raw) }
