@@ -188,7 +188,7 @@ func (g *gateway) doneChannels() (rateLimit, controlPlane, envoy <-chan struct{}
 // exited reports whether any started part has exited.
 func (g *gateway) exited() bool {
 	rl, cp, ev := g.doneChannels()
-	return isClosed(rl) || isClosed(cp) || isClosed(ev)
+	return launch.Closed(rl) || launch.Closed(cp) || launch.Closed(ev)
 }
 
 // supervise blocks until ctx ends or a part exits on its own; a part's exit is logged at once,

@@ -5,6 +5,8 @@ package main
 import (
 	"context"
 	"sync"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // task is a part of the gateway running in a goroutine with a context of its own, so parts
@@ -25,14 +27,14 @@ func startTask(name string, run func(context.Context) error) *task {
 	t := &task{name: name, cancel: cancel, asked: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		err := run(ctx)
-		t.err, t.unexpected = err, !isClosed(t.asked)
+		t.err, t.unexpected = err, !launch.Closed(t.asked)
 		close(t.done)
 	}()
 	return t
 }
 
 // finished reports whether the task has ended.
-func (t *task) finished() bool { return isClosed(t.done) }
+func (t *task) finished() bool { return launch.Closed(t.done) }
 
 // stop asks the task to end and waits for it; each part bounds its own stop. An end that was
 // not asked for is left to failures to report.
@@ -46,13 +48,4 @@ func (t *task) stop() error {
 		return nil
 	}
 	return t.err
-}
-
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
 }

@@ -95,7 +95,7 @@ func StartChild(o ChildOptions) (*Child, error) {
 func (c *Child) wait() {
 	err := c.cmd.Wait()
 	c.waitErr = err
-	c.asked = isClosed(c.stopping)
+	c.asked = Closed(c.stopping)
 	close(c.done)
 }
 
@@ -108,7 +108,7 @@ func (c *Child) Done() <-chan struct{} { return c.done }
 // Exited reports whether the child has exited and, if so, what waiting for it returned (nil
 // for exit code 0, an *exec.ExitError otherwise).
 func (c *Child) Exited() (bool, error) {
-	if !isClosed(c.done) {
+	if !Closed(c.done) {
 		return false, nil
 	}
 	return true, c.waitErr
@@ -136,7 +136,7 @@ func (c *Child) Stop() error {
 		if c.opts.Group == OwnGroupSweep {
 			defer c.sweep()
 		}
-		if isClosed(c.done) {
+		if Closed(c.done) {
 			return // exited on its own: nothing to signal
 		}
 		close(c.stopping)
@@ -162,7 +162,7 @@ func (c *Child) Kill() error {
 // exited, whose process id may belong to someone else by now, is not signalled:
 // os.ErrProcessDone.
 func (c *Child) Signal(sig syscall.Signal) error {
-	if isClosed(c.done) {
+	if Closed(c.done) {
 		return os.ErrProcessDone
 	}
 	return c.send(sig, c.opts.Group == OwnGroup)
@@ -185,7 +185,7 @@ func (c *Child) Await(ctx context.Context, interval time.Duration, ready func(co
 		}
 	}()
 	err := Poll(ctx, interval, ready)
-	if err != nil && isClosed(c.done) {
+	if err != nil && Closed(c.done) {
 		return fmt.Errorf("%w (last: %v)", ErrExited, err)
 	}
 	return err
@@ -214,7 +214,8 @@ func Poll(ctx context.Context, interval time.Duration, probe func(context.Contex
 	}
 }
 
-func isClosed(ch <-chan struct{}) bool {
+// Closed reports whether ch is closed, without waiting: whether what it signals has happened.
+func Closed(ch <-chan struct{}) bool {
 	select {
 	case <-ch:
 		return true

@@ -126,55 +126,34 @@ func windowTime(sent time.Time, resetIn time.Duration) time.Time {
 // actual cost in full. done, if not nil, gets the joined outcome once everything is applied
 // or given up.
 func (c *Client) Settle(res []Reservation, actual []uint64, done func(error)) {
-	var charges, refunds []pendingSettle
+	var charges []Descriptor
+	var refunds []Refund
+	var target, domain string // a request's reservations share them
 	for i, r := range res {
+		target, domain = r.target, r.domain
 		switch cost := actual[i]; {
 		case cost > r.hits:
-			charges = append(charges, pendingSettle{r: r, hits: cost - r.hits})
+			charges = append(charges, Descriptor{Entries: r.entries, Hits: cost - r.hits})
 		case cost < r.hits:
-			refunds = append(refunds, pendingSettle{r: r, hits: r.hits - cost})
+			refunds = append(refunds, Refund{Domain: r.domain, Entries: r.entries, Unit: r.unit, At: r.at, Hits: r.hits - cost})
 		}
 	}
 	outcomes := newJoin(2, done)
-	c.chargeSettles(charges, outcomes.one)
-	c.refundSettles(refunds, outcomes.one)
+	if len(charges) > 0 {
+		c.Charge(target, domain, charges, outcomes.one)
+	} else {
+		outcomes.one(nil)
+	}
+	if len(refunds) > 0 {
+		c.refund(refunds, outcomes.one)
+	} else {
+		outcomes.one(nil)
+	}
 }
 
 // Release gives every reservation back: the request was refused.
 func (c *Client) Release(res []Reservation, done func(error)) {
 	c.Settle(res, make([]uint64, len(res)), done)
-}
-
-type pendingSettle struct {
-	r    Reservation
-	hits uint64
-}
-
-// chargeSettles charges the extra costs, one call per service and domain (a request's
-// reservations all share them).
-func (c *Client) chargeSettles(settles []pendingSettle, done func(error)) {
-	if len(settles) == 0 {
-		done(nil)
-		return
-	}
-	ds := make([]Descriptor, len(settles))
-	for i, s := range settles {
-		ds[i] = Descriptor{Entries: s.r.entries, Hits: s.hits}
-	}
-	first := settles[0].r
-	c.Charge(first.target, first.domain, ds, done)
-}
-
-func (c *Client) refundSettles(settles []pendingSettle, done func(error)) {
-	if len(settles) == 0 {
-		done(nil)
-		return
-	}
-	refunds := make([]Refund, len(settles))
-	for i, s := range settles {
-		refunds[i] = Refund{Domain: s.r.domain, Entries: s.r.entries, Unit: s.r.unit, At: s.r.at, Hits: s.hits}
-	}
-	c.refund(refunds, done)
 }
 
 // join calls done once with the joined errors of n outcomes.

@@ -103,14 +103,8 @@ func TestExtProcKilled(t *testing.T) {
 func TestRateLimitServiceKilled(t *testing.T) {
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
-			testutil.Envoy(t)
-			policy := strings.Replace(seedPolicy, "timeout: 1s}", "timeout: 200ms, failureMode: "+mode+"}", 1)
-			s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
-			s.writePolicy(t, policy)
-			s.startTollgate(t)
-			redisAddr := s.startRedis(t)
-			rateLimit := s.startRateLimitWith(t, redisAddr)
-			s.startEnvoy(t)
+			s := quotaStack(t, strings.Replace(seedPolicy, "timeout: 1s}", "timeout: 200ms, failureMode: "+mode+"}", 1))
+			redisAddr, rateLimit := addr(s.redisPort), s.rateLimitProc
 			if got := fmt.Sprint(sendN(t, s, "alice", "qwen3", 6, false)); got != "[200 200 200 200 200 429]" {
 				t.Fatalf("before the fault: %s", got)
 			}

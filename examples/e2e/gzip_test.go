@@ -15,31 +15,17 @@ import (
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
-// gzipPolicy has one model with a limit high enough that nothing is rejected: the test reads
-// what the ratelimit service counted.
-const gzipPolicy = `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
-  - {name: qwen3, backend: sim}
-costs:
-  - {name: tokens, type: TotalToken}
-quotas:
-  - {name: qwen3-hourly, model: qwen3, cost: tokens, limit: 1000000, per: hour}
-`
-
 // TestGzipResponsesChargedExactly: a backend that gzips its answer although tollgate asked for
 // identity encoding is still charged exactly the usage it reported, for a JSON answer and for an
 // event stream flushed through gzip event by event. The client gets the gzip bytes as the
 // backend sent them.
 func TestGzipResponsesChargedExactly(t *testing.T) {
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--output-tokens", "23", "--input-tokens", "11")})
-	s.writePolicy(t, gzipPolicy)
+	// The charging tests' policy (high limits: the test reads what was counted), with both of
+	// its backends one simulator.
+	sim := startSim(t, "sim", "--output-tokens", "23", "--input-tokens", "11")
+	s := newStack(t, map[string]int{"fast": sim, "slow": sim})
+	s.writePolicy(t, chargingPolicy)
 	s.startTollgate(t)
 	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)

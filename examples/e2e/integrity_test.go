@@ -370,19 +370,14 @@ func TestRedisOutageLosesNoCharge(t *testing.T) {
 // the service is back.
 func TestKilledWithChargesQueued(t *testing.T) {
 	const perRequest = 12
-	testutil.Envoy(t)
-	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
-	s.writePolicy(t, outagePolicy("open"))
-	s.startTollgate(t)
-	redisAddr := s.startRedis(t)
-	rateLimit := s.startRateLimit(t, redisAddr)
-	s.startEnvoy(t)
+	s := quotaStack(t, outagePolicy("open"))
+	redisAddr := addr(s.redisPort)
 
 	if got := fmt.Sprint(sendN(t, s, "queued", "qwen3", 3, false)); got != "[200 200 200]" {
 		t.Fatalf("before the outage: %s", got)
 	}
 	awaitCounter(t, redisAddr, "queued", 3*perRequest)
-	rateLimit.kill()
+	s.rateLimitProc.kill()
 	if got := fmt.Sprint(sendBackToBack(t, s, "queued", "qwen3", 5, false)); got != "[200 200 200 200 200]" {
 		t.Fatalf("during the outage (fail open): %s", got)
 	}

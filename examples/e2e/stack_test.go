@@ -32,9 +32,11 @@ type stack struct {
 	redisPort int
 	backends  map[string]int
 	// charges says quotas are charged to a ratelimit service, so tests wait for charges.
-	charges  bool
-	tollgate *process
-	envoy    *process
+	charges bool
+	// rateLimitProc is the stack's `tollgate ratelimit`, once started.
+	rateLimitProc *process
+	tollgate      *process
+	envoy         *process
 }
 
 // startSim runs one llmsim named name and returns its port.
@@ -239,6 +241,7 @@ func (s *stack) startRateLimitWith(t testing.TB, redisAddr string, extra ...stri
 		"--log-level", "debug"}, extra...)
 	p := start(t, "ratelimit", bins.tollgate, args...)
 	p.port = s.rateLimit
+	s.rateLimitProc = p
 	testutil.Eventually(t, 20*time.Second, "ratelimit service has the policy", func() error {
 		if !strings.Contains(p.logText(), "Successfully loaded new configuration") {
 			return fmt.Errorf("no config loaded yet")
