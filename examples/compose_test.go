@@ -71,6 +71,9 @@ func TestComposeDemo(t *testing.T) {
 			t.Errorf("service %s: image %q is not pinned to a version", svc.Name, svc.Image)
 		}
 		for _, v := range svc.Volumes {
+			if v.Type != "bind" {
+				continue // a named volume Docker creates
+			}
 			if _, err := os.Stat(v.Source); err != nil {
 				t.Errorf("service %s: volume source: %v", svc.Name, err)
 			}
@@ -115,6 +118,10 @@ func TestComposeDemo(t *testing.T) {
 		"GRPC_PORT":                               fmt.Sprint(policy.RateLimit.Port),
 		"LOCAL_CACHE_SIZE_IN_BYTES":               "0",
 		"STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT": "false",
+	}
+	// Reservations are taken back in the Redis the ratelimit service counts in.
+	if got := args["--redis"]; got != env("REDIS_URL") {
+		t.Errorf("tollgate --redis %q, the ratelimit service counts in %q", got, env("REDIS_URL"))
 	}
 	for k, want := range checks {
 		if got := env(k); got != want {
