@@ -209,7 +209,7 @@ func checkJWKS(data []byte) error {
 		Keys []map[string]any `json:"keys"`
 	}
 	if err := json.Unmarshal(data, &set); err != nil {
-		return fmt.Errorf("not a JSON Web Key Set: %v", err)
+		return fmt.Errorf("not a JSON Web Key Set: %w", err)
 	}
 	if len(set.Keys) == 0 {
 		return errors.New(`not a JSON Web Key Set: "keys" must list at least one key`)

@@ -53,7 +53,7 @@ func buildAndRun(m *testing.M) (int, error) {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+			return 0, fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
 		}
 	}
 	bins = binaries{

@@ -109,14 +109,14 @@ func (g *GzipStream) Write(compressed []byte) error {
 	}
 	g.in.in = append(g.in.in, compressed...)
 	err := g.decode()
-	if err == nil || err == errNeedInput {
+	if err == nil || errors.Is(err, errNeedInput) {
 		err = g.emit(g.inflater.pendingIfAny())
 	}
 	// Keep only the unconsumed input (a partial unit), moved to the front for reuse.
 	consumed := g.in.pos >> 3
 	g.in.in = g.in.in[:copy(g.in.in, g.in.in[consumed:])]
 	g.in.pos -= consumed * 8
-	if err != nil && err != errNeedInput {
+	if err != nil && !errors.Is(err, errNeedInput) {
 		g.err = err
 		return err
 	}
