@@ -26,7 +26,7 @@ func reloadPhase(ctx context.Context, cfg config, gw *stack.Gateway, logger *slo
 	logger.Info("reload: adding models", "edits", cfg.edits)
 	var err error
 	if r.Envoy, err = reload.Envoy(ctx, gw, cfg.edits); err != nil {
-		return r, fmt.Errorf("Envoy reloads: %w", err)
+		return r, fmt.Errorf("Envoy reloads: %w", err) //nolint:staticcheck // ST1005: Envoy is a name
 	}
 	logger.Info("reload: Envoy", "p50", reload.Percentile(r.Envoy, 0.5), "p99", reload.Percentile(r.Envoy, 0.99))
 	if r.RateLimit, err = reload.RateLimit(ctx, gw, cfg.edits); err != nil {

@@ -39,7 +39,7 @@ func waitForRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config
 		}
 		var rejected redisRejectedError
 		if errors.As(err, &rejected) {
-			return fmt.Errorf("Redis at %s rejected tollgate's connection: %s", target.Addr, rejected.reply)
+			return fmt.Errorf("Redis at %s rejected tollgate's connection: %s", target.Addr, rejected.reply) //nolint:staticcheck // ST1005: Redis is a name
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("cannot reach Redis at %s: %w", target.Addr, ctx.Err())
