@@ -44,7 +44,7 @@ func Start(name, logDir string, env []string, bin string, args ...string) (*Proc
 		return nil, err
 	}
 	// The child has its own copy of the file once started.
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	child, err := launch.StartChild(launch.ChildOptions{
 		Path:   bin,
 		Args:   args,

@@ -27,7 +27,7 @@ func GunzipLimited(body []byte, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
-	defer zr.Close()
+	defer func() { _ = zr.Close() }() // reading reports every error; Close adds none
 	out, err := io.ReadAll(io.LimitReader(zr, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
