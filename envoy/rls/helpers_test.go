@@ -240,7 +240,7 @@ func dialService(tb testing.TB, addr string) *grpc.ClientConn {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { conn.Close() })
+	tb.Cleanup(func() { _ = conn.Close() })
 	return conn
 }
 

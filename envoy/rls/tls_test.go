@@ -99,7 +99,8 @@ func TestServiceOverMutualTLS(t *testing.T) {
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-finished:
+		case err := <-finished:
+			_ = err // the test is done; this only waits for Run to return
 		case <-time.After(2 * stopTimeout):
 			t.Error("Run did not return after cancel")
 		}
