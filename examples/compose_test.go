@@ -169,7 +169,7 @@ func TestDockerfileBuildsLikeTheTaskfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var dockerBuild string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {

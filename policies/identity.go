@@ -87,7 +87,7 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot read: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %w", path, err)
@@ -209,7 +209,7 @@ func checkJWKS(data []byte) error {
 		Keys []map[string]any `json:"keys"`
 	}
 	if err := json.Unmarshal(data, &set); err != nil {
-		return fmt.Errorf("not a JSON Web Key Set: %v", err)
+		return fmt.Errorf("not a JSON Web Key Set: %w", err)
 	}
 	if len(set.Keys) == 0 {
 		return errors.New(`not a JSON Web Key Set: "keys" must list at least one key`)

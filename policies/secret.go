@@ -71,7 +71,7 @@ func (s Secret) GoString() string { return s.shown() }
 // Format hides the value from every fmt verb, including %+v and %#v of structs holding it.
 func (s Secret) Format(f fmt.State, verb rune) {
 	if verb == 'q' {
-		fmt.Fprintf(f, "%q", s.shown())
+		_, _ = fmt.Fprintf(f, "%q", s.shown())
 		return
 	}
 	_, _ = io.WriteString(f, s.shown())
@@ -209,7 +209,7 @@ func readSmallFile(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("cannot read key file: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
 	if err != nil {
 		return "", fmt.Errorf("cannot read key file %s: %w", path, err)

@@ -3,6 +3,7 @@ package policies
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -105,8 +106,8 @@ func TestSecretErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Parse(filepath.Join(dir, "policy.yaml"), []byte(seedWithKey(t, tt.apiKey)), env)
-			errs, ok := err.(*Errors)
-			if !ok || len(errs.List) != 1 {
+			var errs *Errors
+			if !errors.As(err, &errs) || len(errs.List) != 1 {
 				t.Fatalf("error = %v, want exactly one", err)
 			}
 			fe := errs.List[0]

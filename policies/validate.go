@@ -386,7 +386,8 @@ func checkBackendURL(raw string) string {
 
 // unwrapURLError drops url.Error's "parse <url>:" prefix, which repeats the whole URL.
 func unwrapURLError(err error) error {
-	if ue, ok := err.(*url.Error); ok {
+	var ue *url.Error
+	if errors.As(err, &ue) {
 		return ue.Err
 	}
 	return err

@@ -101,7 +101,7 @@ func (w *Watcher) Run(ctx context.Context, onChange func(content []byte)) error 
 	if err != nil {
 		return fmt.Errorf("watch policy %s: %w", w.path, err)
 	}
-	defer fsw.Close()
+	defer func() { _ = fsw.Close() }()
 	dir := filepath.Dir(path)
 	if err := fsw.Add(dir); err != nil {
 		return fmt.Errorf("watch directory %s: %w", dir, err)
@@ -357,18 +357,18 @@ func fingerprintFiles(paths []string) string {
 	if len(paths) == 0 {
 		return ""
 	}
-	h := sha256.New()
+	h := sha256.New() // writes to a hash never fail
 	for _, p := range paths {
-		fmt.Fprintf(h, "%s\x00", p)
+		_, _ = fmt.Fprintf(h, "%s\x00", p)
 		f, err := os.Open(p)
 		if err != nil {
-			fmt.Fprintf(h, "unreadable: %v\x00", err)
+			_, _ = fmt.Fprintf(h, "unreadable: %v\x00", err)
 			continue
 		}
 		if _, err := io.Copy(h, io.LimitReader(f, maxFingerprintBytes)); err != nil {
-			fmt.Fprintf(h, "read error: %v\x00", err)
+			_, _ = fmt.Fprintf(h, "read error: %v\x00", err)
 		}
-		f.Close()
+		_ = f.Close()
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil))

@@ -350,7 +350,7 @@ func TestWatchMissingFileIgnoresOtherFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	for i := range 200 {
 		if _, err := fmt.Fprintf(f, "line %d\n", i); err != nil {
 			t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -117,30 +117,30 @@ func listener(p *input) (*listenerv3.Listener, error) {
 // non-streamed request costs three messages. It fails closed: without
 // it a request has no trustworthy model or user.
 func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
-	metadata := &extprocv3.MetadataOptions{
-		ReceivingNamespaces: &extprocv3.MetadataOptions_MetadataNamespaces{
+	metadata := &extprocfilterv3.MetadataOptions{
+		ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{envoy.MetadataNamespace},
 		},
 	}
 	if usesJWT(p) {
 		// The verified token payload, which names the user.
-		metadata.ForwardingNamespaces = &extprocv3.MetadataOptions_MetadataNamespaces{
+		metadata.ForwardingNamespaces = &extprocfilterv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{envoy.FilterJWTAuthn},
 		}
 	}
-	return httpFilter(envoy.FilterExtProc, &extprocv3.ExternalProcessor{
+	return httpFilter(envoy.FilterExtProc, &extprocfilterv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
 				ClusterName: envoy.ClusterExtProc,
 			}},
 		},
-		ProcessingMode: &extprocv3.ProcessingMode{
-			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocv3.ProcessingMode_BUFFERED,
-			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
-			ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
-			ResponseBodyMode:    extprocv3.ProcessingMode_STREAMED,
-			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		ProcessingMode: &extprocfilterv3.ProcessingMode{
+			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseBodyMode:    extprocfilterv3.ProcessingMode_STREAMED,
+			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
 		},
 		// The response status rides on the first body chunk: one round trip fewer per
 		// response than a headers message of its own.

@@ -8,7 +8,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -264,7 +264,7 @@ func checkReferences(probs *problems, listeners []entry[*listenerv3.Listener], r
 				if inline := cfg.GetRouteConfig(); inline != nil {
 					checkRouteClusters(fmt.Sprintf("%s: inline route config %q", where, inline.GetName()), inline, requireClusterAt)
 				}
-			case *extprocv3.ExternalProcessor:
+			case *extprocfilterv3.ExternalProcessor:
 				requireCluster(where, "ext_proc grpc_service", cfg.GetGrpcService().GetEnvoyGrpc().GetClusterName())
 				requireCluster(where, "ext_proc http_service", cfg.GetHttpService().GetHttpService().GetHttpUri().GetCluster())
 			}

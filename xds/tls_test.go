@@ -110,7 +110,7 @@ func fetchClusters(t *testing.T, addr string, creds credentials.TransportCredent
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	// The deadline bounds a hang; a refused handshake fails long before it.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -200,7 +200,7 @@ func TestMutualTLS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial: %v", err)
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 		// In TLS 1.3 the server checks the client certificate after the client's side of the
 		// handshake is done, so the refusal arrives as an alert on the first read.
@@ -224,7 +224,7 @@ func TestMutualTLS(t *testing.T) {
 			ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12,
 		})
 		if err == nil {
-			conn.Close()
+			_ = conn.Close()
 			t.Fatal("a TLS 1.2 handshake succeeded")
 		}
 	})
@@ -309,8 +309,10 @@ func writeTemp(t *testing.T, content string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	if _, err := f.WriteString(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return f.Name()

@@ -159,8 +159,10 @@ func writeReport(out string, rep *report.Report) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	defer f.Close()
 	if err := report.Markdown(f, rep); err != nil {
+		errs = append(errs, err)
+	}
+	if err := f.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -55,12 +55,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "tollgate-bench:", err)
+		_, _ = fmt.Fprintln(stderr, "tollgate-bench:", err)
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := benchmark(ctx, cfg, logger, stdout); err != nil {
-		fmt.Fprintln(stderr, "tollgate-bench:", err)
+		_, _ = fmt.Fprintln(stderr, "tollgate-bench:", err)
 		return 1
 	}
 	return 0

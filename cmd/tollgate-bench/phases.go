@@ -26,7 +26,7 @@ func reloadPhase(ctx context.Context, cfg config, gw *stack.Gateway, logger *slo
 	logger.Info("reload: adding models", "edits", cfg.edits)
 	var err error
 	if r.Envoy, err = reload.Envoy(ctx, gw, cfg.edits); err != nil {
-		return r, fmt.Errorf("Envoy reloads: %w", err)
+		return r, fmt.Errorf("Envoy reloads: %w", err) //nolint:staticcheck // ST1005: Envoy is a name
 	}
 	logger.Info("reload: Envoy", "p50", reload.Percentile(r.Envoy, 0.5), "p99", reload.Percentile(r.Envoy, 0.99))
 	if r.RateLimit, err = reload.RateLimit(ctx, gw, cfg.edits); err != nil {
@@ -95,12 +95,15 @@ func cpuProfile(path string, fn func() error) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
 		return err
 	}
 	err = fn()
 	pprof.StopCPUProfile()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -198,7 +201,7 @@ func download(ctx context.Context, url, file string, timeout time.Duration) erro
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err

@@ -117,7 +117,7 @@ func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer, rls rlscli
 func runUntilSignal(name string, stderr io.Writer, logLevel, logFormat string, fn func(ctx context.Context, logger *slog.Logger) error) int {
 	logger, err := newLogger(stderr, logLevel, logFormat)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
+		_, _ = fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -127,7 +127,7 @@ func runUntilSignal(name string, stderr io.Writer, logLevel, logFormat string, f
 		if errors.As(err, &policyErrs) {
 			printErrors(stderr, err)
 		} else {
-			fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
+			_, _ = fmt.Fprintf(stderr, "tollgate %s: %v\n", name, err)
 		}
 		return 1
 	}

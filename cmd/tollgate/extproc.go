@@ -81,7 +81,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	}
 	metricsLis, err := net.Listen("tcp", o.metricsAddr)
 	if err != nil {
-		lis.Close()
+		_ = lis.Close()
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	if port := lis.Addr().(*net.TCPAddr).Port; port != initial.ExtProc.Port {

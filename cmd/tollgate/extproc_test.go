@@ -79,7 +79,7 @@ func getStatus(url string, into any) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err
@@ -120,7 +120,7 @@ func askIdentity(t *testing.T, addr string) (rejected bool, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
@@ -228,7 +228,7 @@ func TestServeWithoutExtProc(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	if c, err := net.DialTimeout("tcp", addrs[2], time.Second); err == nil {
-		c.Close()
+		_ = c.Close()
 		t.Errorf("something listens on the policy's ext_proc address %s", addrs[2])
 	}
 }

@@ -23,7 +23,7 @@ func hashKeyCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) in
 	key := fs.String("key", "", "the key to hash (default: read it from stdin)")
 	user := fs.String("user", "", "print a ready-made identity.apiKeys entry for this user")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: tollgate hash-key [--user ID] < keyfile\n\n"+
+		_, _ = fmt.Fprint(stderr, "Usage: tollgate hash-key [--user ID] < keyfile\n\n"+
 			"Prints the SHA-256 of an API key for identity.apiKeys (or an apiKeysFile).\n"+
 			"Make a key with, for example: openssl rand -hex 32\n\n")
 		fs.PrintDefaults()
@@ -35,36 +35,36 @@ func hashKeyCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) in
 	if k == "" {
 		data, err := io.ReadAll(io.LimitReader(stdin, maxKeyInput+1))
 		if err != nil {
-			fmt.Fprintf(stderr, "tollgate hash-key: read stdin: %v\n", err)
+			_, _ = fmt.Fprintf(stderr, "tollgate hash-key: read stdin: %v\n", err)
 			return 1
 		}
 		if len(data) > maxKeyInput {
-			fmt.Fprintf(stderr, "tollgate hash-key: stdin holds more than %d bytes; give one key\n", maxKeyInput)
+			_, _ = fmt.Fprintf(stderr, "tollgate hash-key: stdin holds more than %d bytes; give one key\n", maxKeyInput)
 			return 2
 		}
 		k = strings.TrimRight(string(data), "\r\n")
 	}
 	switch {
 	case k == "":
-		fmt.Fprintln(stderr, "tollgate hash-key: no key given (pipe it to stdin or use --key)")
+		_, _ = fmt.Fprintln(stderr, "tollgate hash-key: no key given (pipe it to stdin or use --key)")
 		return 2
 	case strings.ContainsAny(k, "\r\n"):
-		fmt.Fprintln(stderr, "tollgate hash-key: the key spans several lines; give one key")
+		_, _ = fmt.Fprintln(stderr, "tollgate hash-key: the key spans several lines; give one key")
 		return 2
 	case strings.TrimSpace(k) != k || strings.ContainsFunc(k, unicode.IsControl):
 		// The gateway trims what clients send, so such a key could never match.
-		fmt.Fprintln(stderr, "tollgate hash-key: the key has surrounding spaces or control characters")
+		_, _ = fmt.Fprintln(stderr, "tollgate hash-key: the key has surrounding spaces or control characters")
 		return 2
 	}
 	if len(k) < minKeyLength {
-		fmt.Fprintf(stderr, "tollgate hash-key: warning: the key is %d characters long; use at least %d random ones (openssl rand -hex 32)\n", len(k), minKeyLength)
+		_, _ = fmt.Fprintf(stderr, "tollgate hash-key: warning: the key is %d characters long; use at least %d random ones (openssl rand -hex 32)\n", len(k), minKeyLength)
 	}
 	sum := sha256.Sum256([]byte(k))
 	hash := hex.EncodeToString(sum[:])
 	if *user != "" {
-		fmt.Fprintf(stdout, "- {user: %q, sha256: %s}\n", *user, hash)
+		_, _ = fmt.Fprintf(stdout, "- {user: %q, sha256: %s}\n", *user, hash)
 		return 0
 	}
-	fmt.Fprintln(stdout, hash)
+	_, _ = fmt.Fprintln(stdout, hash)
 	return 0
 }

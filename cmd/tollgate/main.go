@@ -39,7 +39,7 @@ func main() {
 // run dispatches a subcommand and returns the process exit code: 0 ok, 1 failure, 2 usage error.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		_, _ = fmt.Fprint(stderr, usage)
 		return 2
 	}
 	cmd, rest := args[0], args[1:]
@@ -65,13 +65,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "status":
 		return statusCommand(rest, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintf(stdout, "tollgate %s\n", buildVersion())
+		_, _ = fmt.Fprintf(stdout, "tollgate %s\n", buildVersion())
 		return 0
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		_, _ = fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "tollgate: unknown command %q\n\n%s", cmd, usage)
+		_, _ = fmt.Fprintf(stderr, "tollgate: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
 }

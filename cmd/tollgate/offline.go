@@ -29,7 +29,7 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		_, _ = fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return 2
 	}
 	return -1
@@ -63,7 +63,7 @@ func validateCommand(args []string, stdout, stderr io.Writer) int {
 		printErrors(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d backends, %d models, %d costs, %d quotas)\n",
+	_, _ = fmt.Fprintf(stdout, "%s: ok (%d backends, %d models, %d costs, %d quotas)\n",
 		*file, len(p.Backends), len(p.Models), len(p.Costs), len(p.Quotas))
 	return 0
 }
@@ -81,7 +81,7 @@ func renderCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	b, err := translate.Render(out)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate render: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate render: %v\n", err)
 		return 1
 	}
 	_, _ = stdout.Write(b)
@@ -104,7 +104,7 @@ func bootstrapCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	b, err := bootstrap.YAML(opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate bootstrap: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate bootstrap: %v\n", err)
 		return 1
 	}
 	_, _ = stdout.Write(b)
@@ -117,10 +117,10 @@ func printErrors(w io.Writer, err error) {
 	var list *policies.Errors
 	if errors.As(err, &list) {
 		for _, e := range list.List {
-			fmt.Fprintln(w, e.Error())
+			_, _ = fmt.Fprintln(w, e.Error())
 		}
-		fmt.Fprintf(w, "%d error(s)\n", len(list.List))
+		_, _ = fmt.Fprintf(w, "%d error(s)\n", len(list.List))
 		return
 	}
-	fmt.Fprintln(w, err)
+	_, _ = fmt.Fprintln(w, err)
 }

@@ -27,7 +27,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if *user == "" {
-		fmt.Fprintln(stderr, "tollgate quota: --user is required")
+		_, _ = fmt.Fprintln(stderr, "tollgate quota: --user is required")
 		return 2
 	}
 	p, _, err := policies.Load(*file, os.LookupEnv)
@@ -38,9 +38,9 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	quotas := translate.UserQuotas(p, *user, *model)
 	if len(quotas) == 0 {
 		if *model != "" {
-			fmt.Fprintf(stderr, "tollgate quota: no quota in %s applies to model %q\n", *file, *model)
+			_, _ = fmt.Fprintf(stderr, "tollgate quota: no quota in %s applies to model %q\n", *file, *model)
 		} else {
-			fmt.Fprintf(stderr, "tollgate quota: %s has no quotas\n", *file)
+			_, _ = fmt.Fprintf(stderr, "tollgate quota: %s has no quotas\n", *file)
 		}
 		return 1
 	}
@@ -54,7 +54,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	client, err := rlsclient.New(rlsclient.Options{})
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate quota: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate quota: %v\n", err)
 		return 1
 	}
 	defer func() { _ = client.Close(context.Background()) }()
@@ -62,17 +62,17 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	statuses, err := client.Check(ctx, target, p.RateLimit.Domain, ds, 5*time.Second)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", target, err)
+		_, _ = fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", target, err)
 		return 1
 	}
 	now := time.Now()
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
+	_, _ = fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
 	for i, st := range statuses {
 		q := quotas[i].Quota
 		if !st.Limit.Matched() {
 			// The service has no limit for this descriptor yet: it has not received the policy.
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
 				*user, q.Model, q.Name, q.Cost, q.Limit, q.Per)
 			continue
 		}
@@ -89,7 +89,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		case q.Shadow:
 			state = "  (shadow: not enforced)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
+		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
 			*user, q.Model, q.Name, q.Cost, st.Limit.PerWindow, q.Per, used, st.Remaining,
 			reset.Format(time.RFC3339), st.ResetIn.Round(time.Second), state)
 	}

@@ -61,7 +61,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	logger, err := newLogger(stderr, o.logLevel, "text")
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate run: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate run: %v\n", err)
 		return 2
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -70,7 +70,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	defer signals.stop()
 
 	if err := runGateway(ctx, o, logger, stdout, signals.reclaim); err != nil {
-		fmt.Fprintln(stderr, "tollgate run failed:")
+		_, _ = fmt.Fprintln(stderr, "tollgate run failed:")
 		printErrors(stderr, err)
 		return 1
 	}

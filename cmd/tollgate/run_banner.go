@@ -25,9 +25,9 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	}
 	sort.Strings(models)
 
-	fmt.Fprintf(w, "\ntollgate is running %s; Envoy (pid %d) is live.\n\n", plan.opts.policyFile, g.envoy.Pid())
+	_, _ = fmt.Fprintf(w, "\ntollgate is running %s; Envoy (pid %d) is live.\n\n", plan.opts.policyFile, g.envoy.Pid())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row := func(label, value string) { fmt.Fprintf(tw, "  %s\t%s\n", label, value) }
+	row := func(label, value string) { _, _ = fmt.Fprintf(tw, "  %s\t%s\n", label, value) }
 	row("listener", fmt.Sprintf("%s/v1/chat/completions  (user header: %s)", listener, p.Identity.Header))
 	row("models", strings.Join(models, ", "))
 	quotas := quotaLines(p)
@@ -49,11 +49,11 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	row("", g.envoy.LogPath()+"  (Envoy's own log)")
 	_ = tw.Flush()
 	if len(p.Models) > 0 {
-		fmt.Fprintf(w, "\n  try: curl -s %s/v1/chat/completions -H '%s: alice' -H 'content-type: application/json' \\\n"+
+		_, _ = fmt.Fprintf(w, "\n  try: curl -s %s/v1/chat/completions -H '%s: alice' -H 'content-type: application/json' \\\n"+
 			"         -d '{\"model\":%q,\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n",
 			listener, p.Identity.Header, p.Models[0].Name)
 	}
-	fmt.Fprint(w, "\nCtrl-C to stop.\n")
+	_, _ = fmt.Fprint(w, "\nCtrl-C to stop.\n")
 }
 
 // quotaLines summarise each quota as model: limit cost per window, with its overrides.

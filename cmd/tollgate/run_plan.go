@@ -140,7 +140,7 @@ func checkListenable(addrs []namedAddr) error {
 			errs = append(errs, fmt.Errorf("%s %s cannot be used: %w", a.name, a.addr, err))
 			continue
 		}
-		l.Close()
+		_ = l.Close()
 	}
 	return errors.Join(errs...)
 }

@@ -107,7 +107,7 @@ func TestPlanRunNamesAPortInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	_, err = planRun(o)
 	if err == nil || !strings.Contains(err.Error(), "--metrics "+o.metricsAddr+" cannot be used") {
 		t.Fatalf("planRun = %v, want the busy --metrics named", err)
@@ -205,16 +205,18 @@ func TestEmbeddedCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprint(conn, "*1\r\n$4\r\nPING\r\n")
+	if _, err := fmt.Fprint(conn, "*1\r\n$4\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(conn).ReadString('\n')
-	conn.Close()
+	_ = conn.Close()
 	if err != nil || line != "+PONG\r\n" {
 		t.Fatalf("PING answered %q, %v", line, err)
 	}
 	c.close()
 	if conn, err := net.DialTimeout("tcp", c.url, time.Second); err == nil {
-		conn.Close()
+		_ = conn.Close()
 		t.Fatal("embedded Redis still accepts connections after close")
 	}
 }

@@ -60,7 +60,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	o.charges.resolve(fs, o.extProcAddr)
 	if err := o.xdsTLS.Validate(); err != nil {
-		fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
 		return 2
 	}
 	return runUntilSignal("serve", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {

@@ -24,18 +24,18 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/status", nil)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate status: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate status: %v\n", err)
 		return 2
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "tollgate status: is `tollgate serve` running? %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate status: is `tollgate serve` running? %v\n", err)
 		return 1
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil || resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "tollgate status: %s answered %d: %v\n", *addr, resp.StatusCode, err)
+		_, _ = fmt.Fprintf(stderr, "tollgate status: %s answered %d: %v\n", *addr, resp.StatusCode, err)
 		return 1
 	}
 	if *asJSON {
@@ -44,7 +44,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	var st serveStatus
 	if err := json.Unmarshal(body, &st); err != nil {
-		fmt.Fprintf(stderr, "tollgate status: unreadable status: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "tollgate status: unreadable status: %v\n", err)
 		return 1
 	}
 	printStatus(stdout, st)
@@ -53,22 +53,22 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 
 func printStatus(w io.Writer, st serveStatus) {
 	r := st.Reload
-	fmt.Fprintf(w, "tollgate %s serving %s\n", st.Version, r.PolicyFile)
-	fmt.Fprintf(w, "  listener:          %s\n", r.ListenerURL)
-	fmt.Fprintf(w, "  envoy version:     %s\n", r.EnvoyVersion)
-	fmt.Fprintf(w, "  ratelimit version: %s\n", r.RateLimitVer)
-	fmt.Fprintf(w, "  last reload:       %s at %s\n", r.LastResult, r.LastAttempt.Format(time.RFC3339))
+	_, _ = fmt.Fprintf(w, "tollgate %s serving %s\n", st.Version, r.PolicyFile)
+	_, _ = fmt.Fprintf(w, "  listener:          %s\n", r.ListenerURL)
+	_, _ = fmt.Fprintf(w, "  envoy version:     %s\n", r.EnvoyVersion)
+	_, _ = fmt.Fprintf(w, "  ratelimit version: %s\n", r.RateLimitVer)
+	_, _ = fmt.Fprintf(w, "  last reload:       %s at %s\n", r.LastResult, r.LastAttempt.Format(time.RFC3339))
 	for _, e := range r.LastErrors {
-		fmt.Fprintf(w, "    %s\n", e)
+		_, _ = fmt.Fprintf(w, "    %s\n", e)
 	}
-	fmt.Fprintf(w, "  last good:         %s\n", r.LastGoodAt.Format(time.RFC3339))
-	fmt.Fprintf(w, "  models (%d):        %s\n", len(r.Models), strings.Join(r.Models, ", "))
-	fmt.Fprintf(w, "  quotas (%d), ratelimit failure mode %s:\n", len(r.Quotas), r.FailureMode)
+	_, _ = fmt.Fprintf(w, "  last good:         %s\n", r.LastGoodAt.Format(time.RFC3339))
+	_, _ = fmt.Fprintf(w, "  models (%d):        %s\n", len(r.Models), strings.Join(r.Models, ", "))
+	_, _ = fmt.Fprintf(w, "  quotas (%d), ratelimit failure mode %s:\n", len(r.Quotas), r.FailureMode)
 	for _, q := range r.Quotas {
-		fmt.Fprintf(w, "    %s\n", q)
+		_, _ = fmt.Fprintf(w, "    %s\n", q)
 	}
 	clients := st.XDS.Clients
-	fmt.Fprintf(w, "  xDS clients (%d):\n", len(clients))
+	_, _ = fmt.Fprintf(w, "  xDS clients (%d):\n", len(clients))
 	for _, c := range clients {
 		types := make([]string, 0, len(c.Acked))
 		for t := range c.Acked {
@@ -79,10 +79,10 @@ func printStatus(w io.Writer, st serveStatus) {
 		for _, t := range types {
 			acked = append(acked, shortType(t)+"="+c.Acked[t])
 		}
-		fmt.Fprintf(w, "    %-20s %-9s connected %s  acked: %s\n", c.NodeID, c.Group,
+		_, _ = fmt.Fprintf(w, "    %-20s %-9s connected %s  acked: %s\n", c.NodeID, c.Group,
 			c.ConnectedAt.Format(time.RFC3339), strings.Join(acked, " "))
 		if c.LastNack != nil {
-			fmt.Fprintf(w, "      NACK %s version %s: %s\n", shortType(c.LastNack.TypeURL), c.LastNack.Version, c.LastNack.Message)
+			_, _ = fmt.Fprintf(w, "      NACK %s version %s: %s\n", shortType(c.LastNack.TypeURL), c.LastNack.Version, c.LastNack.Message)
 		}
 	}
 }

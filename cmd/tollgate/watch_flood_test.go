@@ -28,7 +28,7 @@ func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logFile.Close()
+	defer func() { _ = logFile.Close() }()
 	logger, err := newLogger(logFile, "info", "text")
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +43,7 @@ func TestServeMissingPolicyDoesNotFloodItsLog(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return nil
 	})
 

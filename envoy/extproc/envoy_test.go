@@ -181,7 +181,7 @@ func (b *fakeBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		w.Header().Set("content-type", "text/event-stream")
 		for i := range 3 {
-			fmt.Fprintf(out, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"t%d\"}}]}\n\n", i)
+			_, _ = fmt.Fprintf(out, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"t%d\"}}]}\n\n", i)
 			flush()
 			if r.Header.Get("x-test-hang") != "" {
 				// A slow generation the client gives up on: Envoy resets the upstream.
@@ -278,7 +278,7 @@ func startEnvoyRig(t *testing.T) *envoyRig {
 		if err != nil {
 			return false
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		var listeners struct {
 			ListenerStatuses []struct {
 				LocalAddress struct {
@@ -316,7 +316,7 @@ func (r *envoyRig) post(t *testing.T, id, path, body string, headers ...string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	out, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +333,7 @@ func (r *envoyRig) logEntry(t *testing.T, id string) map[string]any {
 		if err != nil {
 			return false
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }()
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			var e map[string]any

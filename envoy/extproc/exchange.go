@@ -13,7 +13,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -266,9 +266,9 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 	resp.DynamicMetadata = ex.onResponseHead(head, msg.GetEndOfStream())
 	switch ex.bodyMode {
 	case bodyStreamed:
-		resp.ModeOverride = responseBodyModeOverride(filterv3.ProcessingMode_STREAMED)
+		resp.ModeOverride = responseBodyModeOverride(extprocfilterv3.ProcessingMode_STREAMED)
 	case bodyJSON:
-		resp.ModeOverride = responseBodyModeOverride(filterv3.ProcessingMode_BUFFERED)
+		resp.ModeOverride = responseBodyModeOverride(extprocfilterv3.ProcessingMode_BUFFERED)
 		ex.jsonWhole = true
 	}
 	return resp

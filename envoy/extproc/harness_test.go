@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -110,7 +111,7 @@ func (c *call) end() {
 	if err := c.stream.CloseSend(); err != nil {
 		c.t.Fatalf("close send: %v", err)
 	}
-	if _, err := c.stream.Recv(); err != io.EOF {
+	if _, err := c.stream.Recv(); !errors.Is(err, io.EOF) {
 		c.t.Fatalf("recv after close: got %v, want EOF", err)
 	}
 }

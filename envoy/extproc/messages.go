@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
@@ -123,14 +123,14 @@ func emptyResponseFor(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingRes
 // responseBodyModeOverride switches how Envoy sends the response body for this request only.
 // Envoy replaces the whole processing mode with the override, so every field is spelled out
 // as the filter is configured, with only the response body mode changed.
-func responseBodyModeOverride(mode filterv3.ProcessingMode_BodySendMode) *filterv3.ProcessingMode {
-	return &filterv3.ProcessingMode{
-		RequestHeaderMode:   filterv3.ProcessingMode_SEND,
-		RequestBodyMode:     filterv3.ProcessingMode_BUFFERED,
-		RequestTrailerMode:  filterv3.ProcessingMode_SKIP,
-		ResponseHeaderMode:  filterv3.ProcessingMode_SEND,
+func responseBodyModeOverride(mode extprocfilterv3.ProcessingMode_BodySendMode) *extprocfilterv3.ProcessingMode {
+	return &extprocfilterv3.ProcessingMode{
+		RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+		RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
+		RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+		ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
 		ResponseBodyMode:    mode,
-		ResponseTrailerMode: filterv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -307,7 +307,7 @@ func TestJSONResponseUsageBecomesMetadata(t *testing.T) {
 	if resp.GetResponseHeaders() == nil {
 		t.Fatalf("want a headers response, got %v", resp)
 	}
-	if got := resp.GetModeOverride().GetResponseBodyMode(); got != filterv3.ProcessingMode_BUFFERED {
+	if got := resp.GetModeOverride().GetResponseBodyMode(); got != extprocfilterv3.ProcessingMode_BUFFERED {
 		t.Fatalf("response body mode override = %v, want BUFFERED", got)
 	}
 	final := c.send(responseBody(readTestdata(t, "chat_completion.json"), true))
@@ -353,12 +353,12 @@ func TestSSEResponseMetadataOnFinalChunk(t *testing.T) {
 	sendChat(t, c, `{"model":"qwen3","stream":true,"messages":[]}`)
 
 	resp := c.send(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))
-	if got := resp.GetModeOverride().GetResponseBodyMode(); got != filterv3.ProcessingMode_STREAMED {
+	if got := resp.GetModeOverride().GetResponseBodyMode(); got != extprocfilterv3.ProcessingMode_STREAMED {
 		t.Fatalf("response body mode override = %v, want STREAMED", got)
 	}
 	// Everything else in the override stays as the filter is configured.
-	if m := resp.GetModeOverride(); m.GetRequestBodyMode() != filterv3.ProcessingMode_BUFFERED ||
-		m.GetResponseHeaderMode() != filterv3.ProcessingMode_SEND || m.GetResponseTrailerMode() != filterv3.ProcessingMode_SKIP {
+	if m := resp.GetModeOverride(); m.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED ||
+		m.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_SEND || m.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_SKIP {
 		t.Fatalf("mode override changes more than the response body mode: %v", m)
 	}
 
@@ -487,7 +487,7 @@ func TestGzipResponses(t *testing.T) {
 		c := h.open(t)
 		sendChat(t, c, `{"model":"qwen3","stream":true,"stream_options":{"include_usage":true}}`)
 		resp := c.send(responseHeaders(false, ":status", "200", "content-type", "text/event-stream", "content-encoding", "gzip"))
-		if resp.GetModeOverride().GetResponseBodyMode() != filterv3.ProcessingMode_STREAMED {
+		if resp.GetModeOverride().GetResponseBodyMode() != extprocfilterv3.ProcessingMode_STREAMED {
 			t.Fatalf("want STREAMED, got %v", resp.GetModeOverride())
 		}
 		events := bytes.SplitAfter(readTestdata(t, "chat_stream.sse"), []byte("\n\n"))

@@ -186,7 +186,7 @@ func (c *Child) Await(ctx context.Context, interval time.Duration, ready func(co
 	}()
 	err := Poll(ctx, interval, ready)
 	if err != nil && Closed(c.done) {
-		return fmt.Errorf("%w (last: %v)", ErrExited, err)
+		return fmt.Errorf("%w (last: %v)", ErrExited, err) //nolint:errorlint // the child exited; the last probe error is detail, not a second cause
 	}
 	return err
 }

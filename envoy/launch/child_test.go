@@ -26,7 +26,7 @@ func startChild(t *testing.T, script string, o launch.ChildOptions) (*launch.Chi
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	o.Path = "/bin/sh"
 	o.Args = []string{"-c", script}
 	o.Stdout, o.Stderr = f, f
@@ -253,7 +253,7 @@ func TestFreePortsAreDistinctFreeAndNeverRepeated(t *testing.T) {
 			if err != nil {
 				t.Fatalf("port %d is not free: %v", p, err)
 			}
-			l.Close()
+			_ = l.Close()
 		}
 	}
 }

@@ -31,7 +31,7 @@ func FreePorts(n int) ([]int, error) {
 			return nil, err
 		}
 		// Held open until all n are chosen, so the kernel offers each only once in this call.
-		defer l.Close()
+		defer func() { _ = l.Close() }()
 		port := l.Addr().(*net.TCPAddr).Port
 		if !handedOut.ports[port] {
 			handedOut.ports[port] = true

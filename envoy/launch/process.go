@@ -95,12 +95,13 @@ func Start(o Options) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open Envoy access log: %w", err)
 	}
-	defer stdout.Close()
+	// Envoy writes these through its own copies once started; ours are only closed.
+	defer func() { _ = stdout.Close() }()
 	stderr, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, fmt.Errorf("open Envoy log: %w", err)
 	}
-	defer stderr.Close()
+	defer func() { _ = stderr.Close() }()
 
 	args := append([]string{"-c", p.bootstrapPath, "--disable-hot-restart"}, o.Args...)
 	p.child, err = StartChild(ChildOptions{

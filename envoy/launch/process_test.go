@@ -276,7 +276,7 @@ func fakeAdmin(t *testing.T, states ...string) (addr string, calls *atomic.Int32
 		if state != "LIVE" {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		fmt.Fprintln(w, state)
+		_, _ = fmt.Fprintln(w, state)
 	}))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://"), calls

@@ -13,13 +13,13 @@ import (
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	rlconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"github.com/envoyproxy/ratelimit/src/settings"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -84,7 +84,7 @@ func startADSOn(tb testing.TB, addr, nodeID string) *testADS {
 	snapshots := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	xds := serverv3.NewServer(ctx, snapshots, nil)
 	g := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, xds)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, xds)
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		tb.Fatal(err)
@@ -101,15 +101,15 @@ func startADSOn(tb testing.TB, addr, nodeID string) *testADS {
 // perHour tokens per hour.
 func (a *testADS) publishQwen3Limit(tb testing.TB, perHour uint32) {
 	tb.Helper()
-	cfg := &rlconfv3.RateLimitConfig{
+	cfg := &rlsconfv3.RateLimitConfig{
 		Name:   testDomain,
 		Domain: testDomain,
-		Descriptors: []*rlconfv3.RateLimitDescriptor{{
+		Descriptors: []*rlsconfv3.RateLimitDescriptor{{
 			Key:   "route",
 			Value: "qwen3",
-			Descriptors: []*rlconfv3.RateLimitDescriptor{{
+			Descriptors: []*rlsconfv3.RateLimitDescriptor{{
 				Key:       "user",
-				RateLimit: &rlconfv3.RateLimitPolicy{Unit: rlconfv3.RateLimitUnit_HOUR, RequestsPerUnit: perHour},
+				RateLimit: &rlsconfv3.RateLimitPolicy{Unit: rlsconfv3.RateLimitUnit_HOUR, RequestsPerUnit: perHour},
 			}},
 		}},
 	}
@@ -240,7 +240,7 @@ func dialService(tb testing.TB, addr string) *grpc.ClientConn {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { conn.Close() })
+	tb.Cleanup(func() { _ = conn.Close() })
 	return conn
 }
 

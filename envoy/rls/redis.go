@@ -39,7 +39,7 @@ func waitForRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config
 		}
 		var rejected redisRejectedError
 		if errors.As(err, &rejected) {
-			return fmt.Errorf("Redis at %s rejected tollgate's connection: %s", target.Addr, rejected.reply)
+			return fmt.Errorf("Redis at %s rejected tollgate's connection: %s", target.Addr, rejected.reply) //nolint:staticcheck // ST1005: Redis is a name
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("cannot reach Redis at %s: %w", target.Addr, ctx.Err())
@@ -74,7 +74,7 @@ func pingRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config) e
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if deadline, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(deadline); err != nil {
 			return err
@@ -115,9 +115,10 @@ func pingRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config) e
 }
 
 // writeRESPCommand writes a command as a RESP array of bulk strings.
+// A bufio.Writer keeps its first error for Flush, which the caller checks.
 func writeRESPCommand(w *bufio.Writer, args ...string) {
-	w.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
+	_, _ = w.WriteString("*" + strconv.Itoa(len(args)) + "\r\n")
 	for _, a := range args {
-		w.WriteString("$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n")
+		_, _ = w.WriteString("$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
@@ -38,7 +39,7 @@ func TestPingRedis(t *testing.T) {
 			}
 		}
 		err := pingRedis(ctx, redisTarget{Addr: addr}, nil)
-		if _, rejected := err.(redisRejectedError); !rejected {
+		if !errors.As(err, new(redisRejectedError)) {
 			t.Errorf("no password: err = %v, want a rejection", err)
 		}
 	})

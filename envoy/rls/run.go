@@ -215,7 +215,7 @@ func checkListenable(cfg config) error {
 			errs = append(errs, fmt.Errorf("ratelimit %s %s: %w", a.field, a.addr, err))
 			continue
 		}
-		l.Close()
+		_ = l.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -243,9 +243,9 @@ func waitServing(cfg config, stopped chan error, bridge *logBridge) error {
 	defer tick.Stop()
 	for {
 		if resp, err := client.Get(url); err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if conn, err := net.DialTimeout("tcp", probeAddr(cfg.GRPCAddr), time.Second); err == nil {
-				conn.Close()
+				_ = conn.Close()
 				return nil
 			}
 		}
@@ -292,7 +292,8 @@ func stopRunner(logger *slog.Logger, r *runner.Runner, stopped chan error) {
 	runEnded, stopEnded := (<-chan error)(stopped), (<-chan struct{})(finished)
 	for runEnded != nil || stopEnded != nil {
 		select {
-		case <-runEnded:
+		case err := <-runEnded:
+			_ = err // only that it ended matters here: the caller has dealt with how
 			runEnded = nil
 		case <-stopEnded:
 			stopEnded = nil

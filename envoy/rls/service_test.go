@@ -104,7 +104,7 @@ func TestService(t *testing.T) {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK || string(body) != "OK" {
 			t.Errorf("healthcheck = %d %q, want 200 OK", resp.StatusCode, body)
 		}
@@ -119,7 +119,7 @@ func TestService(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }()
 			body, err := io.ReadAll(resp.Body)
 			if err != nil {
 				return err
@@ -153,7 +153,7 @@ func TestService(t *testing.T) {
 				t.Errorf("%s still taken after stop: %v", addr, err)
 				continue
 			}
-			l.Close()
+			_ = l.Close()
 		}
 	})
 }
@@ -218,7 +218,7 @@ func TestRunErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer busy.Close()
+		defer func() { _ = busy.Close() }()
 		addrs := testutil.FreeAddrs(t, 2)
 		err = Run(ctx, discard, Options{
 			GRPCAddr: busy.Addr().String(), HTTPAddr: addrs[0], DebugAddr: addrs[1], RedisURL: redisAddr,

@@ -122,7 +122,7 @@ func (b *backlog) openSpool(path string) error {
 	enc := json.NewEncoder(w)
 	for _, e := range kept {
 		if err := enc.Encode(spoolRecord{Add: e}); err != nil {
-			f.Close()
+			_ = f.Close()
 			return fmt.Errorf("charge spool: %w", err)
 		}
 		b.nextID = max(b.nextID, e.ID)
@@ -154,7 +154,7 @@ func readSpool(path string) (kept, given []*entry, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("charge spool: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	byID := map[uint64]*entry{}
 	tried := map[uint64]bool{}
 	var order []uint64

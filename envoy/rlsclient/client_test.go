@@ -392,7 +392,9 @@ func TestSpoolKeepsChargesAcrossRestarts(t *testing.T) {
 		`{"tried":[99]}` + "\n"); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	fake := rlsclienttest.StartOn(t, addr)
 	second, err := rlsclient.New(rlsclient.Options{Spool: spool})

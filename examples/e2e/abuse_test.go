@@ -325,7 +325,7 @@ func garbageServer(t testing.TB, reply string) int {
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
-		l.Close()
+		_ = l.Close()
 		wg.Wait()
 	})
 	wg.Add(1)
@@ -339,7 +339,7 @@ func garbageServer(t testing.TB, reply string) int {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer c.Close()
+				defer func() { _ = c.Close() }()
 				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 				_, _ = c.Read(make([]byte, 4096))
 				_, _ = io.WriteString(c, reply)
@@ -362,7 +362,7 @@ func TestAbuseSlowClients(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		type answer struct {
 			status int
 			body   string
@@ -379,7 +379,7 @@ func TestAbuseSlowClients(t *testing.T) {
 			a := answer{err: err}
 			if err == nil {
 				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				a.status, a.body = resp.StatusCode, string(b)
 			}
 			a.after = time.Since(start)
@@ -724,7 +724,7 @@ func statusOf(c *http.Client, url, body string, headerPairs ...string) (int, err
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return 0, err
 	}
@@ -805,7 +805,7 @@ func doRequest(t testing.TB, req *http.Request) response {
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)
@@ -849,7 +849,7 @@ func redisDo(addr string, args ...string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	var cmd strings.Builder
 	fmt.Fprintf(&cmd, "*%d\r\n", len(args))
@@ -961,7 +961,7 @@ func streamChat(t testing.TB, s *stack, user string, header map[string]string) s
 	if err != nil {
 		t.Fatalf("streaming request: %v", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	return streamResult{status: resp.StatusCode, header: resp.Header, body: b, err: err}
 }
@@ -1130,7 +1130,7 @@ func rawUpload(t testing.TB, port int, header map[string]string, chunked bool, l
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	// A guard, not a measurement: nothing here should take more than a few seconds.
 	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
 
@@ -1169,13 +1169,13 @@ func rawUpload(t testing.TB, port int, header map[string]string, chunked bool, l
 	res := uploadResult{sentAtAnswer: sent.Load(), elapsed: time.Since(start)}
 	res.status, res.header = resp.StatusCode, resp.Header
 	res.body, err = io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if err != nil {
 		t.Fatalf("reading the answer's body: %v", err)
 	}
 	// The writer stops when the gateway closes the connection; closing it ourselves ends the
 	// upload if the gateway kept reading.
-	conn.Close()
+	_ = conn.Close()
 	if err := <-written; err != nil && !isConnClosed(err) {
 		t.Logf("upload ended with %v", err)
 	}

@@ -166,11 +166,14 @@ func streamAndLeave(t testing.TB, s *stack, path, user, body string, events int)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nx-user-id: %s\r\n"+
-		"anthropic-version: 2023-06-01\r\nContent-Length: %d\r\n\r\n%s", path, user, len(body), body)
+	defer func() { _ = conn.Close() }()
+	if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nx-user-id: %s\r\n"+
+		"anthropic-version: 2023-06-01\r\nContent-Length: %d\r\n\r\n%s", path, user, len(body), body); err != nil {
+		t.Fatal(err)
+	}
 	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
+	// The client leaves by closing the connection: closing the body would read the stream to its end.
+	resp, err := http.ReadResponse(br, nil) //nolint:bodyclose // closed with the connection
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +292,7 @@ func TestClientLeavingHTTP2StreamIsCharged(t *testing.T) {
 		textBytes += len(text)
 	}
 	cancel() // RST_STREAM; the connection stays up
-	resp.Body.Close()
+	_ = resp.Body.Close()
 
 	assertEstimateCharged(t, s, "h2", "qwen3", served, textBytes, 1, false)
 }
@@ -308,7 +311,7 @@ func TestClientTimeoutBeforeAnswerIsCharged(t *testing.T) {
 	req.Header.Set("content-type", "application/json")
 	req.Header.Set("x-user-id", "impatient")
 	if resp, err := client.Do(req); err == nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		t.Fatalf("the slow backend answered within the client's timeout (%d)", resp.StatusCode)
 	}
 	want := promptBound + int(policies.DefaultMaxOutputTokens) // the request names no max_tokens

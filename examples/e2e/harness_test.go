@@ -44,7 +44,7 @@ func buildAndRun(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	root, err := repoRoot()
 	if err != nil {
 		return 0, err
@@ -53,7 +53,7 @@ func buildAndRun(m *testing.M) (int, error) {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+			return 0, fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
 		}
 	}
 	bins = binaries{
@@ -91,7 +91,7 @@ func start(t testing.TB, name string, bin string, args ...string) *process {
 		t.Fatal(err)
 	}
 	// The child has its own copy of the file once started.
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	child, err := launch.StartChild(launch.ChildOptions{
 		Path: bin, Args: args,
 		Stdout: f, Stderr: f,
@@ -161,7 +161,7 @@ func do(method, url string, header map[string]string, body string) (response, er
 	if err != nil {
 		return response{}, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return response{}, err

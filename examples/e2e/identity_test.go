@@ -403,7 +403,7 @@ func countRedisKeys(t testing.TB, addr, pattern string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	args := []string{"EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern}
 	var req strings.Builder

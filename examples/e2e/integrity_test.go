@@ -246,10 +246,10 @@ func (r *durableRedis) stop(t testing.TB) {
 	}
 	_, _ = c.Write([]byte("SHUTDOWN SAVE\r\n"))
 	_, _ = io.Copy(io.Discard, c) // Redis closes the connection once it has saved
-	c.Close()
+	_ = c.Close()
 	testutil.Eventually(t, 10*time.Second, "redis gone", func() error {
 		if c, err := net.DialTimeout("tcp", addr(r.port), 200*time.Millisecond); err == nil {
-			c.Close()
+			_ = c.Close()
 			return errors.New("still accepting connections")
 		}
 		return nil

@@ -20,7 +20,7 @@ func rawRequest(t testing.TB, s *stack, method, path string, header map[string]s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n", method, path)
 	for k, v := range header {
@@ -37,7 +37,7 @@ func rawRequest(t testing.TB, s *stack, method, path string, header map[string]s
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	out, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(out)
 }

@@ -103,7 +103,7 @@ func assertClosed(t *testing.T, ports map[string]int) {
 	t.Helper()
 	for name, port := range ports {
 		if c, err := net.DialTimeout("tcp", addr(port), time.Second); err == nil {
-			c.Close()
+			_ = c.Close()
 			t.Errorf("%s (port %d) still accepts connections after tollgate run exited", name, port)
 		}
 	}
@@ -240,7 +240,7 @@ func TestRunKilledTakesEnvoyAlong(t *testing.T) {
 		if err != nil {
 			return nil
 		}
-		c.Close()
+		_ = c.Close()
 		return fmt.Errorf("Envoy admin %d still accepts connections", r.adminPort)
 	})
 }

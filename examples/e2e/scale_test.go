@@ -112,7 +112,7 @@ func redisCounter(addr, pattern string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(c)
 	if _, err := fmt.Fprintf(c, "KEYS %s\r\n", pattern); err != nil {

@@ -80,7 +80,7 @@ func TestMutualTLSControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TLS dial: %v", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := conn.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "certificate required") {
 		t.Errorf("a client without a certificate: read %v, want a certificate required alert", err)
@@ -91,7 +91,7 @@ func TestMutualTLSControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer plain.Close()
+	defer func() { _ = plain.Close() }()
 	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(plain).StreamAggregatedResources(ctx)
 	if err == nil {
 		err = stream.Send(&discoverygrpc.DiscoveryRequest{

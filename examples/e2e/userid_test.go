@@ -109,7 +109,7 @@ func rawChat(t testing.TB, s *stack, user, body string) response {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"+
 		"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n"+
@@ -120,7 +120,7 @@ func rawChat(t testing.TB, s *stack, user, body string) response {
 	if err != nil {
 		t.Fatalf("reading the answer: %v", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatalf("reading the answer's body: %v", err)

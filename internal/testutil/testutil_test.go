@@ -97,7 +97,7 @@ func TestFreePortsAreFreeAndNeverHandedOutTwice(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s is not free: %v", a, err)
 		}
-		l.Close()
+		_ = l.Close()
 	}
 }
 
@@ -107,7 +107,7 @@ func TestBufferTakesWritesFromManyGoroutines(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for range 100 {
-				fmt.Fprint(&b, "x")
+				_, _ = fmt.Fprint(&b, "x")
 				_ = b.String()
 			}
 		})

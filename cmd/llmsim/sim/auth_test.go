@@ -58,7 +58,7 @@ func TestRequireKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	health.Body.Close()
+	_ = health.Body.Close()
 	if health.StatusCode != 200 {
 		t.Fatalf("/healthz without a key: %d", health.StatusCode)
 	}

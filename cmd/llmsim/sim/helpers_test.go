@@ -52,7 +52,7 @@ func post(t *testing.T, ctx context.Context, srv *httptest.Server, path, body st
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
-	t.Cleanup(func() { resp.Body.Close() })
+	t.Cleanup(func() { _ = resp.Body.Close() })
 	return resp
 }
 

@@ -19,7 +19,7 @@ func get(t *testing.T, url string) (*http.Response, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	return resp, readAll(t, resp.Body)
 }
 
@@ -90,7 +90,7 @@ func TestConcurrentRequestsGetDistinctIDs(t *testing.T) {
 			resp, err := client.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(seedRequest))
 			if err == nil {
 				err = json.NewDecoder(resp.Body).Decode(&answer)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 			}
 			if err != nil {
 				t.Error(err)

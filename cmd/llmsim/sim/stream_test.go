@@ -203,7 +203,7 @@ func TestClientCancelStopsHandler(t *testing.T) {
 				if resp == nil {
 					t.Fatal("request failed before any event")
 				}
-				defer resp.Body.Close()
+				defer func() { _ = resp.Body.Close() }()
 				if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
 					t.Fatalf("reading the first event: %v", err)
 				}

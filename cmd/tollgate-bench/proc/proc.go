@@ -44,7 +44,7 @@ func Start(name, logDir string, env []string, bin string, args ...string) (*Proc
 		return nil, err
 	}
 	// The child has its own copy of the file once started.
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	child, err := launch.StartChild(launch.ChildOptions{
 		Path:   bin,
 		Args:   args,
@@ -293,7 +293,7 @@ func bounded(ctx context.Context, timeout time.Duration, what string, wait func(
 	case errors.As(err, &exit):
 		return fmt.Errorf("%s: %w", what, err)
 	case ctx.Err() != nil:
-		return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err)
+		return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), err) //nolint:errorlint // the last error is detail: wrapping it too would make a cancelled wait match its deadline
 	default:
 		return fmt.Errorf("%s: not within %s: %w", what, timeout, err)
 	}

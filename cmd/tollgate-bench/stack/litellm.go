@@ -179,7 +179,7 @@ func ask(client *http.Client, baseURL, model, user string) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %d %s", model, resp.StatusCode, strings.TrimSpace(string(body)))

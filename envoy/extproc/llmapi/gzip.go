@@ -27,7 +27,7 @@ func GunzipLimited(body []byte, max int64) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
-	defer zr.Close()
+	defer func() { _ = zr.Close() }() // reading reports every error; Close adds none
 	out, err := io.ReadAll(io.LimitReader(zr, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("gzip: %w", err)
@@ -109,14 +109,14 @@ func (g *GzipStream) Write(compressed []byte) error {
 	}
 	g.in.in = append(g.in.in, compressed...)
 	err := g.decode()
-	if err == nil || err == errNeedInput {
+	if err == nil || errors.Is(err, errNeedInput) {
 		err = g.emit(g.inflater.pendingIfAny())
 	}
 	// Keep only the unconsumed input (a partial unit), moved to the front for reuse.
 	consumed := g.in.pos >> 3
 	g.in.in = g.in.in[:copy(g.in.in, g.in.in[consumed:])]
 	g.in.pos -= consumed * 8
-	if err != nil && err != errNeedInput {
+	if err != nil && !errors.Is(err, errNeedInput) {
 		g.err = err
 		return err
 	}

@@ -130,7 +130,7 @@ func TestGzipStreamFlushedOutputArrivesPerWrite(t *testing.T) {
 	zw := gzip.NewWriter(&compressed)
 	var out bytes.Buffer
 	g := NewGzipStream(&out)
-	defer g.Close()
+	defer func() { _ = g.Close() }()
 	for i, event := range []string{"data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n", "data: [DONE]\n\n"} {
 		before := compressed.Len()
 		if _, err := zw.Write([]byte(event)); err != nil {
@@ -253,7 +253,7 @@ func TestGzipStreamBoundedInput(t *testing.T) {
 	payload := testPayloads()["text"]
 	compressed := gzipped(t, payload, gzip.BestCompression, 0, gzip.Header{})
 	g := NewGzipStream(io.Discard)
-	defer g.Close()
+	defer func() { _ = g.Close() }()
 	maxLeft := 0
 	for _, b := range bytesOneByOne(compressed) {
 		if err := g.Write(b); err != nil {

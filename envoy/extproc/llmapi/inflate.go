@@ -288,7 +288,7 @@ func (f *inflater) readBlockHeader(r *bitReader) error {
 		f.state = inflateHuffman
 	case 2: // dynamic Huffman codes
 		if err := f.readDynamicCodes(r); err != nil {
-			if err == errNeedInput {
+			if errors.Is(err, errNeedInput) {
 				r.pos = start
 			}
 			return err
@@ -450,7 +450,7 @@ func (f *inflater) decodeSymbols(r *bitReader, emit func([]byte) error) error {
 		}
 		length, distance, err := f.readMatch(r, sym-257)
 		if err != nil {
-			if err == errNeedInput {
+			if errors.Is(err, errNeedInput) {
 				r.pos = start
 			}
 			return err

@@ -113,12 +113,11 @@ func (s *scanner) readString() (raw []byte, escaped bool, err error) {
 		if i >= len(data) {
 			break
 		}
-		c := data[i]
-		switch {
-		case c == '"':
+		switch data[i] {
+		case '"':
 			s.pos = i + 1
 			return data[start:i], escaped, nil
-		case c == '\\':
+		case '\\':
 			escaped = true
 			if i+1 >= len(data) {
 				s.pos = len(data)

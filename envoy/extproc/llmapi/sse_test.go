@@ -203,7 +203,7 @@ func TestStreamEventTooLarge(t *testing.T) {
 		if !errors.As(s.Err(), &tooLarge) || tooLarge.Limit != limit {
 			t.Fatalf("Err() = %v, want *EventTooLargeError{%d}", s.Err(), limit)
 		}
-		if firstErr != s.Err() {
+		if firstErr != s.Err() { //nolint:errorlint // Write must return the very error Err() reports
 			t.Fatalf("Write returned %v, Err() %v", firstErr, s.Err())
 		}
 		if got := s.Usage().InputTokens; got != 1 {
