@@ -63,7 +63,7 @@ type spoolRecord struct {
 
 type backlog struct {
 	logger  *slog.Logger
-	deliver func(kind string, entries []*entry) error // one attempt
+	deliver func(entries []*entry) error // one attempt, for entries of one kind
 	retry   func(error) bool                          // whether an error left the entries unapplied
 	report  func(n int)                               // told the size after each change; may be nil
 
@@ -79,7 +79,7 @@ type backlog struct {
 
 // newBacklog starts a backlog. With a spool path it first reads back what an earlier run left
 // undelivered there (entries tried but unconfirmed are given up and logged) and delivers it.
-func newBacklog(logger *slog.Logger, path string, deliver func(string, []*entry) error, retry func(error) bool, report func(int)) (*backlog, error) {
+func newBacklog(logger *slog.Logger, path string, deliver func([]*entry) error, retry func(error) bool, report func(int)) (*backlog, error) {
 	b := &backlog{logger: logger, deliver: deliver, retry: retry, report: report,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if path != "" {
@@ -197,10 +197,11 @@ func readSpool(path string) (kept, given []*entry, err error) {
 // add keeps entries for delivery. Beyond backlogMax the oldest are given up.
 func (b *backlog) add(entries []*entry) {
 	b.mu.Lock()
+	records := make([]spoolRecord, 0, len(entries)+1)
 	for _, e := range entries {
 		b.nextID++
 		e.ID = b.nextID
-		b.write(spoolRecord{Add: e})
+		records = append(records, spoolRecord{Add: e})
 	}
 	b.entries = append(b.entries, entries...)
 	var dropped []*entry
@@ -211,8 +212,9 @@ func (b *backlog) add(entries []*entry) {
 		for i, e := range dropped {
 			ids[i] = e.ID
 		}
-		b.write(spoolRecord{Done: ids})
+		records = append(records, spoolRecord{Done: ids})
 	}
+	b.write(records...)
 	b.mu.Unlock()
 	for _, e := range dropped {
 		e.finish(fmt.Errorf("given up: more than %d charges were waiting for the ratelimit service", backlogMax))
@@ -240,7 +242,7 @@ func (b *backlog) run() {
 	defer close(b.stopped)
 	pause := backlogRetryBase
 	for {
-		kind, batch := b.head()
+		batch := b.head()
 		if len(batch) == 0 {
 			select {
 			case <-b.wake:
@@ -250,7 +252,7 @@ func (b *backlog) run() {
 			}
 		}
 		b.mark(spoolRecord{Tried: ids(batch)})
-		err := b.deliver(kind, batch)
+		err := b.deliver(batch)
 		if err != nil && b.retry(err) {
 			// Nothing was applied: the entries stay for the next attempt, and a restart may
 			// send them again.
@@ -274,11 +276,11 @@ func (b *backlog) run() {
 }
 
 // head returns the oldest entries that can share one attempt.
-func (b *backlog) head() (string, []*entry) {
+func (b *backlog) head() []*entry {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.entries) == 0 {
-		return "", nil
+		return nil
 	}
 	kind := b.entries[0].kind()
 	n, size := 0, 0
@@ -286,7 +288,7 @@ func (b *backlog) head() (string, []*entry) {
 		size += b.entries[n].size()
 		n++
 	}
-	return kind, append([]*entry(nil), b.entries[:n]...)
+	return append([]*entry(nil), b.entries[:n]...)
 }
 
 func (b *backlog) remove(batch []*entry) {
@@ -302,14 +304,22 @@ func (b *backlog) mark(r spoolRecord) {
 	b.write(r)
 }
 
-// write appends a record to the spool and syncs it; b.mu is held.
-func (b *backlog) write(r spoolRecord) {
+// write appends records to the spool, then syncs it once; b.mu is held.
+func (b *backlog) write(records ...spoolRecord) {
 	if b.spool == nil {
 		return
 	}
-	line, err := json.Marshal(r)
+	var buf []byte
+	var err error
+	for _, r := range records {
+		var line []byte
+		if line, err = json.Marshal(r); err != nil {
+			break
+		}
+		buf = append(append(buf, line...), '\n')
+	}
 	if err == nil {
-		_, err = b.spool.Write(append(line, '\n'))
+		_, err = b.spool.Write(buf)
 	}
 	if err == nil {
 		err = b.spool.Sync()

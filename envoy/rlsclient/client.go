@@ -305,7 +305,7 @@ func (c *Client) settleBatch(batch []*call, err error, asEntry func(*call) *entr
 }
 
 // deliver is one backlog attempt for entries of one kind.
-func (c *Client) deliver(_ string, entries []*entry) error {
+func (c *Client) deliver(entries []*entry) error {
 	if len(entries[0].Refunds) > 0 {
 		var refunds []Refund
 		for _, e := range entries {

@@ -45,9 +45,6 @@ type Reservation struct {
 // Hits is what was reserved.
 func (r Reservation) Hits() uint64 { return r.hits }
 
-// Reserves reports whether Admit counts reservations; without a Refunder it only checks.
-func (c *Client) Reserves() bool { return c.refunder != nil }
-
 // Admit asks the service about each descriptor's counter and counts its Hits on it, in one
 // call: for each descriptor the call carries a check (hits 0) and then the reservation, so
 // the status returned is the counter as it was before this request, and requests admitted
