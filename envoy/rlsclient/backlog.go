@@ -64,8 +64,8 @@ type spoolRecord struct {
 type backlog struct {
 	logger  *slog.Logger
 	deliver func(entries []*entry) error // one attempt, for entries of one kind
-	retry   func(error) bool                          // whether an error left the entries unapplied
-	report  func(n int)                               // told the size after each change; may be nil
+	retry   func(error) bool             // whether an error left the entries unapplied
+	report  func(n int)                  // told the size after each change; may be nil
 
 	mu        sync.Mutex
 	entries   []*entry
