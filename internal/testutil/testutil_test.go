@@ -118,14 +118,14 @@ func TestBufferTakesWritesFromManyGoroutines(t *testing.T) {
 	}
 }
 
-func TestMissingSkipsExceptInCI(t *testing.T) {
-	t.Setenv("CI", "")
-	if failed, skipped := run(func(t testing.TB) { Missing(t, "no frobnicator") }); skipped != "no frobnicator" || failed != "" {
-		t.Errorf("without CI: skipped %q, failed %q; want a skip", skipped, failed)
+func TestMissingFailsUnlessAllowed(t *testing.T) {
+	t.Setenv(AllowMissing, "")
+	if failed, skipped := run(func(t testing.TB) { Missing(t, "no frobnicator") }); !strings.HasPrefix(failed, "no frobnicator") || skipped != "" {
+		t.Errorf("by default: skipped %q, failed %q; want a failure", skipped, failed)
 	}
-	t.Setenv("CI", "true")
-	if failed, skipped := run(func(t testing.TB) { Missing(t, "no frobnicator") }); failed != "no frobnicator" || skipped != "" {
-		t.Errorf("in CI: skipped %q, failed %q; want a failure", skipped, failed)
+	t.Setenv(AllowMissing, "1")
+	if failed, skipped := run(func(t testing.TB) { Missing(t, "no frobnicator") }); skipped != "no frobnicator" || failed != "" {
+		t.Errorf("with %s=1: skipped %q, failed %q; want a skip", AllowMissing, skipped, failed)
 	}
 }
 
@@ -138,8 +138,9 @@ func TestEnvoyHonoursEnvoyBin(t *testing.T) {
 	if got := Envoy(t); got != bin {
 		t.Errorf("Envoy = %q, want $ENVOY_BIN's %q", got, bin)
 	}
-	// A $ENVOY_BIN that cannot run fails the test even off CI: someone asked for that binary.
-	t.Setenv("CI", "")
+	// A $ENVOY_BIN that cannot run fails the test even when missing parts may skip: someone
+	// asked for that binary.
+	t.Setenv(AllowMissing, "1")
 	t.Setenv("ENVOY_BIN", filepath.Join(t.TempDir(), "no-envoy-here"))
 	if failed, skipped := run(func(t testing.TB) { Envoy(t) }); !strings.Contains(failed, "no-envoy-here") || skipped != "" {
 		t.Errorf("bad ENVOY_BIN: failed %q, skipped %q; want a failure naming it", failed, skipped)
