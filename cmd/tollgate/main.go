@@ -16,6 +16,8 @@ var version = ""
 const usage = `tollgate: per-user token quotas for LLM traffic on plain Envoy
 
 Usage:
+  tollgate init      --backend-url URL --models a,b
+                                      write a commented starter policy.yaml for your models
   tollgate run       -f policy.yaml   run everything on one machine: control plane, ext_proc,
                                       ratelimit service (embedded Redis unless --redis) and Envoy
   tollgate serve     -f policy.yaml   run the control plane (ADS) and the ext_proc server
@@ -52,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return extProcCommand(rest, stdout, stderr)
 	case "ratelimit":
 		return ratelimitCommand(rest, stdout, stderr)
+	case "init":
+		return initCommand(rest, stdout, stderr)
 	case "validate":
 		return validateCommand(rest, stdout, stderr)
 	case "hash-key":

@@ -313,3 +313,34 @@ func TestRunEnvoyFailsAtStart(t *testing.T) {
 	}
 	assertClosed(t, map[string]int{"xDS": r.xdsPort, "metrics": r.metricsPort, "ratelimit gRPC": r.rateLimit})
 }
+
+// TestInitPolicyServes: the starter policy `tollgate init` writes for a backend and its model
+// runs as it is (only the ports of this test added) and serves a request against llmsim, with
+// the quota it set reported in the answer's headers.
+func TestInitPolicyServes(t *testing.T) {
+	testutil.Envoy(t)
+	r := newRunStack(t, "")
+	sim := r.backends["sim"]
+	runTollgate(t, "init", "-o", r.policyPath, "--force", "--port", fmt.Sprint(r.listenerPort),
+		"--backend-url", fmt.Sprintf("http://127.0.0.1:%d", sim), "--models", "qwen3,gpt-4", "--limit", "1000", "--per", "hour")
+	f, err := os.OpenFile(r.policyPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintf(f, "extProc: {port: %d}\nrateLimit: {port: %d}\n", r.extProcPort, r.rateLimit)
+	if err = errors.Join(err, f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+
+	resp := mustDo(t, "POST", r.url("/v1/chat/completions"), map[string]string{"x-user-id": "newcomer"}, chatBody("qwen3"))
+	if resp.status != 200 {
+		t.Fatalf("status %d: %s", resp.status, resp.body)
+	}
+	if got := resp.header.Get("x-ratelimit-limit"); !strings.HasPrefix(got, "1000, 1000;w=3600") {
+		t.Errorf("x-ratelimit-limit %q, want the init policy's 1000 tokens per hour", got)
+	}
+	if resp := mustDo(t, "POST", r.url("/v1/chat/completions"), map[string]string{"x-user-id": "newcomer"}, chatBody("llama")); resp.status != 404 {
+		t.Errorf("a model init was not given: %d, want 404", resp.status)
+	}
+}
