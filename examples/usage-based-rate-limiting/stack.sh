@@ -41,7 +41,7 @@ up() {
       return 1
     fi
     if grep -q "Ctrl-C to stop" "$logs/tollgate.log"; then
-      echo "gateway ready on http://127.0.0.1:8080 (policy $policy; logs in $logs)"
+      echo "gateway ready on http://127.0.0.1:8080 (policy $policy; logs in ${logs#"$PWD"/})"
       return 0
     fi
     sleep 0.2
