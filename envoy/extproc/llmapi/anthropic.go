@@ -40,34 +40,7 @@ func (anthropicMessages) usage(u rawUsage) Usage {
 // ResponseTextBytes counts content[] blocks' text and thinking, plus the raw length of a
 // tool_use block's input. Strings are measured decoded; the body is scanned once.
 func (anthropicMessages) ResponseTextBytes(body []byte) int64 {
-	var d document
-	if d.open(body) != nil {
-		return 0
-	}
-	var total int64
-	for {
-		key, ok, err := d.next()
-		if err != nil {
-			return 0
-		}
-		if !ok {
-			break
-		}
-		var n int64
-		if string(key) == "content" {
-			n, err = d.s.readAnthropicContent(d.depth())
-		} else {
-			err = d.skip()
-		}
-		if err != nil {
-			return 0
-		}
-		total += n
-	}
-	if d.end() != nil {
-		return 0
-	}
-	return total
+	return memberTextBytes(body, "content", anthropicContentText)
 }
 
 // readEvent reads one stream event by its type: message_start carries the prompt's usage in
@@ -153,6 +126,12 @@ func (s *scanner) readAnthropicBlockText(parentDepth int) (int64, error) {
 		}
 		total += n
 	}
+}
+
+// anthropicContentText measures an Anthropic content array, for memberTextBytes.
+func anthropicContentText(s scanner, parentDepth int) (scanner, int64, error) {
+	n, err := s.readAnthropicContent(parentDepth)
+	return s, n, err
 }
 
 // readAnthropicContent measures an Anthropic content array.

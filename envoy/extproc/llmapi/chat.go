@@ -25,34 +25,7 @@ func (chatCompletions) usage(raw rawUsage) Usage { return openAIUsage(raw) }
 // choices[].text (the completions API). Strings are measured decoded (escapes resolved,
 // without building the string); the body is scanned once.
 func (chatCompletions) ResponseTextBytes(body []byte) int64 {
-	var d document
-	if d.open(body) != nil {
-		return 0
-	}
-	var total int64
-	for {
-		key, ok, err := d.next()
-		if err != nil {
-			return 0
-		}
-		if !ok {
-			break
-		}
-		var n int64
-		if string(key) == "choices" {
-			_, n, err = d.s.readChoicesContent(d.depth(), "message")
-		} else {
-			err = d.skip()
-		}
-		if err != nil {
-			return 0
-		}
-		total += n
-	}
-	if d.end() != nil {
-		return 0
-	}
-	return total
+	return memberTextBytes(body, "choices", choicesMessageText)
 }
 
 // readEvent reads one stream chunk: its usage (every chunk may carry one; vLLM's
@@ -85,6 +58,12 @@ func (chatCompletions) readEvent(data []byte, _ *eventName, r *eventResult) erro
 		}
 	}
 	return d.end()
+}
+
+// choicesMessageText measures the output in a complete response's choices, for memberTextBytes.
+func choicesMessageText(s scanner, parentDepth int) (scanner, int64, error) {
+	_, n, err := s.readChoicesContent(parentDepth, "message")
+	return s, n, err
 }
 
 // readChoicesContent reports whether any choice carries generated output and how many bytes

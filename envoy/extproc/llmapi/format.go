@@ -159,10 +159,11 @@ func (t *eventType) of(name *eventName) []byte {
 
 // document walks the top-level members of one JSON document that must be an object: a
 // response body or the data of an event. Each format's readers loop over next and consume the
-// value of every member they are handed; end checks nothing follows the object. The readers
-// loop themselves rather than share a walker taking a function value (or go through the Format
-// interface with a scanner): passing the scanner to code the compiler cannot see would move it
-// to the heap, an allocation per body or event.
+// value of every member they are handed; end checks nothing follows the object. The event
+// readers loop themselves rather than share a walker taking a function value (or go through
+// the Format interface with a scanner): passing the scanner's address to code the compiler
+// cannot see would move it to the heap, an allocation per event. memberTextBytes, which reads
+// one member, shares its loop by passing the scanner by value instead.
 type document struct {
 	s  scanner
 	it objectIter
@@ -204,6 +205,41 @@ func (d *document) end() error {
 		return d.s.fail("unexpected data after the JSON object")
 	}
 	return nil
+}
+
+// memberTextBytes returns what read measures in every top-level member named member of a
+// complete response body, or 0 if the body is malformed or not an object. read gets the scanner
+// by value and hands it back advanced: a pointer passed to a function value would move the
+// scanner to the heap, an allocation per body.
+func memberTextBytes(body []byte, member string, read func(s scanner, parentDepth int) (scanner, int64, error)) int64 {
+	var d document
+	if d.open(body) != nil {
+		return 0
+	}
+	var total int64
+	for {
+		key, ok, err := d.next()
+		if err != nil {
+			return 0
+		}
+		if !ok {
+			break
+		}
+		var n int64
+		if string(key) == member {
+			d.s, n, err = read(d.s, d.depth())
+		} else {
+			err = d.skip()
+		}
+		if err != nil {
+			return 0
+		}
+		total += n
+	}
+	if d.end() != nil {
+		return 0
+	}
+	return total
 }
 
 // topLevelUsage reads the top-level "usage" object of a complete response body, which is where

@@ -27,34 +27,7 @@ func (responses) usage(raw rawUsage) Usage { return openAIUsage(raw) }
 // output_text convenience field is not part of the wire format and is not read. Strings are
 // measured decoded; the body is scanned once.
 func (responses) ResponseTextBytes(body []byte) int64 {
-	var d document
-	if d.open(body) != nil {
-		return 0
-	}
-	var total int64
-	for {
-		key, ok, err := d.next()
-		if err != nil {
-			return 0
-		}
-		if !ok {
-			break
-		}
-		var n int64
-		if string(key) == "output" {
-			n, err = d.s.readResponsesOutput(d.depth())
-		} else {
-			err = d.skip()
-		}
-		if err != nil {
-			return 0
-		}
-		total += n
-	}
-	if d.end() != nil {
-		return 0
-	}
-	return total
+	return memberTextBytes(body, "output", responsesOutputText)
 }
 
 // readEvent reads one stream event. A terminal event carries the usage in its response object
@@ -103,6 +76,12 @@ func (responses) readEvent(data []byte, name *eventName, r *eventResult) error {
 		}
 	}
 	return nil
+}
+
+// responsesOutputText measures a Responses API output array, for memberTextBytes.
+func responsesOutputText(s scanner, parentDepth int) (scanner, int64, error) {
+	n, err := s.readResponsesOutput(parentDepth)
+	return s, n, err
 }
 
 // readResponsesOutput measures a Responses API output array.
