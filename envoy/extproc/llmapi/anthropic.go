@@ -130,26 +130,8 @@ func (s *scanner) readAnthropicBlockText(parentDepth int) (int64, error) {
 
 // anthropicContentText measures an Anthropic content array, for memberTextBytes.
 func anthropicContentText(s scanner, parentDepth int) (scanner, int64, error) {
-	n, err := s.readAnthropicContent(parentDepth)
-	return s, n, err
-}
-
-// readAnthropicContent measures an Anthropic content array.
-func (s *scanner) readAnthropicContent(parentDepth int) (int64, error) {
-	it, ok, err := s.enterArray(parentDepth)
-	if err != nil || !ok {
-		return 0, err
-	}
-	var total int64
-	for {
-		more, err := s.nextElement(&it)
-		if err != nil || !more {
-			return total, err
-		}
-		n, err := s.readAnthropicBlockText(it.depth)
-		if err != nil {
-			return 0, err
-		}
-		total += n
-	}
+	return elementsText(s, parentDepth, func(s scanner, depth int) (scanner, int64, error) {
+		n, err := s.readAnthropicBlockText(depth)
+		return s, n, err
+	})
 }

@@ -242,6 +242,28 @@ func memberTextBytes(body []byte, member string, read func(s scanner, parentDept
 	return total
 }
 
+// elementsText sums what elem measures in each element of an array, for memberTextBytes' readers;
+// elem gets and hands back the scanner by value like them.
+func elementsText(s scanner, parentDepth int, elem func(s scanner, parentDepth int) (scanner, int64, error)) (scanner, int64, error) {
+	it, ok, err := s.enterArray(parentDepth)
+	if err != nil || !ok {
+		return s, 0, err
+	}
+	var total int64
+	for {
+		more, err := s.nextElement(&it)
+		if err != nil || !more {
+			return s, total, err
+		}
+		var n int64
+		s, n, err = elem(s, it.depth)
+		if err != nil {
+			return s, 0, err
+		}
+		total += n
+	}
+}
+
 // topLevelUsage reads the top-level "usage" object of a complete response body, which is where
 // every supported API reports the usage of a non-streamed answer.
 func topLevelUsage(body []byte) (rawUsage, error) {

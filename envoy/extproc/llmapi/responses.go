@@ -80,28 +80,10 @@ func (responses) readEvent(data []byte, name *eventName, r *eventResult) error {
 
 // responsesOutputText measures a Responses API output array, for memberTextBytes.
 func responsesOutputText(s scanner, parentDepth int) (scanner, int64, error) {
-	n, err := s.readResponsesOutput(parentDepth)
-	return s, n, err
-}
-
-// readResponsesOutput measures a Responses API output array.
-func (s *scanner) readResponsesOutput(parentDepth int) (int64, error) {
-	it, ok, err := s.enterArray(parentDepth)
-	if err != nil || !ok {
-		return 0, err
-	}
-	var total int64
-	for {
-		more, err := s.nextElement(&it)
-		if err != nil || !more {
-			return total, err
-		}
-		n, err := s.readResponsesItem(it.depth)
-		if err != nil {
-			return 0, err
-		}
-		total += n
-	}
+	return elementsText(s, parentDepth, func(s scanner, depth int) (scanner, int64, error) {
+		n, err := s.readResponsesItem(depth)
+		return s, n, err
+	})
 }
 
 // readResponsesItem measures one output item. Members are read whatever the item's type says:
