@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -18,7 +19,7 @@ import (
 func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	p := plan.policy
 	listener := fmt.Sprintf("http://%s", net.JoinHostPort(p.Listener.Address, strconv.Itoa(p.Listener.Port)))
-	metrics := "http://" + dialAddr(plan.opts.metricsAddr)
+	metrics := "http://" + launch.DialAddr(plan.opts.metricsAddr)
 	models := make([]string, 0, len(p.Models))
 	for _, m := range p.Models {
 		models = append(models, m.Name)
@@ -43,7 +44,7 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	}
 	row("metrics", metrics+"/metrics")
 	row("status", metrics+"/status")
-	row("envoy admin", "http://"+dialAddr(plan.opts.adminAddr))
+	row("envoy admin", "http://"+launch.DialAddr(plan.opts.adminAddr))
 	row("counters", g.counters.describe())
 	row("logs", g.envoy.AccessLogPath()+"  (access log: one JSON line per request)")
 	row("", g.envoy.LogPath()+"  (Envoy's own log)")

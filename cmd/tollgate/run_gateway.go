@@ -70,7 +70,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 	g.rateLimit = startTask("ratelimit service", func(ctx context.Context) error {
 		return rls.Run(ctx, rlLogger, rlOpts)
 	})
-	health := "http://" + dialAddr(rlOpts.HTTPAddr) + "/healthcheck"
+	health := "http://" + launch.DialAddr(rlOpts.HTTPAddr) + "/healthcheck"
 	if ok, err := g.await(ctx, "ratelimit service", partStartTimeout, polling(func(ctx context.Context) error {
 		// Any answer will do: the service is up; its limits are awaited below.
 		_, err := httpGet(ctx, health)
@@ -94,7 +94,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 	g.controlPlane = startTask("control plane", func(ctx context.Context) error {
 		return serve(ctx, so, cpLogger)
 	})
-	healthz := "http://" + dialAddr(plan.opts.metricsAddr) + "/healthz"
+	healthz := "http://" + launch.DialAddr(plan.opts.metricsAddr) + "/healthz"
 	if ok, err := g.await(ctx, "control plane", partStartTimeout, polling(func(ctx context.Context) error {
 		status, err := httpGet(ctx, healthz)
 		if err == nil && status != http.StatusOK {
@@ -113,7 +113,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 		}
 	}
 
-	boot, err := bootstrap.YAML(bootstrap.Options{XDSAddress: dialAddr(plan.opts.xdsAddr), AdminAddress: plan.opts.adminAddr})
+	boot, err := bootstrap.YAML(bootstrap.Options{XDSAddress: launch.DialAddr(plan.opts.xdsAddr), AdminAddress: plan.opts.adminAddr})
 	if err != nil {
 		return false, err
 	}

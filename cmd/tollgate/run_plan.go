@@ -76,7 +76,7 @@ func planRun(o runOptions) (*runPlan, error) {
 			GRPCAddr:  o.rateLimitGRPC,
 			HTTPAddr:  o.rateLimitHTTP,
 			DebugAddr: o.rateLimitDebug,
-			XDSAddr:   dialAddr(o.xdsAddr),
+			XDSAddr:   launch.DialAddr(o.xdsAddr),
 			NodeID:    envoy.DefaultRateLimitNode,
 			LogLevel:  rateLimitLogLevel(o.logLevel),
 		},
@@ -151,18 +151,6 @@ func isUnspecified(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
-}
-
-// dialAddr turns a listen address into one a local client can dial.
-func dialAddr(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil || !isUnspecified(host) {
-		return listen
-	}
-	if host == "::" {
-		return net.JoinHostPort("::1", port)
-	}
-	return net.JoinHostPort("127.0.0.1", port)
 }
 
 // rateLimitLogLevel maps tollgate's --log-level onto the ratelimit service's levels.

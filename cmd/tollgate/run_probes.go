@@ -52,7 +52,7 @@ func limitsProbe(p *policies.Policy, addr string) func(context.Context) error {
 	}
 	d := rlsclient.Descriptor{Entries: quotas[0].Entries}
 	domain := p.RateLimit.Domain
-	target := dialAddr(addr)
+	target := launch.DialAddr(addr)
 	return func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()

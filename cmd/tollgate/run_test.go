@@ -361,17 +361,3 @@ func TestRateLimitLogLevel(t *testing.T) {
 		}
 	}
 }
-
-func TestDialAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"127.0.0.1:18000": "127.0.0.1:18000",
-		"0.0.0.0:18000":   "127.0.0.1:18000",
-		":18000":          "127.0.0.1:18000",
-		"[::]:18000":      "[::1]:18000",
-		"host:1":          "host:1",
-	} {
-		if got := dialAddr(in); got != want {
-			t.Errorf("dialAddr(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

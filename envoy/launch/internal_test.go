@@ -14,10 +14,13 @@ func TestDialAddr(t *testing.T) {
 		"0.0.0.0:19000":   "127.0.0.1:19000",
 		":19000":          "127.0.0.1:19000",
 		"[::]:19000":      "[::1]:19000",
+		"[0:0::0]:19000":  "[::1]:19000",
+		"[::1]:19000":     "[::1]:19000",
 		"localhost:1":     "localhost:1",
+		"no port":         "no port",
 	} {
-		if got := dialAddr(in); got != want {
-			t.Errorf("dialAddr(%q) = %q, want %q", in, got, want)
+		if got := DialAddr(in); got != want {
+			t.Errorf("DialAddr(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -19,7 +19,7 @@ const readyPollInterval = 50 * time.Millisecond
 // first, or, when ctx ends, an error with the last answer /ready gave (INITIALIZING usually
 // means the control plane has not sent the configuration yet).
 func (p *Process) WaitReady(ctx context.Context) error {
-	url := "http://" + dialAddr(p.opts.AdminAddress) + "/ready"
+	url := "http://" + DialAddr(p.opts.AdminAddress) + "/ready"
 	client := &http.Client{Timeout: time.Second}
 	last := "no answer yet"
 	err := p.child.Await(ctx, readyPollInterval, func(ctx context.Context) error {
@@ -73,18 +73,23 @@ func readyState(ctx context.Context, client *http.Client, url string) (string, e
 	return state, nil
 }
 
-// dialAddr turns a listen address into one a local client can dial: an admin interface on all
-// interfaces is reached over loopback.
-func dialAddr(listen string) string {
+// DialAddr turns a listen address into one a local client can dial: a listener on every
+// interface (no host, 0.0.0.0, ::) is reached over the loopback address of its family.
+func DialAddr(listen string) string {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return listen
 	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
+	if host == "" {
+		return net.JoinHostPort("127.0.0.1", port)
 	}
-	return net.JoinHostPort(host, port)
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil || !ip.IsUnspecified():
+		return listen
+	case ip.To4() == nil:
+		return net.JoinHostPort("::1", port)
+	default:
+		return net.JoinHostPort("127.0.0.1", port)
+	}
 }

@@ -178,17 +178,3 @@ func TestBuildSettings(t *testing.T) {
 		t.Errorf("without MetricsAddr: UsePrometheus=%v DisableStats=%v, want stats off", s.UsePrometheus, s.DisableStats)
 	}
 }
-
-func TestProbeAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"127.0.0.1:1": "127.0.0.1:1",
-		":2":          "127.0.0.1:2",
-		"0.0.0.0:3":   "127.0.0.1:3",
-		"[::]:4":      "[::1]:4",
-		"[::1]:5":     "[::1]:5",
-	} {
-		if got := probeAddr(in); got != want {
-			t.Errorf("probeAddr(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

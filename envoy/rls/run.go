@@ -19,6 +19,7 @@ import (
 
 	"github.com/envoyproxy/ratelimit/src/service_cmd/runner"
 	"github.com/envoyproxy/ratelimit/src/settings"
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 const (
@@ -236,7 +237,7 @@ func newRunner(s settings.Settings) (r runner.Runner, err error) {
 // ends, or startTimeout passes. The upstream server opens its gRPC listener in a goroutine
 // of its own, so the HTTP answer alone does not mean Envoy can connect yet.
 func waitServing(cfg config, stopped chan error, bridge *logBridge) error {
-	url := "http://" + probeAddr(cfg.HTTPAddr) + "/healthcheck"
+	url := "http://" + launch.DialAddr(cfg.HTTPAddr) + "/healthcheck"
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.After(startTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -244,7 +245,7 @@ func waitServing(cfg config, stopped chan error, bridge *logBridge) error {
 	for {
 		if resp, err := client.Get(url); err == nil {
 			_ = resp.Body.Close()
-			if conn, err := net.DialTimeout("tcp", probeAddr(cfg.GRPCAddr), time.Second); err == nil {
+			if conn, err := net.DialTimeout("tcp", launch.DialAddr(cfg.GRPCAddr), time.Second); err == nil {
 				_ = conn.Close()
 				return nil
 			}
@@ -266,18 +267,6 @@ func waitServing(cfg config, stopped chan error, bridge *logBridge) error {
 		case <-tick.C:
 		}
 	}
-}
-
-// probeAddr turns a listen address into one a local client can dial.
-func probeAddr(listen string) string {
-	host, port, _ := net.SplitHostPort(listen)
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return net.JoinHostPort(host, port)
 }
 
 // stopRunner stops the upstream runner and waits, at most stopTimeout, for it to finish.
