@@ -20,6 +20,15 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// xdsClientTLSFlags defines the --xds-tls-* flags of a client of tollgate's ADS server; who
+// says who presents the client certificate.
+func xdsClientTLSFlags(fs *flag.FlagSet, ca, cert, key, serverName *string, who string) {
+	fs.StringVar(ca, "xds-tls-ca", "", "PEM CA certificates tollgate's xDS certificate must chain to; turns on TLS 1.3 to tollgate")
+	fs.StringVar(cert, "xds-tls-cert", "", "PEM client certificate "+who+" to tollgate (mutual TLS)")
+	fs.StringVar(key, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
+	fs.StringVar(serverName, "xds-tls-server-name", "", "name tollgate's certificate must carry (default: the --xds host)")
+}
+
 // parseFlags parses args; it returns an exit code to stop with, or -1 to go on.
 func parseFlags(fs *flag.FlagSet, args []string) int {
 	if err := fs.Parse(args); err != nil {
@@ -95,10 +104,8 @@ func bootstrapCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.AdminAddress, "admin", "127.0.0.1:19000", "Envoy admin interface address (host:port)")
 	fs.StringVar(&opts.NodeID, "node-id", "tollgate-envoy", "node id this Envoy reports")
 	fs.StringVar(&opts.NodeCluster, "node-cluster", "tollgate", "node cluster this Envoy reports")
-	fs.StringVar(&opts.XDSTLS.CAFile, "xds-tls-ca", "", "PEM CA certificates tollgate's xDS certificate must chain to; turns on TLS 1.3 to tollgate")
-	fs.StringVar(&opts.XDSTLS.CertFile, "xds-tls-cert", "", "PEM client certificate Envoy presents to tollgate (mutual TLS)")
-	fs.StringVar(&opts.XDSTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
-	fs.StringVar(&opts.XDSTLS.ServerName, "xds-tls-server-name", "", "name tollgate's certificate must carry, sent as SNI (default: the --xds host)")
+	t := &opts.XDSTLS
+	xdsClientTLSFlags(fs, &t.CAFile, &t.CertFile, &t.KeyFile, &t.ServerName, "Envoy presents")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}

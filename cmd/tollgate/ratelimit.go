@@ -24,10 +24,8 @@ func ratelimitCommand(args []string, _, stderr io.Writer) int {
 	fs.StringVar(&o.RedisURL, "redis", envOr("REDIS_URL", rls.DefaultRedisURL), "Redis: host:port or redis://[user:password@]host:port (env REDIS_URL)")
 	fs.DurationVar(&o.RedisWait, "redis-wait", rls.DefaultRedisWait, "keep trying to reach Redis this long at start")
 	fs.StringVar(&o.LogLevel, "log-level", rls.DefaultLogLevel, "trace, debug, info, warn or error")
-	fs.StringVar(&o.XDSTLS.CAFile, "xds-tls-ca", "", "PEM CA certificates tollgate's xDS certificate must chain to; turns on TLS 1.3 to tollgate")
-	fs.StringVar(&o.XDSTLS.CertFile, "xds-tls-cert", "", "PEM client certificate presented to tollgate (mutual TLS)")
-	fs.StringVar(&o.XDSTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
-	fs.StringVar(&o.XDSTLS.ServerName, "xds-tls-server-name", "", "name tollgate's certificate must carry (default: the --xds host)")
+	t := &o.XDSTLS
+	xdsClientTLSFlags(fs, &t.CAFile, &t.CertFile, &t.KeyFile, &t.ServerName, "the service presents")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
