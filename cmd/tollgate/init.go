@@ -18,7 +18,7 @@ type initOptions struct {
 	out        string
 	port       int
 	backendURL string
-	models     string
+	models     []string // the --models list, blanks dropped
 	apiKeyEnv  string
 	limit      uint64
 	per        string
@@ -33,7 +33,15 @@ func initCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.out, "o", "policy.yaml", "file to write (- for standard output)")
 	fs.IntVar(&o.port, "port", policies.DefaultListenerPort, "the port Envoy listens on for clients (on 127.0.0.1)")
 	fs.StringVar(&o.backendURL, "backend-url", "", "base URL of an OpenAI-compatible server, without a path, e.g. https://api.openai.com or http://127.0.0.1:8000 (required)")
-	fs.StringVar(&o.models, "models", "", "comma-separated model names the backend serves, as clients write them in \"model\" (required)")
+	fs.Func("models", "comma-separated model names the backend serves, as clients write them in \"model\" (required)", func(list string) error {
+		o.models = nil
+		for _, m := range strings.Split(list, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				o.models = append(o.models, m)
+			}
+		}
+		return nil
+	})
 	fs.StringVar(&o.apiKeyEnv, "api-key-env", "", "environment variable holding the backend's API key, sent upstream as Authorization: Bearer (e.g. OPENAI_API_KEY); empty: none")
 	fs.Uint64Var(&o.limit, "limit", 100000, "tokens per user per window, for each model")
 	fs.StringVar(&o.per, "per", "day", "the window: second, minute, hour, day, week, month or year")
@@ -80,28 +88,17 @@ func initCommand(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func (o initOptions) modelNames() []string {
-	var names []string
-	for _, m := range strings.Split(o.models, ",") {
-		if m = strings.TrimSpace(m); m != "" {
-			names = append(names, m)
-		}
-	}
-	return names
-}
-
 func (o initOptions) modelList() string {
-	names := o.modelNames()
-	if len(names) == 1 {
-		return "model " + names[0]
+	if len(o.models) == 1 {
+		return "model " + o.models[0]
 	}
-	return fmt.Sprintf("%d models (%s)", len(names), strings.Join(names, ", "))
+	return fmt.Sprintf("%d models (%s)", len(o.models), strings.Join(o.models, ", "))
 }
 
 // render fills the starter template. Values go in as YAML double-quoted strings, so a model
 // name with YAML syntax in it stays a name; validation then says what else is wrong with it.
 func (o initOptions) render() ([]byte, error) {
-	if o.backendURL == "" || len(o.modelNames()) == 0 {
+	if o.backendURL == "" || len(o.models) == 0 {
 		return nil, errors.New("--backend-url and --models are required")
 	}
 	u, err := url.Parse(o.backendURL)
@@ -117,7 +114,7 @@ func (o initOptions) render() ([]byte, error) {
 		"Port":       o.port,
 		"BackendURL": o.backendURL,
 		"Host":       u.Hostname(),
-		"Models":     o.modelNames(),
+		"Models":     o.models,
 		"APIKeyEnv":  o.apiKeyEnv,
 		"Limit":      o.limit,
 		"Per":        o.per,

@@ -13,10 +13,11 @@ import (
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
 
-// Quota checks. Once a request's model is known, and before it goes to the backend, the server
-// asks the ratelimit service whether the user is already over one of the model's quotas: one
-// descriptor per quota with hits 0, which spends nothing. The ratelimit client batches checks
-// that queue up while the service is busy; each exchange gets its own statuses.
+// Admission. Once a request's model is known, and before it goes to the backend, the server
+// asks the ratelimit service whether the user is already over one of the model's quotas and,
+// in the same call, reserves the request's worst case on each (rlsclient.Admit); the
+// reservation is settled when the exchange ends (charge.go). The ratelimit client batches the
+// calls that queue up while the service is busy; each exchange gets its own statuses.
 
 // Results of a check, the values of tollgate_quota_checks_total{result}.
 const (
