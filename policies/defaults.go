@@ -26,6 +26,7 @@ const (
 	DefaultIdentityMode     = IdentityHeader
 	DefaultJWTUserClaim     = "sub"
 	DefaultJWKSCache        = 10 * time.Minute
+	DefaultTeamHeader       = "x-team-id"
 )
 
 // Rate limit failure modes.
@@ -82,6 +83,10 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 		}
 	}
 	setString("identity.header", &p.Identity.Header, DefaultIdentityHeader)
+	setString("identity.teamHeader", &p.Identity.TeamHeader, DefaultTeamHeader)
+	setString("currency.code", &p.Currency.Code, DefaultCurrencyCode)
+	setInt("currency.decimals", &p.Currency.Decimals, DefaultCurrencyDecimals)
+	p.Currency.Code = strings.ToUpper(p.Currency.Code)
 	if p.Identity.Mode == IdentityJWT {
 		setString("identity.jwt.userClaim", &p.Identity.JWT.UserClaim, DefaultJWTUserClaim)
 		setDuration("identity.jwt.jwksCacheDuration", &p.Identity.JWT.JWKSCacheDuration, DefaultJWKSCache)
@@ -100,6 +105,7 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 	// HTTP header names are case-insensitive and Envoy keeps them lowercase.
 	p.Listener.ModelHeader = strings.ToLower(p.Listener.ModelHeader)
 	p.Identity.Header = strings.ToLower(p.Identity.Header)
+	p.Identity.TeamHeader = strings.ToLower(p.Identity.TeamHeader)
 	p.RateLimit.FailureMode = strings.ToLower(p.RateLimit.FailureMode)
 
 	for i := range p.Backends {
@@ -116,6 +122,26 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 		q := &p.Quotas[i]
 		// The seed writes "Hour"; units are matched case-insensitively.
 		q.Per = strings.ToLower(q.Per)
-		setString(indexPath("quotas", i)+".name", &q.Name, q.Model+"-"+q.Cost+"-per-"+q.Per)
+		q.Scope = strings.ToLower(q.Scope)
+		path := indexPath("quotas", i)
+		setString(path+".scope", &q.Scope, ScopeUser)
+		if q.Limit.IsMoney() {
+			setString(path+".cost", &q.Cost, CostPrice)
+		}
+		setString(path+".name", &q.Name, defaultQuotaName(q))
 	}
+}
+
+// defaultQuotaName names a quota after what it counts: "qwen3-tokens-per-hour",
+// "team-all-models-price-per-calendar-month".
+func defaultQuotaName(q *Quota) string {
+	model := q.Model
+	if model == "" {
+		model = "all-models"
+	}
+	name := model + "-" + q.Cost + "-per-" + q.Per
+	if q.Scope != ScopeUser && q.Scope != "" {
+		name = q.Scope + "-" + name
+	}
+	return name
 }

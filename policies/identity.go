@@ -164,6 +164,9 @@ func checkAPIKeys(entries []keyEntry) []FieldError {
 				add(e, "user", "%q is not a valid user id (printable, no whitespace, at most %d bytes)", e.key.User, maxNameBytes)
 			}
 		}
+		if e.key.Team != "" && !validUserID(e.key.Team) {
+			add(e, "team", "%q is not a valid team id (%s)", e.key.Team, UserIDRule)
+		}
 		if !isSHA256Hex(e.key.SHA256) {
 			if e.key.SHA256 == "" {
 				add(e, "sha256", "required (print it with `tollgate hash-key`)")

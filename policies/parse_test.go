@@ -98,7 +98,7 @@ func TestParseSeed(t *testing.T) {
 	if c := p.Costs[3]; c.Type != CostCEL || c.CEL != "input_tokens * 2 + output_tokens" {
 		t.Errorf("costs[3] = %+v, want type CEL with the expression", c)
 	}
-	want := Quota{Name: "qwen3-llm_total_token-per-hour", Model: "qwen3", Cost: "llm_total_token", Limit: 50, Per: "hour"}
+	want := Quota{Name: "qwen3-llm_total_token-per-hour", Model: "qwen3", Scope: "user", Cost: "llm_total_token", Limit: Limit{Count: 50}, Per: "hour"}
 	if !reflect.DeepEqual(p.Quotas[2], want) {
 		t.Errorf("quotas[2] = %+v, want %+v", p.Quotas[2], want)
 	}
@@ -274,8 +274,8 @@ identity: x-user-id
 		{3, "listener.requestTimeout", `must be a duration`},
 		{4, "backends", "must be a list, got a mapping"},
 		{7, "models[0].backend", "must be a string, got a list"},
-		{9, "quotas[0].limit", `must be a non-negative integer, got "1.5"`},
-		{10, "quotas[1].limit", `must be a non-negative integer, got "-3"`},
+		{9, "quotas[0].limit", `must be a whole number, or an amount with its currency`},
+		{10, "quotas[1].limit", `must be a whole number greater than 0, got -3`},
 		{12, "identity", "must be a mapping"},
 	}
 	if len(list) != len(want) {
@@ -431,7 +431,6 @@ func TestValidationRules(t *testing.T) {
 		{"cost CEL dyn", `"input_tokens * 2 + output_tokens"`, `"dyn(input_tokens)"`, "costs[3].cel", "result must be int or uint, got dyn"},
 		// quotas
 		{"quota model unknown", "{model: gpt-4,         cost", "{model: gpt-5,         cost", "quotas[0].model", `unknown model "gpt-5" (have: qwen3, gpt-4, gpt-3.5-turbo)`},
-		{"quota model missing", "{model: gpt-4,         cost", "{cost", "quotas[0].model", "required"},
 		{"quota cost unknown", "{model: qwen3,         cost: llm_total_token", "{model: qwen3,         cost: tokens", "quotas[2].cost", `unknown cost "tokens"`},
 		{"quota cost missing", "{model: qwen3,         cost: llm_total_token,", "{model: qwen3,", "quotas[2].cost", "required"},
 		{"quota limit zero", "limit: 50,", "limit: 0,", "quotas[2].limit", "greater than 0"},
@@ -451,7 +450,7 @@ func TestValidationRules(t *testing.T) {
 		{"tier name chars", "quotas:\n", "tiers: [{name: \"go ld\", users: [a]}]\nquotas:\n", "tiers[0].name", "may contain only"},
 		{"tier duplicate name", "quotas:\n", "tiers: [{name: gold, users: [a]}, {name: gold, users: [b]}]\nquotas:\n", "tiers[1].name", `duplicate tier name "gold"`},
 		{"user in two tiers", "quotas:\n", "tiers: [{name: gold, users: [a]}, {name: free, users: [a]}]\nquotas:\n", "tiers[1].users[0]", `user "a" is already in tier "gold"`},
-		{"quota same window twice", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: gpt-4, cost: llm_total_token, limit: 50, per: hour, name: other}", "quotas[2]", "same model, cost and per as quotas[0]"},
+		{"quota same window twice", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: gpt-4, cost: llm_total_token, limit: 50, per: hour, name: other}", "quotas[2]", "same model, scope, cost and per as quotas[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -653,7 +652,7 @@ func TestUserIDsInPolicy(t *testing.T) {
 		},
 		"override": func(id string) func(p *Policy) string {
 			return func(p *Policy) string {
-				p.Quotas[2].Overrides = []Override{{User: id, Limit: 5}}
+				p.Quotas[2].Overrides = []Override{{User: id, Limit: Limit{Count: 5}}}
 				return "quotas[2].overrides[0].user"
 			}
 		},

@@ -31,6 +31,8 @@ type Policy struct {
 	Tiers []Tier `yaml:"tiers"`
 	// Metrics tunes what the GenAI metrics carry.
 	Metrics Metrics `yaml:"metrics"`
+	// Currency is what money quotas and model prices are in.
+	Currency Currency `yaml:"currency"`
 }
 
 // Tier is a named group of users. A user belongs to at most one tier.
@@ -40,6 +42,9 @@ type Tier struct {
 	// MaxConcurrentRequests caps the requests each member has in flight at once on one
 	// gateway; 0 takes rateLimit.maxConcurrentRequests.
 	MaxConcurrentRequests int `yaml:"maxConcurrentRequests"`
+	// MaxTokensPerRequest is the most output one request of a member may ask for; 0: no
+	// ceiling of the tier's own.
+	MaxTokensPerRequest int64 `yaml:"maxTokensPerRequest"`
 }
 
 // Metrics settings.
@@ -94,6 +99,11 @@ type Identity struct {
 	APIKeysFile string `yaml:"apiKeysFile"`
 	// JWT configures jwt mode.
 	JWT JWT `yaml:"jwt"`
+	// TeamHeader carries the caller's team upstream. In header mode the client's value is the
+	// team (trusted like the identity header); in the other modes the gateway sets it from
+	// the API key's team or the token's team claim, overwriting whatever the client sent.
+	// Default x-team-id.
+	TeamHeader string `yaml:"teamHeader"`
 
 	// ResolvedAPIKeys is every accepted key: APIKeys, then those read from APIKeysFile.
 	// Parse fills it; it is not written in the policy.
@@ -108,6 +118,8 @@ type APIKey struct {
 	User string `yaml:"user"`
 	// SHA256 is the hex SHA-256 of the key: 64 lowercase hex digits.
 	SHA256 string `yaml:"sha256"`
+	// Team is the team the key's requests are accounted to in team quotas; optional.
+	Team string `yaml:"team"`
 }
 
 // JWT configures identity from a JSON Web Token in "Authorization: Bearer <token>". Envoy
@@ -126,6 +138,9 @@ type JWT struct {
 	JWKSCacheDuration Duration `yaml:"jwksCacheDuration"`
 	// UserClaim names the top-level claim holding the user id. Default "sub".
 	UserClaim string `yaml:"userClaim"`
+	// TeamClaim names the top-level claim holding the caller's team, for team quotas;
+	// optional. A token without it belongs to no team.
+	TeamClaim string `yaml:"teamClaim"`
 
 	// JWKS is the content of JWKSFile. Parse fills it; it is not written in the policy.
 	JWKS string `yaml:"-"`
@@ -178,6 +193,9 @@ type Model struct {
 	Name string `yaml:"name"`
 	// Backend is the name of a backend.
 	Backend string `yaml:"backend"`
+	// Prices, per million tokens in the policy's currency, price the model's requests for
+	// money quotas.
+	Prices *Prices `yaml:"prices"`
 }
 
 // Cost types, as in the seed's llmRequestCosts.
@@ -200,37 +218,55 @@ type Cost struct {
 	CEL string `yaml:"cel"`
 }
 
-// Units a quota window can have. Windows are fixed and aligned to the Unix epoch.
+// Units a fixed quota window can have. Fixed windows are aligned to the Unix epoch.
 var Units = []string{"second", "minute", "hour", "day", "week", "month", "year"}
 
-// Quota is a per-user budget: every distinct user gets Limit units of Cost on Model per window.
+// Quota is a budget of one cost over one window. Its scope says who shares a counter: every
+// user has their own (user), a team's members share one (team), or all callers share one
+// (global). It covers one model, or every model when Model is empty.
 type Quota struct {
-	// Name identifies the quota; default "<model>-<cost>-per-<per>".
+	// Name identifies the quota; default "<model or all-models>-<cost>-per-<per>", with the
+	// scope in front for team and global quotas.
 	Name string `yaml:"name"`
-	// Model is the name of a model.
+	// Model is the name of a model; empty: one pool for all models.
 	Model string `yaml:"model"`
-	// Cost is the name of a cost.
+	// Scope is user (default), team or global.
+	Scope string `yaml:"scope"`
+	// Cost is the name of a cost, or a built-in one: requests (1 per request, charged when it
+	// is admitted) or price (its price from the model's prices). Default price for a limit in
+	// money.
 	Cost string `yaml:"cost"`
-	// Limit is how many cost units one user may spend per window; must be > 0.
-	Limit uint64 `yaml:"limit"`
-	// Per is the window: second, minute, hour, day, week, month (30 days) or year (365 days).
+	// Limit is how much one counter may spend per window: a count of cost units, or, for the
+	// price cost, an amount of money ("$100"); must be > 0.
+	Limit Limit `yaml:"limit"`
+	// Per is the window: a fixed second, minute, hour, day, week, month (30 days) or year
+	// (365 days), or a calendar-day, calendar-week (from Monday) or calendar-month (from the
+	// 1st) in Timezone.
 	Per string `yaml:"per"`
+	// Timezone is the IANA zone calendar periods start in (such as Europe/Berlin); default UTC.
+	Timezone string `yaml:"timezone"`
+	// MaxTokensPerRequest is the most output one request under this quota may ask for (its
+	// max_tokens or the like); a request asking more is refused with 400, and one naming no
+	// ceiling is taken to produce up to it. 0: no ceiling.
+	MaxTokensPerRequest int64 `yaml:"maxTokensPerRequest"`
 	// Shadow counts and reports the quota but never rejects a request: a way to try a limit
 	// on live traffic before enforcing it.
 	Shadow bool `yaml:"shadow"`
-	// Overrides give some users, or every user of a tier, a different limit on this quota. A
-	// user's own override wins over their tier's.
+	// Overrides give some users, every user of a tier, or (team quotas) some teams a
+	// different limit on this quota. A user's own override wins over their tier's.
 	Overrides []Override `yaml:"overrides"`
 }
 
-// Override replaces a quota's limit for one user or for every user of one tier.
+// Override replaces a quota's limit for one user, every user of one tier, or one team.
 type Override struct {
-	// User is a user id; set exactly one of User and Tier.
+	// User is a user id; set exactly one of User, Tier and Team.
 	User string `yaml:"user"`
 	// Tier is the name of a tier.
 	Tier string `yaml:"tier"`
-	// Limit replaces the quota's limit; must be > 0.
-	Limit uint64 `yaml:"limit"`
+	// Team is a team id (team quotas only).
+	Team string `yaml:"team"`
+	// Limit replaces the quota's limit, written the same way; must be > 0.
+	Limit Limit `yaml:"limit"`
 }
 
 // Duration is a time.Duration written in YAML as a Go duration string ("5s", "100ms").

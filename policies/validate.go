@@ -42,7 +42,8 @@ func validate(p *Policy, celEnv *cel.Env, celEnvErr error) []FieldError {
 	models := v.models(p.Models, backends)
 	costs := v.costs(p.Costs, celEnv, celEnvErr)
 	tiers := v.tiers(p.Tiers)
-	v.quotas(p.Quotas, models, costs, tiers)
+	v.currency(p.Currency)
+	v.quotas(p, models, costs, tiers)
 	return v.errs
 }
 
@@ -63,6 +64,12 @@ func (v *validator) listener(p *Policy) {
 	v.header("identity.header", p.Identity.Header)
 	if l.ModelHeader != "" && l.ModelHeader == p.Identity.Header {
 		v.add("identity.header", "must differ from listener.modelHeader (both are %q)", l.ModelHeader)
+	}
+	if p.Identity.TeamHeader != "" {
+		v.header("identity.teamHeader", p.Identity.TeamHeader)
+	}
+	if t := p.Identity.TeamHeader; t != "" && (t == l.ModelHeader || t == p.Identity.Header) {
+		v.add("identity.teamHeader", "must differ from listener.modelHeader and identity.header (%q)", t)
 	}
 }
 
@@ -102,6 +109,24 @@ func (v *validator) identity(id Identity) {
 	}
 }
 
+// prices checks a model's prices: input and output are required, each within bounds.
+func (v *validator) prices(path string, p *Prices) {
+	for _, f := range []struct {
+		name     string
+		price    *float64
+		required bool
+	}{{"input", p.Input, true}, {"output", p.Output, true}, {"cachedInput", p.CachedInput, false}} {
+		switch {
+		case f.price == nil && f.required:
+			v.add(path+"."+f.name, "required: the price per million %s tokens", strings.TrimSuffix(f.name, "Input"))
+		case f.price != nil:
+			if msg := checkPrice(*f.price); msg != "" {
+				v.add(path+"."+f.name, "%s", msg)
+			}
+		}
+	}
+}
+
 func (v *validator) jwt(j JWT) {
 	const path = "identity.jwt"
 	switch {
@@ -129,6 +154,9 @@ func (v *validator) jwt(j JWT) {
 		v.add(path+".userClaim", "required")
 	case !isPrintableWord(j.UserClaim):
 		v.add(path+".userClaim", "must be printable and contain no whitespace")
+	}
+	if j.TeamClaim != "" && !isPrintableWord(j.TeamClaim) {
+		v.add(path+".teamClaim", "must be printable and contain no whitespace")
 	}
 }
 
@@ -409,6 +437,9 @@ func (v *validator) models(ms []Model, backends nameSet) nameSet {
 		case !backends.has[m.Backend]:
 			v.add(path+".backend", "unknown backend %q (%s)", m.Backend, have(backends.list))
 		}
+		if m.Prices != nil {
+			v.prices(path+".prices", m.Prices)
+		}
 	}
 	return names
 }
@@ -425,6 +456,9 @@ func (v *validator) costs(cs []Cost, env *cel.Env, envErr error) nameSet {
 		path := indexPath("costs", i)
 		v.name(path+".name", c.Name, nameRule{kind: "cost", identifier: true, maxBytes: maxNameBytes}, seen)
 		names.add(c.Name)
+		if slices.Contains(BuiltinCosts(), c.Name) {
+			v.add(path+".name", "%q is a built-in cost; quotas can name it without defining it", c.Name)
+		}
 		switch {
 		case c.Type == "":
 			v.add(path+".type", "required (one of %s, or set cel)", strings.Join(costTypes(), ", "))
@@ -462,6 +496,7 @@ func (v *validator) tiers(ts []Tier) nameSet {
 		if t.MaxConcurrentRequests < 0 {
 			v.add(path+".maxConcurrentRequests", "must not be negative, got %d", t.MaxConcurrentRequests)
 		}
+		v.maxTokens(path+".maxTokensPerRequest", t.MaxTokensPerRequest)
 		for j, u := range t.Users {
 			upath := indexPath(path+".users", j)
 			switch {
@@ -536,14 +571,34 @@ func (v *validator) checkUserID(path, user string) bool {
 	return true
 }
 
-func (v *validator) overrides(path string, os []Override, tiers nameSet) {
+func (v *validator) overrides(path string, q Quota, tiers nameSet, currency Currency) {
 	seen := map[string]string{}
-	for i, o := range os {
+	for i, o := range q.Overrides {
 		opath := indexPath(path, i)
+		set := 0
+		for _, s := range []string{o.User, o.Tier, o.Team} {
+			if s != "" {
+				set++
+			}
+		}
 		var key string
 		switch {
-		case (o.User == "") == (o.Tier == ""):
+		case set != 1 && q.Scope == ScopeTeam:
+			v.add(opath, "set exactly one of user, tier and team")
+		case set != 1:
 			v.add(opath, "set exactly one of user and tier")
+		case q.Scope == ScopeGlobal:
+			v.add(opath, "a global quota has one counter for everyone; change its limit instead")
+		case o.Team != "" && q.Scope != ScopeTeam:
+			v.add(opath+".team", "only for quotas with scope team")
+		case o.Team != "" && !v.checkID(opath+".team", "team", o.Team):
+			// reported
+		case o.Team != "":
+			key = "team " + o.Team
+		case q.Scope == ScopeTeam:
+			// A team's counter is shared by members of any tier; a user's own limit inside a
+			// team is a user quota.
+			v.add(opath, "a team quota's overrides name teams; give users their own limits with a user quota")
 		case o.User != "" && !v.checkUserID(opath+".user", o.User):
 			// reported
 		case o.User != "":
@@ -560,54 +615,134 @@ func (v *validator) overrides(path string, os []Override, tiers nameSet) {
 				seen[key] = opath
 			}
 		}
-		v.limit(opath+".limit", o.Limit)
+		v.limit(opath+".limit", q, o.Limit, currency)
 	}
 }
 
-func (v *validator) limit(path string, limit uint64) {
+// limit checks one limit of quota q: written in money exactly when q is charged in money, and
+// within what the ratelimit service can hold once converted to counter units.
+func (v *validator) limit(path string, q Quota, l Limit, currency Currency) {
 	switch {
-	case limit == 0:
+	case q.Cost == CostPrice && !l.IsMoney():
+		v.add(path, "the price cost counts money: write the limit with its currency, such as \"%s100\"", currency.Symbol())
+		return
+	case q.Cost != CostPrice && l.IsMoney():
+		v.add(path, "%s is an amount of money; a limit in money needs cost price (this quota's cost is %q)", l, q.Cost)
+		return
+	case l.IsMoney() && l.Currency != currency.Code:
+		v.add(path, "%s is not in the policy's currency %s (currency.code)", l, currency.Code)
+		return
+	}
+	units, err := l.Units(currency)
+	switch {
+	case err != nil:
+		v.add(path, "%v", err)
+	case units == 0:
 		v.add(path, "must be greater than 0")
-	case limit > maxLimit:
-		v.add(path, "must be at most %d (the ratelimit service's maximum), got %d", uint64(maxLimit), limit)
+	case units > maxLimit && l.IsMoney():
+		v.add(path, "%s is %d counter units of 10^-%d %s, more than the ratelimit service's maximum %d; "+
+			"lower currency.decimals to count coarser units", l, units, currency.Decimals, currency.Code, uint64(maxLimit))
+	case units > maxLimit:
+		v.add(path, "must be at most %d (the ratelimit service's maximum), got %d", uint64(maxLimit), units)
 	}
 }
 
-func (v *validator) quotas(qs []Quota, models, costs nameSet, tiers nameSet) {
+// quotaKey is what two quotas must not share: a name derived from it would collide, and two
+// such quotas would count the same thing twice.
+type quotaKey struct{ model, scope, cost, per, timezone string }
+
+func (v *validator) quotas(p *Policy, models, costs, tiers nameSet) {
 	seen := map[string]string{}
-	windows := map[[3]string]string{}
-	for i, q := range qs {
+	windows := map[quotaKey]string{}
+	priced := map[string]bool{}
+	for _, m := range p.Models {
+		priced[m.Name] = m.Prices != nil
+	}
+	costNames := append(slices.Clone(costs.list), BuiltinCosts()...)
+	periods := append(slices.Clone(Units), CalendarPeriods()...)
+	for i, q := range p.Quotas {
 		path := indexPath("quotas", i)
-		// Two quotas on one window would share a ratelimit descriptor and fight over it.
-		// Report that once; the derived names of such quotas collide too, which says nothing new.
-		key := [3]string{q.Model, q.Cost, q.Per}
+		key := quotaKey{q.Model, q.Scope, q.Cost, q.Per, q.Timezone}
 		if first, dup := windows[key]; dup {
-			v.add(path, "same model, cost and per as %s", first)
+			v.add(path, "same model, scope, cost and per as %s", first)
 		} else {
 			windows[key] = path
 			v.name(path+".name", q.Name, nameRule{kind: "quota"}, seen)
 		}
-		switch {
-		case q.Model == "":
-			v.add(path+".model", "required")
-		case !models.has[q.Model]:
+		if q.Model != "" && !models.has[q.Model] {
 			v.add(path+".model", "unknown model %q (%s)", q.Model, have(models.list))
+		}
+		if !slices.Contains(Scopes(), q.Scope) {
+			v.add(path+".scope", "must be one of %s, got %q", strings.Join(Scopes(), ", "), q.Scope)
 		}
 		switch {
 		case q.Cost == "":
-			v.add(path+".cost", "required")
-		case !costs.has[q.Cost]:
-			v.add(path+".cost", "unknown cost %q (%s)", q.Cost, have(costs.list))
+			v.add(path+".cost", "required (a cost's name, %s or %s)", CostRequests, CostPrice)
+		case !slices.Contains(costNames, q.Cost):
+			v.add(path+".cost", "unknown cost %q (%s)", q.Cost, have(costNames))
+		case q.Cost == CostPrice:
+			v.pricedModels(path, q, p.Models, priced)
 		}
-		v.limit(path+".limit", q.Limit)
-		v.overrides(path+".overrides", q.Overrides, tiers)
+		v.limit(path+".limit", q, q.Limit, p.Currency)
+		v.overrides(path+".overrides", q, tiers, p.Currency)
 		switch {
 		case q.Per == "":
-			v.add(path+".per", "required (one of %s)", strings.Join(Units, ", "))
-		case !slices.Contains(Units, q.Per):
-			v.add(path+".per", "must be one of %s, got %q", strings.Join(Units, ", "), q.Per)
+			v.add(path+".per", "required (one of %s)", strings.Join(periods, ", "))
+		case !slices.Contains(periods, q.Per):
+			v.add(path+".per", "must be one of %s, got %q", strings.Join(periods, ", "), q.Per)
+		case q.Timezone != "" && !IsCalendar(q.Per):
+			v.add(path+".timezone", "only for calendar periods (%s); fixed windows are aligned to the Unix epoch", strings.Join(CalendarPeriods(), ", "))
+		}
+		if _, err := LoadTimezone(q.Timezone); err != nil {
+			v.add(path+".timezone", "unknown timezone %q: %v", q.Timezone, err)
+		}
+		v.maxTokens(path+".maxTokensPerRequest", q.MaxTokensPerRequest)
+	}
+}
+
+// pricedModels checks that every model a money quota covers has prices.
+func (v *validator) pricedModels(path string, q Quota, models []Model, priced map[string]bool) {
+	if q.Model != "" {
+		if has, known := priced[q.Model]; known && !has {
+			v.add(path+".model", "model %q has no prices; a quota in money needs models[].prices", q.Model)
+		}
+		return
+	}
+	var unpriced []string
+	for _, m := range models {
+		if !priced[m.Name] {
+			unpriced = append(unpriced, m.Name)
 		}
 	}
+	if len(unpriced) > 0 {
+		v.add(path+".cost", "a quota in money over all models needs prices for each; without: %s", strings.Join(unpriced, ", "))
+	}
+}
+
+// maxTokens checks a per-request output ceiling (0: none).
+func (v *validator) maxTokens(path string, n int64) {
+	if n < 0 || n > MaxOutputTokensCeiling {
+		v.add(path, "must be from 1 to %d (or 0 for none), got %d", MaxOutputTokensCeiling, n)
+	}
+}
+
+// currency checks the currency block.
+func (v *validator) currency(c Currency) {
+	if !isCurrencyCode(c.Code) {
+		v.add("currency.code", "must be an ISO 4217 code such as USD or EUR, got %q", c.Code)
+	}
+	if c.Decimals < 0 || c.Decimals > MaxCurrencyDecimals {
+		v.add("currency.decimals", "must be from 0 to %d, got %d", MaxCurrencyDecimals, c.Decimals)
+	}
+}
+
+// checkID reports an invalid team id at path (the user id rule) and returns whether it is valid.
+func (v *validator) checkID(path, kind, id string) bool {
+	if err := CheckUserID(id); err != nil {
+		v.add(path, "%q is not a valid %s id: %v; an id is %s", id, kind, err, UserIDRule)
+		return false
+	}
+	return true
 }
 
 // have lists the names an unknown reference could have meant.

@@ -8,7 +8,6 @@ import (
 	"strconv"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
-	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
@@ -20,6 +19,7 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 	cfg := &extproc.Config{
 		ModelHeader:     p.Listener.ModelHeader,
 		IdentityHeader:  p.Identity.Header,
+		TeamHeader:      p.Identity.TeamHeader,
 		Models:          make(map[string]string, len(p.Models)),
 		MaxRequestBytes: p.Listener.MaxRequestBytes,
 		UserLabel:       p.Metrics.UserLabel,
@@ -58,21 +58,69 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		}
 		cfg.Costs = append(cfg.Costs, cost)
 	}
+	cfg.Costs = append(cfg.Costs, builtinCosts(p)...)
+	moneyConfig(p, cfg)
+	for _, t := range p.Tiers {
+		if t.MaxTokensPerRequest == 0 {
+			continue
+		}
+		if cfg.MaxTokensPerRequest == nil {
+			cfg.MaxTokensPerRequest = map[string]int64{}
+		}
+		for _, u := range t.Users {
+			cfg.MaxTokensPerRequest[u] = t.MaxTokensPerRequest
+		}
+	}
 	if len(p.modelsWithQuotas) > 0 {
 		cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
 		cfg.RateLimitDomain = p.RateLimit.Domain
 		cfg.QuotaCheckTimeout = p.RateLimit.Timeout.Duration
 		cfg.QuotaFailOpen = p.RateLimit.FailureMode != policies.FailureModeClosed
 		cfg.DefaultMaxOutputTokens = p.RateLimit.DefaultMaxOutputTokens
-		cfg.UserDescriptorKey = DescriptorUser
 		cfg.Quotas = make(map[string][]extproc.Quota, len(p.modelsWithQuotas))
 		for _, m := range p.modelsWithQuotas {
 			for _, q := range p.quotasByModel[m] {
-				cfg.Quotas[m] = append(cfg.Quotas[m], extproc.Quota{Name: q.Name, Cost: q.Cost, Entries: quotaEntries(q), Shadow: q.Shadow})
+				eq, err := extProcQuota(q)
+				if err != nil {
+					return nil, err
+				}
+				cfg.Quotas[m] = append(cfg.Quotas[m], eq)
 			}
 		}
 	}
 	return cfg, nil
+}
+
+// builtinCosts are the built-in costs the policy's quotas use, in name order.
+func builtinCosts(p *input) []extproc.Cost {
+	used := map[string]bool{}
+	for _, q := range p.Quotas {
+		used[q.Cost] = true
+	}
+	var out []extproc.Cost
+	if used[policies.CostPrice] {
+		out = append(out, extproc.Cost{Name: policies.CostPrice, Kind: extproc.CostPrice})
+	}
+	if used[policies.CostRequests] {
+		out = append(out, extproc.Cost{Name: policies.CostRequests, Kind: extproc.CostRequests})
+	}
+	return out
+}
+
+// moneyConfig sets the models' prices and how money is counted.
+func moneyConfig(p *input, cfg *extproc.Config) {
+	currency := p.Currency
+	cfg.Money = extproc.Money{Currency: currency.Code, Decimals: currency.Decimals, Format: currency.Format}
+	for _, m := range p.Models {
+		if m.Prices == nil {
+			continue
+		}
+		if cfg.Prices == nil {
+			cfg.Prices = map[string]extproc.Price{}
+		}
+		per := m.Prices.PerToken()
+		cfg.Prices[m.Name] = extproc.Price{Input: per.Input, Output: per.Output, CachedInput: per.CachedInput}
+	}
 }
 
 // checkUserID is the policy's user id rule, with the rule spelled out for the client.
@@ -97,10 +145,17 @@ func identityConfig(p *input, cfg *extproc.Config) error {
 				return fmt.Errorf("API key of user %q: bad sha256", k.User)
 			}
 			cfg.APIKeys[h] = k.User
+			if k.Team != "" {
+				if cfg.APIKeyTeams == nil {
+					cfg.APIKeyTeams = map[extproc.KeyHash]string{}
+				}
+				cfg.APIKeyTeams[h] = k.Team
+			}
 		}
 	case policies.IdentityJWT:
 		cfg.Identity = extproc.IdentityFromJWT
 		cfg.JWTClaim = p.Identity.JWT.UserClaim
+		cfg.JWTTeamClaim = p.Identity.JWT.TeamClaim
 	default:
 		return fmt.Errorf("unknown identity mode %q", p.Identity.Mode)
 	}
@@ -131,9 +186,4 @@ func extProcCost(c policies.Cost) (extproc.Cost, error) {
 		return extproc.Cost{}, fmt.Errorf("unknown type %q", c.Type)
 	}
 	return cost, nil
-}
-
-// quotaEntries are the descriptor entries of quota q before the user's.
-func quotaEntries(q policies.Quota) []rlsclient.Entry {
-	return []rlsclient.Entry{{Key: DescriptorModel, Value: q.Model}, {Key: DescriptorQuota, Value: q.Name}}
 }

@@ -4,20 +4,25 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // Descriptor keys. A quota's counter in the ratelimit service is keyed by
-// domain + model + quota name + user id (+ the window), all taken from names, so reordering the
-// policy file never moves a user onto another counter.
+// domain + [model] + quota name + [calendar period] + [user or team] (+ the window), all taken
+// from names, so reordering the policy file never moves a caller onto another counter. A quota
+// of one model starts with the model; one over every model starts with the quota.
 const (
-	DescriptorModel = "model"
-	DescriptorQuota = "quota"
-	DescriptorUser  = "user"
+	DescriptorModel  = "model"
+	DescriptorQuota  = "quota"
+	DescriptorUser   = "user"
+	DescriptorTeam   = "team"
+	DescriptorPeriod = "period"
 )
 
 var units = map[string]rlsconfv3.RateLimitUnit{
@@ -30,93 +35,220 @@ var units = map[string]rlsconfv3.RateLimitUnit{
 	"year":   rlsconfv3.RateLimitUnit_YEAR,
 }
 
+// calendarUnits maps the policy's calendar periods to the ext_proc server's.
+var calendarUnits = map[string]extproc.CalendarUnit{
+	policies.CalendarDay:   extproc.CalendarDay,
+	policies.CalendarWeek:  extproc.CalendarWeek,
+	policies.CalendarMonth: extproc.CalendarMonth,
+}
+
+// serviceUnit is the ratelimit service's unit for quota q. A calendar quota's period is in its
+// descriptor, so the service's window only has to outlast it: a year, the longest it has.
+func serviceUnit(q policies.Quota) (rlsconfv3.RateLimitUnit, error) {
+	if policies.IsCalendar(q.Per) {
+		return rlsconfv3.RateLimitUnit_YEAR, nil
+	}
+	unit, ok := units[strings.ToLower(q.Per)]
+	if !ok {
+		return 0, fmt.Errorf("quota %q: unknown unit %q", q.Name, q.Per)
+	}
+	return unit, nil
+}
+
 // rateLimitConfig is the ratelimit service's view of every quota: one descriptor tree in the
-// policy's domain, model → quota → user (any value: one counter per distinct user).
+// policy's domain. A quota of one model hangs below its model's node, a quota of every model at
+// the top; below the quota come the calendar period (any value) and the user or team (any
+// value: one counter per distinct caller, with nodes of their own for overrides). A global
+// quota's limit sits on its last node.
 func rateLimitConfig(p *input) (*rlsconfv3.RateLimitConfig, error) {
 	cfg := &rlsconfv3.RateLimitConfig{Name: p.RateLimit.Domain, Domain: p.RateLimit.Domain}
-	for _, m := range p.modelsWithQuotas {
-		modelNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorModel, Value: m}
-		for _, q := range p.quotasByModel[m] {
-			unit, ok := units[strings.ToLower(q.Per)]
-			if !ok {
-				return nil, fmt.Errorf("quota %q: unknown unit %q", q.Name, q.Per)
-			}
-			quotaNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorQuota, Value: q.Name}
-			limits := userLimits(p, q)
-			users := make([]string, 0, len(limits))
-			for u := range limits {
-				users = append(users, u)
-			}
-			sort.Strings(users)
-			// A user with an override has a descriptor of their own; the service matches a
-			// key with a value before the key alone. Either way the counter is keyed by the
-			// request's entries, so adding an override never resets what a user has spent.
-			for _, u := range users {
-				quotaNode.Descriptors = append(quotaNode.Descriptors, userDescriptor(q, unit, u, limits[u]))
-			}
-			quotaNode.Descriptors = append(quotaNode.Descriptors, userDescriptor(q, unit, "", q.Limit))
-			modelNode.Descriptors = append(modelNode.Descriptors, quotaNode)
+	modelNodes := map[string]*rlsconfv3.RateLimitDescriptor{}
+	var models []string
+	var pools []*rlsconfv3.RateLimitDescriptor
+	for _, q := range p.Quotas {
+		quotaNode, err := quotaTree(p, q)
+		if err != nil {
+			return nil, err
 		}
-		cfg.Descriptors = append(cfg.Descriptors, modelNode)
+		if q.Model == "" {
+			pools = append(pools, quotaNode)
+			continue
+		}
+		node, ok := modelNodes[q.Model]
+		if !ok {
+			node = &rlsconfv3.RateLimitDescriptor{Key: DescriptorModel, Value: q.Model}
+			modelNodes[q.Model] = node
+			models = append(models, q.Model)
+		}
+		node.Descriptors = append(node.Descriptors, quotaNode)
 	}
+	sort.Strings(models)
+	for _, m := range models {
+		cfg.Descriptors = append(cfg.Descriptors, modelNodes[m])
+	}
+	cfg.Descriptors = append(cfg.Descriptors, pools...)
 	return cfg, nil
 }
 
-// UserQuota is one quota as it applies to one user: the descriptor the ext_proc server checks
-// and charges for that user's requests, which is the counter the ratelimit service keeps.
-type UserQuota struct {
-	Quota   policies.Quota
-	Entries []rlsclient.Entry
+// quotaTree is quota q's node and everything below it.
+func quotaTree(p *input, q policies.Quota) (*rlsconfv3.RateLimitDescriptor, error) {
+	unit, err := serviceUnit(q)
+	if err != nil {
+		return nil, err
+	}
+	limit := func(l policies.Limit) *rlsconfv3.RateLimitPolicy {
+		n, _ := l.Units(p.Currency) // validation checked it converts and fits uint32
+		return &rlsconfv3.RateLimitPolicy{Unit: unit, RequestsPerUnit: uint32(n), Name: q.Name}
+	}
+	quotaNode := &rlsconfv3.RateLimitDescriptor{Key: DescriptorQuota, Value: q.Name}
+	parent := quotaNode
+	if policies.IsCalendar(q.Per) {
+		period := &rlsconfv3.RateLimitDescriptor{Key: DescriptorPeriod}
+		quotaNode.Descriptors = []*rlsconfv3.RateLimitDescriptor{period}
+		parent = period
+	}
+	if q.Scope == policies.ScopeGlobal {
+		parent.RateLimit, parent.ShadowMode = limit(q.Limit), q.Shadow
+		return quotaNode, nil
+	}
+	key := subjectKey(q)
+	overrides := subjectLimits(p, q)
+	subjects := make([]string, 0, len(overrides))
+	for s := range overrides {
+		subjects = append(subjects, s)
+	}
+	sort.Strings(subjects)
+	// A caller with an override has a descriptor of their own; the service matches a key with
+	// a value before the key alone. Either way the counter is keyed by the request's entries,
+	// so adding an override never resets what a caller has spent.
+	for _, s := range append(subjects, "") {
+		l := q.Limit
+		if s != "" {
+			l = overrides[s]
+		}
+		parent.Descriptors = append(parent.Descriptors, &rlsconfv3.RateLimitDescriptor{
+			Key: key, Value: s, RateLimit: limit(l), ShadowMode: q.Shadow,
+		})
+	}
+	return quotaNode, nil
 }
 
-// UserQuotas lists the quotas that apply to user, for one model or (model "") all of them,
-// sorted by model then quota name, each with its counter's descriptor entries: the counters
-// `tollgate quota` reads, the same the ext_proc server checks and charges.
-func UserQuotas(in *policies.Policy, user, model string) []UserQuota {
+// subjectKey is the descriptor key whose value says whose counter it is: the user's or the
+// team's; a global quota has none.
+func subjectKey(q policies.Quota) string {
+	switch q.Scope {
+	case policies.ScopeTeam:
+		return DescriptorTeam
+	case policies.ScopeGlobal:
+		return ""
+	default:
+		return DescriptorUser
+	}
+}
+
+// quotaEntries are the descriptor entries of quota q before the period's and the caller's.
+func quotaEntries(q policies.Quota) []rlsclient.Entry {
+	if q.Model == "" {
+		return []rlsclient.Entry{{Key: DescriptorQuota, Value: q.Name}}
+	}
+	return []rlsclient.Entry{{Key: DescriptorModel, Value: q.Model}, {Key: DescriptorQuota, Value: q.Name}}
+}
+
+// extProcQuota is quota q as the ext_proc server checks and charges it.
+func extProcQuota(q policies.Quota) (extproc.Quota, error) {
+	eq := extproc.Quota{
+		Name:                q.Name,
+		Cost:                q.Cost,
+		Entries:             quotaEntries(q),
+		SubjectKey:          subjectKey(q),
+		MaxTokensPerRequest: q.MaxTokensPerRequest,
+		Shadow:              q.Shadow,
+	}
+	switch q.Cost {
+	case policies.CostRequests:
+		eq.Unit = extproc.UnitRequests
+	case policies.CostPrice:
+		eq.Unit = extproc.UnitMoney
+	}
+	switch q.Scope {
+	case policies.ScopeTeam:
+		eq.Scope = extproc.ScopeTeam
+	case policies.ScopeGlobal:
+		eq.Scope = extproc.ScopeGlobal
+	}
+	if policies.IsCalendar(q.Per) {
+		loc, err := policies.LoadTimezone(q.Timezone)
+		if err != nil {
+			return extproc.Quota{}, fmt.Errorf("quota %q: %w", q.Name, err)
+		}
+		eq.Calendar = &extproc.Calendar{Unit: calendarUnits[q.Per], Location: loc}
+		eq.PeriodKey = DescriptorPeriod
+	}
+	return eq, nil
+}
+
+// UserQuota is one quota as it applies to one caller: the descriptor the ext_proc server
+// checks and charges for that caller's requests now, which is the counter the ratelimit
+// service keeps.
+type UserQuota struct {
+	Quota policies.Quota
+	// Subject says whose counter it is: the user, "team <id>", or "everyone".
+	Subject string
+	Entries []rlsclient.Entry
+	// Calendar is the quota's calendar period; nil for a fixed window.
+	Calendar *extproc.Calendar
+}
+
+// UserQuotas lists the quotas that apply to user (of team, "" for none), for one model or
+// (model "") all of them, sorted by quota name, each with its counter's descriptor entries at
+// time now: the counters `tollgate quota` reads, the same the ext_proc server checks and
+// charges. A team quota applies only with a team.
+func UserQuotas(in *policies.Policy, user, team, model string, now time.Time) []UserQuota {
 	p := newInput(in)
 	var out []UserQuota
-	for _, m := range p.modelsWithQuotas {
-		if model != "" && m != model {
+	for _, q := range p.Quotas {
+		if model != "" && q.Model != "" && q.Model != model {
 			continue
 		}
-		for _, q := range p.quotasByModel[m] {
-			entries := append(quotaEntries(q), rlsclient.Entry{Key: DescriptorUser, Value: user})
-			out = append(out, UserQuota{Quota: q, Entries: entries})
+		if q.Scope == policies.ScopeTeam && team == "" {
+			continue
 		}
+		eq, err := extProcQuota(q)
+		if err != nil {
+			continue // validation refused the policy already
+		}
+		subject := user
+		switch q.Scope {
+		case policies.ScopeTeam:
+			subject = "team " + team
+		case policies.ScopeGlobal:
+			subject = "everyone"
+		}
+		d := eq.Descriptor(user, team, now, 0)
+		out = append(out, UserQuota{Quota: q, Subject: subject, Entries: d.Entries, Calendar: eq.Calendar})
 	}
 	return out
 }
 
-// userLimits returns the users whose limit on q differs from the default: tier members get
-// their tier's override, and a user's own override wins over it.
-func userLimits(p *input, q policies.Quota) map[string]uint64 {
-	tierLimit := map[string]uint64{}
-	limits := map[string]uint64{}
+// subjectLimits returns the callers whose limit on q differs from the default: for a user
+// quota, tier members get their tier's override and a user's own override wins over it; for
+// a team quota, teams with an override.
+func subjectLimits(p *input, q policies.Quota) map[string]policies.Limit {
+	limits := map[string]policies.Limit{}
 	for _, o := range q.Overrides {
 		if o.Tier != "" {
-			tierLimit[o.Tier] = o.Limit
-		}
-	}
-	for t, l := range tierLimit {
-		for _, u := range p.usersOf[t] {
-			limits[u] = l
+			for _, u := range p.usersOf[o.Tier] {
+				limits[u] = o.Limit
+			}
 		}
 	}
 	for _, o := range q.Overrides {
-		if o.User != "" {
+		switch {
+		case o.User != "":
 			limits[o.User] = o.Limit
+		case o.Team != "":
+			limits[o.Team] = o.Limit
 		}
 	}
 	return limits
-}
-
-// userDescriptor is the leaf of a quota's tree: one user (or, with user "", every user).
-func userDescriptor(q policies.Quota, unit rlsconfv3.RateLimitUnit, user string, limit uint64) *rlsconfv3.RateLimitDescriptor {
-	return &rlsconfv3.RateLimitDescriptor{
-		Key:   DescriptorUser,
-		Value: user,
-		// Validation keeps limits within uint32, the service's field size.
-		RateLimit:  &rlsconfv3.RateLimitPolicy{Unit: unit, RequestsPerUnit: uint32(limit), Name: q.Name},
-		ShadowMode: q.Shadow,
-	}
 }

@@ -3,6 +3,7 @@ package translate_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
@@ -40,7 +41,7 @@ func TestQuotaDescriptorsNameConfiguredCounters(t *testing.T) {
 			var entries []rlsclient.Entry
 			for _, eq := range out.ExtProc.Quotas[q.Model] {
 				if eq.Name == q.Name {
-					entries = append(eq.Entries, rlsclient.Entry{Key: out.ExtProc.UserDescriptorKey, Value: "alice"})
+					entries = eq.Descriptor("alice", "", time.Now(), 0).Entries
 				}
 			}
 			if entries == nil {
@@ -73,7 +74,7 @@ func TestQuotaDescriptorsNameConfiguredCounters(t *testing.T) {
 			if !limited {
 				t.Errorf("%s %s: descriptor %v reaches no limit", in, q.Name, entries)
 			}
-			uqs := translate.UserQuotas(p, "alice", q.Model)
+			uqs := translate.UserQuotas(p, "alice", "", q.Model, time.Now())
 			found := false
 			for _, uq := range uqs {
 				if uq.Quota.Name != q.Name {

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"encoding/hex"
+	"slices"
 	"sort"
 
 	"google.golang.org/protobuf/proto"
@@ -44,12 +45,16 @@ func extProcPlain(c *extproc.Config) map[string]any {
 	if c == nil {
 		return nil
 	}
-	identity := map[string]any{"mode": c.Identity.String(), "header": c.IdentityHeader}
+	identity := map[string]any{"mode": c.Identity.String(), "header": c.IdentityHeader, "teamHeader": c.TeamHeader}
 	switch c.Identity {
 	case extproc.IdentityFromAPIKey:
 		keys := make([]any, 0, len(c.APIKeys))
 		for h, user := range c.APIKeys {
-			keys = append(keys, map[string]any{"sha256": hex.EncodeToString(h[:]), "user": user})
+			key := map[string]any{"sha256": hex.EncodeToString(h[:]), "user": user}
+			if team, ok := c.APIKeyTeams[h]; ok {
+				key["team"] = team
+			}
+			keys = append(keys, key)
 		}
 		sort.Slice(keys, func(i, j int) bool {
 			return keys[i].(map[string]any)["sha256"].(string) < keys[j].(map[string]any)["sha256"].(string)
@@ -57,6 +62,9 @@ func extProcPlain(c *extproc.Config) map[string]any {
 		identity["apiKeys"] = keys
 	case extproc.IdentityFromJWT:
 		identity["jwtClaim"] = c.JWTClaim
+		if c.JWTTeamClaim != "" {
+			identity["jwtTeamClaim"] = c.JWTTeamClaim
+		}
 	}
 	backendKeys := map[string]any{}
 	for name, key := range c.BackendKeys {
@@ -74,8 +82,7 @@ func extProcPlain(c *extproc.Config) map[string]any {
 	for model, qs := range c.Quotas {
 		list := make([]any, 0, len(qs))
 		for _, q := range qs {
-			d := rlsclient.Descriptor{Entries: append(q.Entries, rlsclient.Entry{Key: c.UserDescriptorKey, Value: "<user>"})}
-			list = append(list, map[string]any{"name": q.Name, "cost": q.Cost, "counter": d.String(), "shadow": q.Shadow})
+			list = append(list, quotaPlain(q))
 		}
 		quotas[model] = list
 	}
@@ -95,6 +102,17 @@ func extProcPlain(c *extproc.Config) map[string]any {
 	if len(backendKeys) > 0 {
 		out["backendKeys"] = backendKeys
 	}
+	if len(c.Prices) > 0 {
+		prices := map[string]any{}
+		for model, p := range c.Prices {
+			prices[model] = map[string]any{"input": p.Input, "output": p.Output, "cachedInput": p.CachedInput}
+		}
+		out["prices"] = map[string]any{"perTokenIn": "1e-12 " + c.Money.Currency, "models": prices}
+		out["money"] = map[string]any{"currency": c.Money.Currency, "decimals": c.Money.Decimals}
+	}
+	if len(c.MaxTokensPerRequest) > 0 {
+		out["maxTokensPerRequest"] = toAnyMap(c.MaxTokensPerRequest)
+	}
 	if c.RateLimitAddress != "" {
 		out["rateLimit"] = map[string]any{
 			"address":                c.RateLimitAddress,
@@ -104,6 +122,23 @@ func extProcPlain(c *extproc.Config) map[string]any {
 			"defaultMaxOutputTokens": c.DefaultMaxOutputTokens,
 			"quotas":                 quotas,
 		}
+	}
+	return out
+}
+
+// quotaPlain is one quota of the ext_proc configuration, its counter shown with placeholders
+// for the values each request fills in.
+func quotaPlain(q extproc.Quota) map[string]any {
+	entries := slices.Clone(q.Entries)
+	if q.Calendar != nil {
+		entries = append(entries, rlsclient.Entry{Key: q.PeriodKey, Value: "<" + q.Calendar.String() + ">"})
+	}
+	if q.SubjectKey != "" {
+		entries = append(entries, rlsclient.Entry{Key: q.SubjectKey, Value: "<" + q.Scope.String() + ">"})
+	}
+	out := map[string]any{"name": q.Name, "cost": q.Cost, "counter": rlsclient.Descriptor{Entries: entries}.String(), "shadow": q.Shadow}
+	if q.MaxTokensPerRequest > 0 {
+		out["maxTokensPerRequest"] = q.MaxTokensPerRequest
 	}
 	return out
 }

@@ -107,7 +107,8 @@ func clusters(p *input) ([]*clusterv3.Cluster, error) {
 // (built once, so translation stays linear in the size of the policy).
 type input struct {
 	*policies.Policy
-	// quotasByModel holds each model's quotas in name order.
+	// quotasByModel holds, in name order, the quotas that count each model's requests: its
+	// own and those of every model.
 	quotasByModel map[string][]policies.Quota
 	// modelsWithQuotas lists, in name order, the models that have quotas.
 	modelsWithQuotas []string
@@ -123,10 +124,15 @@ func newInput(in *policies.Policy) *input {
 	p.Quotas = sortedBy(in.Quotas, func(q policies.Quota) string { return q.Name })
 	v := &input{Policy: &p, quotasByModel: map[string][]policies.Quota{}, usersOf: map[string][]string{}}
 	for _, q := range p.Quotas {
-		if len(v.quotasByModel[q.Model]) == 0 {
-			v.modelsWithQuotas = append(v.modelsWithQuotas, q.Model)
+		for _, m := range p.Models {
+			if q.Model != "" && q.Model != m.Name {
+				continue
+			}
+			if len(v.quotasByModel[m.Name]) == 0 {
+				v.modelsWithQuotas = append(v.modelsWithQuotas, m.Name)
+			}
+			v.quotasByModel[m.Name] = append(v.quotasByModel[m.Name], q)
 		}
-		v.quotasByModel[q.Model] = append(v.quotasByModel[q.Model], q)
 	}
 	sort.Strings(v.modelsWithQuotas)
 	for _, t := range p.Tiers {

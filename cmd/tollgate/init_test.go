@@ -41,7 +41,7 @@ func TestInitWritesAPolicyThatServes(t *testing.T) {
 		t.Errorf("policy %+v", p)
 	}
 	for _, q := range p.Quotas {
-		if q.Limit != 5000 || q.Per != "hour" {
+		if q.Limit.Count != 5000 || q.Per != "hour" {
 			t.Errorf("quota %+v, want 5000 per hour", q)
 		}
 	}

@@ -16,12 +16,14 @@ import (
 )
 
 // quotaCommand answers "how much does this user have left?" from the ratelimit service's own
-// counters: one check-only call (hits 0) per quota window that applies to the user.
+// counters: one check-only call (hits 0) per quota window that applies to the user, their
+// team's pools and the global ones.
 func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("quota", stderr)
 	file := fs.String("f", "policy.yaml", "policy file (says which quotas apply)")
 	user := fs.String("user", "", "user id, as sent in the identity header (required)")
-	model := fs.String("model", "", "only this model's quotas")
+	team := fs.String("team", "", "the user's team, for team quotas (default: the team of the user's API keys in the policy)")
+	model := fs.String("model", "", "only this model's quotas (and those of every model)")
 	addr := fs.String("ratelimit", "", "the ratelimit service's gRPC address (default: the policy's rateLimit address)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -35,7 +37,11 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		printErrors(stderr, err)
 		return 1
 	}
-	quotas := translate.UserQuotas(p, *user, *model)
+	if *team == "" {
+		*team = keyTeam(p, *user)
+	}
+	now := time.Now()
+	quotas := translate.UserQuotas(p, *user, *team, *model, now)
 	if len(quotas) == 0 {
 		if *model != "" {
 			_, _ = fmt.Fprintf(stderr, "tollgate quota: no quota in %s applies to model %q\n", *file, *model)
@@ -65,34 +71,66 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", target, err)
 		return 1
 	}
-	now := time.Now()
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	_, _ = fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
 	for i, st := range statuses {
-		q := quotas[i].Quota
+		uq := quotas[i]
+		q := uq.Quota
+		amount := func(n uint64) string { return strconv.FormatUint(n, 10) }
+		if q.Limit.IsMoney() {
+			amount = p.Currency.Format
+		}
+		model := q.Model
+		if model == "" {
+			model = "*"
+		}
 		if !st.Limit.Matched() {
 			// The service has no limit for this descriptor yet: it has not received the policy.
-			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
-				*user, q.Model, q.Name, q.Cost, q.Limit, q.Per)
+			_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t?\t?\tnot loaded by the ratelimit service yet\n",
+				uq.Subject, model, q.Name, q.Cost, q.Limit, q.Per)
 			continue
 		}
-		used := fmt.Sprint(st.Limit.PerWindow - st.Remaining)
-		reset := now.Add(st.ResetIn).Truncate(time.Second)
+		used := amount(st.Limit.PerWindow - st.Remaining)
+		resetIn := st.ResetIn
+		if uq.Calendar != nil {
+			_, _, end := uq.Calendar.Period(now)
+			resetIn = end.Sub(now)
+		}
+		reset := now.Add(resetIn).Truncate(time.Second)
 		state := ""
 		switch {
 		case st.OverLimit:
 			// The service reports 0 remaining, not by how much the last charge overshot.
-			used, state = fmt.Sprintf(">=%d", st.Limit.PerWindow), "  (over limit: requests get 429)"
+			used, state = ">="+amount(st.Limit.PerWindow), "  (over limit: requests get 429)"
 		case q.Shadow && st.Remaining == 0:
 			// In shadow mode the service answers OK even when the window is spent.
-			used, state = fmt.Sprintf(">=%d", st.Limit.PerWindow), "  (shadow: over limit, not enforced)"
+			used, state = ">="+amount(st.Limit.PerWindow), "  (shadow: over limit, not enforced)"
 		case q.Shadow:
 			state = "  (shadow: not enforced)"
 		}
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%s\t%s\t%d\t%s (in %s)%s\n",
-			*user, q.Model, q.Name, q.Cost, st.Limit.PerWindow, q.Per, used, st.Remaining,
-			reset.Format(time.RFC3339), st.ResetIn.Round(time.Second), state)
+		resets := reset.Format(time.RFC3339)
+		if uq.Calendar != nil {
+			resets = reset.In(uq.Calendar.Location).Format(time.RFC3339)
+		}
+		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s (in %s)%s\n",
+			uq.Subject, model, q.Name, q.Cost, amount(st.Limit.PerWindow), q.Per, used, amount(st.Remaining),
+			resets, resetIn.Round(time.Second), state)
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// keyTeam is the team of user's API keys in the policy, when they name exactly one.
+func keyTeam(p *policies.Policy, user string) string {
+	team := ""
+	for _, k := range p.Identity.ResolvedAPIKeys {
+		if k.User != user || k.Team == "" {
+			continue
+		}
+		if team != "" && team != k.Team {
+			return ""
+		}
+		team = k.Team
+	}
+	return team
 }

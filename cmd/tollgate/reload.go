@@ -185,7 +185,11 @@ func modelNames(p *policies.Policy) []string {
 func quotaSummaries(p *policies.Policy) []string {
 	out := make([]string, 0, len(p.Quotas))
 	for _, q := range p.Quotas {
-		out = append(out, fmt.Sprintf("%s: %d %s per %s per user on %s", q.Name, q.Limit, q.Cost, q.Per, q.Model))
+		model := q.Model
+		if model == "" {
+			model = "every model"
+		}
+		out = append(out, fmt.Sprintf("%s: %s on %s", q.Name, q.Describe(), model))
 	}
 	sort.Strings(out)
 	return out

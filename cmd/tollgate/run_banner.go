@@ -61,7 +61,11 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 func quotaLines(p *policies.Policy) []string {
 	lines := make([]string, 0, len(p.Quotas))
 	for _, q := range p.Quotas {
-		l := fmt.Sprintf("%s: %d %s per %s per user", q.Model, q.Limit, q.Cost, q.Per)
+		model := q.Model
+		if model == "" {
+			model = "every model"
+		}
+		l := model + ": " + q.Describe()
 		if len(q.Overrides) > 0 {
 			l += fmt.Sprintf(" (%d override(s))", len(q.Overrides))
 		}

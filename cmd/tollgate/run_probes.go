@@ -46,7 +46,7 @@ const readinessProbeUser = "tollgate-run-readiness-probe"
 // limitsProbe returns a probe that succeeds once the ratelimit service at addr applies a limit
 // to the policy's first quota, or nil when the policy has no quotas to wait for.
 func limitsProbe(p *policies.Policy, addr string) func(context.Context) error {
-	quotas := translate.UserQuotas(p, readinessProbeUser, "")
+	quotas := translate.UserQuotas(p, readinessProbeUser, readinessProbeUser, "", time.Now())
 	if len(quotas) == 0 {
 		return nil
 	}

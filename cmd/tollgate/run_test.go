@@ -342,9 +342,9 @@ func TestSignalCatcher(t *testing.T) {
 
 func TestQuotaLines(t *testing.T) {
 	p := &policies.Policy{Quotas: []policies.Quota{
-		{Model: "qwen3", Cost: "tokens", Limit: 50, Per: "hour"},
-		{Model: "gpt-4", Cost: "weighted", Limit: 40, Per: "day", Shadow: true,
-			Overrides: []policies.Override{{User: "alice", Limit: 10}}},
+		{Model: "qwen3", Cost: "tokens", Limit: policies.Limit{Count: 50}, Per: "hour"},
+		{Model: "gpt-4", Cost: "weighted", Limit: policies.Limit{Count: 40}, Per: "day", Shadow: true,
+			Overrides: []policies.Override{{User: "alice", Limit: policies.Limit{Count: 10}}}},
 	}}
 	got := strings.Join(quotaLines(p), "\n")
 	want := "gpt-4: 40 weighted per day per user (1 override(s)) (shadow: counted, not enforced)\n" +

@@ -30,36 +30,14 @@ const (
 	chargeUnconfirmed = "unconfirmed"
 )
 
-// Quota is one counter the requests for a model are checked against and charged to.
-type Quota struct {
-	// Name identifies the quota in logs.
-	Name string
-	// Cost names the Config.Costs entry whose value is charged.
-	Cost string
-	// Entries are the descriptor entries before the user's: with the user's appended, the
-	// counter the request is checked against and charged to.
-	Entries []rlsclient.Entry
-	// Shadow quotas are counted like the others but never refuse a request or show in its
-	// headers.
-	Shadow bool
-}
-
-// descriptor is the counter of one user on quota q, with hits to add: the quota's entries,
-// then the user.
-func (c *Config) descriptor(q Quota, user string, hits uint64) rlsclient.Descriptor {
-	entries := make([]rlsclient.Entry, 0, len(q.Entries)+1)
-	entries = append(entries, q.Entries...)
-	return rlsclient.Descriptor{Entries: append(entries, rlsclient.Entry{Key: c.UserDescriptorKey, Value: user}), Hits: hits}
-}
-
-// settleQuota charges the request's costs to every quota on its model, once, when the exchange
+// settleQuota charges the request's costs to every quota that counts it, once, when the exchange
 // ends: what was reserved at admission is replaced by the actual cost (the difference charged
 // or refunded), and a quota with nothing reserved is charged the cost in full. A cost that
 // could not be computed keeps its reservation, and is never guessed otherwise. The client
 // batches, retries and keeps what the service does not take; its verdict is logged and
 // counted here.
 func (ex *exchange) settleQuota(costs map[string]int64, basis string) {
-	quotas := ex.cfg.Quotas[ex.model]
+	quotas := ex.quotas
 	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
 		return
 	}
@@ -83,7 +61,7 @@ func (ex *exchange) settleQuota(costs map[string]int64, basis string) {
 		if !ok || hits <= 0 {
 			continue // a zero addend would only check, and an unknown cost is never guessed
 		}
-		descriptors = append(descriptors, ex.cfg.descriptor(q, ex.user, uint64(hits)))
+		descriptors = append(descriptors, q.Descriptor(ex.user, ex.team, ex.start, uint64(hits)))
 	}
 	if len(descriptors) == 0 {
 		return

@@ -22,10 +22,9 @@ func chargedConfig(t testing.TB, addr string) *Config {
 	cfg := testConfig(t)
 	cfg.RateLimitAddress = addr
 	cfg.RateLimitDomain = "tollgate"
-	cfg.UserDescriptorKey = "user"
 	cfg.Quotas = map[string][]Quota{"qwen3": {
-		{Name: "hourly", Cost: "llm_total_token", Entries: []rlsclient.Entry{{Key: "model", Value: "qwen3"}, {Key: "quota", Value: "hourly"}}},
-		{Name: "weighted", Cost: "custom_cost", Entries: []rlsclient.Entry{{Key: "model", Value: "qwen3"}, {Key: "quota", Value: "weighted"}}},
+		{Name: "hourly", Cost: "llm_total_token", SubjectKey: "user", Entries: []rlsclient.Entry{{Key: "model", Value: "qwen3"}, {Key: "quota", Value: "hourly"}}},
+		{Name: "weighted", Cost: "custom_cost", SubjectKey: "user", Entries: []rlsclient.Entry{{Key: "model", Value: "qwen3"}, {Key: "quota", Value: "weighted"}}},
 	}}
 	return cfg
 }

@@ -24,6 +24,10 @@ const (
 	CostTotal
 	// CostCEL evaluates Cost.Program over the usage.
 	CostCEL
+	// CostRequests is 1 per request.
+	CostRequests
+	// CostPrice is the request's price in Config.Money's units, from Config.Prices.
+	CostPrice
 )
 
 // String names the kind for logs.
@@ -37,6 +41,10 @@ func (k CostKind) String() string {
 		return "total"
 	case CostCEL:
 		return "cel"
+	case CostRequests:
+		return "requests"
+	case CostPrice:
+		return "price"
 	default:
 		return "unknown"
 	}
@@ -135,6 +143,13 @@ type Config struct {
 	// JWTClaim is the top-level claim of a verified token that names the user
 	// (IdentityFromJWT).
 	JWTClaim string
+	// JWTTeamClaim, when set, is the claim that names the caller's team (IdentityFromJWT).
+	JWTTeamClaim string
+	// APIKeyTeams maps the hash of an API key to its team, for keys that have one.
+	APIKeyTeams map[KeyHash]string
+	// TeamHeader carries the caller's team. In IdentityFromHeader mode the client's value is
+	// the team; in the other modes the server sets it, or removes it when there is none.
+	TeamHeader string
 	// BackendKeys maps a backend name to the API key sent to it as
 	// "authorization: Bearer <key>" once a request's model, and so its backend, is known.
 	// Backends without a key get the request's own authorization header (or none).
@@ -162,12 +177,18 @@ type Config struct {
 	RateLimitAddress string
 	// RateLimitDomain is the domain of the charged descriptors.
 	RateLimitDomain string
-	// UserDescriptorKey is the key of a charged descriptor's last entry, whose value is the
-	// user.
-	UserDescriptorKey string
 	// Quotas lists, by model, the counters a request for that model is checked against before
-	// it goes upstream and charged to when it ends.
+	// it goes upstream and charged to when it ends: the model's own quotas and those of every
+	// model.
 	Quotas map[string][]Quota
+	// Prices are the models' prices; a model without prices costs no money (and money quotas
+	// never cover it).
+	Prices map[string]Price
+	// Money says how money quotas count.
+	Money Money
+	// MaxTokensPerRequest is, by user, the most output one request may ask for (the user's
+	// tier's ceiling); quotas may set lower ones.
+	MaxTokensPerRequest map[string]int64
 	// DefaultMaxOutputTokens is the most output a request that names no ceiling of its own is
 	// taken to produce: admission reserves it on the request's quotas.
 	DefaultMaxOutputTokens int64
@@ -205,6 +226,7 @@ func withDefaults(cfg *Config) *Config {
 	}
 	out.ModelHeader = strings.ToLower(strings.TrimSpace(out.ModelHeader))
 	out.IdentityHeader = strings.ToLower(strings.TrimSpace(out.IdentityHeader))
+	out.TeamHeader = strings.ToLower(strings.TrimSpace(out.TeamHeader))
 	out.JWTClaim = strings.TrimSpace(out.JWTClaim)
 	if out.MaxResponseBytes <= 0 {
 		out.MaxResponseBytes = DefaultMaxResponseBytes

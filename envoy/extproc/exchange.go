@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"mime"
 	"strconv"
 	"strings"
@@ -53,6 +54,7 @@ type exchange struct {
 	started          bool          // request headers seen
 	format           llmapi.Format // from :path; nil when the path is not metered
 	user             string        // the identity header's value
+	team             string        // the caller's team; "" for none
 	model            string        // the model the request is routed and accounted by
 	hasContentLength bool          // the client sent content-length (so a new body needs one)
 	requestBodySeen  bool          // the (single, buffered) request body message arrived
@@ -61,8 +63,10 @@ type exchange struct {
 	maxOutput        int64         // the most output the request lets the backend produce
 	streamRequested  bool          // the body asked for a streamed answer
 
-	// reservations are what admission counted on the model's quotas, in their order, until
-	// the request's real cost replaces them.
+	// quotas are the model's quotas that count this request, fixed at admission; reservations
+	// are what admission counted on them, in their order, until the request's real cost
+	// replaces them.
+	quotas       []Quota
 	reservations []rlsclient.Reservation
 	// inFlight counts the user's requests in flight; holding says this one is counted.
 	inFlight *inFlight
@@ -128,11 +132,11 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 	ex.format = llmapi.ForPath(firstHeader(headers, ":path"))
 
 	// Without a user no quota could hold the request, so it must stop here.
-	user, rejected := ex.identify(headers, meta)
+	user, team, rejected := ex.identify(headers, meta)
 	if rejected != nil {
 		return ex.reject(*rejected)
 	}
-	ex.user = user
+	ex.user, ex.team = user, team
 	if ex.format == nil {
 		// Only requests whose usage can be read reach a backend: any other path would be an
 		// unmetered way to the same model server.
@@ -143,7 +147,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 		return ex.reject(missingModel())
 	}
 	ex.hasContentLength = firstHeader(headers, "content-length") != ""
-	mutation := ex.identityMutation(user)
+	mutation := ex.identityMutation(user, team)
 	// Upstreams then send plain bodies, which keeps usage parsing off the decompression path.
 	mutation.SetHeaders = append(mutation.SetHeaders, overwrite("accept-encoding", "identity"))
 	// The client's own model header never routes: the body's model replaces it before the
@@ -200,9 +204,26 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 	ex.model = parsed.Model
 	ex.promptBytes = parsed.TextBytes
+	ex.quotas = ex.applicableQuotas()
 	ex.maxOutput = parsed.MaxOutputTokens
+	ceiling := ex.outputCeiling(ex.quotas)
+	if ceiling > 0 && ex.maxOutput > ceiling {
+		return ex.reject(rejection{
+			status:  400,
+			outcome: outcomeRejected400,
+			err: apiError{
+				Message: fmt.Sprintf("the request asks for up to %d output tokens; at most %d are allowed per request", ex.maxOutput, ceiling),
+				Type:    errorTypeInvalidRequest,
+				Code:    optional("max_tokens_exceeded"),
+			},
+			details: "tollgate_max_tokens_exceeded",
+		})
+	}
 	if ex.maxOutput <= 0 {
 		ex.maxOutput = ex.cfg.DefaultMaxOutputTokens
+		if ceiling > 0 {
+			ex.maxOutput = ceiling
+		}
 	}
 	rejected, limits := ex.admit(ex.worstCase())
 	if rejected != nil {
@@ -515,13 +536,16 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 
 	labels := ex.labels()
 	end := time.Now()
+	user := "" // an empty label value is no label: without the opt-in, users add no series
+	if ex.cfg.UserLabel {
+		user = ex.user
+	}
+	if units, priced := ex.price(usage); priced {
+		ex.metrics.spend.WithLabelValues(labels[1], ex.cfg.Money.Currency, user).Add(ex.cfg.Money.amount(units))
+	}
 	if basis == basisUsage {
 		// Token usage metrics show what backends reported; estimates are counted with the
 		// charges instead.
-		user := "" // an empty label value is no label: without the opt-in, users add no series
-		if ex.cfg.UserLabel {
-			user = ex.user
-		}
 		for _, tokens := range []struct {
 			typ   string
 			count int64
@@ -558,6 +582,14 @@ func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 		return usage.OutputTokens, nil
 	case CostTotal:
 		return usage.TotalTokens, nil
+	case CostRequests:
+		return 1, nil
+	case CostPrice:
+		units, ok := ex.price(usage)
+		if !ok {
+			return 0, fmt.Errorf("model %q has no prices", ex.model)
+		}
+		return int64(min(units, math.MaxInt64)), nil
 	case CostCEL:
 		if cost.Eval == nil {
 			return 0, errors.New("no CEL program")

@@ -20,24 +20,71 @@ import (
 // cannot decode (bytes that are not UTF-8) makes its check fail, and with failureMode open such
 // a request would go through unlimited; the other rules keep ids legible in logs and equal to
 // what the policy can name.
-func (ex *exchange) identify(headers *corev3.HeaderMap, meta *corev3.Metadata) (string, *rejection) {
-	var user string
-	var rejected *rejection
+func (ex *exchange) identify(headers *corev3.HeaderMap, meta *corev3.Metadata) (user, team string, rejected *rejection) {
 	switch ex.cfg.Identity {
 	case IdentityFromAPIKey:
-		user, rejected = ex.userFromAPIKey(headers)
+		user, team, rejected = ex.userFromAPIKey(headers)
 	case IdentityFromJWT:
-		user, rejected = ex.userFromJWT(meta)
+		user, team, rejected = ex.userFromJWT(meta)
 	default:
 		user, rejected = ex.userFromHeader(headers)
+		if rejected == nil {
+			team, rejected = ex.teamFromHeader(headers)
+		}
 	}
 	if rejected != nil {
-		return "", rejected
+		return "", "", rejected
 	}
 	if err := ex.cfg.CheckUserID(user); err != nil {
-		return "", ex.invalidUser(user, err)
+		return "", "", ex.invalidUser(user, err)
 	}
-	return user, nil
+	if team != "" {
+		if err := ex.cfg.CheckUserID(team); err != nil {
+			return "", "", ex.invalidTeam(team, err)
+		}
+	}
+	return user, team, nil
+}
+
+// teamFromHeader trusts the team header like the identity header (header mode). Without it the
+// caller belongs to no team, and team quotas do not count the request.
+func (ex *exchange) teamFromHeader(headers *corev3.HeaderMap) (string, *rejection) {
+	if ex.cfg.TeamHeader == "" {
+		return "", nil
+	}
+	teams := headerValues(headers, ex.cfg.TeamHeader)
+	if len(teams) > 1 {
+		return "", &rejection{
+			status:  400,
+			outcome: outcomeRejected400,
+			err: apiError{
+				Message: fmt.Sprintf("the %s header must appear at most once", ex.cfg.TeamHeader),
+				Type:    errorTypeInvalidRequest,
+				Code:    optional("ambiguous_team"),
+			},
+			details: "tollgate_ambiguous_team",
+		}
+	}
+	if len(teams) == 0 || strings.TrimSpace(teams[0]) == "" {
+		return "", nil
+	}
+	return teams[0], nil
+}
+
+// invalidTeam answers a request whose team id breaks the id rule; like invalidUser, it never
+// repeats the id.
+func (ex *exchange) invalidTeam(team string, problem error) *rejection {
+	ex.logger.Debug("request with an invalid team id rejected", "team", userForLog(team), "problem", problem.Error())
+	return &rejection{
+		status:  400,
+		outcome: outcomeRejected400,
+		err: apiError{
+			Message: fmt.Sprintf("invalid team: %q is not a valid team id: %v", ex.cfg.TeamHeader, problem),
+			Type:    errorTypeInvalidRequest,
+			Code:    optional("invalid_team"),
+		},
+		details: "tollgate_invalid_team",
+	}
 }
 
 // invalidUser answers a request whose user id breaks the rule. The message names the problem
@@ -110,27 +157,28 @@ func (ex *exchange) userFromHeader(headers *corev3.HeaderMap) (string, *rejectio
 
 // userFromAPIKey looks the client's key up by its hash. A lookup by hash leaks nothing useful
 // through timing: at most how a hash begins, which does not help find a key.
-func (ex *exchange) userFromAPIKey(headers *corev3.HeaderMap) (string, *rejection) {
+func (ex *exchange) userFromAPIKey(headers *corev3.HeaderMap) (user, team string, rejected *rejection) {
 	keys, otherScheme := presentedKeys(headers)
 	if len(keys) == 0 {
 		msg := "missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 		if otherScheme {
 			msg = "missing API key: the Authorization header must use the Bearer scheme"
 		}
-		return "", apiKeyRejection(msg, "missing_api_key")
+		return "", "", apiKeyRejection(msg, "missing_api_key")
 	}
 	for _, k := range keys[1:] {
 		if k != keys[0] {
-			return "", apiKeyRejection("the request carries more than one API key", "invalid_api_key")
+			return "", "", apiKeyRejection("the request carries more than one API key", "invalid_api_key")
 		}
 	}
-	user, ok := ex.cfg.APIKeys[HashKey(keys[0])]
+	hash := HashKey(keys[0])
+	user, ok := ex.cfg.APIKeys[hash]
 	if !ok {
 		// Never echo the key: it may be a real credential sent to the wrong place.
 		ex.logger.Debug("request with an unknown API key rejected")
-		return "", apiKeyRejection("invalid API key", "invalid_api_key")
+		return "", "", apiKeyRejection("invalid API key", "invalid_api_key")
 	}
-	return user, nil
+	return user, ex.cfg.APIKeyTeams[hash], nil
 }
 
 // presentedKeys returns every API key the request carries in "authorization: Bearer <key>" or
@@ -166,18 +214,27 @@ func apiKeyRejection(message, code string) *rejection {
 // userFromJWT reads the user claim from the payload Envoy's jwt_authn filter verified. The
 // filter already refused requests without a valid token; a request that arrives here without a
 // payload means the filter did not run for it, and it must not pass unidentified.
-func (ex *exchange) userFromJWT(meta *corev3.Metadata) (string, *rejection) {
+// The team, when a team claim is configured, is that claim; a token without it belongs to no
+// team.
+func (ex *exchange) userFromJWT(meta *corev3.Metadata) (user, team string, rejected *rejection) {
 	payload := meta.GetFilterMetadata()[envoy.FilterJWTAuthn].GetFields()[envoy.JWTPayloadKey].GetStructValue()
 	if payload == nil {
-		return "", tokenRejection("missing or unverified bearer token", "missing_token")
+		return "", "", tokenRejection("missing or unverified bearer token", "missing_token")
 	}
 	user, ok := claimString(payload.GetFields()[ex.cfg.JWTClaim])
 	if !ok || user == "" {
 		// identify checks a claim that names someone; one that names no one is a token
 		// problem, answered like the other token problems.
-		return "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a user", ex.cfg.JWTClaim), "invalid_token")
+		return "", "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a user", ex.cfg.JWTClaim), "invalid_token")
 	}
-	return user, nil
+	if ex.cfg.JWTTeamClaim != "" {
+		if v, present := payload.GetFields()[ex.cfg.JWTTeamClaim]; present {
+			if team, ok = claimString(v); !ok {
+				return "", "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a team", ex.cfg.JWTTeamClaim), "invalid_token")
+			}
+		}
+	}
+	return user, team, nil
 }
 
 // claimString renders a string or integral number claim as a user id.
@@ -208,8 +265,16 @@ func tokenRejection(message, code string) *rejection {
 // identityMutation is what the request headers answer changes so that only the gateway decides
 // who the user is: the identity header is overwritten with the identified user, and the
 // client's credentials for the gateway are removed before anything goes upstream.
-func (ex *exchange) identityMutation(user string) *extprocv3.HeaderMutation {
+func (ex *exchange) identityMutation(user, team string) *extprocv3.HeaderMutation {
 	m := &extprocv3.HeaderMutation{}
+	if ex.cfg.Identity != IdentityFromHeader && ex.cfg.TeamHeader != "" {
+		// The gateway names the team as it names the user; the client's header never passes.
+		if team != "" {
+			m.SetHeaders = append(m.SetHeaders, overwrite(ex.cfg.TeamHeader, team))
+		} else {
+			m.RemoveHeaders = append(m.RemoveHeaders, ex.cfg.TeamHeader)
+		}
+	}
 	switch ex.cfg.Identity {
 	case IdentityFromAPIKey:
 		m.SetHeaders = append(m.SetHeaders, overwrite(ex.cfg.IdentityHeader, user))

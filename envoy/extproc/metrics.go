@@ -17,7 +17,8 @@ const (
 	labelTokenType = "gen_ai_token_type"
 	labelErrorType = "error_type"
 	// labelUser is set only when the policy opts in: every user becomes a series.
-	labelUser = "gen_ai_user_id"
+	labelUser     = "gen_ai_user_id"
+	labelCurrency = "currency"
 )
 
 // Outcomes of one request, the values of tollgate_extproc_requests_total{outcome}.
@@ -47,6 +48,7 @@ type Metrics struct {
 	usageMissing       *prometheus.CounterVec
 	charges            *prometheus.CounterVec
 	quotaChecks        *prometheus.CounterVec
+	spend              *prometheus.CounterVec
 	activeStreams      prometheus.Gauge
 	chargeBacklog      prometheus.Gauge
 }
@@ -98,6 +100,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_quota_checks_total",
 			Help: "Quota checks before a request goes upstream, by result (ok, over_limit: answered 429, failed_open: the ratelimit service did not answer and the request was admitted, failed_closed: ... and refused with 503, too_many_in_flight: the user had their cap of concurrent requests in flight, answered 429).",
 		}, []string{"result"}),
+		spend: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_spend_total",
+			Help: "Money charged for the responses of priced models, in the policy's currency, as charged: reported usage or, without it, the estimate.",
+		}, []string{labelModel, labelCurrency, labelUser}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) being served right now.",
@@ -119,6 +125,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.usageMissing = registerOrReuse(reg, m.usageMissing)
 	m.charges = registerOrReuse(reg, m.charges)
 	m.quotaChecks = registerOrReuse(reg, m.quotaChecks)
+	m.spend = registerOrReuse(reg, m.spend)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	m.chargeBacklog = registerOrReuse(reg, m.chargeBacklog)
 	return m

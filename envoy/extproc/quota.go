@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -42,13 +43,16 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	if r := ex.holdConcurrency(); r != nil {
 		return r, nil
 	}
-	quotas := ex.cfg.Quotas[ex.model]
+	quotas := ex.quotas
 	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
 		return nil, nil
 	}
 	descriptors := make([]rlsclient.Descriptor, len(quotas))
 	for i, q := range quotas {
-		descriptors[i] = ex.cfg.descriptor(q, ex.user, ex.reserve(q, worst))
+		descriptors[i] = q.Descriptor(ex.user, ex.team, ex.start, ex.reserve(q, worst))
+		// A request quota's cost is known before the request runs, so the request must fit:
+		// concurrent requests then cannot all pass the same check.
+		descriptors[i].MustFit = q.Unit == UnitRequests
 	}
 	timeout := ex.cfg.QuotaCheckTimeout
 	if timeout <= 0 {
@@ -84,50 +88,52 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	// The status that decides: the first enforced quota over its limit, else the enforced one
 	// with the least left, whose numbers the x-ratelimit headers carry. A shadow quota is
 	// counted (and reserved) like any other, but never changes what the client sees.
-	var decisive *rlsclient.Status
+	decisive := -1
 	for i := range statuses {
 		s := &statuses[i]
 		if quotas[i].Shadow || !s.Limit.Matched() {
 			continue
 		}
 		if s.OverLimit {
-			decisive = s
+			decisive = i
 			break
 		}
-		if decisive == nil || s.Remaining < decisive.Remaining {
-			decisive = s
+		if decisive < 0 || s.Remaining < statuses[decisive].Remaining {
+			decisive = i
 		}
 	}
-	if decisive == nil || !decisive.OverLimit {
-		ex.reservations = reservations
-	} else {
+	over := decisive >= 0 && statuses[decisive].OverLimit
+	if over {
 		ex.rls.Release(reservations, nil)
+	} else {
+		ex.reservations = reservations
 	}
-	if decisive == nil {
+	if decisive < 0 {
 		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
 		return nil, nil
 	}
-	limit := rateLimitHeader(decisive.Limit)
-	reset := strconv.FormatInt(int64(math.Ceil(decisive.ResetIn.Seconds())), 10)
-	if !decisive.OverLimit {
+	q, s := quotas[decisive], statuses[decisive]
+	now := time.Now()
+	limit := rateLimitHeader(s.Limit, q.window(now, s.Limit.Window))
+	reset := strconv.FormatInt(int64(math.Ceil(q.resetIn(now, s.ResetIn).Seconds())), 10)
+	if !over {
 		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
 		return nil, map[string]*structpb.Value{
 			envoy.MetadataRateLimitLimit:     structpb.NewStringValue(limit),
-			envoy.MetadataRateLimitRemaining: structpb.NewStringValue(strconv.FormatUint(decisive.Remaining, 10)),
+			envoy.MetadataRateLimitRemaining: structpb.NewStringValue(strconv.FormatUint(s.Remaining, 10)),
 			envoy.MetadataRateLimitReset:     structpb.NewStringValue(reset),
 		}
 	}
 	ex.metrics.quotaChecks.WithLabelValues(checkOverLimit).Inc()
 	ex.observeDuration("429")
-	ex.logger.Debug("request over its token quota", "model", ex.model, "user", userForLog(ex.user), "limit", limit)
+	ex.logger.Debug("request over its quota", "model", ex.model, "user", userForLog(ex.user), "quota", q.Name, "limit", limit)
 	return &rejection{
 		status:  429,
 		outcome: outcomeRejected429,
 		err: apiError{
-			Message: fmt.Sprintf("Token quota exceeded for model '%s' (limit and window: %s). Retry after the window resets in %s seconds.",
-				ex.model, limit, reset),
-			Type: errorTypeRateLimit,
-			Code: optional(errorTypeRateLimit),
+			Message: ex.overLimitMessage(q, s.Limit, limit, reset),
+			Type:    errorTypeRateLimit,
+			Code:    optional(errorTypeRateLimit),
 		},
 		headers: map[string]string{
 			"retry-after":           reset,
@@ -137,6 +143,41 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		},
 		details: "tollgate_quota_exceeded",
 	}, nil
+}
+
+// overLimitMessage says which quota refused the request and when it resets. limit is the
+// x-ratelimit-limit rendering, reset the seconds to the window's end.
+func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, limit, reset string) string {
+	if q.Unit == UnitTokens && q.Scope == ScopeUser && q.Calendar == nil {
+		return fmt.Sprintf("Token quota exceeded for model '%s' (limit and window: %s). Retry after the window resets in %s seconds.",
+			ex.model, limit, reset)
+	}
+	var amount string
+	switch q.Unit {
+	case UnitMoney:
+		amount = strconv.FormatUint(l.PerWindow, 10)
+		if ex.cfg.Money.Format != nil {
+			amount = ex.cfg.Money.Format(l.PerWindow)
+		}
+	case UnitRequests:
+		amount = fmt.Sprintf("%d requests", l.PerWindow)
+	default:
+		amount = fmt.Sprintf("%d tokens", l.PerWindow)
+	}
+	whose := "per user"
+	switch q.Scope {
+	case ScopeTeam:
+		whose = fmt.Sprintf("for team '%s'", ex.team)
+	case ScopeGlobal:
+		whose = "for all callers"
+	}
+	window := "per " + strings.ToLower(l.Unit)
+	if q.Calendar != nil {
+		_, _, end := q.Calendar.Period(time.Now())
+		window = fmt.Sprintf("per %s, until %s", q.Calendar, end.Format("2006-01-02 15:04 MST"))
+	}
+	return fmt.Sprintf("Quota '%s' exceeded for model '%s': %s %s %s. Retry after the window resets in %s seconds.",
+		q.Name, ex.model, amount, whose, window, reset)
 }
 
 // reserve is what quota q counts for the request ahead of its real cost: the cost of its
@@ -156,9 +197,9 @@ func (ex *exchange) reserve(q Quota, worst llmapi.Usage) uint64 {
 
 // rateLimitHeader renders a limit as x-ratelimit-limit does: the limit, then the limit with its
 // window in seconds and the quota's name (`50, 50;w=3600;name="qwen3-hourly"`). A month is 30
-// days and a year 365, as the service counts them.
-func rateLimitHeader(l rlsclient.Limit) string {
-	h := fmt.Sprintf("%d, %d;w=%d", l.PerWindow, l.PerWindow, int64(l.Window.Seconds()))
+// days and a year 365, as the service counts them; a calendar period is its current length.
+func rateLimitHeader(l rlsclient.Limit, window time.Duration) string {
+	h := fmt.Sprintf("%d, %d;w=%d", l.PerWindow, l.PerWindow, int64(window.Seconds()))
 	if l.Name != "" {
 		h += ";name=" + strconv.Quote(l.Name)
 	}

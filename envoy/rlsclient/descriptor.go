@@ -19,6 +19,10 @@ type Entry struct{ Key, Value string }
 type Descriptor struct {
 	Entries []Entry
 	Hits    uint64
+	// MustFit (Admit only) admits the request only if its hits fit under the limit: the hits
+	// are counted at once, and the status is the counter after them. Otherwise the status is
+	// the counter before the request, which may then cross the limit.
+	MustFit bool
 }
 
 // String renders the descriptor's entries as "key=value,...", for logs and errors.

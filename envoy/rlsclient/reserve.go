@@ -52,7 +52,9 @@ func (r Reservation) Hits() uint64 { return r.hits }
 // order). It waits first for this client's charges and refunds to the same counters.
 //
 // Without a Refunder nothing is reserved (a reservation could never be taken back): Admit
-// then checks only. A refused request gives its reservations back with Release.
+// then checks only. A MustFit descriptor is the exception: its hits are counted at once and
+// its status is the counter after them, so concurrent requests cannot all pass one check. A
+// refused request gives its reservations back with Release.
 func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, []Reservation, error) {
 	if err := checkRequest(domain, ds); err != nil {
 		return nil, nil, err
@@ -65,38 +67,55 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 	reserve := c.refunder != nil && !c.degraded.Load()
 	call := make([]Descriptor, 0, 2*len(ds))
 	for _, d := range ds {
-		call = append(call, Descriptor{Entries: d.Entries})
-		if reserve && d.Hits > 0 {
+		switch {
+		case d.MustFit && d.Hits > 0:
+			// Counted at once whatever the state: these hits are the request's whole cost.
 			call = append(call, d)
+		case reserve && d.Hits > 0:
+			call = append(call, Descriptor{Entries: d.Entries}, d)
+		default:
+			call = append(call, Descriptor{Entries: d.Entries})
 		}
 	}
 	sent := time.Now()
-	// split pairs the statuses of the call with the request's descriptors: the check's status,
-	// and what the reservation counted.
+	// split pairs the statuses of the call with the request's descriptors: the status that
+	// decides, and what was counted.
 	split := func(statuses []Status) ([]Status, []Reservation) {
-		before := make([]Status, len(ds))
+		decisive := make([]Status, len(ds))
 		reservations := make([]Reservation, len(ds))
 		i := 0
 		for j, d := range ds {
-			before[j] = statuses[i]
-			i++
 			r := Reservation{target: target, domain: domain, entries: d.Entries}
-			if reserve && d.Hits > 0 {
-				if counted := statuses[i]; counted.Limit.Matched() {
-					r.hits, r.unit, r.at = d.Hits, counted.Limit.Unit, windowTime(sent, counted.ResetIn)
-				}
+			counted := d.Hits > 0 && (d.MustFit || reserve)
+			if !d.MustFit || !counted {
+				// A check went first: the counter before this request.
+				decisive[j] = statuses[i]
 				i++
+			}
+			if counted {
+				s := statuses[i]
+				i++
+				if d.MustFit {
+					decisive[j] = s
+				}
+				if s.Limit.Matched() {
+					r.hits, r.at = d.Hits, windowTime(sent, s.ResetIn)
+					if c.refunder != nil {
+						// Without access to the counters nothing can be taken back.
+						r.unit = s.Limit.Unit
+					}
+				}
 			}
 			reservations[j] = r
 		}
-		return before, reservations
+		return decisive, reservations
 	}
 	// A reservation the service counted after its caller gave up is taken back.
 	late := func(statuses []Status) {
 		_, reservations := split(statuses)
 		c.Release(reservations, nil)
 	}
-	if !reserve {
+	if c.refunder == nil {
 		late = nil
 	}
 	statuses, err := c.check(ctx, target, domain, call, timeout, late)
@@ -104,8 +123,8 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 	if err != nil {
 		return nil, nil, err
 	}
-	before, reservations := split(statuses)
-	return before, reservations, nil
+	decisive, reservations := split(statuses)
+	return decisive, reservations, nil
 }
 
 // windowTime is a time inside the window the service counted in: the service reports the time
@@ -131,7 +150,7 @@ func (c *Client) Settle(res []Reservation, actual []uint64, done func(error)) {
 		switch cost := actual[i]; {
 		case cost > r.hits:
 			charges = append(charges, Descriptor{Entries: r.entries, Hits: cost - r.hits})
-		case cost < r.hits:
+		case cost < r.hits && r.unit != "":
 			refunds = append(refunds, Refund{Domain: r.domain, Entries: r.entries, Unit: r.unit, At: r.at, Hits: r.hits - cost})
 		}
 	}

@@ -62,7 +62,7 @@ func RateLimit(ctx context.Context, g *stack.Gateway, edits int) ([]time.Duratio
 	if err != nil {
 		return nil, err
 	}
-	d := rlsclient.Descriptor{Entries: translate.UserQuotas(p, "reload-probe", "qwen3")[0].Entries}
+	d := rlsclient.Descriptor{Entries: translate.UserQuotas(p, "reload-probe", "", "qwen3", time.Now())[0].Entries}
 	out := make([]time.Duration, 0, edits)
 	for i := range edits {
 		limit := uint64(stack.MaxLimit - 1 - i)

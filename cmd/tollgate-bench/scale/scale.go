@@ -281,7 +281,7 @@ func awaitLimit(ctx context.Context, client *rlsclient.Client, target string, da
 	if err != nil {
 		return err
 	}
-	quotas := translate.UserQuotas(p, "bench-user", fmt.Sprintf("model-%d", model))
+	quotas := translate.UserQuotas(p, "bench-user", "", fmt.Sprintf("model-%d", model), time.Now())
 	if len(quotas) == 0 {
 		return errors.New("no quota for the probed model")
 	}

@@ -16,7 +16,7 @@ func TestPolicyYAMLIsValidAndSized(t *testing.T) {
 	if len(p.Models) != 7 || len(p.Quotas) != 7 || len(p.Quotas[6].Overrides) != 1 {
 		t.Fatalf("got %d models, %d quotas, want 7 each with one override", len(p.Models), len(p.Quotas))
 	}
-	if got := p.Quotas[6].Overrides[0].Limit; got != 600 {
+	if got := p.Quotas[6].Overrides[0].Limit.Count; got != 600 {
 		t.Fatalf("override limit %d, want twice the quota's 300", got)
 	}
 }

@@ -19,15 +19,15 @@ func TestGatewayPolicyIsValid(t *testing.T) {
 	if p.RateLimit.FailureMode != policies.FailureModeClosed {
 		t.Errorf("failure mode %q: an overloaded ratelimit path would pass requests unchecked", p.RateLimit.FailureMode)
 	}
-	if len(p.Models) != 2 || len(p.Quotas) != 1 || p.Quotas[0].Limit != MaxLimit {
+	if len(p.Models) != 2 || len(p.Quotas) != 1 || p.Quotas[0].Limit.Count != MaxLimit {
 		t.Errorf("models %d, quotas %+v: want qwen3 plus the added model, one quota at the maximum", len(p.Models), p.Quotas)
 	}
 	limited, err := policies.Parse("policy.yaml", []byte(g.Policy(PolicyOptions{Limit: 77})), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if limited.Quotas[0].Limit != 77 {
-		t.Errorf("limit %d, want 77", limited.Quotas[0].Limit)
+	if limited.Quotas[0].Limit.Count != 77 {
+		t.Errorf("limit %d, want 77", limited.Quotas[0].Limit.Count)
 	}
 	extProcOnly, err := policies.Parse("policy.yaml", []byte(g.Policy(PolicyOptions{NoQuotas: true})), nil)
 	if err != nil {

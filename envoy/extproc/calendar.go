@@ -1,0 +1,93 @@
+package extproc
+
+import (
+	"fmt"
+	"time"
+)
+
+// Calendar periods. The ratelimit service only knows windows aligned to the Unix epoch (its
+// month is 30 days), so a quota that resets at local midnight, on Monday or on the 1st names
+// its period in the descriptor instead: the counter's key changes when the period does, in
+// the quota's own time zone, daylight saving time included.
+
+// CalendarUnit is the length of a calendar period.
+type CalendarUnit int
+
+const (
+	// CalendarDay starts at local midnight.
+	CalendarDay CalendarUnit = iota + 1
+	// CalendarWeek starts on Monday at local midnight (ISO weeks).
+	CalendarWeek
+	// CalendarMonth starts on the 1st at local midnight.
+	CalendarMonth
+)
+
+// String names the unit as the policy does.
+func (u CalendarUnit) String() string {
+	switch u {
+	case CalendarDay:
+		return "calendar-day"
+	case CalendarWeek:
+		return "calendar-week"
+	case CalendarMonth:
+		return "calendar-month"
+	default:
+		return "unknown"
+	}
+}
+
+// Calendar is a quota's calendar period: its unit in its time zone.
+type Calendar struct {
+	Unit     CalendarUnit
+	Location *time.Location
+}
+
+// String shows the period as the policy writes it, with its zone.
+func (c Calendar) String() string { return c.Unit.String() + " in " + c.location().String() }
+
+func (c Calendar) location() *time.Location {
+	if c.Location == nil {
+		return time.UTC
+	}
+	return c.Location
+}
+
+// Period returns the period that contains t: its label (the descriptor value that keys its
+// counter: "2026-12-06", "2026-W49", "2026-12"), its start and its end (the next period's
+// start). Midnight that a DST change skips is taken as the first instant of the day.
+func (c Calendar) Period(t time.Time) (label string, start, end time.Time) {
+	local := t.In(c.location())
+	y, m, d := local.Date()
+	switch c.Unit {
+	case CalendarWeek:
+		back := (int(local.Weekday()) + 6) % 7 // days since Monday
+		start = c.midnight(y, m, d-back)
+		end = c.midnight(y, m, d-back+7)
+		wy, w := start.ISOWeek()
+		label = fmt.Sprintf("%04d-W%02d", wy, w)
+	case CalendarMonth:
+		start = c.midnight(y, m, 1)
+		end = c.midnight(y, m+1, 1)
+		label = fmt.Sprintf("%04d-%02d", y, int(m))
+	default:
+		start = c.midnight(y, m, d)
+		end = c.midnight(y, m, d+1)
+		label = fmt.Sprintf("%04d-%02d-%02d", y, int(m), d)
+	}
+	return label, start, end
+}
+
+// midnight is the first instant of a local date (day may be out of range: time.Date
+// normalizes it). Where a DST change skips midnight, time.Date may answer with an instant of
+// the day before (23:00 in the old offset); the date then starts when that offset ends.
+func (c Calendar) midnight(y int, m time.Month, d int) time.Time {
+	t := time.Date(y, m, d, 0, 0, 0, 0, c.location())
+	if t.Hour() != 0 {
+		if noon := time.Date(y, m, d, 12, 0, 0, 0, c.location()); t.Day() != noon.Day() {
+			if _, end := t.ZoneBounds(); !end.IsZero() {
+				return end
+			}
+		}
+	}
+	return t
+}
