@@ -135,7 +135,9 @@ func checkPrice(f float64) string {
 		return fmt.Sprintf("must be a number from 0 to %d, got %v", maxPricePerMillion, f)
 	case f > maxPricePerMillion:
 		return fmt.Sprintf("must be at most %d per million tokens, got %v", maxPricePerMillion, f)
-	case math.Abs(f*1e6-math.Round(f*1e6)) > 1e-6:
+	case math.Abs(f*1e6-math.Round(f*1e6)) > 1e-3:
+		// The tolerance is far above float64's error at a million per million tokens (about
+		// 1e-4 micro-units) and far below the 0.1 a seventh decimal would leave.
 		return fmt.Sprintf("at most 6 decimal places, got %v", f)
 	}
 	return ""

@@ -94,9 +94,11 @@ func (v *validator) identity(id Identity) {
 	if id.Mode != IdentityHeader {
 		// These headers carry credentials and are removed before the request goes upstream;
 		// the user id would go with them.
-		switch id.Header {
-		case "authorization", "x-api-key":
-			v.add("identity.header", "must not be %s in %s mode: the gateway removes it", id.Header, id.Mode)
+		for _, h := range []struct{ path, name string }{{"identity.header", id.Header}, {"identity.teamHeader", id.TeamHeader}} {
+			switch h.name {
+			case "authorization", "x-api-key":
+				v.add(h.path, "must not be %s in %s mode: the gateway removes it", h.name, id.Mode)
+			}
 		}
 	}
 	switch id.Mode {
@@ -583,12 +585,12 @@ func (v *validator) overrides(path string, q Quota, tiers nameSet, currency Curr
 		}
 		var key string
 		switch {
+		case q.Scope == ScopeGlobal:
+			v.add(opath, "a global quota has one counter for everyone; change its limit instead")
 		case set != 1 && q.Scope == ScopeTeam:
 			v.add(opath, "set exactly one of user, tier and team")
 		case set != 1:
 			v.add(opath, "set exactly one of user and tier")
-		case q.Scope == ScopeGlobal:
-			v.add(opath, "a global quota has one counter for everyone; change its limit instead")
 		case o.Team != "" && q.Scope != ScopeTeam:
 			v.add(opath+".team", "only for quotas with scope team")
 		case o.Team != "" && !v.checkID(opath+".team", "team", o.Team):
@@ -622,6 +624,9 @@ func (v *validator) overrides(path string, q Quota, tiers nameSet, currency Curr
 // limit checks one limit of quota q: written in money exactly when q is charged in money, and
 // within what the ratelimit service can hold once converted to counter units.
 func (v *validator) limit(path string, q Quota, l Limit, currency Currency) {
+	if currency.Decimals < 0 || currency.Decimals > MaxCurrencyDecimals {
+		return // reported at currency.decimals; no amount can be converted
+	}
 	switch {
 	case q.Cost == CostPrice && !l.IsMoney():
 		v.add(path, "the price cost counts money: write the limit with its currency, such as \"%s100\"", currency.Symbol())

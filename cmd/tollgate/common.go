@@ -108,9 +108,30 @@ func readInitialPolicy(path string) ([]byte, *policies.Policy, error) {
 
 // newExtProcServer builds the ext_proc server. It has no configuration until the reloader
 // applies the first policy, which happens before it serves.
+//
+// TOLLGATE_CLOCK (an RFC 3339 time) starts the clock that places requests in calendar periods
+// at that time, ticking from there: a way to see a rollover at midnight or on the 1st without
+// waiting for it. The ratelimit service's own windows keep the real time.
 func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer, rls rlsclient.Options) (*extproc.Server, error) {
-	return extproc.NewServer(logger.With("component", "extproc"), extproc.NewMetrics(reg), nil, rls)
+	logger = logger.With("component", "extproc")
+	s, err := extproc.NewServer(logger, extproc.NewMetrics(reg), nil, rls)
+	if err != nil {
+		return nil, err
+	}
+	if v := os.Getenv(clockEnv); v != "" {
+		start, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", clockEnv, err)
+		}
+		real0 := time.Now()
+		s.UseClock(func() time.Time { return start.Add(time.Since(real0)) })
+		logger.Warn("calendar periods follow a shifted clock", "env", clockEnv, "start", start.Format(time.RFC3339))
+	}
+	return s, nil
 }
+
+// clockEnv names the environment variable that shifts the calendar clock (newExtProcServer).
+const clockEnv = "TOLLGATE_CLOCK"
 
 // runUntilSignal builds the logger, runs fn until SIGINT or SIGTERM, and turns the outcome into
 // the exit code of a long-running command: 2 for a bad log flag, 1 when fn fails.

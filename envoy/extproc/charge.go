@@ -61,7 +61,7 @@ func (ex *exchange) settleQuota(costs map[string]int64, basis string) {
 		if !ok || hits <= 0 {
 			continue // a zero addend would only check, and an unknown cost is never guessed
 		}
-		descriptors = append(descriptors, q.Descriptor(ex.user, ex.team, ex.start, uint64(hits)))
+		descriptors = append(descriptors, q.Descriptor(ex.user, ex.team, ex.admitted, uint64(hits)))
 	}
 	if len(descriptors) == 0 {
 		return

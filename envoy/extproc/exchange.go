@@ -49,6 +49,7 @@ type exchange struct {
 	metrics *Metrics
 	rls     *rlsclient.Client // nil: quotas are neither checked nor charged (a test of routing only)
 	start   time.Time
+	clock   func() time.Time // places the request in calendar periods
 
 	// Request side.
 	started          bool          // request headers seen
@@ -68,6 +69,9 @@ type exchange struct {
 	// replaces them.
 	quotas       []Quota
 	reservations []rlsclient.Reservation
+	// admitted is when the request was admitted on the exchange's clock: the calendar period
+	// it is counted in, to the end.
+	admitted time.Time
 	// inFlight counts the user's requests in flight; holding says this one is counted.
 	inFlight *inFlight
 	holding  bool
@@ -103,7 +107,7 @@ const (
 )
 
 func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client, inFlight *inFlight) *exchange {
-	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, rls: rls, inFlight: inFlight, start: time.Now()}
+	return &exchange{ctx: ctx, cfg: cfg, logger: logger, metrics: metrics, rls: rls, inFlight: inFlight, start: time.Now(), clock: time.Now}
 }
 
 // handle answers one message from Envoy.

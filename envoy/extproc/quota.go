@@ -47,9 +47,10 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	if ex.rls == nil || ex.cfg.RateLimitAddress == "" || len(quotas) == 0 {
 		return nil, nil
 	}
+	ex.admitted = ex.clock()
 	descriptors := make([]rlsclient.Descriptor, len(quotas))
 	for i, q := range quotas {
-		descriptors[i] = q.Descriptor(ex.user, ex.team, ex.start, ex.reserve(q, worst))
+		descriptors[i] = q.Descriptor(ex.user, ex.team, ex.admitted, ex.reserve(q, worst))
 		// A request quota's cost is known before the request runs, so the request must fit:
 		// concurrent requests then cannot all pass the same check.
 		descriptors[i].MustFit = q.Unit == UnitRequests
@@ -88,21 +89,22 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	// The status that decides: the first enforced quota over its limit, else the enforced one
 	// with the least left, whose numbers the x-ratelimit headers carry. A shadow quota is
 	// counted (and reserved) like any other, but never changes what the client sees.
-	decisive := -1
+	decisive, over := -1, false
 	for i := range statuses {
 		s := &statuses[i]
 		if quotas[i].Shadow || !s.Limit.Matched() {
 			continue
 		}
-		if s.OverLimit {
-			decisive = i
+		// A status taken before the request says the quota is spent once nothing remains; one
+		// taken after counting the request (MustFit) only once the request did not fit.
+		if s.OverLimit || (s.Remaining == 0 && !descriptors[i].MustFit) {
+			decisive, over = i, true
 			break
 		}
 		if decisive < 0 || s.Remaining < statuses[decisive].Remaining {
 			decisive = i
 		}
 	}
-	over := decisive >= 0 && statuses[decisive].OverLimit
 	if over {
 		ex.rls.Release(reservations, nil)
 	} else {
@@ -113,7 +115,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		return nil, nil
 	}
 	q, s := quotas[decisive], statuses[decisive]
-	now := time.Now()
+	now := ex.clock()
 	limit := rateLimitHeader(s.Limit, q.window(now, s.Limit.Window))
 	reset := strconv.FormatInt(int64(math.Ceil(q.resetIn(now, s.ResetIn).Seconds())), 10)
 	if !over {
@@ -173,7 +175,7 @@ func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, limit, reset st
 	}
 	window := "per " + strings.ToLower(l.Unit)
 	if q.Calendar != nil {
-		_, _, end := q.Calendar.Period(time.Now())
+		_, _, end := q.Calendar.Period(ex.clock())
 		window = fmt.Sprintf("per %s, until %s", q.Calendar, end.Format("2006-01-02 15:04 MST"))
 	}
 	return fmt.Sprintf("Quota '%s' exceeded for model '%s': %s %s %s. Retry after the window resets in %s seconds.",

@@ -29,6 +29,7 @@ import (
 	"io"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
@@ -45,6 +46,8 @@ type Server struct {
 	rls      *rlsclient.Client
 	inFlight inFlight
 	cfg      atomic.Pointer[Config]
+	// clock says which calendar period a request falls in; time.Now unless UseClock set it.
+	clock func() time.Time
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -67,10 +70,15 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config, rls rlsclient
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{logger: logger, metrics: metrics, rls: client}
+	s := &Server{logger: logger, metrics: metrics, rls: client, clock: time.Now}
 	s.cfg.Store(withDefaults(cfg))
 	return s, nil
 }
+
+// UseClock makes now the clock that places requests in calendar periods (and says when they
+// reset), so that a rollover can be tested without waiting for midnight. Call it before the
+// server serves.
+func (s *Server) UseClock(now func() time.Time) { s.clock = now }
 
 // Close sends the charges still queued and releases the connections to the ratelimit service.
 // Call it after the gRPC server has stopped, so that every exchange has ended and queued its
@@ -113,6 +121,7 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	p.s.metrics.activeStreams.Inc()
 	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
+	ex.clock = p.s.clock
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

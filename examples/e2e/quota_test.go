@@ -273,9 +273,9 @@ func TestQuotaEditsApplyLive(t *testing.T) {
 	})
 }
 
-// TestQuotaAtExactlyTheLimit pins down the edge the README documents: the ratelimit service
-// reports "over" only once the spend is past the limit, so a user at exactly 50 of 50 is
-// admitted once more, charged to 62, and rejected after that.
+// TestQuotaAtExactlyTheLimit pins down the edge docs/policy.md documents: a request is
+// admitted while something remains, so a user at 49 of 50 gets one more (charged to 61) and a
+// user at exactly 50 of 50 gets 429.
 func TestQuotaAtExactlyTheLimit(t *testing.T) {
 	s := quotaStack(t, seedPolicy)
 	send := func(outputTokens string) int {
@@ -297,10 +297,16 @@ func TestQuotaAtExactlyTheLimit(t *testing.T) {
 	if got := spentOn(t, s, "edge", "qwen3", "qwen3-llm_total_token-per-hour"); got != 50 {
 		t.Fatalf("spent %d after the first request, want 50", got)
 	}
-	if got := send(""); got != 200 {
-		t.Fatalf("at exactly 50 of 50: %d, want 200 (the limit is reached, not passed)", got)
-	}
 	if got := send(""); got != 429 {
-		t.Fatalf("at 62 of 50: %d, want 429", got)
+		t.Fatalf("at exactly 50 of 50: %d, want 429 (nothing is left)", got)
 	}
+	user := map[string]string{"x-user-id": "edge-49", "x-llmsim-output-tokens": "43"} // 6 + 43 = 49
+	if r := mustDo(t, "POST", s.url("/v1/chat/completions"), user, chatBody("qwen3")); r.status != 200 {
+		t.Fatalf("first request of edge-49: %d", r.status)
+	}
+	awaitCounter(t, addr(s.redisPort), "edge-49", 49)
+	if got := sendBackToBack(t, s, "edge-49", "qwen3", 2, false); fmt.Sprint(got) != "[200 429]" {
+		t.Fatalf("at 49 of 50: %v, want one more request, then 429", got)
+	}
+	awaitCounter(t, addr(s.redisPort), "edge-49", 61)
 }
