@@ -43,10 +43,11 @@ var calendarUnits = map[string]extproc.CalendarUnit{
 }
 
 // serviceUnit is the ratelimit service's unit for quota q. A calendar quota's period is in its
-// descriptor, so the service's window only has to outlast it: a year, the longest it has.
+// descriptor, so the service's window only has to outlast it: a year, the longest it has (and
+// the ext_proc server carries a counter into the next year where one starts mid-period).
 func serviceUnit(q policies.Quota) (rlsconfv3.RateLimitUnit, error) {
 	if policies.IsCalendar(q.Per) {
-		return rlsconfv3.RateLimitUnit_YEAR, nil
+		return rlsconfv3.RateLimitUnit(rlsconfv3.RateLimitUnit_value[extproc.CalendarServiceUnit]), nil
 	}
 	unit, ok := units[strings.ToLower(q.Per)]
 	if !ok {

@@ -10,6 +10,11 @@ import (
 // its period in the descriptor instead: the counter's key changes when the period does, in
 // the quota's own time zone, daylight saving time included.
 
+// CalendarServiceUnit is the ratelimit service's unit for a calendar quota's counters: its
+// longest window, a year aligned to the Unix epoch. Where such a window starts inside a
+// period, the counter is carried into it (exchange.carryCalendarCounters).
+const CalendarServiceUnit = "YEAR"
+
 // CalendarUnit is the length of a calendar period.
 type CalendarUnit int
 

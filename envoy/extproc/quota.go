@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strconv"
@@ -59,6 +60,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	if timeout <= 0 {
 		timeout = DefaultQuotaCheckTimeout
 	}
+	ex.carryCalendarCounters(descriptors, timeout)
 	statuses, reservations, err := ex.rls.Admit(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
 	if err != nil {
 		if ex.ctx.Err() != nil {
@@ -180,6 +182,30 @@ func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, limit, reset st
 	}
 	return fmt.Sprintf("Quota '%s' exceeded for model '%s': %s %s %s. Retry after the window resets in %s seconds.",
 		q.Name, ex.model, amount, whose, window, reset)
+}
+
+// carryCalendarCounters makes sure the calendar quotas' counters hold what their periods
+// spent: a calendar counter lives in the service's year-long window, and when that window
+// started inside the current period, the counter of the window before is carried into it
+// first. This happens once per counter and year; a failure is logged and the request goes
+// on (the period's earlier spending is then missing from the check, never double counted).
+func (ex *exchange) carryCalendarCounters(descriptors []rlsclient.Descriptor, timeout time.Duration) {
+	boundary := rlsclient.WindowStart(CalendarServiceUnit, time.Now()) // the service's clock
+	for i, q := range ex.quotas {
+		if q.Calendar == nil {
+			continue
+		}
+		if _, start, _ := q.Calendar.Period(ex.admitted); !boundary.After(start) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(ex.ctx, timeout)
+		err := ex.rls.Carry(ctx, ex.cfg.RateLimitDomain, descriptors[i].Entries, CalendarServiceUnit, boundary)
+		cancel()
+		if err != nil {
+			ex.logger.Warn("could not carry a calendar quota's counter into the ratelimit service's new window; "+
+				"the period's earlier spending is not counted for now", "quota", q.Name, "user", userForLog(ex.user), "error", err)
+		}
+	}
 }
 
 // reserve is what quota q counts for the request ahead of its real cost: the cost of its

@@ -34,6 +34,19 @@ if n <= 0 then return 0 end
 redis.call('DECRBY', KEYS[1], n)
 return n`
 
+// carryScript copies a counter into the next window's counter, once: KEYS[1] is the counter
+// of the window that ended, KEYS[2] the one that started, KEYS[3] a marker that the copy is
+// done (so that gateways sharing the Redis copy once between them). ARGV[1] is the window's
+// length in seconds, the life the service gives its counters. It returns what was copied,
+// or -1 when the copy was already made.
+const carryScript = `if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return -1 end
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+if before > 0 then
+  redis.call('INCRBY', KEYS[2], before)
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return before`
+
 // counterTimeout bounds one round of refunds.
 const counterTimeout = 2 * time.Second
 
@@ -107,6 +120,37 @@ func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error
 	}
 	return nil
 }
+
+// Carry adds what a counter held in the window that ended at boundary to its counter in the
+// window that starts there, once however often it is called (also from several gateways). A
+// calendar quota's counter is kept under the service's longest window, a year aligned to the
+// Unix epoch; when such a window ends inside a calendar period, this keeps what the period
+// already spent.
+func (c *Counters) Carry(ctx context.Context, domain string, entries []rlsclient.Entry, unit string, boundary time.Time) error {
+	before, err := c.Key(domain, entries, unit, boundary.Add(-time.Second))
+	if err != nil {
+		return err
+	}
+	after, err := c.Key(domain, entries, unit, boundary)
+	if err != nil {
+		return err
+	}
+	window := rlsclient.UnitWindow(unit)
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	seconds := strconv.FormatInt(int64(window.Seconds()), 10)
+	if err := pool.Do(ctx, radix.Cmd(nil, "EVAL", carryScript, "3", before, after, after+carriedSuffix, seconds)); err != nil {
+		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	return nil
+}
+
+// carriedSuffix marks, next to a counter's key, that the window before it has been carried in.
+const carriedSuffix = "_carried"
 
 // connect returns the connection pool, dialling it on first use.
 func (c *Counters) connect(ctx context.Context) (radix.Client, error) {

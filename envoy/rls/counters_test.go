@@ -205,3 +205,65 @@ func TestConcurrentAdmissionsSeeEachOthersReservations(t *testing.T) {
 		t.Errorf("counter %d after settling, want %d", n, 49+12)
 	}
 }
+
+// TestCarryCopiesTheCounterIntoTheNextWindowOnce: what a counter held when its window ended is
+// added to its counter in the next window, once, however many clients ask; the next window's
+// own hits are kept, and a counter with nothing before it is left alone.
+func TestCarryCopiesTheCounterIntoTheNextWindowOnce(t *testing.T) {
+	s := startReservingStack(t)
+	ctx := context.Background()
+	entries := qwen3Counter("alice", 0).Entries
+	boundary := time.Now().Truncate(time.Hour)
+	key := func(at time.Time) string {
+		k, err := s.counters.Key(testDomain, entries, "HOUR", at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	get := func(k string) string {
+		var v string
+		if err := s.redis.Do(ctx, radix.Cmd(&v, "GET", k)); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before, after := key(boundary.Add(-time.Second)), key(boundary)
+	if err := s.redis.Do(ctx, radix.Cmd(nil, "SET", before, "40")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.redis.Do(ctx, radix.Cmd(nil, "SET", after, "5")); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := s.counters.Carry(ctx, testDomain, entries, "HOUR", boundary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := NewCounters(s.opts.RedisURL) // a second gateway
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = other.Close() }()
+	if err := other.Carry(ctx, testDomain, entries, "HOUR", boundary); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(after); got != "45" {
+		t.Errorf("counter after the boundary %q, want 45 (5 of its own + 40 carried once)", got)
+	}
+	var ttl int
+	if err := s.redis.Do(ctx, radix.Cmd(&ttl, "TTL", after)); err != nil || ttl <= 0 || ttl > 3600 {
+		t.Errorf("TTL of the carried counter %d (%v), want within the hour window", ttl, err)
+	}
+	bob := qwen3Counter("bob", 0).Entries
+	if err := s.counters.Carry(ctx, testDomain, bob, "HOUR", boundary); err != nil {
+		t.Fatal(err)
+	}
+	bobKey, err := s.counters.Key(testDomain, bob, "HOUR", boundary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := get(bobKey); got != "" {
+		t.Errorf("a counter with nothing to carry was created: %q", got)
+	}
+}

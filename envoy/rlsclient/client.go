@@ -79,6 +79,7 @@ type Client struct {
 	backlog  *backlog
 	// degraded is set while reserving calls fail: Admit then only checks.
 	degraded atomic.Bool
+	carried  carried
 }
 
 // New returns a client with its workers running. It fails only when the spool cannot be

@@ -110,6 +110,12 @@ func statusFromProto(s *rlsv3.RateLimitResponse_DescriptorStatus) Status {
 	return out
 }
 
+// UnitWindow is the length of the window of a service unit named as the service names it
+// (SECOND ... YEAR); 0 for an unknown name.
+func UnitWindow(unit string) time.Duration {
+	return window(rlsv3.RateLimitResponse_RateLimit_Unit(rlsv3.RateLimitResponse_RateLimit_Unit_value[unit]))
+}
+
 // window is the length of a service unit, as the service counts it.
 func window(unit rlsv3.RateLimitResponse_RateLimit_Unit) time.Duration {
 	const day = 24 * time.Hour

@@ -3,7 +3,10 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -233,4 +236,54 @@ func TestCalendarDayAcrossDST(t *testing.T) {
 	if limit := r.header.Get("x-ratelimit-limit"); !strings.Contains(limit, "w=90000") {
 		t.Errorf("x-ratelimit-limit %q, want a 25-hour window (w=90000)", limit)
 	}
+}
+
+// TestCalendarCounterCarriedIntoTheServicesNewYear: the ratelimit service keeps a calendar
+// quota's counter under its year-long window, aligned to the Unix epoch. With tollgate's
+// calendar clock in a month that began before the service's current year did, what the month
+// spent in the service's previous year is carried over: 40 of 48 tokens already spent leave
+// room for one request of 12, not four.
+func TestCalendarCounterCarriedIntoTheServicesNewYear(t *testing.T) {
+	const year = 365 * 24 * 3600
+	now := time.Now().Unix()
+	boundary := now / year * year // the start of the service's current year window
+	month := time.Unix(boundary, 0).UTC().AddDate(0, 0, -1)
+	t.Setenv("TOLLGATE_CLOCK", time.Unix(boundary, 0).UTC().AddDate(0, 0, 1).Format(time.RFC3339))
+	s := budgetStack(t, `  - {name: monthly, model: qwen3, cost: tokens, limit: 48, per: calendar-month}`)
+	if month.Month() != time.Unix(boundary, 0).UTC().AddDate(0, 0, 1).Month() {
+		t.Skipf("the service's year began on the first of a month (%s): nothing to carry", time.Unix(boundary, 0).UTC())
+	}
+	key := fmt.Sprintf("tollgate_model_qwen3_quota_monthly_period_%s_user_alice_%d", month.Format("2006-01"), boundary-year)
+	if err := redisCommand(addr(s.redisPort), "SET", key, "40"); err != nil {
+		t.Fatal(err)
+	}
+	if got := asks(t, s, "alice", "", "qwen3", "qwen3"); got != "200 429" {
+		t.Fatalf("statuses %s, want the 40 spent before the service's new year counted", got)
+	}
+	awaitKey(t, s, fmt.Sprintf("*_quota_monthly_period_%s_user_alice_%d", month.Format("2006-01"), boundary), 52)
+}
+
+// redisCommand sends one command to the Redis at addr and expects a simple OK.
+func redisCommand(addr string, args ...string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	cmd := fmt.Sprintf("*%d\r\n", len(args))
+	for _, a := range args {
+		cmd += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := io.WriteString(c, cmd); err != nil {
+		return err
+	}
+	reply, err := readLine(bufio.NewReader(c))
+	if err != nil {
+		return err
+	}
+	if reply != "+OK" {
+		return fmt.Errorf("redis: %s", reply)
+	}
+	return nil
 }

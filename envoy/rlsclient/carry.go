@@ -1,0 +1,73 @@
+package rlsclient
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Carrying counters across the service's windows. The service keys every counter by the
+// window its limit's unit names, aligned to the Unix epoch. A counter that must outlive such
+// a window (a calendar period, whose own boundary is in the descriptor) is copied into the
+// next window when that one starts, by the Carrier; the copy is made once per counter and
+// window, and this client remembers the ones it made so the next requests skip the round trip.
+
+// Carrier copies a counter into the window that starts at boundary (rls.Counters does, in
+// Redis). A Refunder that is also a Carrier is used for both.
+type Carrier interface {
+	Carry(ctx context.Context, domain string, entries []Entry, unit string, boundary time.Time) error
+}
+
+// ErrNoCarrier says the client has no access to the counters to carry them.
+var ErrNoCarrier = errors.New("no access to the counters to carry them into the next window")
+
+// maxCarried bounds the carries remembered; past it they are forgotten and, at worst, asked
+// of Redis again (where the copy is made once anyway).
+const maxCarried = 100_000
+
+// carried remembers the counters carried into the current window.
+type carried struct {
+	mu       sync.Mutex
+	boundary time.Time
+	done     map[string]bool
+}
+
+// Carry makes sure the counter named by domain and entries holds, in the window of unit that
+// started at boundary, what it held at the end of the window before. It returns at once when
+// this client carried it already.
+func (c *Client) Carry(ctx context.Context, domain string, entries []Entry, unit string, boundary time.Time) error {
+	carrier, ok := c.refunder.(Carrier)
+	if !ok {
+		return ErrNoCarrier
+	}
+	key := counterKey(domain, entries) + "\x00" + unit
+	c.carried.mu.Lock()
+	if !c.carried.boundary.Equal(boundary) || len(c.carried.done) >= maxCarried {
+		c.carried.boundary, c.carried.done = boundary, map[string]bool{}
+	}
+	done := c.carried.done[key]
+	c.carried.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := carrier.Carry(ctx, domain, entries, unit, boundary); err != nil {
+		return err
+	}
+	c.carried.mu.Lock()
+	if c.carried.boundary.Equal(boundary) {
+		c.carried.done[key] = true
+	}
+	c.carried.mu.Unlock()
+	return nil
+}
+
+// WindowStart is the start of the service's window of unit that contains t: windows are
+// aligned to the Unix epoch.
+func WindowStart(unit string, t time.Time) time.Time {
+	w := int64(UnitWindow(unit).Seconds())
+	if w <= 0 {
+		return t
+	}
+	return time.Unix(t.Unix()/w*w, 0)
+}
