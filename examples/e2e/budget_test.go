@@ -287,3 +287,36 @@ func redisCommand(addr string, args ...string) error {
 	}
 	return nil
 }
+
+// TestMaxTokensPerRequest: a request asking for more output than its quota's or its tier's
+// ceiling is refused with a 400 that says so, before anything is counted; one at the ceiling
+// passes.
+func TestMaxTokensPerRequest(t *testing.T) {
+	s := budgetStack(t, `  - {name: hourly, cost: tokens, limit: 1000, per: hour, maxTokensPerRequest: 512}
+tiers:
+  - {name: trial, users: [trial-user], maxTokensPerRequest: 64}`)
+	send := func(user, maxTokens string) response {
+		body := fmt.Sprintf(`{"model":"qwen3","max_tokens":%s,"messages":[{"role":"user","content":"Hi"}]}`, maxTokens)
+		return mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body)
+	}
+	for _, c := range []struct {
+		user, maxTokens string
+		want            int
+	}{
+		{"alice", "513", 400}, {"alice", "512", 200}, {"trial-user", "65", 400}, {"trial-user", "64", 200},
+	} {
+		r := send(c.user, c.maxTokens)
+		if r.status != c.want {
+			t.Fatalf("%s asking %s: %d %s, want %d", c.user, c.maxTokens, r.status, r.body, c.want)
+		}
+		if c.want == 400 {
+			e := r.json(t)["error"].(map[string]any)
+			if e["code"] != "max_tokens_exceeded" || !strings.Contains(fmt.Sprint(e["message"]), "at most") {
+				t.Errorf("400 body %s", r.body)
+			}
+		}
+	}
+	// Only the two admitted requests were counted: 12 tokens each.
+	awaitKey(t, s, "*_quota_hourly_user_alice_*", 12)
+	awaitKey(t, s, "*_quota_hourly_user_trial-user_*", 12)
+}
