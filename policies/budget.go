@@ -84,13 +84,19 @@ func (c Currency) Symbol() string {
 	return c.Code + " "
 }
 
-// Format shows an amount counted in units of this currency's decimals ("$12.500000").
+// Format shows an amount counted in units of this currency's decimals, with two decimals or
+// as many as it needs: "$12.50", "$0.000018".
 func (c Currency) Format(units uint64) string {
 	if c.Decimals == 0 {
 		return c.Symbol() + strconv.FormatUint(units, 10)
 	}
 	scale := uint64(math.Pow10(c.Decimals))
-	return fmt.Sprintf("%s%d.%0*d", c.Symbol(), units/scale, c.Decimals, units%scale)
+	frac := fmt.Sprintf("%0*d", c.Decimals, units%scale)
+	keep := min(2, c.Decimals)
+	for len(frac) > keep && frac[len(frac)-1] == '0' {
+		frac = frac[:len(frac)-1]
+	}
+	return fmt.Sprintf("%s%d.%s", c.Symbol(), units/scale, frac)
 }
 
 // Prices are what a model costs per million tokens, in the policy's currency.

@@ -221,7 +221,7 @@ func TestBudgetValidVariants(t *testing.T) {
 				if !reflect.DeepEqual(got, want) {
 					return fmt.Sprintf("limits %+v, want %+v", got, want)
 				}
-				if s := p.Currency.Format(80_500_000); s != "€80.500000" {
+				if s := p.Currency.Format(80_500_000); s != "€80.50" {
 					return fmt.Sprintf("Format = %q", s)
 				}
 				return ""
@@ -792,10 +792,11 @@ func TestCurrencyFormat(t *testing.T) {
 		units    uint64
 		want     string
 	}{
-		{Currency{"USD", 6}, 12_500_000, "$12.500000"},
-		{Currency{"EUR", 6}, 12_500_000, "€12.500000"},
+		{Currency{"USD", 6}, 12_500_000, "$12.50"},
+		{Currency{"EUR", 6}, 12_500_000, "€12.50"},
 		{Currency{"GBP", 6}, 1, "£0.000001"},
-		{Currency{"USD", 6}, 0, "$0.000000"},
+		{Currency{"USD", 6}, 0, "$0.00"},
+		{Currency{"USD", 6}, 18_000, "$0.018"},
 		{Currency{"USD", 6}, 4_294_967_295, "$4294.967295"},
 		{Currency{"CHF", 2}, 150, "CHF 1.50"},
 		{Currency{"CHF", 2}, 5, "CHF 0.05"},
@@ -828,9 +829,9 @@ func TestCurrencyFormatRoundTrip(t *testing.T) {
 		limit    string
 		want     string
 	}{
-		{"USD", 6, `"$1,000.50"`, "$1000.500000"},
+		{"USD", 6, `"$1,000.50"`, "$1000.50"},
 		{"USD", 2, `"$1,000.50"`, "$1000.50"},
-		{"EUR", 6, `"12.5 EUR"`, "€12.500000"},
+		{"EUR", 6, `"12.5 EUR"`, "€12.50"},
 		{"CHF", 2, `"CHF 1.5"`, "CHF 1.50"},
 		{"JPY", 0, `"¥500"`, "¥500"},
 	}

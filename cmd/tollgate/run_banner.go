@@ -29,7 +29,7 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	_, _ = fmt.Fprintf(w, "\ntollgate is running %s; Envoy (pid %d) is live.\n\n", plan.opts.policyFile, g.envoy.Pid())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(label, value string) { _, _ = fmt.Fprintf(tw, "  %s\t%s\n", label, value) }
-	row("listener", fmt.Sprintf("%s/v1/chat/completions  (user header: %s)", listener, p.Identity.Header))
+	row("listener", fmt.Sprintf("%s/v1/chat/completions  (%s)", listener, identityHint(p.Identity)))
 	row("models", strings.Join(models, ", "))
 	quotas := quotaLines(p)
 	if len(quotas) == 0 {
@@ -50,11 +50,30 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	row("", g.envoy.LogPath()+"  (Envoy's own log)")
 	_ = tw.Flush()
 	if len(p.Models) > 0 {
-		_, _ = fmt.Fprintf(w, "\n  try: curl -s %s/v1/chat/completions -H '%s: alice' -H 'content-type: application/json' \\\n"+
+		credential := p.Identity.Header + ": alice"
+		switch p.Identity.Mode {
+		case policies.IdentityAPIKeys:
+			credential = "Authorization: Bearer <your API key>"
+		case policies.IdentityJWT:
+			credential = "Authorization: Bearer <a token from " + p.Identity.JWT.Issuer + ">"
+		}
+		_, _ = fmt.Fprintf(w, "\n  try: curl -s %s/v1/chat/completions -H '%s' -H 'content-type: application/json' \\\n"+
 			"         -d '{\"model\":%q,\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n",
-			listener, p.Identity.Header, p.Models[0].Name)
+			listener, credential, p.Models[0].Name)
 	}
 	_, _ = fmt.Fprint(w, "\nCtrl-C to stop.\n")
+}
+
+// identityHint says how a client identifies itself.
+func identityHint(id policies.Identity) string {
+	switch id.Mode {
+	case policies.IdentityAPIKeys:
+		return "users by API key"
+	case policies.IdentityJWT:
+		return "users by JWT claim " + id.JWT.UserClaim
+	default:
+		return "user header: " + id.Header
+	}
 }
 
 // quotaLines summarise each quota as model: limit cost per window, with its overrides.

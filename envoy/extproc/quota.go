@@ -89,7 +89,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	}
 
 	// The status that decides: the first enforced quota over its limit, else the enforced one
-	// with the least left, whose numbers the x-ratelimit headers carry. A shadow quota is
+	// with the smallest share of its limit left, whose numbers the x-ratelimit headers carry. A shadow quota is
 	// counted (and reserved) like any other, but never changes what the client sees.
 	decisive, over := -1, false
 	for i := range statuses {
@@ -103,7 +103,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 			decisive, over = i, true
 			break
 		}
-		if decisive < 0 || s.Remaining < statuses[decisive].Remaining {
+		if decisive < 0 || leftShare(*s) < leftShare(statuses[decisive]) {
 			decisive = i
 		}
 	}
@@ -182,6 +182,15 @@ func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, limit, reset st
 	}
 	return fmt.Sprintf("Quota '%s' exceeded for model '%s': %s %s %s. Retry after the window resets in %s seconds.",
 		q.Name, ex.model, amount, whose, window, reset)
+}
+
+// leftShare is the share of a status's limit that is left, so that quotas counted in different
+// units (tokens, requests, money) compare.
+func leftShare(s rlsclient.Status) float64 {
+	if s.Limit.PerWindow == 0 {
+		return 0
+	}
+	return float64(s.Remaining) / float64(s.Limit.PerWindow)
 }
 
 // carryCalendarCounters makes sure the calendar quotas' counters hold what their periods
