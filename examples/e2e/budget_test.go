@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +93,7 @@ func TestMoneyBudgetAcrossModels(t *testing.T) {
 			t.Fatalf("%s after the budget: %d %s", model, r.status, r.body)
 		}
 		msg := fmt.Sprint(r.json(t)["error"].(map[string]any)["message"])
-		if !strings.Contains(msg, "monthly-budget") || !strings.Contains(msg, "$0.500000") || !strings.Contains(msg, "calendar-month in Europe/Berlin") {
+		if !strings.Contains(msg, "monthly-budget") || !strings.Contains(msg, "$0.50 per user") || !strings.Contains(msg, "calendar-month in Europe/Berlin") {
 			t.Errorf("429 message %q does not name the budget, its amount and its period", msg)
 		}
 	}
@@ -101,7 +103,7 @@ func TestMoneyBudgetAcrossModels(t *testing.T) {
 	}
 	// tollgate quota shows the budget in dollars, used past the limit.
 	out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "alice")
-	if !strings.Contains(out, "$0.500000/calendar-month") || !strings.Contains(out, ">=$0.500000") {
+	if !strings.Contains(out, "$0.50/calendar-month") || !strings.Contains(out, ">=$0.50") {
 		t.Errorf("tollgate quota:\n%s", out)
 	}
 	// alice's two gpt-4 answers and bob's one: 3 × $0.24.
@@ -319,4 +321,48 @@ tiers:
 	// Only the two admitted requests were counted: 12 tokens each.
 	awaitKey(t, s, "*_quota_hourly_user_alice_*", 12)
 	awaitKey(t, s, "*_quota_hourly_user_trial-user_*", 12)
+}
+
+// TestBudgetsExample runs examples/budgets/policy.yaml as its README does: API keys name the
+// users and their team, four long qwen3 answers ($1.600003 each) spend alice's $5 and the fifth
+// request is refused, bob of the same team is still served, and `tollgate quota` shows the team
+// pool as the README does.
+func TestBudgetsExample(t *testing.T) {
+	example, err := os.ReadFile(filepath.Join("..", "budgets", "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := strings.NewReplacer(
+		"listener: {port: 8080}", "listener: {{listener}}\nextProc: {{extproc}}\nrateLimit: {port: {{ratelimit_port}}, timeout: 1s}",
+		"http://127.0.0.1:8000", "{{backend:sim}}",
+	).Replace(string(example))
+	s := quotaStack(t, policy)
+	send := func(key, model string, outputTokens string) response {
+		h := map[string]string{"authorization": "Bearer " + key}
+		if outputTokens != "" {
+			h["x-llmsim-output-tokens"] = outputTokens
+		}
+		return mustDo(t, "POST", s.url("/v1/chat/completions"), h, chatBody(model))
+	}
+	var got []string
+	for range 5 {
+		got = append(got, fmt.Sprint(send("sk-alice", "qwen3", "1000000").status))
+	}
+	if strings.Join(got, " ") != "200 200 200 200 429" {
+		t.Fatalf("alice's long answers: %v", got)
+	}
+	if r := send("sk-alice", "gpt-4", ""); r.status != 429 || !strings.Contains(string(r.body), "user-monthly") {
+		t.Fatalf("alice on another model: %d %s", r.status, r.body)
+	}
+	if r := send("sk-bob", "qwen3", ""); r.status != 200 {
+		t.Fatalf("bob: %d %s", r.status, r.body)
+	}
+	// 4 × 1600003 + 12 (bob's request: 6 × 0.40 + 6 × 1.60 millionths).
+	awaitKey(t, s, "*_quota_research-monthly_period_*_team_research_*", 4*1600003+12)
+	out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "bob")
+	for _, want := range []string{"team research", "$20.00/calendar-month", "$6.400024", "$0.000012"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("tollgate quota --user bob lacks %q:\n%s", want, out)
+		}
+	}
 }
