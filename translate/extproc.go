@@ -29,17 +29,7 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		cfg.Models[m.Name] = m.Backend
 	}
 	cfg.DefaultMaxConcurrentRequests = p.RateLimit.MaxConcurrentRequests
-	for _, t := range p.Tiers {
-		if t.MaxConcurrentRequests == 0 {
-			continue
-		}
-		if cfg.MaxConcurrentRequests == nil {
-			cfg.MaxConcurrentRequests = map[string]int{}
-		}
-		for _, u := range t.Users {
-			cfg.MaxConcurrentRequests[u] = t.MaxConcurrentRequests
-		}
-	}
+	cfg.MaxConcurrentRequests = byTierMember(p.Tiers, func(t policies.Tier) int { return t.MaxConcurrentRequests })
 	if err := identityConfig(p, cfg); err != nil {
 		return nil, err
 	}
@@ -60,17 +50,7 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 	}
 	cfg.Costs = append(cfg.Costs, builtinCosts(p)...)
 	moneyConfig(p, cfg)
-	for _, t := range p.Tiers {
-		if t.MaxTokensPerRequest == 0 {
-			continue
-		}
-		if cfg.MaxTokensPerRequest == nil {
-			cfg.MaxTokensPerRequest = map[string]int64{}
-		}
-		for _, u := range t.Users {
-			cfg.MaxTokensPerRequest[u] = t.MaxTokensPerRequest
-		}
-	}
+	cfg.MaxTokensPerRequest = byTierMember(p.Tiers, func(t policies.Tier) int64 { return t.MaxTokensPerRequest })
 	if len(p.modelsWithQuotas) > 0 {
 		cfg.RateLimitAddress = net.JoinHostPort(p.RateLimit.Address, strconv.Itoa(p.RateLimit.Port))
 		cfg.RateLimitDomain = p.RateLimit.Domain
@@ -89,6 +69,26 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// byTierMember maps every member of a tier that sets a value (not zero) to it; nil when no
+// tier does.
+func byTierMember[V comparable](tiers []policies.Tier, value func(policies.Tier) V) map[string]V {
+	var zero V
+	var out map[string]V
+	for _, t := range tiers {
+		v := value(t)
+		if v == zero {
+			continue
+		}
+		if out == nil {
+			out = map[string]V{}
+		}
+		for _, u := range t.Users {
+			out[u] = v
+		}
+	}
+	return out
 }
 
 // builtinCosts are the built-in costs the policy's quotas use, in name order.

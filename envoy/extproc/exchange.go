@@ -212,16 +212,8 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	ex.maxOutput = parsed.MaxOutputTokens
 	ceiling := ex.outputCeiling(ex.quotas)
 	if ceiling > 0 && ex.maxOutput > ceiling {
-		return ex.reject(rejection{
-			status:  400,
-			outcome: outcomeRejected400,
-			err: apiError{
-				Message: fmt.Sprintf("the request asks for up to %d output tokens; at most %d are allowed per request", ex.maxOutput, ceiling),
-				Type:    errorTypeInvalidRequest,
-				Code:    optional("max_tokens_exceeded"),
-			},
-			details: "tollgate_max_tokens_exceeded",
-		})
+		return ex.reject(*badRequest("max_tokens_exceeded",
+			fmt.Sprintf("the request asks for up to %d output tokens; at most %d are allowed per request", ex.maxOutput, ceiling)))
 	}
 	if ex.maxOutput <= 0 {
 		ex.maxOutput = ex.cfg.DefaultMaxOutputTokens

@@ -54,16 +54,7 @@ func (ex *exchange) teamFromHeader(headers *corev3.HeaderMap) (string, *rejectio
 	}
 	teams := headerValues(headers, ex.cfg.TeamHeader)
 	if len(teams) > 1 {
-		return "", &rejection{
-			status:  400,
-			outcome: outcomeRejected400,
-			err: apiError{
-				Message: fmt.Sprintf("the %s header must appear at most once", ex.cfg.TeamHeader),
-				Type:    errorTypeInvalidRequest,
-				Code:    optional("ambiguous_team"),
-			},
-			details: "tollgate_ambiguous_team",
-		}
+		return "", badRequest("ambiguous_team", fmt.Sprintf("the %s header must appear at most once", ex.cfg.TeamHeader))
 	}
 	if len(teams) == 0 || strings.TrimSpace(teams[0]) == "" {
 		return "", nil
@@ -75,16 +66,7 @@ func (ex *exchange) teamFromHeader(headers *corev3.HeaderMap) (string, *rejectio
 // repeats the id.
 func (ex *exchange) invalidTeam(team string, problem error) *rejection {
 	ex.logger.Debug("request with an invalid team id rejected", "team", userForLog(team), "problem", problem.Error())
-	return &rejection{
-		status:  400,
-		outcome: outcomeRejected400,
-		err: apiError{
-			Message: fmt.Sprintf("invalid team: %q is not a valid team id: %v", ex.cfg.TeamHeader, problem),
-			Type:    errorTypeInvalidRequest,
-			Code:    optional("invalid_team"),
-		},
-		details: "tollgate_invalid_team",
-	}
+	return badRequest("invalid_team", fmt.Sprintf("invalid team: the team id is not valid: %v", problem))
 }
 
 // invalidUser answers a request whose user id breaks the rule. The message names the problem
@@ -101,16 +83,7 @@ func (ex *exchange) invalidUser(user string, problem error) *rejection {
 	}
 	ex.logger.Debug("request with an invalid user id rejected", "mode", ex.cfg.Identity.String(),
 		"user", userForLog(user), "problem", problem.Error())
-	return &rejection{
-		status:  400,
-		outcome: outcomeRejected400,
-		err: apiError{
-			Message: fmt.Sprintf("invalid user: %s is not a valid user id: %v", source, problem),
-			Type:    errorTypeInvalidRequest,
-			Code:    optional("invalid_user"),
-		},
-		details: "tollgate_invalid_user",
-	}
+	return badRequest("invalid_user", fmt.Sprintf("invalid user: %s is not a valid user id: %v", source, problem))
 }
 
 // userForLog quotes an untrusted id and cuts it short, so that the log stays one readable line
@@ -141,16 +114,7 @@ func (ex *exchange) userFromHeader(headers *corev3.HeaderMap) (string, *rejectio
 	}
 	if len(users) > 1 {
 		// Two values leave it to each filter which user pays; refuse instead of guessing.
-		return "", &rejection{
-			status:  400,
-			outcome: outcomeRejected400,
-			err: apiError{
-				Message: fmt.Sprintf("the %s header must appear once", ex.cfg.IdentityHeader),
-				Type:    errorTypeInvalidRequest,
-				Code:    optional("ambiguous_user"),
-			},
-			details: "tollgate_ambiguous_user",
-		}
+		return "", badRequest("ambiguous_user", fmt.Sprintf("the %s header must appear once", ex.cfg.IdentityHeader))
 	}
 	return users[0], nil
 }

@@ -162,6 +162,17 @@ type rejection struct {
 	headers map[string]string
 }
 
+// badRequest is a 400 invalid_request_error with code, known in Envoy's response details as
+// tollgate_<code>.
+func badRequest(code, message string) *rejection {
+	return &rejection{
+		status:  400,
+		outcome: outcomeRejected400,
+		err:     apiError{Message: message, Type: errorTypeInvalidRequest, Code: optional(code)},
+		details: "tollgate_" + code,
+	}
+}
+
 // missingModel answers a request to a generation path that names no model in its body.
 func missingModel() rejection {
 	return rejection{

@@ -22,7 +22,7 @@ import (
 
 // budgetStack runs the whole gateway on policy, with the quota section given, in header mode
 // with a team header.
-func budgetStack(t testing.TB, quotas string) *stack {
+func budgetStack(t testing.TB, quotas string, simArgs ...string) *stack {
 	t.Helper()
 	return quotaStack(t, `
 listener: {{listener}}
@@ -39,7 +39,7 @@ models:
 costs:
   - {name: tokens, type: TotalToken}
 quotas:
-`+quotas)
+`+quotas, simArgs...)
 }
 
 // ask sends one chat request for model as user of team ("" for none) and returns the answer.
@@ -62,19 +62,10 @@ func asks(t testing.TB, s *stack, user, team string, models ...string) string {
 	return strings.Join(out, " ")
 }
 
-// awaitKey waits until the one Redis key matching pattern holds want.
+// awaitKey waits until the one key of the stack's Redis matching pattern holds want.
 func awaitKey(t testing.TB, s *stack, pattern string, want int) {
 	t.Helper()
-	testutil.Eventually(t, 15*time.Second, fmt.Sprintf("%s at %d", pattern, want), func() error {
-		n, err := redisCounter(addr(s.redisPort), pattern)
-		if err != nil {
-			return err
-		}
-		if n != want {
-			return fmt.Errorf("counter %d, want %d", n, want)
-		}
-		return nil
-	})
+	awaitRedisKey(t, addr(s.redisPort), pattern, want)
 }
 
 // TestMoneyBudgetAcrossModels: one user spends a $0.50 monthly budget on two models with
@@ -164,24 +155,8 @@ func TestGlobalPool(t *testing.T) {
 // TestRequestQuotaUnderABurst: 50 requests at once against 10 requests per hour: each is
 // counted as it is admitted, so exactly 10 pass, and the refused ones are not counted.
 func TestRequestQuotaUnderABurst(t *testing.T) {
-	testutil.Envoy(t)
 	// A slow first token keeps every request of the burst in flight at once.
-	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--ttft", "300ms")})
-	s.writePolicy(t, `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
-  - {name: qwen3, backend: sim}
-quotas:
-  - {name: ten-an-hour, model: qwen3, cost: requests, limit: 10, per: hour}
-`)
-	s.startTollgate(t)
-	s.startRateLimit(t, s.startRedis(t))
-	s.startEnvoy(t)
+	s := budgetStack(t, `  - {name: ten-an-hour, model: qwen3, cost: requests, limit: 10, per: hour}`, "--ttft", "300ms")
 	if admitted := burst(t, []*stack{s}, "burster", 50); admitted != 10 {
 		t.Errorf("%d of 50 concurrent requests admitted, want exactly 10", admitted)
 	}

@@ -41,8 +41,14 @@ func sendBackToBack(t testing.TB, s *stack, user, model string, n int, stream bo
 // awaitCounter waits until a user's qwen3 counter in Redis holds want.
 func awaitCounter(t testing.TB, redisAddr, user string, want int) {
 	t.Helper()
-	testutil.Eventually(t, 15*time.Second, fmt.Sprintf("%s's counter at %d", user, want), func() error {
-		n, err := redisCounter(redisAddr, "*_user_"+user+"_*")
+	awaitRedisKey(t, redisAddr, "*_user_"+user+"_*", want)
+}
+
+// awaitRedisKey waits until the one key matching pattern in the Redis at redisAddr holds want.
+func awaitRedisKey(t testing.TB, redisAddr, pattern string, want int) {
+	t.Helper()
+	testutil.Eventually(t, 15*time.Second, fmt.Sprintf("%s at %d", pattern, want), func() error {
+		n, err := redisCounter(redisAddr, pattern)
 		if err != nil {
 			return err
 		}

@@ -34,11 +34,12 @@ quotas:
   - {model: qwen3, cost: llm_total_token, limit: 50, per: hour}
 `
 
-// quotaStack runs the whole gateway: llmsim, Redis, tollgate serve, tollgate ratelimit, Envoy.
-func quotaStack(t testing.TB, policy string) *stack {
+// quotaStack runs the whole gateway: llmsim (with simArgs), Redis, tollgate serve, tollgate
+// ratelimit, Envoy.
+func quotaStack(t testing.TB, policy string, simArgs ...string) *stack {
 	t.Helper()
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim", simArgs...)})
 	s.writePolicy(t, policy)
 	s.startTollgate(t)
 	s.startRateLimit(t, s.startRedis(t))
