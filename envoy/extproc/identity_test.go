@@ -189,6 +189,47 @@ func TestJWTClaimIdentifiesUser(t *testing.T) {
 	}
 }
 
+// TestJWTTeamClaim: with a team claim configured, the token's claim names the team, set
+// upstream over whatever the client sent; a token without it belongs to no team (the client's
+// team header is removed); a claim that is no string or integer is a token problem.
+func TestJWTTeamClaim(t *testing.T) {
+	const teamHeader = "x-team-id"
+	tests := []struct {
+		name   string
+		claims map[string]any
+		team   string // "" : no team, the header removed
+		status int    // 0: admitted
+	}{
+		{"string claim", map[string]any{"sub": "alice", "grp": "research"}, "research", 0},
+		{"numeric claim", map[string]any{"sub": "alice", "grp": 42.0}, "42", 0},
+		{"no claim", map[string]any{"sub": "alice"}, "", 0},
+		{"list claim", map[string]any{"sub": "alice", "grp": []any{"a", "b"}}, "", 401},
+		{"claim with whitespace", map[string]any{"sub": "alice", "grp": "re search"}, "", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Identity, cfg.JWTClaim, cfg.JWTTeamClaim, cfg.TeamHeader = IdentityFromJWT, "sub", "grp", teamHeader
+			h := newHarness(t, cfg)
+			c := h.open(t)
+			req := withMetadata(apiKeyHeaders(len(chatBody), teamHeader, "forged"), jwtMetadata(t, tt.claims))
+			resp := c.send(req)
+			if tt.status != 0 {
+				immediate(t, resp, tt.status)
+				return
+			}
+			m := headerMutation(t, resp)
+			got, set := setValue(t, m, teamHeader)
+			switch {
+			case tt.team != "" && (!set || got != tt.team):
+				t.Errorf("team header %q (set: %v), want %q", got, set, tt.team)
+			case tt.team == "" && (set || !slices.Contains(m.GetRemoveHeaders(), teamHeader)):
+				t.Errorf("team header set to %q or not removed (%v), want it removed", got, m.GetRemoveHeaders())
+			}
+		})
+	}
+}
+
 func TestJWTWithoutUsablePayloadIsRejected(t *testing.T) {
 	tests := []struct {
 		name string
