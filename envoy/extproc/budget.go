@@ -54,6 +54,8 @@ const (
 type Quota struct {
 	// Name identifies the quota in logs, headers and 429 answers.
 	Name string
+	// Model is the model the quota counts; "" for every model.
+	Model string
 	// Cost names the Config.Costs entry whose value is charged.
 	Cost string
 	// Unit is what the cost counts, for messages.
@@ -189,6 +191,9 @@ func (ex *exchange) applicableQuotas() []Quota {
 func (ex *exchange) outputCeiling(quotas []Quota) int64 {
 	ceiling := ex.cfg.MaxTokensPerRequest[ex.user]
 	for _, q := range quotas {
+		if q.Shadow {
+			continue // a shadow quota never refuses a request
+		}
 		if c := q.MaxTokensPerRequest; c > 0 && (ceiling == 0 || c < ceiling) {
 			ceiling = c
 		}

@@ -83,16 +83,32 @@ func (c Calendar) Period(t time.Time) (label string, start, end time.Time) {
 }
 
 // midnight is the first instant of a local date (day may be out of range: time.Date
-// normalizes it). Where a DST change skips midnight, time.Date may answer with an instant of
-// the day before (23:00 in the old offset); the date then starts when that offset ends.
+// normalizes it). time.Date alone is not enough where a DST change or a zone change moves
+// midnight: it may answer with an instant of the day before (midnight skipped: 23:00 in the
+// old offset), or the second of two midnights (clocks went back to 00:00), or an instant of
+// another day (the date itself skipped).
 func (c Calendar) midnight(y int, m time.Month, d int) time.Time {
-	t := time.Date(y, m, d, 0, 0, 0, 0, c.location())
-	if t.Hour() != 0 {
-		if noon := time.Date(y, m, d, 12, 0, 0, 0, c.location()); t.Day() != noon.Day() {
-			if _, end := t.ZoneBounds(); !end.IsZero() {
-				return end
-			}
+	loc := c.location()
+	target := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+	t := time.Date(y, m, d, 0, 0, 0, 0, loc)
+	// Resolved before the date began: the date begins when that offset ends.
+	for i := 0; i < 4 && localDate(t, loc).Before(target); i++ {
+		_, end := t.ZoneBounds()
+		if end.IsZero() {
+			break
 		}
+		t = end
+	}
+	// Midnight occurred twice: the date began at the first one, in the offset before.
+	if before := t.Add(-time.Second); localDate(before, loc).Equal(target) {
+		_, offset := before.Zone()
+		t = time.Date(y, m, d, 0, 0, 0, 0, time.FixedZone("", offset)).In(loc)
 	}
 	return t
+}
+
+// localDate is t's date in loc, as midnight UTC of that date.
+func localDate(t time.Time, loc *time.Location) time.Time {
+	y, m, d := t.In(loc).Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 }
