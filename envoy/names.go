@@ -76,6 +76,27 @@ const (
 	MetadataRateLimitReset     = "ratelimit_reset"
 )
 
+// RateLimitHeader is a response header whose value the ext_proc server publishes as metadata.
+type RateLimitHeader struct{ Name, MetadataKey string }
+
+// RateLimitHeaders are the x-ratelimit-* headers a checked request's answer carries: draft 03
+// of the IETF RateLimit header fields for the enforced quota with the smallest share left, and
+// OpenAI's names for the tightest token quota and the tightest request quota (a header whose
+// value is not published, such as the requests ones without a request quota, is left out).
+func RateLimitHeaders() []RateLimitHeader {
+	return []RateLimitHeader{
+		{"x-ratelimit-limit", MetadataRateLimitLimit},
+		{"x-ratelimit-remaining", MetadataRateLimitRemaining},
+		{"x-ratelimit-reset", MetadataRateLimitReset},
+		{"x-ratelimit-limit-tokens", "ratelimit_limit_tokens"},
+		{"x-ratelimit-remaining-tokens", "ratelimit_remaining_tokens"},
+		{"x-ratelimit-reset-tokens", "ratelimit_reset_tokens"},
+		{"x-ratelimit-limit-requests", "ratelimit_limit_requests"},
+		{"x-ratelimit-remaining-requests", "ratelimit_remaining_requests"},
+		{"x-ratelimit-reset-requests", "ratelimit_reset_requests"},
+	}
+}
+
 // AttributeResponseCode is the response attribute holding the status code. Envoy sends it with
 // the first chunk of a response body, in place of a response headers message. (Header values
 // cannot be attributes: Envoy does not evaluate an index into a header map.)

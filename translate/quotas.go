@@ -159,6 +159,7 @@ func quotaEntries(q policies.Quota) []rlsclient.Entry {
 func extProcQuota(q policies.Quota) (extproc.Quota, error) {
 	eq := extproc.Quota{
 		Name:                q.Name,
+		Model:               q.Model,
 		Cost:                q.Cost,
 		Entries:             quotaEntries(q),
 		SubjectKey:          subjectKey(q),

@@ -83,23 +83,19 @@ func modelRoute(p *input, m policies.Model) (*routev3.Route, error) {
 	return r, nil
 }
 
-// rateLimitHeaders tell a client of a model with quotas where it stands, in the headers of
-// draft 03 of the IETF RateLimit fields: the limit and window of the quota closest to its
-// limit, what is left of it, and the seconds until its window resets. The ext_proc server
-// publishes the values when it checks the request; a request it did not check (the check
-// failed open) gets none, as Envoy leaves out headers whose value comes out empty.
+// rateLimitHeaders tell a client of a model with quotas where it stands, in the headers
+// envoy.RateLimitHeaders lists: limits, what is left of them and when they reset. The ext_proc
+// server publishes the values when it checks the request; a request it did not check (the
+// check failed open) gets none, as Envoy leaves out headers whose value comes out empty.
 func rateLimitHeaders() []*corev3.HeaderValueOption {
-	header := func(name, key string) *corev3.HeaderValueOption {
-		return &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: name, Value: "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + key + ")%"},
+	var out []*corev3.HeaderValueOption
+	for _, h := range envoy.RateLimitHeaders() {
+		out = append(out, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + h.MetadataKey + ")%"},
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}
+		})
 	}
-	return []*corev3.HeaderValueOption{
-		header("x-ratelimit-limit", envoy.MetadataRateLimitLimit),
-		header("x-ratelimit-remaining", envoy.MetadataRateLimitRemaining),
-		header("x-ratelimit-reset", envoy.MetadataRateLimitReset),
-	}
+	return out
 }
 
 // modelListRoute answers GET /v1/models with the policy's models, in the OpenAI list shape. The

@@ -88,25 +88,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		}, nil
 	}
 
-	// The status that decides: the first enforced quota over its limit, else the enforced one
-	// with the smallest share of its limit left, whose numbers the x-ratelimit headers carry. A shadow quota is
-	// counted (and reserved) like any other, but never changes what the client sees.
-	decisive, over := -1, false
-	for i := range statuses {
-		s := &statuses[i]
-		if quotas[i].Shadow || !s.Limit.Matched() {
-			continue
-		}
-		// A status taken before the request says the quota is spent once nothing remains; one
-		// taken after counting the request (MustFit) only once the request did not fit.
-		if s.OverLimit || (s.Remaining == 0 && !descriptors[i].MustFit) {
-			decisive, over = i, true
-			break
-		}
-		if decisive < 0 || leftShare(*s) < leftShare(statuses[decisive]) {
-			decisive = i
-		}
-	}
+	decisive, over := decide(quotas, statuses, descriptors)
 	if over {
 		ex.rls.Release(reservations, nil)
 	} else {
@@ -116,72 +98,189 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
 		return nil, nil
 	}
-	q, s := quotas[decisive], statuses[decisive]
 	now := ex.clock()
-	limit := rateLimitHeader(s.Limit, q.window(now, s.Limit.Window))
-	reset := strconv.FormatInt(int64(math.Ceil(q.resetIn(now, s.ResetIn).Seconds())), 10)
+	values := rateLimitValues(quotas, statuses, decisive, over, now)
 	if !over {
 		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
-		return nil, map[string]*structpb.Value{
-			envoy.MetadataRateLimitLimit:     structpb.NewStringValue(limit),
-			envoy.MetadataRateLimitRemaining: structpb.NewStringValue(strconv.FormatUint(s.Remaining, 10)),
-			envoy.MetadataRateLimitReset:     structpb.NewStringValue(reset),
+		fields := make(map[string]*structpb.Value, len(values))
+		for k, v := range values {
+			fields[k] = structpb.NewStringValue(v)
 		}
+		return nil, fields
 	}
+	q, st := quotas[decisive], statuses[decisive]
+	wait := q.resetIn(now, st.ResetIn)
 	ex.metrics.quotaChecks.WithLabelValues(checkOverLimit).Inc()
 	ex.observeDuration("429")
-	ex.logger.Debug("request over its quota", "model", ex.model, "user", userForLog(ex.user), "quota", q.Name, "limit", limit)
+	ex.logger.Debug("request over its quota", "model", ex.model, "user", userForLog(ex.user), "quota", q.Name,
+		"limit", values[envoy.MetadataRateLimitLimit])
+	headers := map[string]string{"retry-after": values[envoy.MetadataRateLimitReset]}
+	for _, h := range envoy.RateLimitHeaders() {
+		if v, ok := values[h.MetadataKey]; ok {
+			headers[h.Name] = v
+		}
+	}
+	if wait > time.Minute {
+		// OpenAI's and Anthropic's SDKs retry a 429 on their own unless told not to; a retry
+		// within their backoff could never succeed.
+		headers["x-should-retry"] = "false"
+	}
 	return &rejection{
 		status:  429,
 		outcome: outcomeRejected429,
 		err: apiError{
-			Message: ex.overLimitMessage(q, s.Limit, limit, reset),
+			Message: ex.overLimitMessage(q, st.Limit, now, wait),
 			Type:    errorTypeRateLimit,
 			Code:    optional(errorTypeRateLimit),
 		},
-		headers: map[string]string{
-			"retry-after":           reset,
-			"x-ratelimit-limit":     limit,
-			"x-ratelimit-remaining": "0",
-			"x-ratelimit-reset":     reset,
-		},
+		headers: headers,
 		details: "tollgate_quota_exceeded",
 	}, nil
 }
 
-// overLimitMessage says which quota refused the request and when it resets. limit is the
-// x-ratelimit-limit rendering, reset the seconds to the window's end.
-func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, limit, reset string) string {
-	if q.Unit == UnitTokens && q.Scope == ScopeUser && q.Calendar == nil {
-		return fmt.Sprintf("Token quota exceeded for model '%s' (limit and window: %s). Retry after the window resets in %s seconds.",
-			ex.model, limit, reset)
+// decide picks the status that decides: the first enforced quota that is spent, else the
+// enforced one with the smallest share of its limit left; -1 when no enforced quota has a
+// limit. A shadow quota is counted (and reserved) like any other, but never changes what the
+// client sees.
+func decide(quotas []Quota, statuses []rlsclient.Status, descriptors []rlsclient.Descriptor) (decisive int, over bool) {
+	decisive = -1
+	for i := range statuses {
+		s := &statuses[i]
+		if quotas[i].Shadow || !s.Limit.Matched() {
+			continue
+		}
+		if spent(*s, descriptors[i].MustFit) {
+			return i, true
+		}
+		if decisive < 0 || leftShare(*s) < leftShare(statuses[decisive]) {
+			decisive = i
+		}
 	}
-	var amount string
+	return decisive, false
+}
+
+// spent reports whether a status refuses the request: one taken before the request once
+// nothing remains, one taken after counting it (MustFit) once the request did not fit.
+func spent(s rlsclient.Status, mustFit bool) bool {
+	return s.OverLimit || (s.Remaining == 0 && !mustFit)
+}
+
+// rateLimitValues are the values of the x-ratelimit-* headers (envoy.RateLimitHeaders), by
+// metadata key: the IETF fields for the decisive quota, OpenAI's for the tightest token quota
+// and the tightest request quota. A quota that refuses the request has nothing remaining.
+func rateLimitValues(quotas []Quota, statuses []rlsclient.Status, decisive int, over bool, now time.Time) map[string]string {
+	q, s := quotas[decisive], statuses[decisive]
+	remaining := s.Remaining
+	if over {
+		remaining = 0
+	}
+	values := map[string]string{
+		envoy.MetadataRateLimitLimit:     rateLimitHeader(s.Limit, q.window(now, s.Limit.Window)),
+		envoy.MetadataRateLimitRemaining: strconv.FormatUint(remaining, 10),
+		envoy.MetadataRateLimitReset:     strconv.FormatInt(int64(math.Ceil(q.resetIn(now, s.ResetIn).Seconds())), 10),
+	}
+	for _, kind := range []struct {
+		unit   QuotaUnit
+		suffix string
+	}{{UnitTokens, "_tokens"}, {UnitRequests, "_requests"}} {
+		tightest := -1
+		for i := range statuses {
+			if quotas[i].Unit != kind.unit || quotas[i].Shadow || !statuses[i].Limit.Matched() {
+				continue
+			}
+			if tightest < 0 || leftShare(statuses[i]) < leftShare(statuses[tightest]) {
+				tightest = i
+			}
+		}
+		if over && quotas[decisive].Unit == kind.unit {
+			tightest = decisive // the quota that refused is the one to show
+		}
+		if tightest < 0 {
+			continue
+		}
+		t := statuses[tightest]
+		left := t.Remaining
+		if over && tightest == decisive {
+			left = 0
+		}
+		values[envoy.MetadataRateLimitLimit+kind.suffix] = strconv.FormatUint(t.Limit.PerWindow, 10)
+		values[envoy.MetadataRateLimitRemaining+kind.suffix] = strconv.FormatUint(left, 10)
+		values[envoy.MetadataRateLimitReset+kind.suffix] = quotas[tightest].resetIn(now, t.ResetIn).Round(time.Second).String()
+	}
+	return values
+}
+
+// overLimitMessage says in words who used what, and when the window resets: "alice has used
+// all 50 qwen3 tokens of this hour; the window resets at 20:00 UTC, in 28 min."
+func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, now time.Time, wait time.Duration) string {
+	who := ex.user
+	switch q.Scope {
+	case ScopeTeam:
+		who = "team " + ex.team
+	case ScopeGlobal:
+		who = "everyone together"
+	}
+	model := "" // a quota over every model names none
+	if q.Model != "" {
+		model = q.Model + " "
+	}
+	window := "this " + strings.ToLower(l.Unit)
+	switch {
+	case q.Calendar != nil:
+		window = "this " + strings.TrimPrefix(q.Calendar.Unit.String(), "calendar-") + " in " + q.Calendar.location().String()
+	case l.Unit == "MONTH":
+		window = "this 30-day window"
+	case l.Unit == "YEAR":
+		window = "this 365-day window"
+	}
+	var used string
 	switch q.Unit {
 	case UnitMoney:
-		amount = strconv.FormatUint(l.PerWindow, 10)
+		amount := strconv.FormatUint(l.PerWindow, 10)
 		if ex.cfg.Money.Format != nil {
 			amount = ex.cfg.Money.Format(l.PerWindow)
 		}
+		used = fmt.Sprintf("has spent the whole %s %sbudget of %s", amount, model, window)
 	case UnitRequests:
-		amount = fmt.Sprintf("%d requests", l.PerWindow)
+		used = fmt.Sprintf("has used all %d %srequests of %s", l.PerWindow, model, window)
 	default:
-		amount = fmt.Sprintf("%d tokens", l.PerWindow)
+		used = fmt.Sprintf("has used all %d %stokens of %s", l.PerWindow, model, window)
 	}
-	whose := "per user"
-	switch q.Scope {
-	case ScopeTeam:
-		whose = fmt.Sprintf("for team '%s'", ex.team)
-	case ScopeGlobal:
-		whose = "for all callers"
-	}
-	window := "per " + strings.ToLower(l.Unit)
+	loc := time.UTC
 	if q.Calendar != nil {
-		_, _, end := q.Calendar.Period(ex.clock())
-		window = fmt.Sprintf("per %s, until %s", q.Calendar, end.Format("2006-01-02 15:04 MST"))
+		loc = q.Calendar.location()
 	}
-	return fmt.Sprintf("Quota '%s' exceeded for model '%s': %s %s %s. Retry after the window resets in %s seconds.",
-		q.Name, ex.model, amount, whose, window, reset)
+	resetAt := now.Add(wait).In(loc)
+	at := resetAt.Format("15:04 MST")
+	if wait >= 24*time.Hour {
+		at = resetAt.Format("2006-01-02 15:04 MST")
+	}
+	return fmt.Sprintf("%s %s (quota %s); the window resets at %s, in %s.", who, used, q.Name, at, humanDuration(wait))
+}
+
+// humanDuration says a wait the way people do: "45 s", "1 min 30 s", "28 min", "3 h 10 min",
+// "12 days".
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d s", int64(math.Ceil(d.Seconds())))
+	case d < 10*time.Minute:
+		secs := int64(math.Ceil(d.Seconds()))
+		if secs%60 == 0 {
+			return fmt.Sprintf("%d min", secs/60)
+		}
+		return fmt.Sprintf("%d min %d s", secs/60, secs%60)
+	case d < time.Hour:
+		return fmt.Sprintf("%d min", int64(math.Ceil(d.Minutes())))
+	case d < 24*time.Hour:
+		h := int64(d / time.Hour)
+		if m := int64(math.Ceil((d - time.Duration(h)*time.Hour).Minutes())); m > 0 && m < 60 {
+			return fmt.Sprintf("%d h %d min", h, m)
+		}
+		return fmt.Sprintf("%d h", int64(math.Ceil(d.Hours())))
+	default:
+		return fmt.Sprintf("%d days", int64(math.Ceil(d.Hours()/24)))
+	}
 }
 
 // leftShare is the share of a status's limit that is left, so that quotas counted in different

@@ -24,13 +24,15 @@ func TestOverQuotaIsAnswered429(t *testing.T) {
 	c := h.open(t)
 	resp := sendChat(t, c, chatBody)
 	got := immediate(t, resp, 429)
-	if got.Error.Type != errorTypeRateLimit || !strings.Contains(got.Error.Message, "'qwen3'") ||
-		!strings.Contains(got.Error.Message, `50, 50;w=3600;name="hourly"`) || !strings.Contains(got.Error.Message, "90 seconds") {
+	if got.Error.Type != errorTypeRateLimit ||
+		!strings.HasPrefix(got.Error.Message, "alice has used all 50 tokens of this hour (quota hourly); the window resets at ") ||
+		!strings.HasSuffix(got.Error.Message, " UTC, in 1 min 30 s.") {
 		t.Errorf("429 body: %+v", got.Error)
 	}
 	headers := setHeaders(t, resp.GetImmediateResponse().GetHeaders())
 	for name, want := range map[string]string{
 		"retry-after": "90", "x-ratelimit-limit": `50, 50;w=3600;name="hourly"`, "x-ratelimit-remaining": "0", "x-ratelimit-reset": "90",
+		"x-ratelimit-limit-tokens": "50", "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s", "x-should-retry": "false",
 	} {
 		if v := string(headers[name].GetHeader().GetRawValue()); v != want {
 			t.Errorf("%s = %q, want %q", name, v, want)

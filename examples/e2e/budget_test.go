@@ -84,7 +84,7 @@ func TestMoneyBudgetAcrossModels(t *testing.T) {
 			t.Fatalf("%s after the budget: %d %s", model, r.status, r.body)
 		}
 		msg := fmt.Sprint(r.json(t)["error"].(map[string]any)["message"])
-		if !strings.Contains(msg, "monthly-budget") || !strings.Contains(msg, "$0.50 per user") || !strings.Contains(msg, "calendar-month in Europe/Berlin") {
+		if !strings.HasPrefix(msg, "alice has spent the whole $0.50 budget of this month in Europe/Berlin (quota monthly-budget); the window resets at ") {
 			t.Errorf("429 message %q does not name the budget, its amount and its period", msg)
 		}
 	}

@@ -78,7 +78,7 @@ func newNormalizer() normalizer {
 	return normalizer{
 		{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`), "<time>"},
 		{regexp.MustCompile(`\(in (\d+h)?(\d+m)?\d+s\)`), "(in <duration>)"},
-		{regexp.MustCompile(`resets in \d+ seconds`), "resets in <n> seconds"},
+		{regexp.MustCompile(`resets at (\d{4}-\d\d-\d\d )?\d\d:\d\d [A-Z]+, in [0-9a-z ]+\.`), "resets at <time>, in <duration>."},
 		{regexp.MustCompile(`"created":\d+`), `"created":<n>`},
 		{regexp.MustCompile(`\b[0-9a-f]{16}\b`), "<version>"},
 	}

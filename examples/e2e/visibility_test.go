@@ -1,0 +1,112 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// Seeing quotas at runtime: limits on every answer, and 429s people and SDKs understand.
+
+// TestRateLimitHeadersGoDown: every admitted answer, JSON or streamed, carries OpenAI's and the
+// IETF's x-ratelimit-* headers for alice's qwen3 quota; what remains goes down by each
+// request's tokens, and matches `tollgate quota`.
+func TestRateLimitHeadersGoDown(t *testing.T) {
+	s := quotaStack(t, seedPolicy)
+	duration := regexp.MustCompile(`^(\d+m)?\d+s$`)
+	for i, stream := range []bool{false, true, false, true} {
+		body := chatBody("qwen3")
+		if stream {
+			body = `{"model":"qwen3","stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`
+		}
+		r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "alice"}, body)
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+		want := map[string]string{
+			"x-ratelimit-limit-tokens":     "50",
+			"x-ratelimit-remaining-tokens": fmt.Sprint(50 - 12*i),
+			"x-ratelimit-remaining":        fmt.Sprint(50 - 12*i),
+			"x-ratelimit-limit":            `50, 50;w=3600;name="qwen3-llm_total_token-per-hour"`,
+		}
+		for name, v := range want {
+			if got := r.header.Get(name); got != v {
+				t.Errorf("request %d (stream %v): %s = %q, want %q", i+1, stream, name, got, v)
+			}
+		}
+		if reset := r.header.Get("x-ratelimit-reset-tokens"); !duration.MatchString(reset) {
+			t.Errorf("request %d: x-ratelimit-reset-tokens %q, want a duration such as 28m0s", i+1, reset)
+		}
+		if got := r.header.Get("x-ratelimit-limit-requests"); got != "" {
+			t.Errorf("request %d: x-ratelimit-limit-requests %q without a request quota", i+1, got)
+		}
+		s.awaitCharged(t, "alice", 12*(i+1))
+	}
+	out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "alice", "--model", "qwen3")
+	if !regexp.MustCompile(`50/hour\s+48\s+2\s`).MatchString(out) {
+		t.Errorf("tollgate quota does not show 48 used and 2 left:\n%s", out)
+	}
+	r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "alice"}, chatBody("qwen3"))
+	if got := r.header.Get("x-ratelimit-remaining-tokens"); got != "2" {
+		t.Errorf("the fifth answer: x-ratelimit-remaining-tokens %q, want 2 as tollgate quota says", got)
+	}
+}
+
+// awaitCharged waits until user's qwen3 counter holds n.
+func (s *stack) awaitCharged(t testing.TB, user string, n int) {
+	t.Helper()
+	awaitCounter(t, addr(s.redisPort), user, n)
+}
+
+// TestSDKGivesUpOnALongWait: a 429 whose window resets in more than a minute carries
+// x-should-retry: false, and the official openai SDK with its default retries raises
+// RateLimitError at once, after one attempt.
+func TestSDKGivesUpOnALongWait(t *testing.T) {
+	python := pythonWithOpenAI(t)
+	s := quotaStack(t, `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+identity: {header: x-user-id}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+models:
+  - {name: qwen3, backend: sim}
+costs:
+  - {name: tokens, type: TotalToken}
+quotas:
+  - {model: qwen3, cost: tokens, limit: 10, per: day}
+`)
+	if r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "sdk"}, chatBody("qwen3")); r.status != 200 {
+		t.Fatalf("first request: %d", r.status)
+	}
+	awaitCounter(t, addr(s.redisPort), "sdk", 12)
+	r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "sdk"}, chatBody("qwen3"))
+	if r.status != 429 || r.header.Get("x-should-retry") != "false" {
+		t.Fatalf("over the daily quota: %d, x-should-retry %q", r.status, r.header.Get("x-should-retry"))
+	}
+	overLimit := func() string {
+		return metricValue(s.extProcMetrics(t), "tollgate_quota_checks_total", `result="over_limit"`)
+	}
+	if got := overLimit(); got != "1" {
+		t.Fatalf("over_limit checks %s, want 1", got)
+	}
+	cmd := exec.Command(python, filepath.Join("testdata", "sdk_default_retries.py"), s.url("/v1"), "sdk", "qwen3")
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+pythonPath())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sdk_default_retries.py: %v\n%s", err, out)
+	}
+	if fields := strings.Fields(string(out)); len(fields) != 2 || fields[0] != "RateLimitError" {
+		t.Fatalf("SDK: %s, want RateLimitError", out)
+	}
+	if got := overLimit(); got != "2" {
+		t.Errorf("over_limit checks %s after the SDK's call, want 2 (one attempt, no retries)", got)
+	}
+}
