@@ -141,6 +141,9 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 		return ex.reject(*rejected)
 	}
 	ex.user, ex.team = user, team
+	if path := firstHeader(headers, ":path"); path == QuotaPath || strings.HasPrefix(path, QuotaPath+"?") {
+		return ex.answerQuota(firstHeader(headers, ":method"))
+	}
 	if ex.format == nil {
 		// Only requests whose usage can be read reach a backend: any other path would be an
 		// unmetered way to the same model server.

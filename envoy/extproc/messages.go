@@ -196,7 +196,7 @@ func unknownPath(method, path string) rejection {
 		status:  404,
 		outcome: outcomeRejected404,
 		err: apiError{
-			Message: fmt.Sprintf("Unknown request URL: %s %s. This gateway serves POST %s and GET /v1/models.",
+			Message: fmt.Sprintf("Unknown request URL: %s %s. This gateway serves POST %s, GET /v1/models and GET "+QuotaPath+".",
 				method, path, strings.Join(llmapi.Paths(), ", ")),
 			Type: errorTypeInvalidRequest,
 			Code: optional("unknown_url"),
@@ -212,7 +212,6 @@ func optional(s string) *string {
 	return &s
 }
 
-// immediateResponse answers the client directly with a JSON error body.
 // rejectionHeaders are an answer's headers: content-type, then headers in name order.
 func rejectionHeaders(headers map[string]string) []*corev3.HeaderValueOption {
 	out := []*corev3.HeaderValueOption{overwrite("content-type", "application/json")}
@@ -222,6 +221,7 @@ func rejectionHeaders(headers map[string]string) []*corev3.HeaderValueOption {
 	return out
 }
 
+// immediateResponse answers the client directly with a JSON error body.
 func immediateResponse(r rejection) *extprocv3.ProcessingResponse {
 	body, err := json.Marshal(struct {
 		Error apiError `json:"error"`
@@ -230,13 +230,18 @@ func immediateResponse(r rejection) *extprocv3.ProcessingResponse {
 		// Marshalling strings and string pointers cannot fail; keep a valid body regardless.
 		body = []byte(`{"error":{"message":"request rejected","type":"invalid_request_error","param":null,"code":null}}`)
 	}
+	return jsonResponse(r.status, r.headers, body, r.details)
+}
+
+// jsonResponse answers the client directly with a JSON body.
+func jsonResponse(status int, headers map[string]string, body []byte, details string) *extprocv3.ProcessingResponse {
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 		ImmediateResponse: &extprocv3.ImmediateResponse{
-			Status: &typev3.HttpStatus{Code: typev3.StatusCode(r.status)},
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(status)},
 			// Envoy sets content-length of a local reply itself.
-			Headers: &extprocv3.HeaderMutation{SetHeaders: rejectionHeaders(r.headers)},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: rejectionHeaders(headers)},
 			Body:    body,
-			Details: r.details,
+			Details: details,
 		},
 	}}
 }

@@ -31,10 +31,13 @@ const (
 	outcomeRejected400  = "rejected_400"
 	outcomeRejected404  = "rejected_404"
 	outcomeRejected401  = "rejected_401"
+	outcomeRejected405  = "rejected_405"
 	outcomeRejected413  = "rejected_413"
 	outcomeRejected429  = "rejected_429" // over a token quota
 	// outcomeQuotaUnavailable: the quota could not be checked and failure mode closed refused.
 	outcomeQuotaUnavailable = "rejected_503"
+	// outcomeQuotaRead: a caller read their own quotas (GET /v1/quota).
+	outcomeQuotaRead = "quota_read"
 )
 
 // Metrics are the ext_proc server's Prometheus collectors.

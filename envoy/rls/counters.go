@@ -149,6 +149,41 @@ func (c *Counters) Carry(ctx context.Context, domain string, entries []rlsclient
 	return nil
 }
 
+// Counts reads counters as they are now: each descriptor's (entries and unit) in the window
+// that contains at; a counter that does not exist is 0. One round trip.
+func (c *Counters) Counts(ctx context.Context, domain string, counters []rlsclient.Counter, at time.Time) ([]uint64, error) {
+	values := make([]string, len(counters))
+	pipeline := radix.NewPipeline()
+	for i, ctr := range counters {
+		key, err := c.Key(domain, ctr.Entries, ctr.Unit, at)
+		if err != nil {
+			return nil, err
+		}
+		pipeline.Append(radix.Cmd(&values[i], "GET", key))
+	}
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	if err := pool.Do(ctx, pipeline); err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	out := make([]uint64, len(counters))
+	for i, v := range values {
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("counter %d holds %q", i, v)
+		}
+		out[i] = uint64(max(n, 0))
+	}
+	return out, nil
+}
+
 // carriedSuffix marks, next to a counter's key, that the window before it has been carried in.
 const carriedSuffix = "_carried"
 

@@ -19,8 +19,8 @@ type Carrier interface {
 	Carry(ctx context.Context, domain string, entries []Entry, unit string, boundary time.Time) error
 }
 
-// ErrNoCarrier says the client has no access to the counters to carry them.
-var ErrNoCarrier = errors.New("no access to the counters to carry them into the next window")
+// ErrNoCounters says the client has no access to the service's counters (no Redis).
+var ErrNoCounters = errors.New("no access to the ratelimit service's counters")
 
 // maxCarried bounds the carries remembered; past it they are forgotten and, at worst, asked
 // of Redis again (where the copy is made once anyway).
@@ -39,7 +39,7 @@ type carried struct {
 func (c *Client) Carry(ctx context.Context, domain string, entries []Entry, unit string, boundary time.Time) error {
 	carrier, ok := c.refunder.(Carrier)
 	if !ok {
-		return ErrNoCarrier
+		return ErrNoCounters
 	}
 	key := counterKey(domain, entries) + "\x00" + unit
 	c.carried.mu.Lock()
@@ -60,6 +60,28 @@ func (c *Client) Carry(ctx context.Context, domain string, entries []Entry, unit
 	}
 	c.carried.mu.Unlock()
 	return nil
+}
+
+// Counter names one of the service's counters: its descriptor entries and the unit of its
+// limit.
+type Counter struct {
+	Entries []Entry
+	Unit    string
+}
+
+// CounterReader reads the service's counters as they are (rls.Counters does, in Redis): the
+// service itself only says what remains of a limit, never how far past it a counter is.
+type CounterReader interface {
+	Counts(ctx context.Context, domain string, counters []Counter, at time.Time) ([]uint64, error)
+}
+
+// Counts reads counters through the client's Refunder, when it can read them.
+func (c *Client) Counts(ctx context.Context, domain string, counters []Counter, at time.Time) ([]uint64, error) {
+	r, ok := c.refunder.(CounterReader)
+	if !ok {
+		return nil, ErrNoCounters
+	}
+	return r.Counts(ctx, domain, counters, at)
 }
 
 // WindowStart is the start of the service's window of unit that contains t: windows are

@@ -110,3 +110,82 @@ quotas:
 		t.Errorf("over_limit checks %s after the SDK's call, want 2 (one attempt, no retries)", got)
 	}
 }
+
+// quotaOf reads GET /v1/quota with headers and returns the named quota's entry.
+func quotaOf(t testing.TB, s *stack, headers map[string]string, name string) (report map[string]any, quota map[string]any) {
+	t.Helper()
+	r := mustDo(t, "GET", s.url("/v1/quota"), headers, "")
+	if r.status != 200 {
+		t.Fatalf("GET /v1/quota: %d %s", r.status, r.body)
+	}
+	report = r.json(t)
+	list, _ := report["quotas"].([]any)
+	for _, q := range list {
+		if m, _ := q.(map[string]any); m["name"] == name {
+			return report, m
+		}
+	}
+	t.Fatalf("GET /v1/quota lacks %s: %s", name, r.body)
+	return nil, nil
+}
+
+// TestSelfServiceQuota: GET /v1/quota answers the caller's own quotas, identified as for model
+// calls (a header, an API key, a token), without reaching a backend; "used" is exact past the
+// limit; nobody reads another user's numbers, and a request without identity gets 401.
+func TestSelfServiceQuota(t *testing.T) {
+	t.Run("header", func(t *testing.T) {
+		s := quotaStack(t, seedPolicy)
+		if got := fmt.Sprint(sendBackToBack(t, s, "alice", "qwen3", 6, false)); got != "[200 200 200 200 200 429]" {
+			t.Fatalf("alice: %s", got)
+		}
+		awaitCounter(t, addr(s.redisPort), "alice", 60)
+		report, q := quotaOf(t, s, map[string]string{"x-user-id": "alice"}, "qwen3-llm_total_token-per-hour")
+		if report["user"] != "alice" || q["used"] != 60.0 || q["remaining"] != 0.0 || q["limit"] != 50.0 ||
+			q["used_exact"] != true || q["unit"] != "tokens" || q["model"] != "qwen3" || q["window"] != "hour" {
+			t.Errorf("alice's report: %v", report)
+		}
+		if secs, _ := q["resets_in_seconds"].(float64); secs <= 0 || secs > 3600 {
+			t.Errorf("resets_in_seconds %v", q["resets_in_seconds"])
+		}
+		// bob sees his own counter, whatever he asks for.
+		_, q = quotaOf(t, s, map[string]string{"x-user-id": "bob"}, "qwen3-llm_total_token-per-hour")
+		if q["used"] != 0.0 || q["remaining"] != 50.0 {
+			t.Errorf("bob's report shows %v", q)
+		}
+		r := mustDo(t, "GET", s.url("/v1/quota?user=alice"), nil, "")
+		wantAuthError(t, r, 401, "missing_user")
+		if got := metricValue(s.extProcMetrics(t), "tollgate_extproc_requests_total", `outcome="quota_read"`); got != "2" {
+			t.Errorf("quota reads counted %q, want 2", got)
+		}
+	})
+	t.Run("api keys", func(t *testing.T) {
+		s, _ := identityStack(t, apiKeysPolicy, map[string]string{"keys.yaml": keysFile(map[string]string{"alice": aliceAPIKey, "bob": bobAPIKey})})
+		if got := statusesAs(t, s, 1, map[string]string{"authorization": "Bearer " + aliceAPIKey}); got != "[200]" {
+			t.Fatalf("alice: %s", got)
+		}
+		report, q := quotaOf(t, s, map[string]string{"authorization": "Bearer " + bobAPIKey, "x-user-id": "alice"}, "qwen3-tokens-per-hour")
+		if report["user"] != "bob" || q["used"] != 0.0 {
+			t.Errorf("bob, claiming to be alice, sees %v", report)
+		}
+		_, q = quotaOf(t, s, map[string]string{"authorization": "Bearer " + aliceAPIKey}, "qwen3-tokens-per-hour")
+		if q["used"] != 12.0 {
+			t.Errorf("alice's report %v", q)
+		}
+		wantAuthError(t, mustDo(t, "GET", s.url("/v1/quota"), map[string]string{"x-user-id": "alice"}, ""), 401, "missing_api_key")
+	})
+	t.Run("jwt", func(t *testing.T) {
+		issuer := newJWTIssuer(t, "e2e-key")
+		s, _ := identityStack(t, jwtPolicy, map[string]string{"jwks.json": issuer.jwks(t)})
+		carol := map[string]string{"authorization": "Bearer " + issuer.token(t, claims("carol", nil))}
+		if got := statusesAs(t, s, 1, carol); got != "[200]" {
+			t.Fatalf("carol: %s", got)
+		}
+		report, q := quotaOf(t, s, carol, "qwen3-tokens-per-hour")
+		if report["user"] != "carol" || q["used"] != 12.0 {
+			t.Errorf("carol's report %v", report)
+		}
+		if r := mustDo(t, "GET", s.url("/v1/quota"), nil, ""); r.status != 401 {
+			t.Errorf("without a token: %d %s", r.status, r.body)
+		}
+	})
+}
