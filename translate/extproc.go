@@ -60,7 +60,7 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		cfg.Quotas = make(map[string][]extproc.Quota, len(p.modelsWithQuotas))
 		for _, m := range p.modelsWithQuotas {
 			for _, q := range p.quotasByModel[m] {
-				eq, err := extProcQuota(q)
+				eq, err := extProcQuota(p, q)
 				if err != nil {
 					return nil, err
 				}

@@ -156,8 +156,15 @@ func quotaEntries(q policies.Quota) []rlsclient.Entry {
 }
 
 // extProcQuota is quota q as the ext_proc server checks and charges it.
-func extProcQuota(q policies.Quota) (extproc.Quota, error) {
+func extProcQuota(p *input, q policies.Quota) (extproc.Quota, error) {
+	unit, err := serviceUnit(q)
+	if err != nil {
+		return extproc.Quota{}, err
+	}
+	limit, _ := q.Limit.Units(p.Currency) // validation checked it converts
 	eq := extproc.Quota{
+		Limit:               limit,
+		ServiceUnit:         unit.String(),
 		Name:                q.Name,
 		Model:               q.Model,
 		Cost:                q.Cost,
@@ -177,6 +184,12 @@ func extProcQuota(q policies.Quota) (extproc.Quota, error) {
 		eq.Scope = extproc.ScopeTeam
 	case policies.ScopeGlobal:
 		eq.Scope = extproc.ScopeGlobal
+	}
+	for subject, l := range subjectLimits(p, q) {
+		if eq.Limits == nil {
+			eq.Limits = map[string]uint64{}
+		}
+		eq.Limits[subject], _ = l.Units(p.Currency)
 	}
 	if policies.IsCalendar(q.Per) {
 		loc, err := policies.LoadTimezone(q.Timezone)
@@ -215,7 +228,7 @@ func UserQuotas(in *policies.Policy, user, team, model string, now time.Time) []
 		if q.Scope == policies.ScopeTeam && team == "" {
 			continue
 		}
-		eq, err := extProcQuota(q)
+		eq, err := extProcQuota(p, q)
 		if err != nil {
 			continue // validation refused the policy already
 		}

@@ -118,6 +118,9 @@ func newExtProcServer(logger *slog.Logger, reg prometheus.Registerer, rls rlscli
 	if err != nil {
 		return nil, err
 	}
+	if counters, ok := rls.Refunder.(extproc.CounterStore); ok {
+		s.UseCounters(counters)
+	}
 	if v := os.Getenv(clockEnv); v != "" {
 		start, err := time.Parse(time.RFC3339, v)
 		if err != nil {

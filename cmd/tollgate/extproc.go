@@ -29,6 +29,7 @@ type extProcOptions struct {
 	logLevel    string
 	logFormat   string
 	charges     chargeOptions
+	quotaAdmin  quotaAdminOptions
 }
 
 // extProcCommand runs the ext_proc server on its own. Envoy fails requests closed when it
@@ -44,6 +45,7 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	o.charges.register(fs)
+	o.quotaAdmin.register(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -89,6 +91,13 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 			"policy_extproc", fmt.Sprintf("%s:%d", initial.ExtProc.Address, initial.ExtProc.Port), "listen", lis.Addr().String())
 	}
 
+	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, server, logger)
+	if err != nil {
+		_ = lis.Close()
+		_ = metricsLis.Close()
+		return err
+	}
+
 	grpcServer := newExtProcGRPC(server)
 	httpServer := adminServer(reg, false, func() any { return extProcStatus{Reload: rl.snapshot(), Version: buildVersion()} })
 
@@ -98,6 +107,8 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(grpcServer, lis, "ext_proc") })
 	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })
+	g.Go(func() error { server.SyncGrants(gctx); return nil })
+	quotaAdmin.run(gctx, g)
 	watchPolicy(gctx, g, o.policyFile, o.debounce, logger, rl)
 	g.Go(func() error {
 		<-gctx.Done()

@@ -36,7 +36,8 @@ func commands() []command {
 		{"hash-key", "[--user ID]", []string{"print the SHA-256 of an API key (read from stdin) for identity.apiKeys"}, func(args []string, stdout, stderr io.Writer) int {
 			return hashKeyCommand(args, os.Stdin, stdout, stderr)
 		}},
-		{"quota", "--user ID", []string{"show a user's quota windows: limit, used, remaining, reset"}, quotaCommand},
+		{"quota", "--user ID", []string{"show a user's quota windows: limit, used, remaining, reset;",
+			"quota reset|set|grant --user ID --quota NAME [--amount N] changes one for this window"}, quotaCommand},
 		{"status", "", []string{"show what a running tollgate serves and who is connected"}, statusCommand},
 		{"version", "", []string{"print the version"}, func(_ []string, stdout, _ io.Writer) int {
 			_, _ = fmt.Fprintf(stdout, "tollgate %s\n", buildVersion())

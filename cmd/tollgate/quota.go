@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
@@ -19,6 +24,12 @@ import (
 // counters: one check-only call (hits 0) per quota window that applies to the user, their
 // team's pools and the global ones.
 func quotaCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case extproc.ActionReset, extproc.ActionSet, extproc.ActionGrant:
+			return quotaChangeCommand(args[0], args[1:], stdout, stderr)
+		}
+	}
 	fs := newFlags("quota", stderr)
 	file := fs.String("f", "policy.yaml", "policy file (says which quotas apply)")
 	user := fs.String("user", "", "user id, as sent in the identity header (required)")
@@ -133,4 +144,70 @@ func keyTeam(p *policies.Policy, user string) string {
 		team = k.Team
 	}
 	return team
+}
+
+// quotaChangeCommand resets, sets or grants a user's quota for the current window through the
+// quota admin API of a running tollgate.
+func quotaChangeCommand(action string, args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("quota "+action, stderr)
+	file := fs.String("f", "policy.yaml", "policy file (the team of the user's API keys, when --team is not given)")
+	user := fs.String("user", "", "user id (required)")
+	team := fs.String("team", "", "the user's team, for team quotas")
+	quota := fs.String("quota", "", "quota name, as tollgate quota --user lists it (required)")
+	amount := fs.Float64("amount", 0, "set: the count; grant: extra for this window (tokens, requests, or money in the currency)")
+	admin := fs.String("admin", "http://"+defaultQuotaAdminAddr, "URL of the quota admin API")
+	tokenFile := fs.String("token-file", "", "file holding the admin token (default: the "+adminTokenEnv+" environment variable)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if *user == "" || *quota == "" {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota %s: --user and --quota are required\n", action)
+		return 2
+	}
+	token, err := quotaAdminOptions{tokenFile: *tokenFile}.token()
+	if err == nil && token == "" {
+		err = fmt.Errorf("set %s or --token-file to the admin token", adminTokenEnv)
+	}
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota %s: %v\n", action, err)
+		return 2
+	}
+	if *team == "" {
+		if p, _, err := policies.Load(*file, os.LookupEnv); err == nil {
+			*team = keyTeam(p, *user)
+		}
+	}
+	body, _ := json.Marshal(adminChange{User: *user, Team: *team, Quota: *quota, Amount: *amount})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(*admin, "/")+"/admin/v1/quotas/"+action, bytes.NewReader(body))
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota %s: %v\n", action, err)
+		return 2
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota %s: %v\n", action, err)
+		return 1
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var answer struct {
+		extproc.Change
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK {
+		msg := answer.Error.Message
+		if msg == "" {
+			msg = fmt.Sprintf("%s (%v)", resp.Status, err)
+		}
+		_, _ = fmt.Fprintf(stderr, "tollgate quota %s: %s\n", action, msg)
+		return 1
+	}
+	c := answer.Change
+	_, _ = fmt.Fprintf(stdout, "%s: %s of %s's %s: %v -> %v %s (this window)\n", c.Action, c.What, c.Subject, c.Quota, c.Before, c.After, c.Unit)
+	return 0
 }

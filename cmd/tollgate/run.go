@@ -33,7 +33,8 @@ type runOptions struct {
 	envoyLogLevel  string
 	// charges.spool keeps undelivered charges; it only matters with counters that outlive the
 	// process (--redis).
-	charges chargeOptions
+	charges    chargeOptions
+	quotaAdmin quotaAdminOptions
 }
 
 func runCommand(args []string, stdout, stderr io.Writer) int {
@@ -52,6 +53,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.envoyLogLevel, "envoy-log-level", "info", "Envoy's own log level (trace, debug, info, warning, error, critical, off), written to the log directory")
 	o.charges.registerSpool(fs)
+	o.quotaAdmin.register(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}

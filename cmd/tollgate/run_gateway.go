@@ -89,6 +89,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 		rateLimitNode: envoy.DefaultRateLimitNode,
 		debounce:      100 * time.Millisecond,
 		charges:       chargeOptions{redisURL: g.counters.url, spool: plan.opts.charges.spool},
+		quotaAdmin:    plan.opts.quotaAdmin,
 	}
 	cpLogger := g.logger
 	g.controlPlane = startTask("control plane", func(ctx context.Context) error {

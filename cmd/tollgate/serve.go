@@ -37,6 +37,8 @@ type serveOptions struct {
 	xdsTLS xds.TLSFiles
 	// charges configure the ext_proc server's reservations and spool.
 	charges chargeOptions
+	// quotaAdmin configures the quota admin API (with the ext_proc server only).
+	quotaAdmin quotaAdminOptions
 }
 
 func serveCommand(args []string, stdout, stderr io.Writer) int {
@@ -55,6 +57,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.xdsTLS.KeyFile, "xds-tls-key", "", "PEM private key of --xds-tls-cert")
 	fs.StringVar(&o.xdsTLS.ClientCAFile, "xds-tls-client-ca", "", "PEM CA certificates; xDS clients must present a certificate signed by one (mutual TLS)")
 	o.charges.register(fs)
+	o.quotaAdmin.register(fs)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -127,6 +130,10 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
+	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, extProcServer, logger)
+	if err != nil {
+		return err
+	}
 
 	xdsGRPC := grpc.NewServer(xdsOptions...)
 	xdsServer.Register(xdsGRPC)
@@ -151,7 +158,9 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	g.Go(func() error { return serveGRPC(xdsGRPC, xdsLis, "xds") })
 	if extProcGRPC != nil {
 		g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
+		g.Go(func() error { extProcServer.SyncGrants(gctx); return nil })
 	}
+	quotaAdmin.run(gctx, g)
 	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })
 	watchPolicy(gctx, g, o.policyFile, o.debounce, logger, rl)
 	g.Go(func() error {

@@ -70,6 +70,12 @@ type Quota struct {
 	// the period's label goes before the subject.
 	Calendar  *Calendar
 	PeriodKey string
+	// Limit is the quota's limit per window, and Limits the subjects (users or teams) with a
+	// limit of their own; ServiceUnit is the ratelimit service's unit of the window (HOUR,
+	// YEAR, ...). The service holds the same limits; the server needs them to add a grant.
+	Limit       uint64
+	Limits      map[string]uint64
+	ServiceUnit string
 	// MaxTokensPerRequest is the most output a request counted on this quota may ask for;
 	// 0: no ceiling.
 	MaxTokensPerRequest int64
@@ -98,6 +104,26 @@ func (q Quota) Descriptor(user, team string, now time.Time, hits uint64) rlsclie
 		entries = append(entries, rlsclient.Entry{Key: q.SubjectKey, Value: team})
 	}
 	return rlsclient.Descriptor{Entries: entries, Hits: hits}
+}
+
+// limitOf is the quota's limit for subject (a user or a team; "" for a global quota).
+func (q Quota) limitOf(subject string) uint64 {
+	if l, ok := q.Limits[subject]; ok {
+		return l
+	}
+	return q.Limit
+}
+
+// subject is whose counter a request by user of team is counted on.
+func (q Quota) subject(user, team string) string {
+	switch q.Scope {
+	case ScopeTeam:
+		return team
+	case ScopeGlobal:
+		return ""
+	default:
+		return user
+	}
 }
 
 // resetIn is how long until the quota's window ends, as the client is told: the calendar

@@ -50,6 +50,10 @@ type exchange struct {
 	rls     *rlsclient.Client // nil: quotas are neither checked nor charged (a test of routing only)
 	start   time.Time
 	clock   func() time.Time // places the request in calendar periods
+	// counters and grants: the grants in force when the request came, added to the limits
+	// of the counters they are on.
+	counters CounterStore
+	grants   map[string]uint64
 
 	// Request side.
 	started          bool          // request headers seen

@@ -61,6 +61,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		timeout = DefaultQuotaCheckTimeout
 	}
 	ex.carryCalendarCounters(descriptors, timeout)
+	withGrants(ex.grants, ex.counters, ex.cfg.RateLimitDomain, quotas, descriptors, ex.user, ex.team)
 	statuses, reservations, err := ex.rls.Admit(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
 	if err != nil {
 		if ex.ctx.Err() != nil {
@@ -175,7 +176,7 @@ func rateLimitValues(quotas []Quota, statuses []rlsclient.Status, decisive int, 
 		remaining = 0
 	}
 	values := map[string]string{
-		envoy.MetadataRateLimitLimit:     rateLimitHeader(s.Limit, q.window(now, s.Limit.Window)),
+		envoy.MetadataRateLimitLimit:     rateLimitHeader(q.Name, s.Limit, q.window(now, s.Limit.Window)),
 		envoy.MetadataRateLimitRemaining: strconv.FormatUint(remaining, 10),
 		envoy.MetadataRateLimitReset:     strconv.FormatInt(int64(math.Ceil(q.resetIn(now, s.ResetIn).Seconds())), 10),
 	}
@@ -213,13 +214,7 @@ func rateLimitValues(quotas []Quota, statuses []rlsclient.Status, decisive int, 
 // overLimitMessage says in words who used what, and when the window resets: "alice has used
 // all 50 qwen3 tokens of this hour; the window resets at 20:00 UTC, in 28 min."
 func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, now time.Time, wait time.Duration) string {
-	who := ex.user
-	switch q.Scope {
-	case ScopeTeam:
-		who = "team " + ex.team
-	case ScopeGlobal:
-		who = "everyone together"
-	}
+	who := subjectName(q, ex.user, ex.team)
 	model := "" // a quota over every model names none
 	if q.Model != "" {
 		model = q.Model + " "
@@ -334,10 +329,6 @@ func (ex *exchange) reserve(q Quota, worst llmapi.Usage) uint64 {
 // rateLimitHeader renders a limit as x-ratelimit-limit does: the limit, then the limit with its
 // window in seconds and the quota's name (`50, 50;w=3600;name="qwen3-hourly"`). A month is 30
 // days and a year 365, as the service counts them; a calendar period is its current length.
-func rateLimitHeader(l rlsclient.Limit, window time.Duration) string {
-	h := fmt.Sprintf("%d, %d;w=%d", l.PerWindow, l.PerWindow, int64(window.Seconds()))
-	if l.Name != "" {
-		h += ";name=" + strconv.Quote(l.Name)
-	}
-	return h
+func rateLimitHeader(name string, l rlsclient.Limit, window time.Duration) string {
+	return fmt.Sprintf("%d, %d;w=%d;name=%s", l.PerWindow, l.PerWindow, int64(window.Seconds()), strconv.Quote(name))
 }

@@ -49,8 +49,6 @@ type QuotaStatus struct {
 	ResetsAt        time.Time `json:"resets_at"`
 	ResetsInSeconds int64     `json:"resets_in_seconds"`
 	Shadow          bool      `json:"shadow,omitempty"`
-	// Counter names the quota's counter in the ratelimit service (for the admin API).
-	Counter rlsclient.Counter `json:"-"`
 }
 
 // errNoQuotaService says the configuration has no ratelimit service to ask.
@@ -75,7 +73,7 @@ func (c *Config) callerQuotas(team string) []Quota {
 
 // report reads what user (of team) has of every quota that counts their requests, at now on
 // the calendar clock.
-func report(ctx context.Context, cfg *Config, rls *rlsclient.Client, user, team string, now time.Time) (QuotaReport, error) {
+func report(ctx context.Context, cfg *Config, rls *rlsclient.Client, counters CounterStore, grants map[string]uint64, user, team string, now time.Time) (QuotaReport, error) {
 	out := QuotaReport{Object: "quota", User: user, Team: team, Quotas: []QuotaStatus{}}
 	quotas := cfg.callerQuotas(team)
 	if len(quotas) == 0 {
@@ -88,6 +86,7 @@ func report(ctx context.Context, cfg *Config, rls *rlsclient.Client, user, team 
 	for i, q := range quotas {
 		descriptors[i] = q.Descriptor(user, team, now, 0)
 	}
+	withGrants(grants, counters, cfg.RateLimitDomain, quotas, descriptors, user, team)
 	timeout := cfg.QuotaCheckTimeout
 	if timeout <= 0 {
 		timeout = DefaultQuotaCheckTimeout
@@ -96,20 +95,20 @@ func report(ctx context.Context, cfg *Config, rls *rlsclient.Client, user, team 
 	if err != nil {
 		return out, err
 	}
-	var counters []rlsclient.Counter
+	var read []rlsclient.Counter
 	var known []int // statuses with a limit, in order
 	for i, s := range statuses {
 		if s.Limit.Matched() {
-			counters = append(counters, rlsclient.Counter{Entries: descriptors[i].Entries, Unit: s.Limit.Unit})
+			read = append(read, rlsclient.Counter{Entries: descriptors[i].Entries, Unit: s.Limit.Unit})
 			known = append(known, i)
 		}
 	}
-	used, countErr := rls.Counts(ctx, cfg.RateLimitDomain, counters, time.Now()) // the service's clock
+	used, countErr := rls.Counts(ctx, cfg.RateLimitDomain, read, time.Now()) // the service's clock
 	for j, i := range known {
 		q, s := quotas[i], statuses[i]
 		st := QuotaStatus{
 			Name: q.Name, Model: q.Model, Scope: q.Scope.String(), Window: q.windowName(s.Limit),
-			Shadow: q.Shadow, Counter: counters[j],
+			Shadow: q.Shadow,
 		}
 		reset := q.resetIn(now, s.ResetIn)
 		st.ResetsAt = now.Add(reset).Truncate(time.Second).UTC()
@@ -156,7 +155,7 @@ func (ex *exchange) answerQuota(method string) *extprocv3.ProcessingResponse {
 		}
 		return ex.reject(r)
 	}
-	rep, err := report(ex.ctx, ex.cfg, ex.rls, ex.user, ex.team, ex.clock())
+	rep, err := report(ex.ctx, ex.cfg, ex.rls, ex.counters, ex.grants, ex.user, ex.team, ex.clock())
 	if err != nil {
 		ex.logger.Warn("quota report failed", "user", userForLog(ex.user), "error", err)
 		return ex.reject(rejection{

@@ -48,6 +48,10 @@ type Server struct {
 	cfg      atomic.Pointer[Config]
 	// clock says which calendar period a request falls in; time.Now unless UseClock set it.
 	clock func() time.Time
+	// counters, when set (UseCounters), changes counters for the admin operations; grants are
+	// the grants in force, by counter key, as SyncGrants last read them.
+	counters CounterStore
+	grants   atomic.Pointer[map[string]uint64]
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -122,6 +126,7 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
+	ex.counters, ex.grants = p.s.counters, p.s.currentGrants()
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

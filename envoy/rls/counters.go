@@ -135,18 +135,8 @@ func (c *Counters) Carry(ctx context.Context, domain string, entries []rlsclient
 	if err != nil {
 		return err
 	}
-	window := rlsclient.UnitWindow(unit)
-	pool, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
-	defer cancel()
-	seconds := strconv.FormatInt(int64(window.Seconds()), 10)
-	if err := pool.Do(ctx, radix.Cmd(nil, "EVAL", carryScript, "3", before, after, after+carriedSuffix, seconds)); err != nil {
-		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
-	}
-	return nil
+	seconds := strconv.FormatInt(int64(rlsclient.UnitWindow(unit).Seconds()), 10)
+	return c.eval(ctx, nil, carryScript, []string{before, after, after + carriedSuffix}, seconds)
 }
 
 // Counts reads counters as they are now: each descriptor's (entries and unit) in the window
@@ -182,6 +172,105 @@ func (c *Counters) Counts(ctx context.Context, domain string, counters []rlsclie
 		out[i] = uint64(max(n, 0))
 	}
 	return out, nil
+}
+
+// setScript sets a counter and returns what it held: ARGV[1] is the new count, ARGV[2] the
+// seconds to the end of its window, the life a counter the script creates gets (an existing
+// one keeps its own).
+const setScript = `local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+elseif tonumber(ARGV[1]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return before`
+
+// SetCount sets a counter in the window that contains at to n, and returns what it held.
+func (c *Counters) SetCount(ctx context.Context, domain string, entries []rlsclient.Entry, unit string, at time.Time, n uint64) (uint64, error) {
+	key, err := c.Key(domain, entries, unit, at)
+	if err != nil {
+		return 0, err
+	}
+	var before int64
+	err = c.eval(ctx, &before, setScript, []string{key}, strconv.FormatUint(n, 10), strconv.FormatInt(secondsLeft(unit, at), 10))
+	return uint64(max(before, 0)), err
+}
+
+// GrantKeyPrefix starts the Redis keys of grants: extra room on one counter for one window.
+const GrantKeyPrefix = "tollgate_grant:"
+
+// AddGrant adds amount to the grant on a counter in the window that contains at, and returns
+// the grant's total. The grant's key is the counter's key behind GrantKeyPrefix, and it ends
+// with the window.
+func (c *Counters) AddGrant(ctx context.Context, domain string, entries []rlsclient.Entry, unit string, at time.Time, amount uint64) (uint64, error) {
+	key, err := c.Key(domain, entries, unit, at)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	err = c.eval(ctx, &total, `local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return n`, []string{GrantKeyPrefix + key}, strconv.FormatUint(amount, 10), strconv.FormatInt(secondsLeft(unit, at), 10))
+	return uint64(max(total, 0)), err
+}
+
+// Grants reads every grant in force, by the key of the counter it is on.
+func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	var keys []string
+	scanner := radix.ScannerConfig{Command: "SCAN", Pattern: GrantKeyPrefix + "*", Count: 1000}.New(pool)
+	var key string
+	for scanner.Next(ctx, &key) {
+		keys = append(keys, key)
+	}
+	if err := scanner.Close(); err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	out := make(map[string]uint64, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	values := make([]string, len(keys))
+	pipeline := radix.NewPipeline()
+	for i, k := range keys {
+		pipeline.Append(radix.Cmd(&values[i], "GET", k))
+	}
+	if err := pool.Do(ctx, pipeline); err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	for i, v := range values {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n > 0 {
+			out[strings.TrimPrefix(keys[i], GrantKeyPrefix)] = n
+		}
+	}
+	return out, nil
+}
+
+// eval runs a script on keys with args and decodes its reply into into.
+func (c *Counters) eval(ctx context.Context, into any, script string, keys []string, args ...string) error {
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	cmd := append([]string{script, strconv.Itoa(len(keys))}, keys...)
+	if err := pool.Do(ctx, radix.Cmd(into, "EVAL", append(cmd, args...)...)); err != nil {
+		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	return nil
+}
+
+// secondsLeft is the time from at to the end of the window of unit that contains it, in whole
+// seconds (at least 1).
+func secondsLeft(unit string, at time.Time) int64 {
+	end := rlsclient.WindowStart(unit, at).Add(rlsclient.UnitWindow(unit))
+	return max(int64(end.Sub(at).Seconds()), 1)
 }
 
 // carriedSuffix marks, next to a counter's key, that the window before it has been carried in.

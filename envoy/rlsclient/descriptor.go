@@ -8,6 +8,7 @@ import (
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -23,6 +24,15 @@ type Descriptor struct {
 	// are counted at once, and the status is the counter after them. Otherwise the status is
 	// the counter before the request, which may then cross the limit.
 	MustFit bool
+	// Override, when set, replaces the configured limit for this call (the service's limit
+	// override): the counter stays the same, as its key does not depend on the limit.
+	Override *Override
+}
+
+// Override is a limit given with a descriptor instead of the configured one.
+type Override struct {
+	PerWindow uint32
+	Unit      string // SECOND ... YEAR
 }
 
 // String renders the descriptor's entries as "key=value,...", for logs and errors.
@@ -44,7 +54,14 @@ func (d Descriptor) proto() *ratelimitv3.RateLimitDescriptor {
 	for i, e := range d.Entries {
 		entries[i] = &ratelimitv3.RateLimitDescriptor_Entry{Key: e.Key, Value: e.Value}
 	}
-	return &ratelimitv3.RateLimitDescriptor{Entries: entries, HitsAddend: wrapperspb.UInt64(d.Hits)}
+	pd := &ratelimitv3.RateLimitDescriptor{Entries: entries, HitsAddend: wrapperspb.UInt64(d.Hits)}
+	if d.Override != nil {
+		pd.Limit = &ratelimitv3.RateLimitDescriptor_RateLimitOverride{
+			RequestsPerUnit: d.Override.PerWindow,
+			Unit:            typev3.RateLimitUnit(rlsv3.RateLimitResponse_RateLimit_Unit_value[d.Override.Unit]),
+		}
+	}
+	return pd
 }
 
 // validate reports a descriptor the service could not count: no entries, or an entry without

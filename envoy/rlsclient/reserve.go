@@ -72,9 +72,9 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 			// Counted at once whatever the state: these hits are the request's whole cost.
 			call = append(call, d)
 		case reserve && d.Hits > 0:
-			call = append(call, Descriptor{Entries: d.Entries}, d)
+			call = append(call, Descriptor{Entries: d.Entries, Override: d.Override}, d)
 		default:
-			call = append(call, Descriptor{Entries: d.Entries})
+			call = append(call, Descriptor{Entries: d.Entries, Override: d.Override})
 		}
 	}
 	sent := time.Now()
