@@ -33,6 +33,14 @@ type Policy struct {
 	Metrics Metrics `yaml:"metrics"`
 	// Currency is what money quotas and model prices are in.
 	Currency Currency `yaml:"currency"`
+	// UsageLog says where Envoy writes its usage log: one JSON line per request.
+	UsageLog UsageLog `yaml:"usageLog"`
+}
+
+// UsageLog is Envoy's access log of requests and what they were charged.
+type UsageLog struct {
+	// Path is the absolute path of the file Envoy appends to; empty: Envoy's standard output.
+	Path string `yaml:"path"`
 }
 
 // Tier is a named group of users. A user belongs to at most one tier.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -44,6 +45,9 @@ func validate(p *Policy, celEnv *cel.Env, celEnvErr error) []FieldError {
 	tiers := v.tiers(p.Tiers)
 	v.currency(p.Currency)
 	v.quotas(p, models, costs, tiers)
+	if path := p.UsageLog.Path; path != "" && (!filepath.IsAbs(path) || strings.ContainsAny(path, "%\x00\n")) {
+		v.add("usageLog.path", "must be an absolute file path (Envoy opens it), got %q", path)
+	}
 	return v.errs
 }
 

@@ -7,6 +7,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	fileaccesslogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -152,26 +153,44 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 	})
 }
 
-// accessLog writes one JSON line per request to stdout: who, which model, what it cost, and
-// the status, so 429s and token counts are easy to find in Envoy's output.
+// accessLog is the usage log: one JSON line per request (docs/operations.md lists the fields),
+// to Envoy's standard output or to usageLog.path. Who sent it, the model and backend, what it
+// was charged and on which basis, and the quota check's result come from the metadata the
+// ext_proc server publishes.
 func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 	meta := func(key string) string {
 		return "%DYNAMIC_METADATA(" + envoy.MetadataNamespace + ":" + key + ")%"
 	}
 	fields := map[string]any{
-		"time":          "%START_TIME%",
-		"method":        "%REQ(:METHOD)%",
-		"path":          "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-		"status":        "%RESPONSE_CODE%",
-		"details":       "%RESPONSE_CODE_DETAILS%",
-		"user":          "%REQ(" + p.Identity.Header + ")%",
-		"model":         meta("model"),
-		"route":         "%ROUTE_NAME%",
-		"upstream":      "%UPSTREAM_CLUSTER%",
-		"duration_ms":   "%DURATION%",
-		"input_tokens":  meta("input_tokens"),
-		"output_tokens": meta("output_tokens"),
-		"total_tokens":  meta("total_tokens"),
+		"time":                "%START_TIME%",
+		"request_id":          "%REQ(X-REQUEST-ID)%",
+		"method":              "%REQ(:METHOD)%",
+		"path":                "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"status":              "%RESPONSE_CODE%",
+		"details":             "%RESPONSE_CODE_DETAILS%",
+		"user":                "%REQ(" + p.Identity.Header + ")%",
+		"model":               meta("model"),
+		"backend":             meta("backend"),
+		"route":               "%ROUTE_NAME%",
+		"upstream":            "%UPSTREAM_CLUSTER%",
+		"duration_ms":         "%DURATION%",
+		"input_tokens":        meta("input_tokens"),
+		"cached_input_tokens": meta("cached_input_tokens"),
+		"output_tokens":       meta("output_tokens"),
+		"total_tokens":        meta("total_tokens"),
+		"usage_basis":         meta("usage_basis"),
+		"quota_decision":      meta("quota_decision"),
+		"quota_refused_by":    meta("quota_refused_by"),
+	}
+	if p.Identity.TeamHeader != "" {
+		fields["team"] = "%REQ(" + p.Identity.TeamHeader + ")%"
+	}
+	for _, m := range p.Models {
+		if m.Prices != nil {
+			fields["price"] = meta("price")
+			fields["currency"] = p.Currency.Code
+			break
+		}
 	}
 	for _, c := range p.Costs {
 		fields["cost_"+c.Name] = meta(c.Name)
@@ -180,10 +199,19 @@ func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 	if err != nil {
 		return nil, err
 	}
+	logFormat := &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: format}}
+	if path := p.UsageLog.Path; path != "" {
+		cfg, err := envoy.Any(&fileaccesslogv3.FileAccessLog{
+			Path:            path,
+			AccessLogFormat: &fileaccesslogv3.FileAccessLog_LogFormat{LogFormat: logFormat},
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &accesslogv3.AccessLog{Name: "envoy.access_loggers.file", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg}}, nil
+	}
 	cfg, err := envoy.Any(&streamv3.StdoutAccessLog{
-		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
-			Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: format},
-		}},
+		AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: logFormat},
 	})
 	if err != nil {
 		return nil, err

@@ -44,7 +44,7 @@ func (ex *exchange) holdConcurrency() *rejection {
 		return nil
 	}
 	if !ex.inFlight.acquire(ex.user, limit) {
-		ex.metrics.quotaChecks.WithLabelValues(checkTooManyInFlight).Inc()
+		ex.checked(checkTooManyInFlight)
 		ex.observeDuration("429")
 		return &rejection{
 			status:  429,

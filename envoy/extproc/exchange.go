@@ -38,6 +38,11 @@ const (
 	metadataOutputTokens = "output_tokens"
 	metadataTotalTokens  = "total_tokens"
 	metadataUsageBasis   = "usage_basis"
+	metadataBackend      = "backend"
+	metadataCached       = "cached_input_tokens"
+	metadataPrice        = "price"
+	metadataDecision     = "quota_decision"
+	metadataRefusedBy    = "quota_refused_by"
 )
 
 // exchange is the state of one HTTP request and its response: one ext_proc gRPC stream.
@@ -76,6 +81,9 @@ type exchange struct {
 	// admitted is when the request was admitted on the exchange's clock: the calendar period
 	// it is counted in, to the end.
 	admitted time.Time
+	// decision is the quota check's result (tollgate_quota_checks_total's), refusedBy the quota
+	// that refused the request: both for the usage log.
+	decision, refusedBy string
 	// inFlight counts the user's requests in flight; holding says this one is counted.
 	inFlight *inFlight
 	holding  bool
@@ -245,7 +253,7 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	ex.setUpstreamKey(common.HeaderMutation)
 	// The model for the access log, and the numbers the model's route turns into x-ratelimit-*
 	// response headers.
-	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
+	fields := ex.requestFields()
 	maps.Copy(fields, limits)
 	if parsed.Stream && !parsed.IncludeUsage && ex.format.NeedsIncludeUsage() {
 		// Without stream_options.include_usage such a stream reports no usage and could not
@@ -374,6 +382,12 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody, attributes map[strin
 		ex.feed(msg.GetBody())
 		if msg.GetEndOfStream() {
 			resp.DynamicMetadata = ex.settle(ex.streamUsage(), ex.streamServed(), true)
+		} else {
+			// What the stream would be charged if it broke off now: a client that leaves
+			// mid-stream is logged with what its request is charged, as Envoy writes its access
+			// log from the last metadata published.
+			usage, basis := ex.billable(ex.stream.Usage(), ex.streamServed(), false)
+			resp.DynamicMetadata = namespaced(ex.usageFields(usage, basis))
 		}
 	case bodyJSON:
 		ex.collect(msg.GetBody())
@@ -516,13 +530,7 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 		}
 		ex.metrics.usageMissing.WithLabelValues(ex.cfg.modelLabel(ex.model)).Inc()
 	}
-	fields := map[string]*structpb.Value{
-		metadataModel:        structpb.NewStringValue(ex.model),
-		metadataUsageBasis:   structpb.NewStringValue(basis),
-		metadataInputTokens:  structpb.NewNumberValue(float64(usage.InputTokens)),
-		metadataOutputTokens: structpb.NewNumberValue(float64(usage.OutputTokens)),
-		metadataTotalTokens:  structpb.NewNumberValue(float64(usage.TotalTokens)),
-	}
+	fields := ex.usageFields(usage, basis)
 	costs := make(map[string]int64, len(ex.cfg.Costs))
 	for _, cost := range ex.cfg.Costs {
 		value, err := ex.costValue(cost, usage)
@@ -576,6 +584,23 @@ func (ex *exchange) settle(reported llmapi.Usage, out served, complete bool) *st
 	return namespaced(fields)
 }
 
+// usageFields are the metadata of what a response is charged, for the usage log: its usage,
+// the basis and, for a priced model, its price in the currency.
+func (ex *exchange) usageFields(usage llmapi.Usage, basis string) map[string]*structpb.Value {
+	fields := map[string]*structpb.Value{
+		metadataModel:        structpb.NewStringValue(ex.model),
+		metadataUsageBasis:   structpb.NewStringValue(basis),
+		metadataInputTokens:  structpb.NewNumberValue(float64(usage.InputTokens)),
+		metadataCached:       structpb.NewNumberValue(float64(usage.CachedInputTokens)),
+		metadataOutputTokens: structpb.NewNumberValue(float64(usage.OutputTokens)),
+		metadataTotalTokens:  structpb.NewNumberValue(float64(usage.TotalTokens)),
+	}
+	if units, priced := ex.price(usage); priced {
+		fields[metadataPrice] = structpb.NewNumberValue(ex.cfg.Money.amount(units))
+	}
+	return fields
+}
+
 // costValue computes one cost.
 func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 	switch cost.Kind {
@@ -620,9 +645,25 @@ func (ex *exchange) reject(r rejection) *extprocv3.ProcessingResponse {
 	ex.finish(r.outcome)
 	resp := immediateResponse(r)
 	if ex.model != "" {
-		resp.DynamicMetadata = namespaced(map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)})
+		resp.DynamicMetadata = namespaced(ex.requestFields())
 	}
 	return resp
+}
+
+// requestFields are the metadata known once the request is judged, for the usage log: its
+// model and backend, the quota check's result and, when it was refused, the quota that did.
+func (ex *exchange) requestFields() map[string]*structpb.Value {
+	fields := map[string]*structpb.Value{metadataModel: structpb.NewStringValue(ex.model)}
+	if backend, ok := ex.cfg.Models[ex.model]; ok {
+		fields[metadataBackend] = structpb.NewStringValue(backend)
+	}
+	if ex.decision != "" {
+		fields[metadataDecision] = structpb.NewStringValue(ex.decision)
+	}
+	if ex.refusedBy != "" {
+		fields[metadataRefusedBy] = structpb.NewStringValue(ex.refusedBy)
+	}
+	return fields
 }
 
 // observeDuration records the request duration (errorType "" for success) and returns the

@@ -69,12 +69,12 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 			return &rejection{status: 499, outcome: outcomeCancelled, details: "tollgate_client_gone"}, nil
 		}
 		if ex.cfg.QuotaFailOpen {
-			ex.metrics.quotaChecks.WithLabelValues(checkFailedOpen).Inc()
+			ex.checked(checkFailedOpen)
 			ex.logger.Warn("quota check failed; admitting the request (failure mode open)",
 				"model", ex.model, "user", userForLog(ex.user), "error", err)
 			return nil, nil
 		}
-		ex.metrics.quotaChecks.WithLabelValues(checkFailedClose).Inc()
+		ex.checked(checkFailedClose)
 		ex.observeDuration("503")
 		ex.logger.Warn("quota check failed; refusing the request (failure mode closed)",
 			"model", ex.model, "user", userForLog(ex.user), "error", err)
@@ -96,13 +96,13 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		ex.reservations = reservations
 	}
 	if decisive < 0 {
-		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
+		ex.checked(checkOK)
 		return nil, nil
 	}
 	now := ex.clock()
 	values := rateLimitValues(quotas, statuses, decisive, over, now)
 	if !over {
-		ex.metrics.quotaChecks.WithLabelValues(checkOK).Inc()
+		ex.checked(checkOK)
 		fields := make(map[string]*structpb.Value, len(values))
 		for k, v := range values {
 			fields[k] = structpb.NewStringValue(v)
@@ -110,8 +110,9 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		return nil, fields
 	}
 	q, st := quotas[decisive], statuses[decisive]
+	ex.refusedBy = q.Name
 	wait := q.resetIn(now, st.ResetIn)
-	ex.metrics.quotaChecks.WithLabelValues(checkOverLimit).Inc()
+	ex.checked(checkOverLimit)
 	ex.observeDuration("429")
 	ex.logger.Debug("request over its quota", "model", ex.model, "user", userForLog(ex.user), "quota", q.Name,
 		"limit", values[envoy.MetadataRateLimitLimit])
@@ -137,6 +138,13 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		headers: headers,
 		details: "tollgate_quota_exceeded",
 	}, nil
+}
+
+// checked records the result of the request's quota check: counted in
+// tollgate_quota_checks_total and published for the usage log.
+func (ex *exchange) checked(result string) {
+	ex.decision = result
+	ex.metrics.quotaChecks.WithLabelValues(result).Inc()
 }
 
 // decide picks the status that decides: the first enforced quota that is spent, else the

@@ -319,7 +319,7 @@ func TestJSONResponseUsageBecomesMetadata(t *testing.T) {
 	}
 	want := map[string]any{
 		"model": "qwen3", "usage_basis": "usage", "input_tokens": 6.0, "output_tokens": 6.0, "total_tokens": 12.0,
-		"llm_input_token": 6.0, "llm_output_token": 6.0, "llm_total_token": 12.0,
+		"cached_input_tokens": 2.0, "llm_input_token": 6.0, "llm_output_token": 6.0, "llm_total_token": 12.0,
 		"custom_cost": 18.0, // 6*2 + 6
 		"by_backend":  102.0,
 	}
@@ -363,10 +363,13 @@ func TestSSEResponseMetadataOnFinalChunk(t *testing.T) {
 	}
 
 	// Chunks of 37 bytes cut events, lines and "data:" prefixes apart.
+	// Each carries what the stream would be charged if it broke off there (an estimate, or the
+	// usage once its report is in), never the costs: those are computed once, at the end.
 	for _, chunk := range splitEvery(readTestdata(t, "chat_stream.sse"), 37) {
 		resp := c.send(responseBody(chunk, false))
-		if resp.GetResponseBody() == nil || resp.GetDynamicMetadata() != nil {
-			t.Fatalf("intermediate chunk: want a plain body response, got %v", resp)
+		running := metadataFields(resp)
+		if resp.GetResponseBody().GetResponse().GetBodyMutation() != nil || running["usage_basis"] == nil || running["llm_total_token"] != nil {
+			t.Fatalf("intermediate chunk: want the body unchanged and the running estimate, got %v", resp)
 		}
 	}
 	final := c.send(responseBody(nil, true))
@@ -493,8 +496,9 @@ func TestGzipResponses(t *testing.T) {
 		events := bytes.SplitAfter(readTestdata(t, "chat_stream.sse"), []byte("\n\n"))
 		chunks := gzipChunks(t, events)
 		for _, chunk := range chunks[:len(chunks)-1] {
-			if resp := c.send(responseBody(chunk, false)); resp.GetDynamicMetadata() != nil {
-				t.Fatalf("metadata before the end: %v", resp)
+			// Once the usage chunk is in, it is what the stream is charged even if it breaks off.
+			if basis := metadataFields(c.send(responseBody(chunk, false)))["usage_basis"]; basis != "estimate" && basis != "usage" {
+				t.Fatalf("before the end: want what the stream would be charged, got basis %v", basis)
 			}
 		}
 		final := c.send(responseBody(chunks[len(chunks)-1], true))
