@@ -3,13 +3,19 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // Seeing quotas at runtime: limits on every answer, and 429s people and SDKs understand.
@@ -188,4 +194,134 @@ func TestSelfServiceQuota(t *testing.T) {
 			t.Errorf("without a token: %d %s", r.status, r.body)
 		}
 	})
+}
+
+// TestUsageLogMatchesCounters: 100 mixed requests (JSON, streams, streams the client leaves
+// after the first chunk) by four users; the usage log (a file, usageLog.path) has one line per
+// request with its id, user and model, and the tokens its lines show add up, per user, to the
+// counter in Redis.
+func TestUsageLogMatchesCounters(t *testing.T) {
+	testutil.Envoy(t)
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--token-delay", "20ms")})
+	logPath := filepath.Join(s.dir, "usage.log")
+	s.writePolicy(t, `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+identity: {header: x-user-id}
+usageLog: {path: `+logPath+`}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+models:
+  - {name: qwen3, backend: sim}
+costs:
+  - {name: tokens, type: TotalToken}
+quotas:
+  - {model: qwen3, cost: tokens, limit: 100000, per: hour}
+`)
+	s.startTollgate(t)
+	s.startRateLimit(t, s.startRedis(t))
+	s.startEnvoy(t)
+	users := []string{"u0", "u1", "u2", "u3"}
+	for i := range 100 {
+		user := users[i%len(users)]
+		switch i % 3 {
+		case 0:
+			mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, chatBody("qwen3"))
+		case 1:
+			mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user},
+				`{"model":"qwen3","stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`)
+		default:
+			leaveStreamEarly(t, s, user)
+		}
+	}
+	want := map[string]int{}
+	for _, u := range users {
+		awaitCounterSettled(t, s, u)
+		n, err := redisCounter(addr(s.redisPort), "*_user_"+u+"_*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[u] = n
+	}
+	var lines []map[string]any
+	testutil.Eventually(t, 15*time.Second, "100 lines in the usage log", func() error {
+		lines = readJSONLines(t, logPath)
+		if len(lines) != 100 {
+			return fmt.Errorf("%d lines", len(lines))
+		}
+		return nil
+	})
+	got := map[string]int{}
+	ids := map[any]bool{}
+	for _, l := range lines {
+		if l["model"] != "qwen3" || l["backend"] != "sim" || l["quota_decision"] != "ok" || l["request_id"] == nil {
+			t.Errorf("line lacks model, backend, decision or request id: %v", l)
+		}
+		ids[l["request_id"]] = true
+		total, _ := l["total_tokens"].(float64)
+		got[fmt.Sprint(l["user"])] += int(total)
+	}
+	if len(ids) != 100 {
+		t.Errorf("%d distinct request ids in 100 lines", len(ids))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tokens in the usage log %v, counters %v", got, want)
+	}
+}
+
+// leaveStreamEarly starts a streamed request and closes the connection after its first chunk.
+func leaveStreamEarly(t testing.TB, s *stack, user string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", s.url("/v1/chat/completions"),
+		strings.NewReader(`{"model":"qwen3","stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("x-user-id", user)
+	req.Header.Set("content-type", "application/json")
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_, _ = resp.Body.Read(buf)
+	_ = resp.Body.Close()
+}
+
+// awaitCounterSettled waits until a user's counter stops changing: every charge and refund of
+// requests that ended is in.
+func awaitCounterSettled(t testing.TB, s *stack, user string) {
+	t.Helper()
+	last := -1
+	testutil.Eventually(t, 15*time.Second, user+"'s counter settled", func() error {
+		n, err := redisCounter(addr(s.redisPort), "*_user_"+user+"_*")
+		if err != nil {
+			return err
+		}
+		if n != last {
+			last = n
+			return fmt.Errorf("counter at %d, still moving", n)
+		}
+		return nil
+	})
+}
+
+// readJSONLines reads a file of JSON lines.
+func readJSONLines(t testing.TB, path string) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
 }
