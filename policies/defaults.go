@@ -129,6 +129,9 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 			setString(path+".cost", &q.Cost, CostPrice)
 		}
 		setString(path+".name", &q.Name, defaultQuotaName(q))
+		if q.Alerts != nil && len(q.Alerts.At) == 0 && !written(path+".alerts.at") {
+			q.Alerts.At = []int{80, 90, 100}
+		}
 	}
 }
 

@@ -260,9 +260,20 @@ type Quota struct {
 	// Shadow counts and reports the quota but never rejects a request: a way to try a limit
 	// on live traffic before enforcing it.
 	Shadow bool `yaml:"shadow"`
+	// Alerts report a counter crossing shares of its limit, once per threshold and window.
+	Alerts *Alerts `yaml:"alerts"`
 	// Overrides give some users, every user of a tier, or (team quotas) some teams a
 	// different limit on this quota. A user's own override wins over their tier's.
 	Overrides []Override `yaml:"overrides"`
+}
+
+// Alerts say when a counter's use is worth telling someone about.
+type Alerts struct {
+	// At are the thresholds, in percent of the limit; default 80, 90 and 100.
+	At []int `yaml:"at"`
+	// Webhook, when set, is an http(s) URL that gets one JSON event (POST) per threshold
+	// crossed per window.
+	Webhook string `yaml:"webhook"`
 }
 
 // Override replaces a quota's limit for one user, every user of one tier, or one team.

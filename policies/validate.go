@@ -150,7 +150,7 @@ func (v *validator) jwt(j JWT) {
 	case (j.JWKSFile == "") == (j.JWKSURI == ""):
 		v.add(path, "set exactly one of jwksFile and jwksURI")
 	case j.JWKSURI != "":
-		if msg := checkJWKSURI(j.JWKSURI); msg != "" {
+		if msg := checkHTTPURL(j.JWKSURI); msg != "" {
 			v.add(path+".jwksURI", "%s", msg)
 		}
 	}
@@ -166,8 +166,8 @@ func (v *validator) jwt(j JWT) {
 	}
 }
 
-// checkJWKSURI returns a problem with a key set URL, or "".
-func checkJWKSURI(raw string) string {
+// checkHTTPURL returns a problem with an http(s) URL (a key set, a webhook), or "".
+func checkHTTPURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Sprintf("not a valid URL: %v", unwrapURLError(err))
@@ -706,6 +706,32 @@ func (v *validator) quotas(p *Policy, models, costs, tiers nameSet) {
 			v.add(path+".timezone", "unknown timezone %q: %v", q.Timezone, err)
 		}
 		v.maxTokens(path+".maxTokensPerRequest", q.MaxTokensPerRequest)
+		if q.Alerts != nil {
+			v.alerts(path+".alerts", *q.Alerts)
+		}
+	}
+}
+
+// maxAlertPercent bounds a threshold: past 1000 % of a limit there is nothing left to warn of.
+const maxAlertPercent = 1000
+
+// alerts checks a quota's alert thresholds and webhook.
+func (v *validator) alerts(path string, a Alerts) {
+	if len(a.At) == 0 {
+		v.add(path+".at", "at least one threshold, in percent of the limit")
+	}
+	for i, p := range a.At {
+		switch {
+		case p < 1 || p > maxAlertPercent:
+			v.add(indexPath(path+".at", i), "must be a percentage from 1 to %d, got %d", maxAlertPercent, p)
+		case i > 0 && p <= a.At[i-1]:
+			v.add(indexPath(path+".at", i), "thresholds must rise (%d after %d)", p, a.At[i-1])
+		}
+	}
+	if a.Webhook != "" {
+		if msg := checkHTTPURL(a.Webhook); msg != "" {
+			v.add(path+".webhook", "%s", msg)
+		}
 	}
 }
 

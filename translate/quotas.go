@@ -185,6 +185,9 @@ func extProcQuota(p *input, q policies.Quota) (extproc.Quota, error) {
 	case policies.ScopeGlobal:
 		eq.Scope = extproc.ScopeGlobal
 	}
+	if q.Alerts != nil {
+		eq.Alerts = &extproc.Alerts{At: q.Alerts.At, Webhook: q.Alerts.Webhook}
+	}
 	for subject, l := range subjectLimits(p, q) {
 		if eq.Limits == nil {
 			eq.Limits = map[string]uint64{}

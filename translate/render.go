@@ -140,6 +140,13 @@ func quotaPlain(q extproc.Quota) map[string]any {
 	if q.MaxTokensPerRequest > 0 {
 		out["maxTokensPerRequest"] = q.MaxTokensPerRequest
 	}
+	if q.Alerts != nil {
+		alerts := map[string]any{"at": q.Alerts.At}
+		if q.Alerts.Webhook != "" {
+			alerts["webhook"] = "[redacted]" // webhook URLs often carry a secret
+		}
+		out["alerts"] = alerts
+	}
 	return out
 }
 

@@ -107,7 +107,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveGRPC(grpcServer, lis, "ext_proc") })
 	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })
-	g.Go(func() error { server.SyncGrants(gctx); return nil })
+	g.Go(func() error { server.Run(gctx); return nil })
 	quotaAdmin.run(gctx, g)
 	watchPolicy(gctx, g, o.policyFile, o.debounce, logger, rl)
 	g.Go(func() error {

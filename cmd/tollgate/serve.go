@@ -158,7 +158,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	g.Go(func() error { return serveGRPC(xdsGRPC, xdsLis, "xds") })
 	if extProcGRPC != nil {
 		g.Go(func() error { return serveGRPC(extProcGRPC, extProcLis, "ext_proc") })
-		g.Go(func() error { extProcServer.SyncGrants(gctx); return nil })
+		g.Go(func() error { extProcServer.Run(gctx); return nil })
 	}
 	quotaAdmin.run(gctx, g)
 	g.Go(func() error { return serveHTTP(httpServer, metricsLis) })

@@ -36,9 +36,16 @@ const GrantSyncInterval = time.Second
 // grants. Call it before the server serves.
 func (s *Server) UseCounters(c CounterStore) { s.counters = c }
 
-// SyncGrants reads the grants in force every GrantSyncInterval until ctx ends, so that grants
+// Run does the server's background work until ctx ends: it delivers quota alerts and keeps
+// the grants in force up to date.
+func (s *Server) Run(ctx context.Context) {
+	go s.deliverAlerts(ctx)
+	s.syncGrants(ctx)
+}
+
+// syncGrants reads the grants in force every GrantSyncInterval until ctx ends, so that grants
 // made through any gateway apply here within that interval.
-func (s *Server) SyncGrants(ctx context.Context) {
+func (s *Server) syncGrants(ctx context.Context) {
 	if s.counters == nil {
 		return
 	}

@@ -82,6 +82,8 @@ type Quota struct {
 	// Shadow quotas are counted like the others but never refuse a request or show in its
 	// headers.
 	Shadow bool
+	// Alerts, when set, report the counter reaching shares of its limit.
+	Alerts *Alerts
 }
 
 // appliesTo reports whether the quota counts a request of this user's team: a team quota

@@ -59,6 +59,7 @@ type exchange struct {
 	// of the counters they are on.
 	counters CounterStore
 	grants   map[string]uint64
+	alerts   *alerter // nil: no alerts (a test of routing only)
 
 	// Request side.
 	started          bool          // request headers seen

@@ -52,6 +52,9 @@ type Metrics struct {
 	charges            *prometheus.CounterVec
 	quotaChecks        *prometheus.CounterVec
 	spend              *prometheus.CounterVec
+	alerts             *prometheus.CounterVec
+	alertsDropped      prometheus.Counter
+	webhookFailures    prometheus.Counter
 	activeStreams      prometheus.Gauge
 	chargeBacklog      prometheus.Gauge
 }
@@ -107,6 +110,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_spend_total",
 			Help: "Money charged for the responses of priced models, in the policy's currency, as charged: reported usage or, without it, the estimate.",
 		}, []string{labelModel, labelCurrency, labelUser}),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_quota_alerts_total",
+			Help: "Quota thresholds reached, once per counter, threshold and window (across gateways that share a Redis), by quota and threshold (percent of the limit).",
+		}, []string{"quota", "threshold"}),
+		alertsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_quota_alerts_dropped_total",
+			Help: "Quota alerts dropped because the queue to the webhook worker was full.",
+		}),
+		webhookFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_quota_alert_webhook_failures_total",
+			Help: "Quota alert webhook calls that failed or were refused (not retried).",
+		}),
 		activeStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tollgate_extproc_streams_active",
 			Help: "ext_proc streams (HTTP requests) being served right now.",
@@ -129,6 +144,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.charges = registerOrReuse(reg, m.charges)
 	m.quotaChecks = registerOrReuse(reg, m.quotaChecks)
 	m.spend = registerOrReuse(reg, m.spend)
+	m.alerts = registerOrReuse(reg, m.alerts)
+	m.alertsDropped = registerOrReuse(reg, m.alertsDropped)
+	m.webhookFailures = registerOrReuse(reg, m.webhookFailures)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	m.chargeBacklog = registerOrReuse(reg, m.chargeBacklog)
 	return m

@@ -89,6 +89,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		}, nil
 	}
 
+	ex.checkAlerts(quotas, statuses, descriptors, ex.clock())
 	decisive, over := decide(quotas, statuses, descriptors)
 	if over {
 		ex.rls.Release(reservations, nil)

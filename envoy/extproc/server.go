@@ -52,6 +52,7 @@ type Server struct {
 	// the grants in force, by counter key, as SyncGrants last read them.
 	counters CounterStore
 	grants   atomic.Pointer[map[string]uint64]
+	alerts   *alerter
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -74,7 +75,7 @@ func NewServer(logger *slog.Logger, metrics *Metrics, cfg *Config, rls rlsclient
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{logger: logger, metrics: metrics, rls: client, clock: time.Now}
+	s := &Server{logger: logger, metrics: metrics, rls: client, clock: time.Now, alerts: newAlerter()}
 	s.cfg.Store(withDefaults(cfg))
 	return s, nil
 }
@@ -126,7 +127,7 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
-	ex.counters, ex.grants = p.s.counters, p.s.currentGrants()
+	ex.counters, ex.grants, ex.alerts = p.s.counters, p.s.currentGrants(), p.s.alerts
 	defer ex.close()
 	for {
 		req, err := stream.Recv()

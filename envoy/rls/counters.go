@@ -251,6 +251,26 @@ func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 	return out, nil
 }
 
+// alertKeyPrefix starts the Redis keys that record a quota alert as reported.
+const alertKeyPrefix = "tollgate_alert:"
+
+// MarkOnce records key, unless it is recorded already, for ttl; it reports whether this call
+// recorded it. Gateways sharing the Redis so report each quota alert once between them.
+func (c *Counters) MarkOnce(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
+	defer cancel()
+	var reply string
+	seconds := strconv.FormatInt(max(int64(ttl.Seconds()), 1), 10)
+	if err := pool.Do(ctx, radix.Cmd(&reply, "SET", alertKeyPrefix+key, "1", "NX", "EX", seconds)); err != nil {
+		return false, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	}
+	return reply == "OK", nil
+}
+
 // eval runs a script on keys with args and decodes its reply into into.
 func (c *Counters) eval(ctx context.Context, into any, script string, keys []string, args ...string) error {
 	pool, err := c.connect(ctx)

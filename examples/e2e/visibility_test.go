@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -324,4 +326,85 @@ func readJSONLines(t testing.TB, path string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// alertPolicy alerts at 20, 40 and 100 % of 50 qwen3 tokens per hour, to webhook.
+func alertPolicy(webhook string) string {
+	return `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+identity: {header: x-user-id}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+models:
+  - {name: qwen3, backend: sim}
+costs:
+  - {name: tokens, type: TotalToken}
+quotas:
+  - name: hourly
+    model: qwen3
+    cost: tokens
+    limit: 50
+    per: hour
+    alerts: {at: [20, 40, 100], webhook: "` + webhook + `"}
+`
+}
+
+// TestQuotaAlerts: a user who spends a quota request by request crosses 20 % (at 12 of 50),
+// 40 % (24) and 100 % (60): the webhook gets exactly one event per threshold, counted in
+// tollgate_quota_alerts_total, however many requests follow in the window. A webhook that
+// hangs slows no request.
+func TestQuotaAlerts(t *testing.T) {
+	var mu sync.Mutex
+	var events []map[string]any
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&ev); err == nil {
+			mu.Lock()
+			events = append(events, ev)
+			mu.Unlock()
+		}
+	}))
+	defer receiver.Close()
+	s := quotaStack(t, alertPolicy(receiver.URL+"/hook"))
+	if got := fmt.Sprint(sendBackToBack(t, s, "alice", "qwen3", 8, false)); got != "[200 200 200 200 200 429 429 429]" {
+		t.Fatalf("alice: %s", got)
+	}
+	var thresholds []any
+	testutil.Eventually(t, 10*time.Second, "three alerts", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		thresholds = thresholds[:0]
+		for _, ev := range events {
+			thresholds = append(thresholds, ev["threshold_percent"])
+		}
+		if fmt.Sprint(thresholds) != "[20 40 100]" {
+			return fmt.Errorf("thresholds %v", thresholds)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond) // nothing more may come
+	mu.Lock()
+	if len(events) != 3 || events[2]["subject"] != "alice" || events[2]["quota"] != "hourly" || events[2]["used"] != 50.0 || events[2]["limit"] != 50.0 {
+		t.Errorf("events %v", events)
+	}
+	mu.Unlock()
+	if got := metricValue(s.extProcMetrics(t), "tollgate_quota_alerts_total", `threshold="100"`); got != "1" {
+		t.Errorf("tollgate_quota_alerts_total{threshold=100} %q, want 1", got)
+	}
+
+	// A webhook that never answers: every request still comes back at once.
+	hang := make(chan struct{})
+	stuck := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang }))
+	defer stuck.Close()
+	defer close(hang)
+	s2 := quotaStack(t, alertPolicy(stuck.URL))
+	start := time.Now()
+	if got := fmt.Sprint(sendBackToBack(t, s2, "bob", "qwen3", 8, false)); got != "[200 200 200 200 200 429 429 429]" {
+		t.Fatalf("bob: %s", got)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("8 requests took %s with a hanging webhook", took)
+	}
 }
