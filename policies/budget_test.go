@@ -866,3 +866,13 @@ func TestBudgetTimezones(t *testing.T) {
 		}
 	}
 }
+
+// TestAlertDefaults: an alerts block without thresholds alerts at 80, 90 and 100 %.
+func TestAlertDefaults(t *testing.T) {
+	p := mustParse(t, budgetWith(t, "  - {cost: requests, limit: 100, per: day}",
+		`  - {cost: requests, limit: 100, per: day, alerts: {webhook: "https://hooks.example.com/x"}}`))
+	q := p.Quotas[len(p.Quotas)-1]
+	if q.Alerts == nil || fmt.Sprint(q.Alerts.At) != "[80 90 100]" || q.Alerts.Webhook != "https://hooks.example.com/x" {
+		t.Fatalf("alerts %+v", q.Alerts)
+	}
+}

@@ -379,6 +379,12 @@ func TestValidationRules(t *testing.T) {
 		{"request timeout zero", "listener: {port: 8080}", "listener: {requestTimeout: 0s}", "listener.requestTimeout", "greater than 0"},
 		{"request timeout negative", "listener: {port: 8080}", "listener: {requestTimeout: -1s}", "listener.requestTimeout", "must not be negative"},
 		{"request timeout unitless", "listener: {port: 8080}", "listener: {requestTimeout: 300}", "listener.requestTimeout", "must be a duration"},
+		// usage log and alerts
+		{"usage log relative path", "listener: {port: 8080}", "listener: {port: 8080}\nusageLog: {path: logs/usage.log}", "usageLog.path", "must be an absolute file path"},
+		{"alert threshold zero", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: qwen3, cost: llm_total_token, limit: 50, per: hour, alerts: {at: [0]}}", "quotas[2].alerts.at[0]", "from 1 to 1000"},
+		{"alert thresholds falling", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: qwen3, cost: llm_total_token, limit: 50, per: hour, alerts: {at: [90, 80]}}", "quotas[2].alerts.at[1]", "thresholds must rise"},
+		{"alert webhook scheme", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: qwen3, cost: llm_total_token, limit: 50, per: hour, alerts: {webhook: ftp://x}}", "quotas[2].alerts.webhook", "scheme must be https or http"},
+		{"alert thresholds empty", "{model: qwen3,         cost: llm_total_token, limit: 50,   per: hour}", "{model: qwen3, cost: llm_total_token, limit: 50, per: hour, alerts: {at: []}}", "quotas[2].alerts.at", "at least one threshold"},
 		// identity
 		{"identity header empty", "identity: {header: x-user-id}", `identity: {header: ""}`, "identity.header", "required"},
 		{"identity header invalid", "identity: {header: x-user-id}", `identity: {header: "x:user"}`, "identity.header", "not a valid HTTP header name"},
