@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rls"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
@@ -36,6 +37,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	team := fs.String("team", "", "the user's team, for team quotas (default: the team of the user's API keys in the policy)")
 	model := fs.String("model", "", "only this model's quotas (and those of every model)")
 	addr := fs.String("ratelimit", "", "the ratelimit service's gRPC address (default: the policy's rateLimit address)")
+	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "the ratelimit service's Redis (env REDIS_URL): read the counters there, so USED is exact also past the limit")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -82,6 +84,7 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintf(stderr, "tollgate quota: asking the ratelimit service at %s: %v\n", target, err)
 		return 1
 	}
+	exact := exactCounts(ctx, *redisURL, p.RateLimit.Domain, ds, statuses, stderr)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	_, _ = fmt.Fprintf(tw, "USER\tMODEL\tQUOTA\tCOST\tLIMIT\tUSED\tREMAINING\tRESETS\n")
 	for i, st := range statuses {
@@ -109,13 +112,18 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 		}
 		reset := now.Add(resetIn).Truncate(time.Second)
 		state := ""
+		// The service reports 0 remaining, not by how much the last charge overshot: without
+		// the counter itself, "used" is only known to be at least the limit.
+		spent := ">=" + amount(st.Limit.PerWindow)
+		if n, ok := exact[i]; ok {
+			used, spent = amount(n), amount(n)
+		}
 		switch {
-		case st.OverLimit:
-			// The service reports 0 remaining, not by how much the last charge overshot.
-			used, state = ">="+amount(st.Limit.PerWindow), "  (over limit: requests get 429)"
+		case !q.Shadow && (st.OverLimit || st.Remaining == 0):
+			used, state = spent, "  (over limit: requests get 429)"
 		case q.Shadow && st.Remaining == 0:
 			// In shadow mode the service answers OK even when the window is spent.
-			used, state = ">="+amount(st.Limit.PerWindow), "  (shadow: over limit, not enforced)"
+			used, state = spent, "  (shadow: over limit, not enforced)"
 		case q.Shadow:
 			state = "  (shadow: not enforced)"
 		}
@@ -129,6 +137,38 @@ func quotaCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// exactCounts reads, when redisURL is set, each limited counter as it is in Redis, by its index
+// in ds; a failure is reported on stderr and leaves the service's numbers alone.
+func exactCounts(ctx context.Context, redisURL, domain string, ds []rlsclient.Descriptor, statuses []rlsclient.Status, stderr io.Writer) map[int]uint64 {
+	if redisURL == "" {
+		return nil
+	}
+	counters, err := rls.NewCounters(redisURL)
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota: --redis: %v\n", err)
+		return nil
+	}
+	defer func() { _ = counters.Close() }()
+	var read []rlsclient.Counter
+	var index []int
+	for i, st := range statuses {
+		if st.Limit.Matched() {
+			read = append(read, rlsclient.Counter{Entries: ds[i].Entries, Unit: st.Limit.Unit})
+			index = append(index, i)
+		}
+	}
+	counts, err := counters.Counts(ctx, domain, read, time.Now())
+	if err != nil {
+		_, _ = fmt.Fprintf(stderr, "tollgate quota: reading the counters in Redis: %v\n", err)
+		return nil
+	}
+	out := make(map[int]uint64, len(index))
+	for j, i := range index {
+		out[i] = counts[j]
+	}
+	return out
 }
 
 // keyTeam is the team of user's API keys in the policy, when they name exactly one.

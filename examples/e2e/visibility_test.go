@@ -155,6 +155,11 @@ func TestSelfServiceQuota(t *testing.T) {
 		if secs, _ := q["resets_in_seconds"].(float64); secs <= 0 || secs > 3600 {
 			t.Errorf("resets_in_seconds %v", q["resets_in_seconds"])
 		}
+		// tollgate quota reads the same counter when it knows the Redis.
+		out := runTollgate(t, "quota", "-f", s.policyPath, "--user", "alice", "--model", "qwen3", "--redis", addr(s.redisPort))
+		if !regexp.MustCompile(`50/hour\s+60\s+0\s.*over limit`).MatchString(out) {
+			t.Errorf("tollgate quota --redis does not show 60 used:\n%s", out)
+		}
 		// bob sees his own counter, whatever he asks for.
 		_, q = quotaOf(t, s, map[string]string{"x-user-id": "bob"}, "qwen3-llm_total_token-per-hour")
 		if q["used"] != 0.0 || q["remaining"] != 50.0 {
