@@ -34,6 +34,19 @@ quotas:
   - {model: qwen3, cost: llm_total_token, limit: 50, per: hour}
 `
 
+// headerPolicy is a policy template with one llmsim backend named sim, users known by the
+// x-user-id header, and the stack's ports; body adds models, costs, quotas and the rest.
+func headerPolicy(body string) string {
+	return `
+listener: {{listener}}
+extProc: {{extproc}}
+rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
+identity: {header: x-user-id}
+backends:
+  - {name: sim, url: "{{backend:sim}}"}
+` + body
+}
+
 // quotaStack runs the whole gateway: llmsim (with simArgs), Redis, tollgate serve, tollgate
 // ratelimit, Envoy.
 func quotaStack(t testing.TB, policy string, simArgs ...string) *stack {

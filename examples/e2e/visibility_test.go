@@ -77,20 +77,13 @@ func (s *stack) awaitCharged(t testing.TB, user string, n int) {
 // RateLimitError at once, after one attempt.
 func TestSDKGivesUpOnALongWait(t *testing.T) {
 	python := pythonWithOpenAI(t)
-	s := quotaStack(t, `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
+	s := quotaStack(t, headerPolicy(`models:
   - {name: qwen3, backend: sim}
 costs:
   - {name: tokens, type: TotalToken}
 quotas:
   - {model: qwen3, cost: tokens, limit: 10, per: day}
-`)
+`))
 	if r := mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": "sdk"}, chatBody("qwen3")); r.status != 200 {
 		t.Fatalf("first request: %d", r.status)
 	}
@@ -211,21 +204,14 @@ func TestUsageLogMatchesCounters(t *testing.T) {
 	testutil.Envoy(t)
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--token-delay", "20ms")})
 	logPath := filepath.Join(s.dir, "usage.log")
-	s.writePolicy(t, `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-usageLog: {path: `+logPath+`}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
+	s.writePolicy(t, headerPolicy(`usageLog: {path: `+logPath+`}
 models:
   - {name: qwen3, backend: sim}
 costs:
   - {name: tokens, type: TotalToken}
 quotas:
   - {model: qwen3, cost: tokens, limit: 100000, per: hour}
-`)
+`))
 	s.startTollgate(t)
 	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)
@@ -335,14 +321,7 @@ func readJSONLines(t testing.TB, path string) []map[string]any {
 
 // alertPolicy alerts at 20, 40 and 100 % of 50 qwen3 tokens per hour, to webhook.
 func alertPolicy(webhook string) string {
-	return `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
+	return headerPolicy(`models:
   - {name: qwen3, backend: sim}
 costs:
   - {name: tokens, type: TotalToken}
@@ -353,7 +332,7 @@ quotas:
     limit: 50
     per: hour
     alerts: {at: [20, 40, 100], webhook: "` + webhook + `"}
-`
+`)
 }
 
 // TestQuotaAlerts: a user who spends a quota request by request crosses 20 % (at 12 of 50),
