@@ -12,10 +12,12 @@ import (
 )
 
 // Admission. Once a request's model is known, and before it goes to the backend, the server
-// asks the ratelimit service whether the user is already over one of the model's quotas and,
-// in the same call, reserves the request's worst case on each (rlsclient.Admit); the
-// reservation is settled when the exchange ends (charge.go). The ratelimit client batches the
-// calls that queue up while the service is busy; each exchange gets its own statuses.
+// asks the ratelimit service whether any quota that counts the request (the model's, those of
+// every model; the user's, the team's, the global ones) is spent and, in the same call,
+// reserves the request's worst case on each (rlsclient.Admit); a request quota counts the
+// request at once instead. The reservation is settled when the exchange ends (charge.go). The
+// ratelimit client batches the calls that queue up while the service is busy; each exchange
+// gets its own statuses.
 
 // Results of a check, the values of tollgate_quota_checks_total{result}.
 const (
@@ -30,12 +32,11 @@ const (
 // DefaultQuotaCheckTimeout bounds a check when Config.QuotaCheckTimeout is zero.
 const DefaultQuotaCheckTimeout = 2 * time.Second
 
-// admit decides whether the exchange's user may send the request on: whether every quota of
-// its model still has room, before this request, once the requests already admitted have
+// admit decides whether the exchange's user may send the request on: whether every quota that
+// counts it still has room, before this request, once the requests already admitted have
 // reserved their worst case. It reserves this request's worst case (worst) on each quota in
 // the same call, to be settled when the request ends. It returns the rejection to answer with,
-// or the x-ratelimit metadata of the enforced quota closest to its limit (nil when the model
-// has no quotas or the check failed open).
+// or the x-ratelimit metadata (nil when no quota counts the request or the check failed open).
 func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.Value) {
 	if r := ex.holdConcurrency(); r != nil {
 		return r, nil
