@@ -199,6 +199,17 @@ func (c *Counters) SetCount(ctx context.Context, domain string, entries []rlscli
 // GrantKeyPrefix starts the Redis keys of grants: extra room on one counter for one window.
 const GrantKeyPrefix = "tollgate_grant:"
 
+// grantIndex is a sorted set of the grant keys in force, each scored by the Unix time its
+// window ends, so the grants are read without scanning Redis's whole key space.
+const grantIndex = "tollgate_grants"
+
+// addGrantScript adds ARGV[1] to the grant KEYS[1], which ends with its window in ARGV[2]
+// seconds (at Unix time ARGV[3]), indexes it in KEYS[2], and returns its total.
+const addGrantScript = `local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+return n`
+
 // AddGrant adds amount to the grant on a counter in the window that contains at, and returns
 // the grant's total. The grant's key is the counter's key behind GrantKeyPrefix, and it ends
 // with the window.
@@ -207,14 +218,15 @@ func (c *Counters) AddGrant(ctx context.Context, domain string, entries []rlscli
 	if err != nil {
 		return 0, err
 	}
+	left := secondsLeft(unit, at)
 	var total int64
-	err = c.eval(ctx, &total, `local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return n`, []string{GrantKeyPrefix + key}, strconv.FormatUint(amount, 10), strconv.FormatInt(secondsLeft(unit, at), 10))
+	err = c.eval(ctx, &total, addGrantScript, []string{GrantKeyPrefix + key, grantIndex},
+		strconv.FormatUint(amount, 10), strconv.FormatInt(left, 10), strconv.FormatInt(at.Unix()+left, 10))
 	return uint64(max(total, 0)), err
 }
 
-// Grants reads every grant in force, by the key of the counter it is on.
+// Grants reads every grant in force, by the key of the counter it is on: the index, less the
+// grants whose window ended, then their amounts.
 func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 	pool, err := c.connect(ctx)
 	if err != nil {
@@ -223,12 +235,10 @@ func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
 	defer cancel()
 	var keys []string
-	scanner := radix.ScannerConfig{Command: "SCAN", Pattern: GrantKeyPrefix + "*", Count: 1000}.New(pool)
-	var key string
-	for scanner.Next(ctx, &key) {
-		keys = append(keys, key)
-	}
-	if err := scanner.Close(); err != nil {
+	pipeline := radix.NewPipeline()
+	pipeline.Append(radix.Cmd(nil, "ZREMRANGEBYSCORE", grantIndex, "-inf", strconv.FormatInt(time.Now().Unix(), 10)))
+	pipeline.Append(radix.Cmd(&keys, "ZRANGE", grantIndex, "0", "-1"))
+	if err := pool.Do(ctx, pipeline); err != nil {
 		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
 	}
 	out := make(map[string]uint64, len(keys))
@@ -236,7 +246,7 @@ func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 		return out, nil
 	}
 	values := make([]string, len(keys))
-	pipeline := radix.NewPipeline()
+	pipeline = radix.NewPipeline()
 	for i, k := range keys {
 		pipeline.Append(radix.Cmd(&values[i], "GET", k))
 	}

@@ -267,3 +267,47 @@ func TestCarryCopiesTheCounterIntoTheNextWindowOnce(t *testing.T) {
 		t.Errorf("a counter with nothing to carry was created: %q", got)
 	}
 }
+
+// TestGrantsAreReadBackUntilTheirWindowEnds: grants add up per counter, Grants reads them by
+// the counter's key, a set count keeps the counter's expiry, and MarkOnce records once.
+func TestGrantsAreReadBackUntilTheirWindowEnds(t *testing.T) {
+	s := startReservingStack(t)
+	ctx := context.Background()
+	now := time.Now()
+	alice := qwen3Counter("alice", 0).Entries
+	for _, amount := range []uint64{5, 7} {
+		if _, err := s.counters.AddGrant(ctx, testDomain, alice, "HOUR", now, amount); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, err := s.counters.Key(testDomain, alice, "HOUR", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grants, err := s.counters.Grants(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(grants) != 1 || grants[key] != 12 {
+		t.Errorf("grants %v, want %s: 12", grants, key)
+	}
+	// A grant of a window that ended is dropped from the index.
+	if _, err := s.counters.AddGrant(ctx, testDomain, qwen3Counter("bob", 0).Entries, "SECOND", now.Add(-10*time.Second), 3); err != nil {
+		t.Fatal(err)
+	}
+	if grants, err = s.counters.Grants(ctx); err != nil || len(grants) != 1 {
+		t.Errorf("grants %v (%v), want alice's only", grants, err)
+	}
+	before, err := s.counters.SetCount(ctx, testDomain, alice, "HOUR", now, 30)
+	if err != nil || before != 0 || s.count(t, "alice") != 30 {
+		t.Errorf("set: before %d (%v), now %d, want 0 then 30", before, err, s.count(t, "alice"))
+	}
+	if before, err = s.counters.SetCount(ctx, testDomain, alice, "HOUR", now, 0); err != nil || before != 30 || s.count(t, "alice") != 0 {
+		t.Errorf("reset: before %d (%v), now %d, want 30 then 0", before, err, s.count(t, "alice"))
+	}
+	first, err := s.counters.MarkOnce(ctx, "alert-x", time.Minute)
+	again, err2 := s.counters.MarkOnce(ctx, "alert-x", time.Minute)
+	if err != nil || err2 != nil || !first || again {
+		t.Errorf("MarkOnce: %v %v (%v, %v), want true then false", first, again, err, err2)
+	}
+}
