@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 )
 
 // BenchmarkJSONRoundTrip measures the server's per-request overhead as Envoy sees it: one gRPC
@@ -63,6 +65,24 @@ func BenchmarkSSEChunk(b *testing.B) {
 	for b.Loop() {
 		if resp := ex.handle(chunk); resp.GetResponseBody() == nil {
 			b.Fatal("no body response")
+		}
+	}
+}
+
+// BenchmarkSSEChunkSent is BenchmarkSSEChunk with the answer serialized as gRPC sends it: the
+// running charge each chunk carries costs its encoding.
+func BenchmarkSSEChunkSent(b *testing.B) {
+	cfg := withDefaults(testConfig(b))
+	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil, nil)
+	ex.handle(chatHeaders(len(chatBody)))
+	ex.handle(requestBody(`{"model":"qwen3","stream":true}`))
+	ex.handle(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))
+	chunk := responseBody([]byte(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello there"}}]}`+"\n\n"), false)
+	b.SetBytes(int64(len(chunk.GetResponseBody().GetBody())))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := proto.Marshal(ex.handle(chunk)); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -101,6 +101,7 @@ type exchange struct {
 	jsonWhole    bool // Envoy buffers the body: its one message is all of it
 
 	// Streamed responses.
+	running     runningCharge // the metadata each chunk carries
 	stream      *llmapi.Stream
 	decoder     llmapi.StreamDecoder // feeds stream, decoding the body's content-encoding
 	streamErr   error
@@ -387,8 +388,7 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody, attributes map[strin
 			// What the stream would be charged if it broke off now: a client that leaves
 			// mid-stream is logged with what its request is charged, as Envoy writes its access
 			// log from the last metadata published.
-			usage, basis := ex.billable(ex.stream.Usage(), ex.streamServed(), false)
-			resp.DynamicMetadata = namespaced(ex.usageFields(usage, basis))
+			resp.DynamicMetadata = ex.running.update(ex)
 		}
 	case bodyJSON:
 		ex.collect(msg.GetBody())
@@ -600,6 +600,46 @@ func (ex *exchange) usageFields(usage llmapi.Usage, basis string) map[string]*st
 		fields[metadataPrice] = structpb.NewNumberValue(ex.cfg.Money.amount(units))
 	}
 	return fields
+}
+
+// runningCharge is the metadata a stream's chunks carry: what the stream would be charged if
+// it broke off there. It is built once and its numbers updated in place: an exchange's answers
+// are sent (and so serialized) one at a time, each before the next message is read, so one
+// value serves every chunk without a map and a dozen values per chunk.
+type runningCharge struct {
+	metadata                           *structpb.Struct
+	input, cached, output, total, cost *structpb.Value_NumberValue
+	basis                              *structpb.Value_StringValue
+}
+
+// update sets the running charge of ex's stream and returns its metadata.
+func (r *runningCharge) update(ex *exchange) *structpb.Struct {
+	usage, basis := ex.billable(ex.stream.Usage(), ex.streamServed(), false)
+	if r.metadata == nil {
+		r.input, r.cached, r.output, r.total = &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}
+		r.basis = &structpb.Value_StringValue{}
+		// The model was published with the request; Envoy merges each answer's metadata in.
+		fields := map[string]*structpb.Value{
+			metadataUsageBasis:   {Kind: r.basis},
+			metadataInputTokens:  {Kind: r.input},
+			metadataCached:       {Kind: r.cached},
+			metadataOutputTokens: {Kind: r.output},
+			metadataTotalTokens:  {Kind: r.total},
+		}
+		if _, priced := ex.price(usage); priced {
+			r.cost = &structpb.Value_NumberValue{}
+			fields[metadataPrice] = &structpb.Value{Kind: r.cost}
+		}
+		r.metadata = namespaced(fields)
+	}
+	r.input.NumberValue, r.cached.NumberValue = float64(usage.InputTokens), float64(usage.CachedInputTokens)
+	r.output.NumberValue, r.total.NumberValue = float64(usage.OutputTokens), float64(usage.TotalTokens)
+	r.basis.StringValue = basis
+	if r.cost != nil {
+		units, _ := ex.price(usage)
+		r.cost.NumberValue = ex.cfg.Money.amount(units)
+	}
+	return r.metadata
 }
 
 // costValue computes one cost.
