@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"testing"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -54,12 +55,7 @@ func BenchmarkExchangeJSON(b *testing.B) {
 // BenchmarkSSEChunk measures answering one streamed response chunk, the path every chunk of a
 // long stream takes.
 func BenchmarkSSEChunk(b *testing.B) {
-	cfg := withDefaults(testConfig(b))
-	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil, nil)
-	ex.handle(chatHeaders(len(chatBody)))
-	ex.handle(requestBody(`{"model":"qwen3","stream":true}`))
-	ex.handle(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))
-	chunk := responseBody([]byte(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello there"}}]}`+"\n\n"), false)
+	ex, chunk := streamingExchange(b)
 	b.SetBytes(int64(len(chunk.GetResponseBody().GetBody())))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -72,12 +68,7 @@ func BenchmarkSSEChunk(b *testing.B) {
 // BenchmarkSSEChunkSent is BenchmarkSSEChunk with the answer serialized as gRPC sends it: the
 // running charge each chunk carries costs its encoding.
 func BenchmarkSSEChunkSent(b *testing.B) {
-	cfg := withDefaults(testConfig(b))
-	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil, nil)
-	ex.handle(chatHeaders(len(chatBody)))
-	ex.handle(requestBody(`{"model":"qwen3","stream":true}`))
-	ex.handle(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))
-	chunk := responseBody([]byte(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello there"}}]}`+"\n\n"), false)
+	ex, chunk := streamingExchange(b)
 	b.SetBytes(int64(len(chunk.GetResponseBody().GetBody())))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -85,4 +76,14 @@ func BenchmarkSSEChunkSent(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// streamingExchange is an exchange whose streamed answer has begun, and one chunk of it.
+func streamingExchange(b *testing.B) (*exchange, *extprocv3.ProcessingRequest) {
+	cfg := withDefaults(testConfig(b))
+	ex := newExchange(context.Background(), cfg, slog.New(slog.DiscardHandler), NewMetrics(nil), nil, nil)
+	ex.handle(chatHeaders(len(chatBody)))
+	ex.handle(requestBody(`{"model":"qwen3","stream":true}`))
+	ex.handle(responseHeaders(false, ":status", "200", "content-type", "text/event-stream"))
+	return ex, responseBody([]byte(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello there"}}]}`+"\n\n"), false)
 }

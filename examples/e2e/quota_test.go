@@ -13,14 +13,7 @@ import (
 )
 
 // seedPolicy is the seed demo's policy: 50 tokens per user per hour on qwen3.
-const seedPolicy = `
-listener: {{listener}}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
+var seedPolicy = headerPolicy(`models:
   - {name: qwen3, backend: sim}
   - {name: gpt-4, backend: sim}
   - {name: gpt-3.5-turbo, backend: sim}
@@ -32,7 +25,7 @@ quotas:
   - {model: gpt-4, cost: llm_total_token, limit: 1000, per: hour}
   - {model: gpt-3.5-turbo, cost: llm_total_token, limit: 100, per: hour}
   - {model: qwen3, cost: llm_total_token, limit: 50, per: hour}
-`
+`)
 
 // headerPolicy is a policy template with one llmsim backend named sim, users known by the
 // x-user-id header, and the stack's ports; body adds models, costs, quotas and the rest.
