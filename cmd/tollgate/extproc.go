@@ -91,7 +91,9 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 			"policy_extproc", fmt.Sprintf("%s:%d", initial.ExtProc.Address, initial.ExtProc.Port), "listen", lis.Addr().String())
 	}
 
-	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, server, logger)
+	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, server, func() pageStatus {
+		return pageStatus{Version: buildVersion(), Reload: rl.snapshot()}
+	}, logger)
 	if err != nil {
 		_ = lis.Close()
 		_ = metricsLis.Close()

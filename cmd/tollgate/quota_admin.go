@@ -61,7 +61,7 @@ func (o quotaAdminOptions) token() (string, error) {
 
 // listenQuotaAdmin opens the quota admin API's listener when it is configured (nil when it is
 // off); run serves it.
-func listenQuotaAdmin(o quotaAdminOptions, server *extproc.Server, logger *slog.Logger) (*quotaAdminServer, error) {
+func listenQuotaAdmin(o quotaAdminOptions, server *extproc.Server, status func() pageStatus, logger *slog.Logger) (*quotaAdminServer, error) {
 	if o.addr == "" || server == nil {
 		return nil, nil
 	}
@@ -80,7 +80,7 @@ func listenQuotaAdmin(o quotaAdminOptions, server *extproc.Server, logger *slog.
 	if !isLoopback(lis.Addr()) {
 		logger.Warn("the quota admin API listens beyond this machine; put it behind TLS", "addr", lis.Addr().String())
 	}
-	api := &quotaAdmin{server: server, token: sha256.Sum256([]byte(token)), audit: logger.With("component", "quota-admin")}
+	api := &quotaAdmin{server: server, token: sha256.Sum256([]byte(token)), audit: logger.With("component", "quota-admin"), status: status}
 	logger.Info("quota admin API serving", "addr", "http://"+lis.Addr().String())
 	return &quotaAdminServer{lis: lis, srv: &http.Server{Handler: api.routes(), ReadHeaderTimeout: 5 * time.Second}}, nil
 }
@@ -108,6 +108,7 @@ type quotaAdmin struct {
 	server *extproc.Server
 	token  [sha256.Size]byte // kept hashed: compared in constant time, never logged
 	audit  *slog.Logger
+	status func() pageStatus // what the page shows of the process; nil: nothing
 }
 
 func (a *quotaAdmin) routes() http.Handler {
@@ -118,8 +119,11 @@ func (a *quotaAdmin) routes() http.Handler {
 			a.change(w, r, who, action)
 		}))
 	}
+	mux.HandleFunc("GET /admin/{$}", a.page)
+	mux.HandleFunc("GET /admin", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/admin/", http.StatusMovedPermanently) })
+	mux.HandleFunc("POST /admin/login", a.login)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeAdminError(w, http.StatusNotFound, "unknown path: GET /admin/v1/quotas, POST /admin/v1/quotas/{reset,set,grant}")
+		writeAdminError(w, http.StatusNotFound, "unknown path: GET /admin/ (the page), GET /admin/v1/quotas, POST /admin/v1/quotas/{reset,set,grant}")
 	})
 	return mux
 }

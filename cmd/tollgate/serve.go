@@ -130,7 +130,10 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, extProcServer, logger)
+	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, extProcServer, func() pageStatus {
+		st := xdsServer.Status()
+		return pageStatus{Version: buildVersion(), Reload: rl.snapshot(), XDS: &st}
+	}, logger)
 	if err != nil {
 		return err
 	}

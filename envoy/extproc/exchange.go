@@ -59,7 +59,8 @@ type exchange struct {
 	// of the counters they are on.
 	counters CounterStore
 	grants   map[string]uint64
-	alerts   *alerter // nil: no alerts (a test of routing only)
+	alerts   *alerter  // nil: no alerts (a test of routing only)
+	activity *activity // nil: nothing recorded
 
 	// Request side.
 	started          bool          // request headers seen
@@ -225,6 +226,9 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 	}
 	ex.model = parsed.Model
 	ex.promptBytes = parsed.TextBytes
+	if ex.activity != nil {
+		ex.activity.sawCaller(Caller{User: ex.user, Team: ex.team})
+	}
 	ex.quotas = ex.applicableQuotas()
 	ex.maxOutput = parsed.MaxOutputTokens
 	ceiling := ex.outputCeiling(ex.quotas)
@@ -684,6 +688,10 @@ func (ex *exchange) costValue(cost Cost, usage llmapi.Usage) (int64, error) {
 // the body was read.
 func (ex *exchange) reject(r rejection) *extprocv3.ProcessingResponse {
 	ex.finish(r.outcome)
+	if ex.activity != nil && ex.user != "" && r.status >= 400 {
+		ex.activity.refused(Refusal{Time: time.Now().UTC(), User: ex.user, Team: ex.team, Model: ex.model,
+			Status: r.status, Quota: ex.refusedBy, Message: r.err.Message})
+	}
 	resp := immediateResponse(r)
 	if ex.model != "" {
 		resp.DynamicMetadata = namespaced(ex.requestFields())

@@ -53,6 +53,7 @@ type Server struct {
 	counters CounterStore
 	grants   atomic.Pointer[map[string]uint64]
 	alerts   *alerter
+	activity activity
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -127,7 +128,7 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
-	ex.counters, ex.grants, ex.alerts = p.s.counters, p.s.currentGrants(), p.s.alerts
+	ex.counters, ex.grants, ex.alerts, ex.activity = p.s.counters, p.s.currentGrants(), p.s.alerts, &p.s.activity
 	defer ex.close()
 	for {
 		req, err := stream.Recv()
