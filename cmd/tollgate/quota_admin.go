@@ -120,7 +120,9 @@ func (a *quotaAdmin) routes() http.Handler {
 		}))
 	}
 	mux.HandleFunc("GET /admin/{$}", a.page)
-	mux.HandleFunc("GET /admin", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/admin/", http.StatusMovedPermanently) })
+	mux.HandleFunc("GET /admin", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/admin/", http.StatusMovedPermanently)
+	})
 	mux.HandleFunc("POST /admin/login", a.login)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeAdminError(w, http.StatusNotFound, "unknown path: GET /admin/ (the page), GET /admin/v1/quotas, POST /admin/v1/quotas/{reset,set,grant}")

@@ -40,7 +40,7 @@ func testAdmin(t *testing.T) *httptest.Server {
 func TestAdminPageNeedsTheToken(t *testing.T) {
 	srv := testAdmin(t)
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	get := func(cookie *http.Cookie) (*http.Response, string) {
+	get := func(cookie *http.Cookie) (int, http.Header, string) {
 		req, _ := http.NewRequest("GET", srv.URL+"/admin/", nil)
 		if cookie != nil {
 			req.AddCookie(cookie)
@@ -54,11 +54,11 @@ func TestAdminPageNeedsTheToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp, string(b)
+		return resp.StatusCode, resp.Header, string(b)
 	}
-	resp, body := get(nil)
-	if resp.StatusCode != 401 || !strings.Contains(body, `name="token"`) || strings.Contains(body, "envoy-1") {
-		t.Fatalf("without a session: %d\n%s", resp.StatusCode, body)
+	status, _, body := get(nil)
+	if status != 401 || !strings.Contains(body, `name="token"`) || strings.Contains(body, "envoy-1") {
+		t.Fatalf("without a session: %d\n%s", status, body)
 	}
 	wrong, err := noRedirect.PostForm(srv.URL+"/admin/login", url.Values{"token": {"guess"}})
 	if err != nil {
@@ -76,16 +76,16 @@ func TestAdminPageNeedsTheToken(t *testing.T) {
 	if ok.StatusCode != 303 || len(ok.Cookies()) != 1 || !ok.Cookies()[0].HttpOnly || strings.Contains(ok.Cookies()[0].Value, "secret") {
 		t.Fatalf("signing in: %d, cookies %v", ok.StatusCode, ok.Cookies())
 	}
-	resp, body = get(ok.Cookies()[0])
+	status, header, body := get(ok.Cookies()[0])
 	for _, want := range []string{"quotas[0].limit: must be greater than 0", "envoy-1", "Listener", "bad listener", "The policy has no quotas"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %q", want)
 		}
 	}
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Security-Policy") == "" {
-		t.Errorf("page: %d, CSP %q", resp.StatusCode, resp.Header.Get("Content-Security-Policy"))
+	if status != 200 || header.Get("Content-Security-Policy") == "" {
+		t.Errorf("page: %d, CSP %q", status, header.Get("Content-Security-Policy"))
 	}
-	if resp, _ := get(&http.Cookie{Name: sessionCookie, Value: "forged"}); resp.StatusCode != 401 {
-		t.Errorf("a forged session: %d", resp.StatusCode)
+	if status, _, _ := get(&http.Cookie{Name: sessionCookie, Value: "forged"}); status != 401 {
+		t.Errorf("a forged session: %d", status)
 	}
 }
