@@ -230,3 +230,66 @@ func assertSameYAML(t *testing.T, path string, want []byte) {
 		t.Errorf("%s differs from `tollgate bootstrap` (regenerate it with: go run ./cmd/tollgate bootstrap)", path)
 	}
 }
+
+// TestComposeDashboard: the demo's Prometheus scrapes the address tollgate serves metrics on,
+// Grafana's data source is that Prometheus under the uid the dashboard names, and the
+// dashboard is mounted where the provisioning looks for it.
+func TestComposeDashboard(t *testing.T) {
+	project := loadCompose(t)
+	tollgate, _ := project.GetService("tollgate")
+	metrics := flagValues(tollgate.Command)["--metrics"]
+
+	var prom struct {
+		ScrapeConfigs []struct {
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	readYAML(t, filepath.Join(demoDir, "prometheus.yml"), &prom)
+	if len(prom.ScrapeConfigs) != 1 || len(prom.ScrapeConfigs[0].StaticConfigs) != 1 ||
+		!slices.Equal(prom.ScrapeConfigs[0].StaticConfigs[0].Targets, []string{metrics}) {
+		t.Errorf("Prometheus scrapes %+v, tollgate serves metrics on %s", prom.ScrapeConfigs, metrics)
+	}
+	prometheus, _ := project.GetService("prometheus")
+	listen := ""
+	for _, arg := range prometheus.Command {
+		if v, ok := strings.CutPrefix(arg, "--web.listen-address="); ok {
+			listen = v
+		}
+	}
+
+	var ds struct {
+		Datasources []struct {
+			UID string `yaml:"uid"`
+			URL string `yaml:"url"`
+		} `yaml:"datasources"`
+	}
+	readYAML(t, filepath.Join(demoDir, "grafana", "datasource.yaml"), &ds)
+	if len(ds.Datasources) != 1 || ds.Datasources[0].URL != "http://"+listen || ds.Datasources[0].UID != "prometheus" {
+		t.Errorf("Grafana's data source %+v, Prometheus listens on %s and the dashboard names uid prometheus", ds.Datasources, listen)
+	}
+	var providers struct {
+		Providers []struct {
+			Options struct {
+				Path string `yaml:"path"`
+			} `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	readYAML(t, filepath.Join(demoDir, "grafana", "dashboards.yaml"), &providers)
+	grafana, _ := project.GetService("grafana")
+	if len(providers.Providers) != 1 || !mounts(grafana, providers.Providers[0].Options.Path+"/tollgate.json", filepath.Join("grafana", "tollgate.json")) {
+		t.Errorf("Grafana does not mount examples/grafana/tollgate.json under %+v: %v", providers.Providers, grafana.Volumes)
+	}
+}
+
+func readYAML(t *testing.T, path string, into any) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, into); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}

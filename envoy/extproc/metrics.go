@@ -53,6 +53,7 @@ type Metrics struct {
 	quotaChecks        *prometheus.CounterVec
 	spend              *prometheus.CounterVec
 	alerts             *prometheus.CounterVec
+	refusals           *prometheus.CounterVec
 	alertsDropped      prometheus.Counter
 	webhookFailures    prometheus.Counter
 	activeStreams      prometheus.Gauge
@@ -114,6 +115,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_quota_alerts_total",
 			Help: "Quota thresholds reached, once per counter, threshold and window (across gateways that share a Redis), by quota and threshold (percent of the limit).",
 		}, []string{"quota", "threshold"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_quota_refusals_total",
+			Help: "Requests answered 429 because a quota was spent, by the quota that refused them.",
+		}, []string{"quota"}),
 		alertsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_quota_alerts_dropped_total",
 			Help: "Quota alerts dropped because the queue to the webhook worker was full.",
@@ -145,6 +150,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.quotaChecks = registerOrReuse(reg, m.quotaChecks)
 	m.spend = registerOrReuse(reg, m.spend)
 	m.alerts = registerOrReuse(reg, m.alerts)
+	m.refusals = registerOrReuse(reg, m.refusals)
 	m.alertsDropped = registerOrReuse(reg, m.alertsDropped)
 	m.webhookFailures = registerOrReuse(reg, m.webhookFailures)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)

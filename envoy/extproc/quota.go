@@ -111,6 +111,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	ex.refusedBy = q.Name
 	wait := q.resetIn(now, st.ResetIn)
 	ex.checked(checkOverLimit)
+	ex.metrics.refusals.WithLabelValues(q.Name).Inc()
 	ex.observeDuration("429")
 	ex.logger.Debug("request over its quota", "model", ex.model, "user", userForLog(ex.user), "quota", q.Name,
 		"limit", values[envoy.MetadataRateLimitLimit])
