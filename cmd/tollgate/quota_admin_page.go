@@ -175,7 +175,7 @@ th{background:#f4f4f4}.bad{color:#b00}.ok{color:#070}.dim{color:#777}
 {{range .Quotas}}{{$name := .Name}}
 <h3>{{.Name}} <span class="dim">{{model .Model}}, per {{.Scope}}{{if .Shadow}}, shadow{{end}}</span></h3>
 <table class="top" data-quota="{{.Name}}"><tr><th>user</th><th>team</th><th>used</th><th>limit</th><th>remaining</th><th>resets</th></tr>
-{{range index $.Top $name}}<tr><td>{{.User}}</td><td>{{.Team}}</td><td>{{.Quota.Used}}</td><td>{{.Quota.Limit}} {{.Quota.Unit}} per {{.Quota.Window}}</td><td>{{.Quota.Remaining}}</td><td>{{.Quota.ResetsAt.Format "2006-01-02 15:04 UTC"}}</td></tr>
+{{range index $.Top $name}}<tr><td>{{if .User}}{{.User}}{{else if not .Team}}everyone{{end}}</td><td>{{.Team}}</td><td>{{.Quota.Used}}</td><td>{{.Quota.Limit}} {{.Quota.Unit}} per {{.Quota.Window}}</td><td>{{.Quota.Remaining}}</td><td>{{.Quota.ResetsAt.Format "2006-01-02 15:04 UTC"}}</td></tr>
 {{else}}<tr><td colspan="6" class="dim">no recent callers</td></tr>{{end}}</table>
 {{else}}<p class="dim">The policy has no quotas.</p>{{end}}
 

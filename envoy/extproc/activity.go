@@ -72,26 +72,39 @@ func (s *Server) Activity() (callers []Caller, refusals []Refusal) {
 	return callers, refusals
 }
 
-// UserUse is one caller's use of one quota, for a ranking.
+// UserUse is one counter's use of one quota, for a ranking: a user's, a team's (User is
+// empty) or everyone's (both are).
 type UserUse struct {
 	Caller
 	Quota QuotaStatus `json:"quota"`
 }
 
-// TopUsers ranks the recent callers on each quota by the share of their limit they used (at
-// most n per quota), from their quota reports.
+// TopUsers ranks, on each quota, the counters of the recent callers (their own, their team's,
+// the global one, each once) by the share of their limit used, at most n per quota, from the
+// callers' quota reports.
 func (s *Server) TopUsers(ctx context.Context, n int) (map[string][]UserUse, error) {
 	callers, _ := s.Activity()
 	out := map[string][]UserUse{}
+	seen := map[[2]string]bool{} // quota, subject
 	for _, c := range callers {
 		rep, err := s.Report(ctx, c.User, c.Team)
 		if err != nil {
 			return nil, err
 		}
 		for _, q := range rep.Quotas {
-			if q.Scope == ScopeUser.String() {
-				out[q.Name] = append(out[q.Name], UserUse{Caller: c, Quota: q})
+			subject := c
+			switch q.Scope {
+			case ScopeTeam.String():
+				subject = Caller{Team: c.Team}
+			case ScopeGlobal.String():
+				subject = Caller{}
 			}
+			key := [2]string{q.Name, subject.User + "\x00" + subject.Team}
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			out[q.Name] = append(out[q.Name], UserUse{Caller: subject, Quota: q})
 		}
 	}
 	for name, uses := range out {
