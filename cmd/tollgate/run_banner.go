@@ -45,6 +45,7 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 	row("metrics", metrics+"/metrics")
 	row("status", metrics+"/status")
 	row("envoy admin", "http://"+launch.DialAddr(plan.opts.adminAddr))
+	row("quota admin", quotaAdminHint(plan.opts.quotaAdmin))
 	row("counters", g.counters.describe())
 	row("logs", g.envoy.AccessLogPath()+"  (access log: one JSON line per request)")
 	row("", g.envoy.LogPath()+"  (Envoy's own log)")
@@ -62,6 +63,20 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 			listener, credential, p.Models[0].Name)
 	}
 	_, _ = fmt.Fprint(w, "\nCtrl-C to stop.\n")
+}
+
+// quotaAdminHint says where the quota admin API and the operator's page are, or how to turn
+// them on.
+func quotaAdminHint(o quotaAdminOptions) string {
+	token, err := o.token()
+	switch {
+	case o.addr == "":
+		return "off (--quota-admin \"\")"
+	case err != nil || token == "":
+		return "off: set " + adminTokenEnv + " to serve it on " + o.addr
+	default:
+		return "http://" + launch.DialAddr(o.addr) + "/admin/  (the page; the API under /admin/v1/)"
+	}
 }
 
 // identityHint says how a client identifies itself.
