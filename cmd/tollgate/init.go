@@ -158,4 +158,10 @@ quotas:
 {{- range .Models}}
   - {model: {{printf "%q" .}}, cost: tokens, limit: {{$.Limit}}, per: {{printf "%q" $.Per}}}
 {{- end}}
+# More ways to budget (docs/policy.md, "Budgets and pools"):
+#   - money: give models prices per million tokens (prices: {input: 0.15, output: 0.60}), then
+#     - {name: monthly, limit: "$20", per: calendar-month, timezone: Europe/Berlin}
+#   - one pool across all models, a team's pool, or everyone's (a provider key's ceiling):
+#     - {name: team-daily, scope: team, cost: tokens, limit: 2000000, per: calendar-day}
+#     - {name: provider, scope: global, cost: requests, limit: 10000, per: hour}
 `
