@@ -89,3 +89,40 @@ func TestAdminPageNeedsTheToken(t *testing.T) {
 		t.Errorf("a forged session: %d", status)
 	}
 }
+
+// TestAdminAPIErrors: every refusal of the admin API is JSON with the right status: no token
+// 401, another 403, a malformed body 400, an unknown path or quota 404.
+func TestAdminAPIErrors(t *testing.T) {
+	srv := testAdmin(t)
+	for _, c := range []struct {
+		name, method, path, token, body string
+		want                            int
+	}{
+		{"no token", "POST", "/admin/v1/quotas/reset", "", `{"user":"alice","quota":"q"}`, 401},
+		{"wrong token", "GET", "/admin/v1/quotas?user=alice", "nope", "", 403},
+		{"no user", "GET", "/admin/v1/quotas", "secret", "", 400},
+		{"not JSON", "POST", "/admin/v1/quotas/grant", "secret", `user=alice`, 400},
+		{"unknown field", "POST", "/admin/v1/quotas/grant", "secret", `{"user":"alice","quota":"q","amount":1,"extra":true}`, 400},
+		{"no quota", "POST", "/admin/v1/quotas/set", "secret", `{"user":"alice"}`, 400},
+		{"unknown quota", "POST", "/admin/v1/quotas/reset", "secret", `{"user":"alice","quota":"nope"}`, 404},
+		{"unknown path", "GET", "/admin/v1/other", "secret", "", 404},
+		{"wrong method", "GET", "/admin/v1/quotas/reset", "secret", "", 404},
+	} {
+		req, err := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != c.want || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") || !strings.Contains(string(body), `"error"`) {
+			t.Errorf("%s: %d %s %s, want %d with a JSON error", c.name, resp.StatusCode, resp.Header.Get("Content-Type"), body, c.want)
+		}
+	}
+}

@@ -131,9 +131,6 @@ var (
 // window. amount is in the quota's unit: tokens, requests or, for money quotas, units of the
 // currency; it is ignored by reset.
 func (s *Server) Apply(ctx context.Context, action, quota, user, team string, amount float64) (Change, error) {
-	if s.counters == nil {
-		return Change{}, errors.New("no access to the counters: the process has no Redis (--redis)")
-	}
 	cfg := s.cfg.Load()
 	var q Quota
 	found := false
@@ -148,6 +145,9 @@ func (s *Server) Apply(ctx context.Context, action, quota, user, team string, am
 	units, err := cfg.toUnits(q, amount)
 	if err != nil {
 		return Change{}, fmt.Errorf("%w: %w", ErrInvalidChange, err)
+	}
+	if s.counters == nil {
+		return Change{}, errors.New("no access to the counters: the process has no Redis (--redis)")
 	}
 	d := q.Descriptor(user, team, s.clock(), 0)
 	now := time.Now() // the service's clock names the window
