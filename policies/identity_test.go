@@ -380,12 +380,14 @@ func TestWatchRedeliversWhenKeysFileChanges(t *testing.T) {
 			r := startWatch(t, path, testDebounce)
 			first := r.next(t)
 
-			writeFile(t, keys, "- {user: bob, sha256: "+hashOf("b")+"}\n")
+			// Written by rename, as editors save: an in-place write under load can be read
+			// half done (truncated), which is a change of its own.
+			replaceFile(t, keys, "- {user: bob, sha256: "+hashOf("b")+"}\n")
 			if got := r.next(t); got != first {
 				t.Fatalf("redelivered %q, want the unchanged policy %q", got, first)
 			}
 			// Rewriting the same keys changes nothing.
-			writeFile(t, keys, "- {user: bob, sha256: "+hashOf("b")+"}\n")
+			replaceFile(t, keys, "- {user: bob, sha256: "+hashOf("b")+"}\n")
 			r.skipUndelivered(t)
 			// Removing the file is a change too: the next load reports it.
 			if err := os.Remove(keys); err != nil {
@@ -414,4 +416,15 @@ func TestWatchFollowsReferenceChanges(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "old", "keys.yaml"), "- {user: eve, sha256: "+hashOf("e")+"}\n")
 	writeFile(t, filepath.Join(dir, "unrelated.txt"), "x")
 	r.skipUndelivered(t)
+}
+
+// replaceFile writes content to a temporary file next to path and renames it over path, so a
+// reader sees the old content or the new, never a file half written.
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	writeFile(t, tmp, content)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }
