@@ -202,7 +202,7 @@ func TestSelfServiceQuota(t *testing.T) {
 // counter in Redis.
 func TestUsageLogMatchesCounters(t *testing.T) {
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--token-delay", "20ms")})
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim", "--token-delay", "50ms")}) // a client that leaves after the first chunk is gone long before the next
 	logPath := filepath.Join(s.dir, "usage.log")
 	s.writePolicy(t, headerPolicy(`usageLog: {path: `+logPath+`}
 models:
