@@ -108,18 +108,18 @@ type Prices struct {
 	CachedInput *float64 `yaml:"cachedInput"`
 }
 
-// maxPricePerMillion bounds a price: far above any model's, and low enough that a request's
-// price in micro-units per token times any token count stays within 64 bits.
+// maxPricePerMillion bounds a price: far above any model's. (The ext_proc server saturates a
+// price that would not fit 64 bits rather than wrap it.)
 const maxPricePerMillion = 1_000_000
 
-// PerToken is a model's prices as the ext_proc server charges them: in millionths of a
-// currency unit per token (the price per million tokens, scaled), exact for prices of up to
-// six decimals.
+// PerToken is a model's prices as the ext_proc server charges them: in 10^-12 of a currency
+// unit per token (a price per million tokens times 10^6), exact for prices of up to six
+// decimals.
 type PerToken struct {
 	Input, Output, CachedInput uint64
 }
 
-// PerToken converts valid prices (see validation) to micro-units per token.
+// PerToken converts valid prices (see validation) to 10^-12 currency units per token.
 func (p *Prices) PerToken() PerToken {
 	conv := func(f *float64) uint64 {
 		if f == nil {
