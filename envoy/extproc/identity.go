@@ -101,16 +101,7 @@ func userForLog(user string) string {
 func (ex *exchange) userFromHeader(headers *corev3.HeaderMap) (string, *rejection) {
 	users := headerValues(headers, ex.cfg.IdentityHeader)
 	if len(users) == 0 || strings.TrimSpace(users[0]) == "" {
-		return "", &rejection{
-			status:  401,
-			outcome: outcomeRejected401,
-			err: apiError{
-				Message: fmt.Sprintf("missing user: the %s header is required", ex.cfg.IdentityHeader),
-				Type:    errorTypeAuthentication,
-				Code:    optional("missing_user"),
-			},
-			details: "tollgate_missing_user",
-		}
+		return "", unauthorized("missing_user", fmt.Sprintf("missing user: the %s header is required", ex.cfg.IdentityHeader))
 	}
 	if len(users) > 1 {
 		// Two values leave it to each filter which user pays; refuse instead of guessing.
@@ -128,11 +119,11 @@ func (ex *exchange) userFromAPIKey(headers *corev3.HeaderMap) (user, team string
 		if otherScheme {
 			msg = "missing API key: the Authorization header must use the Bearer scheme"
 		}
-		return "", "", apiKeyRejection(msg, "missing_api_key")
+		return "", "", unauthorized("missing_api_key", msg)
 	}
 	for _, k := range keys[1:] {
 		if k != keys[0] {
-			return "", "", apiKeyRejection("the request carries more than one API key", "invalid_api_key")
+			return "", "", unauthorized("invalid_api_key", "the request carries more than one API key")
 		}
 	}
 	hash := HashKey(keys[0])
@@ -140,7 +131,7 @@ func (ex *exchange) userFromAPIKey(headers *corev3.HeaderMap) (user, team string
 	if !ok {
 		// Never echo the key: it may be a real credential sent to the wrong place.
 		ex.logger.Debug("request with an unknown API key rejected")
-		return "", "", apiKeyRejection("invalid API key", "invalid_api_key")
+		return "", "", unauthorized("invalid_api_key", "invalid API key")
 	}
 	return user, ex.cfg.APIKeyTeams[hash], nil
 }
@@ -166,35 +157,25 @@ func presentedKeys(headers *corev3.HeaderMap) (keys []string, otherScheme bool) 
 	return keys, otherScheme
 }
 
-func apiKeyRejection(message, code string) *rejection {
-	return &rejection{
-		status:  401,
-		outcome: outcomeRejected401,
-		err:     apiError{Message: message, Type: errorTypeAuthentication, Code: optional(code)},
-		details: "tollgate_" + code,
-	}
-}
-
 // userFromJWT reads the user claim from the payload Envoy's jwt_authn filter verified. The
 // filter already refused requests without a valid token; a request that arrives here without a
-// payload means the filter did not run for it, and it must not pass unidentified.
-// The team, when a team claim is configured, is that claim; a token without it belongs to no
-// team.
+// payload means the filter did not run for it, and it must not pass unidentified. The team,
+// when a team claim is configured, is that claim; a token without it belongs to no team.
 func (ex *exchange) userFromJWT(meta *corev3.Metadata) (user, team string, rejected *rejection) {
 	payload := meta.GetFilterMetadata()[envoy.FilterJWTAuthn].GetFields()[envoy.JWTPayloadKey].GetStructValue()
 	if payload == nil {
-		return "", "", tokenRejection("missing or unverified bearer token", "missing_token")
+		return "", "", unauthorized("missing_token", "missing or unverified bearer token")
 	}
 	user, ok := claimString(payload.GetFields()[ex.cfg.JWTClaim])
 	if !ok || user == "" {
 		// identify checks a claim that names someone; one that names no one is a token
 		// problem, answered like the other token problems.
-		return "", "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a user", ex.cfg.JWTClaim), "invalid_token")
+		return "", "", unauthorized("invalid_token", fmt.Sprintf("the token's %q claim does not name a user", ex.cfg.JWTClaim))
 	}
 	if ex.cfg.JWTTeamClaim != "" {
 		if v, present := payload.GetFields()[ex.cfg.JWTTeamClaim]; present {
 			if team, ok = claimString(v); !ok {
-				return "", "", tokenRejection(fmt.Sprintf("the token's %q claim does not name a team", ex.cfg.JWTTeamClaim), "invalid_token")
+				return "", "", unauthorized("invalid_token", fmt.Sprintf("the token's %q claim does not name a team", ex.cfg.JWTTeamClaim))
 			}
 		}
 	}
@@ -214,15 +195,6 @@ func claimString(v *structpb.Value) (string, bool) {
 		return strconv.FormatInt(int64(n), 10), true
 	default:
 		return "", false
-	}
-}
-
-func tokenRejection(message, code string) *rejection {
-	return &rejection{
-		status:  401,
-		outcome: outcomeRejected401,
-		err:     apiError{Message: message, Type: errorTypeAuthentication, Code: optional(code)},
-		details: "tollgate_" + code,
 	}
 }
 

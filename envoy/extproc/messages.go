@@ -162,15 +162,25 @@ type rejection struct {
 	headers map[string]string
 }
 
-// badRequest is a 400 invalid_request_error with code, known in Envoy's response details as
-// tollgate_<code>.
-func badRequest(code, message string) *rejection {
+// refusal is an answer of the gateway's own: an OpenAI-style error of type typ with code, known
+// in Envoy's response details as tollgate_<code>.
+func refusal(status int, outcome, typ, code, message string) *rejection {
 	return &rejection{
-		status:  400,
-		outcome: outcomeRejected400,
-		err:     apiError{Message: message, Type: errorTypeInvalidRequest, Code: optional(code)},
+		status:  status,
+		outcome: outcome,
+		err:     apiError{Message: message, Type: typ, Code: optional(code)},
 		details: "tollgate_" + code,
 	}
+}
+
+// badRequest is a 400 invalid_request_error.
+func badRequest(code, message string) *rejection {
+	return refusal(400, outcomeRejected400, errorTypeInvalidRequest, code, message)
+}
+
+// unauthorized is a 401 authentication_error: no identity, or one the gateway does not accept.
+func unauthorized(code, message string) *rejection {
+	return refusal(401, outcomeRejected401, errorTypeAuthentication, code, message)
 }
 
 // missingModel answers a request to a generation path that names no model in its body.

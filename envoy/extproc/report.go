@@ -148,12 +148,9 @@ func (q Quota) windowName(l rlsclient.Limit) string {
 // answerQuota answers GET QuotaPath with the caller's own quota report.
 func (ex *exchange) answerQuota(method string) *extprocv3.ProcessingResponse {
 	if method != "GET" {
-		r := rejection{
-			status: 405, outcome: outcomeRejected405,
-			err:     apiError{Message: "use GET " + QuotaPath, Type: errorTypeInvalidRequest, Code: optional("method_not_allowed")},
-			details: "tollgate_method_not_allowed", headers: map[string]string{"allow": "GET"},
-		}
-		return ex.reject(r)
+		r := refusal(405, outcomeRejected405, errorTypeInvalidRequest, "method_not_allowed", "use GET "+QuotaPath)
+		r.headers = map[string]string{"allow": "GET"}
+		return ex.reject(*r)
 	}
 	rep, err := report(ex.ctx, ex.cfg, ex.rls, ex.counters, ex.grants, ex.user, ex.team, ex.clock())
 	if err != nil {
