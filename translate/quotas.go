@@ -235,15 +235,8 @@ func UserQuotas(in *policies.Policy, user, team, model string, now time.Time) []
 		if err != nil {
 			continue // validation refused the policy already
 		}
-		subject := user
-		switch q.Scope {
-		case policies.ScopeTeam:
-			subject = "team " + team
-		case policies.ScopeGlobal:
-			subject = "everyone"
-		}
 		d := eq.Descriptor(user, team, now, 0)
-		out = append(out, UserQuota{Quota: q, Subject: subject, Entries: d.Entries, Calendar: eq.Calendar})
+		out = append(out, UserQuota{Quota: q, Subject: extproc.SubjectName(eq, user, team), Entries: d.Entries, Calendar: eq.Calendar})
 	}
 	return out
 }

@@ -152,7 +152,7 @@ func (s *Server) Apply(ctx context.Context, action, quota, user, team string, am
 	d := q.Descriptor(user, team, s.clock(), 0)
 	now := time.Now() // the service's clock names the window
 	unit, _, _, _ := cfg.amounts(q, 0, 0, 0)
-	c := Change{Action: action, Quota: q.Name, Subject: subjectName(q, user, team), Unit: unit, What: "used"}
+	c := Change{Action: action, Quota: q.Name, Subject: SubjectName(q, user, team), Unit: unit, What: "used"}
 	show := func(n uint64) any { _, v, _, _ := cfg.amounts(q, n, 0, 0); return v }
 	switch action {
 	case ActionReset, ActionSet:
@@ -210,8 +210,9 @@ func (c *Config) toUnits(q Quota, amount float64) (uint64, error) {
 	return uint64(math.Round(amount)), nil
 }
 
-// subjectName says whose counter a quota's is, for people.
-func subjectName(q Quota, user, team string) string {
+// SubjectName says whose counter quota q is for a request by user of team, for people: the
+// user, "team <id>" or "everyone".
+func SubjectName(q Quota, user, team string) string {
 	switch q.Scope {
 	case ScopeTeam:
 		return "team " + team

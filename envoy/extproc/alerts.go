@@ -119,7 +119,7 @@ func (ex *exchange) checkAlerts(quotas []Quota, statuses []rlsclient.Status, des
 			unit, limit, usedAmount, _ := ex.cfg.amounts(q, s.Limit.PerWindow, used, 0)
 			ev := AlertEvent{
 				Type: "quota.threshold", Quota: q.Name, Model: q.Model, Scope: q.Scope.String(),
-				Subject: subjectName(q, ex.user, ex.team), Threshold: at, Used: usedAmount, Limit: limit, Unit: unit,
+				Subject: SubjectName(q, ex.user, ex.team), Threshold: at, Used: usedAmount, Limit: limit, Unit: unit,
 				ResetsAt: now.Add(reset).Truncate(time.Second).UTC(), Time: time.Now().UTC(), key: key,
 			}
 			select {

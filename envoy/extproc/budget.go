@@ -99,11 +99,8 @@ func (q Quota) Descriptor(user, team string, now time.Time, hits uint64) rlsclie
 		label, _, _ := q.Calendar.Period(now)
 		entries = append(entries, rlsclient.Entry{Key: q.PeriodKey, Value: label})
 	}
-	switch q.Scope {
-	case ScopeUser:
-		entries = append(entries, rlsclient.Entry{Key: q.SubjectKey, Value: user})
-	case ScopeTeam:
-		entries = append(entries, rlsclient.Entry{Key: q.SubjectKey, Value: team})
+	if q.Scope != ScopeGlobal {
+		entries = append(entries, rlsclient.Entry{Key: q.SubjectKey, Value: q.subject(user, team)})
 	}
 	return rlsclient.Descriptor{Entries: entries, Hits: hits}
 }

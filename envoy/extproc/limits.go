@@ -62,7 +62,7 @@ func rateLimitValues(quotas []Quota, statuses []rlsclient.Status, decisive int, 
 // overLimitMessage says in words who used what, and when the window resets: "alice has used
 // all 50 qwen3 tokens of this hour; the window resets at 20:00 UTC, in 28 min."
 func (ex *exchange) overLimitMessage(q Quota, l rlsclient.Limit, now time.Time, wait time.Duration) string {
-	who := subjectName(q, ex.user, ex.team)
+	who := SubjectName(q, ex.user, ex.team)
 	model := "" // a quota over every model names none
 	if q.Model != "" {
 		model = q.Model + " "
