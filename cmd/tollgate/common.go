@@ -157,3 +157,11 @@ func runUntilSignal(name string, stderr io.Writer, logLevel, logFormat string, f
 	}
 	return 0
 }
+
+// modelName names the model a quota counts, for people: "every model" for a pool over all.
+func modelName(model string) string {
+	if model == "" {
+		return "every model"
+	}
+	return model
+}

@@ -151,14 +151,7 @@ func exactCounts(ctx context.Context, redisURL, domain string, ds []rlsclient.De
 		return nil
 	}
 	defer func() { _ = counters.Close() }()
-	var read []rlsclient.Counter
-	var index []int
-	for i, st := range statuses {
-		if st.Limit.Matched() {
-			read = append(read, rlsclient.Counter{Entries: ds[i].Entries, Unit: st.Limit.Unit})
-			index = append(index, i)
-		}
-	}
+	read, index := rlsclient.LimitedCounters(ds, statuses)
 	counts, err := counters.Counts(ctx, domain, read, time.Now())
 	if err != nil {
 		_, _ = fmt.Fprintf(stderr, "tollgate quota: reading the counters in Redis: %v\n", err)

@@ -121,12 +121,7 @@ var pageTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 		return time.Since(t).Round(time.Second).String() + " ago"
 	},
 	"short": func(typeURL string) string { return typeURL[strings.LastIndex(typeURL, ".")+1:] },
-	"model": func(m string) string {
-		if m == "" {
-			return "every model"
-		}
-		return m
-	},
+	"model": modelName,
 }).Parse(pageHTML))
 
 const pageHTML = `

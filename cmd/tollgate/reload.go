@@ -185,11 +185,7 @@ func modelNames(p *policies.Policy) []string {
 func quotaSummaries(p *policies.Policy) []string {
 	out := make([]string, 0, len(p.Quotas))
 	for _, q := range p.Quotas {
-		model := q.Model
-		if model == "" {
-			model = "every model"
-		}
-		out = append(out, fmt.Sprintf("%s: %s on %s", q.Name, q.Describe(), model))
+		out = append(out, fmt.Sprintf("%s: %s on %s", q.Name, q.Describe(), modelName(q.Model)))
 	}
 	sort.Strings(out)
 	return out

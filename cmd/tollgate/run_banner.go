@@ -95,11 +95,7 @@ func identityHint(id policies.Identity) string {
 func quotaLines(p *policies.Policy) []string {
 	lines := make([]string, 0, len(p.Quotas))
 	for _, q := range p.Quotas {
-		model := q.Model
-		if model == "" {
-			model = "every model"
-		}
-		l := model + ": " + q.Describe()
+		l := modelName(q.Model) + ": " + q.Describe()
 		if len(q.Overrides) > 0 {
 			l += fmt.Sprintf(" (%d override(s))", len(q.Overrides))
 		}

@@ -95,14 +95,7 @@ func report(ctx context.Context, cfg *Config, rls *rlsclient.Client, counters Co
 	if err != nil {
 		return out, err
 	}
-	var read []rlsclient.Counter
-	var known []int // statuses with a limit, in order
-	for i, s := range statuses {
-		if s.Limit.Matched() {
-			read = append(read, rlsclient.Counter{Entries: descriptors[i].Entries, Unit: s.Limit.Unit})
-			known = append(known, i)
-		}
-	}
+	read, known := rlsclient.LimitedCounters(descriptors, statuses)
 	used, countErr := rls.Counts(ctx, cfg.RateLimitDomain, read, time.Now()) // the service's clock
 	for j, i := range known {
 		q, s := quotas[i], statuses[i]

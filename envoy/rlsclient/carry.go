@@ -69,6 +69,18 @@ type Counter struct {
 	Unit    string
 }
 
+// LimitedCounters names the counters of ds that the service applies a limit to (statuses holds
+// its answer for ds, in order), with their indexes in ds: the ones worth reading.
+func LimitedCounters(ds []Descriptor, statuses []Status) (counters []Counter, index []int) {
+	for i, s := range statuses {
+		if s.Limit.Matched() {
+			counters = append(counters, Counter{Entries: ds[i].Entries, Unit: s.Limit.Unit})
+			index = append(index, i)
+		}
+	}
+	return counters, index
+}
+
 // CounterReader reads the service's counters as they are (rls.Counters does, in Redis): the
 // service itself only says what remains of a limit, never how far past it a counter is.
 type CounterReader interface {
