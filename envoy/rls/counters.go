@@ -109,16 +109,7 @@ func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error
 	if n == 0 {
 		return nil
 	}
-	pool, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
-	defer cancel()
-	if err := pool.Do(ctx, pipeline); err != nil {
-		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
-	}
-	return nil
+	return c.do(ctx, pipeline)
 }
 
 // Carry adds what a counter held in the window that ended at boundary to its counter in the
@@ -151,14 +142,8 @@ func (c *Counters) Counts(ctx context.Context, domain string, counters []rlsclie
 		}
 		pipeline.Append(radix.Cmd(&values[i], "GET", key))
 	}
-	pool, err := c.connect(ctx)
-	if err != nil {
+	if err := c.do(ctx, pipeline); err != nil {
 		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
-	defer cancel()
-	if err := pool.Do(ctx, pipeline); err != nil {
-		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
 	}
 	out := make([]uint64, len(counters))
 	for i, v := range values {
@@ -228,18 +213,12 @@ func (c *Counters) AddGrant(ctx context.Context, domain string, entries []rlscli
 // Grants reads every grant in force, by the key of the counter it is on: the index, less the
 // grants whose window ended, then their amounts.
 func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
-	pool, err := c.connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
-	defer cancel()
 	var keys []string
 	pipeline := radix.NewPipeline()
 	pipeline.Append(radix.Cmd(nil, "ZREMRANGEBYSCORE", grantIndex, "-inf", strconv.FormatInt(time.Now().Unix(), 10)))
 	pipeline.Append(radix.Cmd(&keys, "ZRANGE", grantIndex, "0", "-1"))
-	if err := pool.Do(ctx, pipeline); err != nil {
-		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	if err := c.do(ctx, pipeline); err != nil {
+		return nil, err
 	}
 	out := make(map[string]uint64, len(keys))
 	if len(keys) == 0 {
@@ -250,8 +229,8 @@ func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 	for i, k := range keys {
 		pipeline.Append(radix.Cmd(&values[i], "GET", k))
 	}
-	if err := pool.Do(ctx, pipeline); err != nil {
-		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	if err := c.do(ctx, pipeline); err != nil {
+		return nil, err
 	}
 	for i, v := range values {
 		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n > 0 {
@@ -267,30 +246,29 @@ const alertKeyPrefix = "tollgate_alert:"
 // MarkOnce records key, unless it is recorded already, for ttl; it reports whether this call
 // recorded it. Gateways sharing the Redis so report each quota alert once between them.
 func (c *Counters) MarkOnce(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	pool, err := c.connect(ctx)
-	if err != nil {
-		return false, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
-	defer cancel()
 	var reply string
 	seconds := strconv.FormatInt(max(int64(ttl.Seconds()), 1), 10)
-	if err := pool.Do(ctx, radix.Cmd(&reply, "SET", alertKeyPrefix+key, "1", "NX", "EX", seconds)); err != nil {
-		return false, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	if err := c.do(ctx, radix.Cmd(&reply, "SET", alertKeyPrefix+key, "1", "NX", "EX", seconds)); err != nil {
+		return false, err
 	}
 	return reply == "OK", nil
 }
 
 // eval runs a script on keys with args and decodes its reply into into.
 func (c *Counters) eval(ctx context.Context, into any, script string, keys []string, args ...string) error {
+	cmd := append([]string{script, strconv.Itoa(len(keys))}, keys...)
+	return c.do(ctx, radix.Cmd(into, "EVAL", append(cmd, args...)...))
+}
+
+// do runs action on the counters' Redis, within counterTimeout.
+func (c *Counters) do(ctx context.Context, action radix.Action) error {
 	pool, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
 	defer cancel()
-	cmd := append([]string{script, strconv.Itoa(len(keys))}, keys...)
-	if err := pool.Do(ctx, radix.Cmd(into, "EVAL", append(cmd, args...)...)); err != nil {
+	if err := pool.Do(ctx, action); err != nil {
 		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
 	}
 	return nil
