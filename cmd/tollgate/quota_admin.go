@@ -134,19 +134,35 @@ func (a *quotaAdmin) routes() http.Handler {
 // token's fingerprint and the client's address.
 func (a *quotaAdmin) authorized(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !strings.EqualFold(scheme, "bearer") || strings.TrimSpace(token) == "" {
+		token := bearerToken(r)
+		if token == "" {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeAdminError(w, http.StatusUnauthorized, "send the admin token as 'Authorization: Bearer <token>'")
 			return
 		}
-		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-		if subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
+		sum, ok := a.isToken(token)
+		if !ok {
 			writeAdminError(w, http.StatusForbidden, "wrong admin token")
 			return
 		}
 		h(w, r, fmt.Sprintf("token %s from %s", hex.EncodeToString(sum[:4]), r.RemoteAddr))
 	}
+}
+
+// bearerToken is the request's "Authorization: Bearer" credential; "" without one.
+func bearerToken(r *http.Request) string {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
+}
+
+// isToken reports whether token is the admin token, comparing hashes in constant time, and
+// returns the hash (its start fingerprints the caller in the audit log).
+func (a *quotaAdmin) isToken(token string) ([sha256.Size]byte, bool) {
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return sum, token != "" && subtle.ConstantTimeCompare(sum[:], a.token[:]) == 1
 }
 
 func (a *quotaAdmin) read(w http.ResponseWriter, r *http.Request, _ string) {

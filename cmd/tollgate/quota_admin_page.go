@@ -42,14 +42,12 @@ func (a *quotaAdmin) signedIn(r *http.Request) bool {
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		return subtle.ConstantTimeCompare([]byte(c.Value), []byte(a.session())) == 1
 	}
-	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	return strings.EqualFold(scheme, "bearer") && subtle.ConstantTimeCompare(sum[:], a.token[:]) == 1
+	_, ok := a.isToken(bearerToken(r))
+	return ok
 }
 
 func (a *quotaAdmin) login(w http.ResponseWriter, r *http.Request) {
-	sum := sha256.Sum256([]byte(strings.TrimSpace(r.PostFormValue("token"))))
-	if subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
+	if _, ok := a.isToken(strings.TrimSpace(r.PostFormValue("token"))); !ok {
 		a.renderLogin(w, http.StatusForbidden, "That is not the admin token.")
 		return
 	}
