@@ -80,6 +80,7 @@ func listenQuotaAdmin(o quotaAdminOptions, server *extproc.Server, status func()
 	if !isLoopback(lis.Addr()) {
 		logger.Warn("the quota admin API listens beyond this machine; put it behind TLS", "addr", lis.Addr().String())
 	}
+	server.TrackActivity() // for the page
 	api := &quotaAdmin{server: server, token: sha256.Sum256([]byte(token)), audit: logger.With("component", "quota-admin"), status: status}
 	logger.Info("quota admin API serving", "addr", "http://"+lis.Addr().String())
 	return &quotaAdminServer{lis: lis, srv: &http.Server{Handler: api.routes(), ReadHeaderTimeout: 5 * time.Second}}, nil

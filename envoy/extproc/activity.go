@@ -33,6 +33,10 @@ type Refusal struct {
 	Message string    `json:"message"`
 }
 
+// TrackActivity makes the server record recent callers and refusals (Activity, TopUsers). Call
+// it before the server serves.
+func (s *Server) TrackActivity() { s.trackActivity = true }
+
 // activity records recent callers and refusals.
 type activity struct {
 	mu       sync.Mutex

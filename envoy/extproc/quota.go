@@ -179,10 +179,13 @@ func spent(s rlsclient.Status, mustFit bool) bool {
 // first. This happens once per counter and year; a failure is logged and the request goes
 // on (the period's earlier spending is then missing from the check, never double counted).
 func (ex *exchange) carryCalendarCounters(descriptors []rlsclient.Descriptor, timeout time.Duration) {
-	boundary := rlsclient.WindowStart(CalendarServiceUnit, time.Now()) // the service's clock
+	var boundary time.Time
 	for i, q := range ex.quotas {
 		if q.Calendar == nil {
 			continue
+		}
+		if boundary.IsZero() {
+			boundary = rlsclient.WindowStart(CalendarServiceUnit, time.Now()) // the service's clock
 		}
 		if _, start, _ := q.Calendar.Period(ex.admitted); !boundary.After(start) {
 			continue

@@ -53,7 +53,10 @@ type Server struct {
 	counters CounterStore
 	grants   atomic.Pointer[map[string]uint64]
 	alerts   *alerter
-	activity activity
+	// activity records recent callers and refusals once TrackActivity turned it on (for the
+	// operator's page); otherwise requests pay nothing for it.
+	activity      activity
+	trackActivity bool
 }
 
 // NewServer returns a server using cfg (see Config for defaults of zero fields) and a
@@ -128,7 +131,10 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
-	ex.counters, ex.grants, ex.alerts, ex.activity = p.s.counters, p.s.currentGrants(), p.s.alerts, &p.s.activity
+	ex.counters, ex.grants, ex.alerts = p.s.counters, p.s.currentGrants(), p.s.alerts
+	if p.s.trackActivity {
+		ex.activity = &p.s.activity
+	}
 	defer ex.close()
 	for {
 		req, err := stream.Recv()
