@@ -204,6 +204,19 @@ func startStack(tb testing.TB, metrics bool) *stack {
 // configLoadedLine is what the upstream service logs after it swaps in a new config.
 const configLoadedLine = "Successfully loaded new configuration"
 
+// waitForConfigLoadLogged waits for the service's config load line. The service answers with
+// a new config a moment before it logs the swap, so a limit already served does not mean the
+// line is written yet.
+func (st *stack) waitForConfigLoadLogged(tb testing.TB) {
+	tb.Helper()
+	testutil.Eventually(tb, 10*time.Second, "the config load logged", func() error {
+		if !strings.Contains(st.logs.String(), configLoadedLine) {
+			return fmt.Errorf("service logs lack %q:\n%s", configLoadedLine, st.logs.String())
+		}
+		return nil
+	})
+}
+
 // publishAndWaitLoaded publishes a new qwen3 limit and waits, without calling the service,
 // until the service logs that it loaded it.
 //

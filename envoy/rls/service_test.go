@@ -25,9 +25,7 @@ func TestService(t *testing.T) {
 	st := startStack(t, true)
 
 	t.Run("logs the config it loaded", func(t *testing.T) {
-		if !strings.Contains(st.logs.String(), configLoadedLine) {
-			t.Errorf("service logs lack the config load line:\n%s", st.logs.String())
-		}
+		st.waitForConfigLoadLogged(t)
 	})
 
 	t.Run("seed scenario: five charges of 12 against 50 per hour", func(t *testing.T) {

@@ -108,9 +108,7 @@ func TestServiceOverMutualTLS(t *testing.T) {
 
 	st := &stack{opts: opts, ads: ads, conn: dialService(t, opts.GRPCAddr), logs: logs}
 	st.waitForLimit(t, "probe", 50)
-	if !strings.Contains(logs.String(), configLoadedLine) {
-		t.Errorf("no config load logged:\n%s", logs.String())
-	}
+	st.waitForConfigLoadLogged(t)
 }
 
 // startTLSADS is startADS behind TLS.
