@@ -109,6 +109,14 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				return err
 			}
 		}
+		var null *stack.Gateway
+		if cfg.nullExtProc {
+			envX := cfg.newEnv(bins, filepath.Join(dir, "null-ext-proc"))
+			defer envX.Close()
+			if null, err = envX.StartGateway(ctx, simPort, stack.PolicyOptions{NullExtProc: true}); err != nil {
+				return err
+			}
+		}
 		var checkOnly *stack.Gateway
 		if cfg.checkOnly {
 			envK := cfg.newEnv(bins, filepath.Join(dir, "check-only"))
@@ -129,7 +137,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly}, lite, sim, logger)
+		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null}, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)
@@ -195,6 +203,11 @@ func resolveBins(cfg config) (stack.Bins, error) {
 	b.Tollgate = abs("tollgate", cfg.tollgate)
 	b.ControlPlane = []string{b.Tollgate, "serve"}
 	b.LLMSim = abs("llmsim", cfg.llmsim)
+	self, err := os.Executable()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("the benchmark's own path, to run the do-nothing ext_proc server: %w", err))
+	}
+	b.NullExtProc = []string{self, nullExtProcCommand}
 	envoyBin, err := findEnvoy(cfg.envoy)
 	if err != nil {
 		errs = append(errs, err)

@@ -38,8 +38,10 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/nullproc"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 func main() {
@@ -50,6 +52,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == nullExtProcCommand {
+		return runNullExtProc(ctx, args[1:], stderr)
+	}
 	cfg, err := parseConfig(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -61,6 +66,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := benchmark(ctx, cfg, logger, stdout); err != nil {
 		_, _ = fmt.Fprintln(stderr, "tollgate-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// nullExtProcCommand runs the do-nothing ext_proc server (system X) instead of a benchmark:
+// the benchmark starts it as a process of its own, like every other part.
+const nullExtProcCommand = "null-extproc"
+
+func runNullExtProc(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tollgate-bench "+nullExtProcCommand, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:0", "listen address")
+	header := fs.String("model-header", policies.DefaultModelHeader, "the routing header it sets")
+	model := fs.String("model", "qwen3", "the model it names in the routing header")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := nullproc.Serve(ctx, *listen, nullproc.New(*header, *model)); err != nil {
+		_, _ = fmt.Fprintln(stderr, "tollgate-bench null-extproc:", err)
 		return 1
 	}
 	return 0
@@ -82,6 +110,7 @@ type config struct {
 	streamTokens                int
 	streamFloor                 bool
 	extProcOnly                 bool
+	nullExtProc                 bool
 	checkOnly                   bool
 	litellm                     bool
 	litellmBin                  string
@@ -130,7 +159,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
 	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
-	fs.BoolVar(&c.checkOnly, "check-only", true, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
+	fs.BoolVar(&c.nullExtProc, "null-ext-proc", true, "also measure the same Envoy configuration with a do-nothing ext_proc server (system X, and Y with C's streamed responses): B's and C's floor")
+	fs.BoolVar(&c.checkOnly, "check-only", false, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
 	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+
 		"the default comes from $LITELLM (LITELLM=1 turns it on). Needs LiteLLM, which LITELLM=1 task bench installs; it takes a minute or more to start")
 	fs.StringVar(&c.litellmBin, "litellm-bin", "", "the litellm command (default: .tools/litellm-venv/bin/litellm, then PATH)")

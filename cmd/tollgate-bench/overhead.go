@@ -64,9 +64,9 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gws gate
 }
 
 // gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
-// E's (no quotas) and K's (checks only, no reservations).
+// E's (no quotas), K's (checks only, no reservations) and X's (a do-nothing ext_proc server).
 type gateways struct {
-	main, extProcOnly, checkOnly *stack.Gateway
+	main, extProcOnly, checkOnly, null *stack.Gateway
 }
 
 // overheadSystems are A to E, and K.
@@ -90,13 +90,27 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 	}
 	if cfg.streamFloor {
 		systems[2].rep.Floor = "D"
-		systems = append(systems, &loadedSystem{rep: &report.System{Key: "D", Name: "A" + streamNote + " (C's floor)"}, req: plainStream, pids: plainPids})
+		systems = append(systems, &loadedSystem{rep: &report.System{Key: "D", Name: "A" + streamNote}, req: plainStream, pids: plainPids})
+	}
+	if gws.null != nil {
+		// B's and C's floor from here on: what the same exchange costs with no work done in it.
+		pids := map[string]int{
+			"envoy": gws.null.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self,
+			"null ext_proc": gws.null.ExtProc.Pid(),
+		}
+		x, y := gwReq, gwStream
+		x.URL = gws.null.URL + "/v1/chat/completions"
+		y.URL = x.URL
+		systems[1].rep.Floor, systems[2].rep.Floor = "X", "Y"
+		systems = append(systems,
+			&loadedSystem{rep: &report.System{Key: "X", Name: "B's Envoy configuration with a do-nothing ext_proc server (B's floor)", Floor: "A"}, req: x, pids: pids},
+			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids})
 	}
 	if extProcOnly != nil {
 		req := gwReq
 		req.URL = extProcOnly.URL + "/v1/chat/completions"
 		systems = append(systems, &loadedSystem{
-			rep:  &report.System{Key: "E", Name: "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls", Floor: "A"},
+			rep:  &report.System{Key: "E", Name: "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls", Floor: floorOf(gws)},
 			req:  req,
 			pids: gatewayPids(extProcOnly),
 		})
@@ -111,6 +125,14 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		})
 	}
 	return systems
+}
+
+// floorOf is the floor of the gateways' JSON systems: X when it runs, else A.
+func floorOf(gws gateways) string {
+	if gws.null != nil {
+		return "X"
+	}
+	return "A"
 }
 
 // liteLLMSystem is L: the LiteLLM proxy, sent the same request as A and B (it ignores the user

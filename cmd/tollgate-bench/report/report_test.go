@@ -33,12 +33,18 @@ func sampleReport() *Report {
 			CPUPerRequest: map[string]time.Duration{"envoy": 900 * time.Microsecond, "tollgate": 200 * time.Microsecond}},
 			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 1500*time.Microsecond),
 				CPUPerRequest: map[string]time.Duration{"envoy": 800 * time.Microsecond, "tollgate": 500 * time.Microsecond}}}}
-	c := &System{Key: "C", Name: "tollgate streamed", Floor: "D", Max: 300}
+	c := &System{Key: "C", Name: "tollgate streamed", Floor: "Y", Max: 300}
 	d := &System{Key: "D", Name: "floor streamed", Max: 1000}
+	x := &System{Key: "X", Name: "do-nothing ext_proc", Floor: "A", Max: 900,
+		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, 2*time.Millisecond),
+			CPUPerRequest: map[string]time.Duration{"envoy": 700 * time.Microsecond, "null ext_proc": 200 * time.Microsecond}},
+			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 1200*time.Microsecond),
+				CPUPerRequest: map[string]time.Duration{"envoy": 600 * time.Microsecond, "null ext_proc": 300 * time.Microsecond}}}}
+	y := &System{Key: "Y", Name: "do-nothing ext_proc streamed", Floor: "A", Max: 320}
 	return &Report{
 		Started: time.Unix(0, 0), Finished: time.Unix(60, 0),
 		Settings: Settings{Criteria: crit, StepDuration: 4 * time.Second, FixedDuration: 10 * time.Second},
-		Systems:  []*System{a, b, c, d},
+		Systems:  []*System{a, b, c, d, x, y},
 		Reload:   &Reload{Envoy: []time.Duration{100 * time.Millisecond, 120 * time.Millisecond}, RateLimit: []time.Duration{600 * time.Millisecond}},
 		Scale: &Scale{Sizes: []scale.Size{
 			{N: 100, Translate: time.Millisecond, Publish: time.Millisecond},
@@ -54,11 +60,14 @@ func TestMarkdownChecksTargets(t *testing.T) {
 	}
 	md := buf.String()
 	for _, want := range []string{
-		"| B max throughput ≥ 50% of A | 800 / 2000 req/s = 40% | **missed** |",
-		"| B p50 ≤ A p50 + 1 ms at 50% of B's max | 1.50 ms vs 1.00 ms (+0.50 ms) at 400 req/s | met |",
-		// 1,300 µs against 400 µs is 3.25×.
-		"| B CPU per request ≤ 3× A (all processes) at 50% of B's max | 1300 µs vs 400 µs = 3.25× | **missed** |",
-		"| C (streamed) max throughput ≥ 70% of D | 300 / 1000 req/s = 30% | **missed** |",
+		// 800 of 900 is 89%.
+		"| B max throughput ≥ 85% of X (JSON) | 800 / 900 req/s = 89% | met |",
+		"| B p50 ≤ X p50 + 0.5 ms at 50% of B's max | 1.50 ms vs 1.20 ms (+0.30 ms) at 400 req/s | met |",
+		// 1,300 µs against 900 µs is 1.44×.
+		"| B CPU per request ≤ 1.3× X (all processes) at 50% of B's max | 1300 µs vs 900 µs = 1.44× | **missed** |",
+		"| C max throughput ≥ 90% of Y (streamed) | 300 / 320 req/s = 94% | met |",
+		"| B max throughput ≥ 45% of A | 800 / 2000 req/s = 40% | **missed** |",
+		"| (context, no target) C vs D, plain Envoy streaming | 300 / 1000 req/s = 30% | – |",
 		"(context, no target) B p50 at 50% of A's max | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | – |",
 		"save → Envoy serves it) | 120.00 ms | met |",
 		"save → ratelimit service has the limit) | 600.00 ms | **missed** |",
@@ -67,7 +76,8 @@ func TestMarkdownChecksTargets(t *testing.T) {
 		"(×4.00) | **missed** |",
 		"| B | 800 | 0.40× |",
 		"1200 req/s: success 90% < 99.9%",
-		"| 1000 | B | 100.0% | 900 | 200 | 1100 |",
+		"| 1000 | B | 100.0% | 900 | – | 200 | 1100 |",
+		"| 1000 | X | 100.0% | 700 | 200 | – | 900 |",
 		"| 1000 req/s (50% of A's max) | B |",
 	} {
 		if !strings.Contains(md, want) {
@@ -161,7 +171,7 @@ func TestReportComparesBWithLiteLLM(t *testing.T) {
 	}
 	md := buf.String()
 	for _, want := range []string{
-		"| (context, no target) B vs L, LiteLLM routing only: max throughput | 800 / 400 req/s = 2.00× | – |",
+		"| B max throughput ≥ 20× L (LiteLLM, routing only) | 800 / 400 req/s = 2.00× | **missed** |",
 		"| L | 400 | 0.20× | 0.20× (A) |",
 		"### tollgate (B) against LiteLLM (L)",
 		"the rest at 200 req/s (50% of L's max).",

@@ -20,6 +20,7 @@ import (
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
 	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // Bins are the programs the stacks run.
@@ -34,6 +35,9 @@ type Bins struct {
 	Redis        string
 	// LiteLLM is the `litellm` command of a LiteLLM proxy install; only StartLiteLLM needs it.
 	LiteLLM string
+	// NullExtProc is the command that runs the do-nothing ext_proc server, before its flags
+	// (--listen, --model-header, --model); only a gateway with PolicyOptions.NullExtProc needs it.
+	NullExtProc []string
 }
 
 // Env starts processes and stops them all on Close, newest first.
@@ -223,6 +227,9 @@ type Gateway struct {
 	RateLimitAddr, RateLimitDebugAddr string
 
 	ControlPlane, RateLimit, Redis, Envoy *proc.Process
+	// ExtProc is the do-nothing ext_proc server of a gateway started with
+	// PolicyOptions.NullExtProc; nil otherwise (the control plane serves ext_proc).
+	ExtProc *proc.Process
 
 	client  *http.Client
 	simPort int
@@ -243,6 +250,9 @@ type PolicyOptions struct {
 	// NoQuotas leaves the quotas out: requests still pass the ext_proc server (model routing,
 	// usage accounting) but nothing is checked or charged at the ratelimit service.
 	NoQuotas bool
+	// NullExtProc puts the do-nothing ext_proc server where tollgate's would be: the same
+	// Envoy configuration (it implies NoQuotas), an ext_proc server that only answers.
+	NullExtProc bool
 }
 
 // MaxLimit is the largest limit a quota can have.
@@ -272,7 +282,7 @@ models:
 		fmt.Fprintf(&b, "  - {name: %s, backend: sim}\n", m)
 	}
 	b.WriteString("costs:\n  - {name: tokens, type: TotalToken}\n")
-	if !o.NoQuotas {
+	if !o.NoQuotas && !o.NullExtProc {
 		fmt.Fprintf(&b, "quotas:\n  - {model: qwen3, cost: tokens, limit: %d, per: hour}\n", limit)
 	}
 	return b.String()
@@ -325,10 +335,17 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if debounce <= 0 {
 		debounce = 100 * time.Millisecond
 	}
+	extProcAddr := proc.Addr(g.ports.extProc)
+	if opts.NullExtProc {
+		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr); err != nil {
+			return nil, err
+		}
+		extProcAddr = "" // the control plane serves none
+	}
 	cpArgs := append(append([]string(nil), e.Bins.ControlPlane[1:]...),
 		"-f", g.PolicyPath,
 		"--xds", proc.Addr(g.ports.xds),
-		"--extproc", proc.Addr(g.ports.extProc),
+		"--extproc", extProcAddr,
 		"--metrics", g.MetricsAddr,
 		"--debounce", debounce.String(),
 		"--charge-spool", "")
@@ -366,6 +383,27 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		return nil, err
 	}
 	return g, nil
+}
+
+// startNullExtProc runs the do-nothing ext_proc server on addr and waits until it accepts
+// connections.
+func (e *Env) startNullExtProc(ctx context.Context, addr string) (*proc.Process, error) {
+	if len(e.Bins.NullExtProc) == 0 {
+		return nil, errors.New("no command for the do-nothing ext_proc server")
+	}
+	args := append(append([]string(nil), e.Bins.NullExtProc[1:]...),
+		"--listen", addr, "--model-header", policies.DefaultModelHeader, "--model", "qwen3")
+	p, err := e.startWithEnv("null-extproc", e.TollgateEnv, e.Bins.NullExtProc[0], args...)
+	if err != nil {
+		return nil, err
+	}
+	return p, p.Await(ctx, 10*time.Second, probeInterval, "do-nothing ext_proc server listening", func() error {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = conn.Close()
+		}
+		return err
+	})
 }
 
 // Ask sends one chat completion for model as user through the gateway and fails unless the
