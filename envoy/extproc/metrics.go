@@ -3,6 +3,7 @@ package extproc
 import (
 	"errors"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -58,6 +59,28 @@ type Metrics struct {
 	webhookFailures    prometheus.Counter
 	activeStreams      prometheus.Gauge
 	chargeBacklog      prometheus.Gauge
+	messages           *prometheus.CounterVec
+	// messageKinds are messages' children, one per kind, resolved once: counting a message
+	// is then one atomic add.
+	messageKinds [messageKindCount]prometheus.Counter
+}
+
+// The kinds of message Envoy sends, the values of tollgate_extproc_messages_total{message}.
+const (
+	messageRequestHeaders = iota
+	messageRequestBody
+	messageRequestTrailers
+	messageResponseHeaders
+	messageResponseBody
+	messageResponseTrailers
+	messageKindCount
+)
+
+// messageKindNames are the label values, by kind.
+func messageKindNames() [messageKindCount]string {
+	return [messageKindCount]string{
+		"request_headers", "request_body", "request_trailers", "response_headers", "response_body", "response_trailers",
+	}
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not registered). When a
@@ -135,7 +158,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_quota_charges_backlog",
 			Help: "Charges and refunds the ratelimit service or Redis has not taken yet: kept (and spooled) and sent again until it does.",
 		}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_extproc_messages_total",
+			Help: "ext_proc messages received from Envoy, by kind: what one request costs in round trips.",
+		}, []string{"message"}),
 	}
+	defer m.resolveMessageKinds()
 	if reg == nil {
 		return m
 	}
@@ -155,7 +183,36 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.webhookFailures = registerOrReuse(reg, m.webhookFailures)
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	m.chargeBacklog = registerOrReuse(reg, m.chargeBacklog)
+	m.messages = registerOrReuse(reg, m.messages)
 	return m
+}
+
+func (m *Metrics) resolveMessageKinds() {
+	for kind, name := range messageKindNames() {
+		m.messageKinds[kind] = m.messages.WithLabelValues(name)
+	}
+}
+
+// countMessage counts one message from Envoy by its kind.
+func (m *Metrics) countMessage(req *extprocv3.ProcessingRequest) {
+	kind := -1
+	switch req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		kind = messageRequestHeaders
+	case *extprocv3.ProcessingRequest_RequestBody:
+		kind = messageRequestBody
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		kind = messageRequestTrailers
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		kind = messageResponseHeaders
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		kind = messageResponseBody
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		kind = messageResponseTrailers
+	}
+	if kind >= 0 {
+		m.messageKinds[kind].Inc()
+	}
 }
 
 // registerOrReuse registers c, or returns the collector already registered under its name.

@@ -144,6 +144,7 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 			}
 			return err
 		}
+		p.s.metrics.countMessage(req)
 		resp := ex.handle(req)
 		if resp == nil || req.GetObservabilityMode() {
 			// Observability mode ignores answers; an unknown message has none to give.

@@ -365,7 +365,8 @@ func TestSSEResponseMetadataOnFinalChunk(t *testing.T) {
 	// Chunks of 37 bytes cut events, lines and "data:" prefixes apart.
 	// Each carries what the stream would be charged if it broke off there (an estimate, or the
 	// usage once its report is in), never the costs: those are computed once, at the end.
-	for _, chunk := range splitEvery(readTestdata(t, "chat_stream.sse"), 37) {
+	chunks := splitEvery(readTestdata(t, "chat_stream.sse"), 37)
+	for _, chunk := range chunks {
 		resp := c.send(responseBody(chunk, false))
 		running := metadataFields(resp)
 		if resp.GetResponseBody().GetResponse().GetBodyMutation() != nil || running["usage_basis"] == nil || running["llm_total_token"] != nil {
@@ -381,6 +382,12 @@ func TestSSEResponseMetadataOnFinalChunk(t *testing.T) {
 		}
 	}
 	c.end()
+	// Every message is counted by its kind: the round trips this request cost.
+	for kind, want := range map[string]int{"request_headers": 1, "request_body": 1, "response_headers": 1, "response_body": len(chunks) + 1, "response_trailers": 0} {
+		if n := testutil.ToFloat64(h.srv.metrics.messages.WithLabelValues(kind)); n != float64(want) {
+			t.Errorf("%s messages counted %v, want %d", kind, n, want)
+		}
+	}
 	labels := []string{"chat", "qwen3"}
 	if n := testutil.CollectAndCount(h.srv.metrics.timeToFirstToken); n != 1 {
 		t.Errorf("time to first token series = %d, want 1", n)
