@@ -17,6 +17,9 @@ import (
 type chargeOptions struct {
 	redisURL string
 	spool    string
+	// local, when set, is the ratelimit service running in this process (tollgate run):
+	// quota checks call it directly.
+	local rlsclient.LocalService
 }
 
 // register adds --redis and --charge-spool to fs.
@@ -62,7 +65,7 @@ func defaultSpool(listen string) string {
 // clientOptions turns the flags into the ratelimit client's options, and returns what must be
 // closed once the ext_proc server is.
 func (o chargeOptions) clientOptions(logger *slog.Logger) (rlsclient.Options, func(), error) {
-	opts := rlsclient.Options{Logger: logger.With("component", "ratelimit-client"), Spool: o.spool}
+	opts := rlsclient.Options{Logger: logger.With("component", "ratelimit-client"), Spool: o.spool, Local: o.local}
 	if o.redisURL == "" {
 		logger.Warn("quota reservations are off (no --redis): requests are only checked, so a client that sends many at once can spend past a quota by what they cost together")
 		return opts, func() {}, nil

@@ -66,6 +66,10 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 	}
 	rlOpts := plan.rateLimit
 	rlOpts.RedisURL = g.counters.url
+	// The ext_proc server below runs in this process too: its quota checks call the service
+	// directly rather than over loopback gRPC.
+	local := rls.NewLocal(rlOpts.GRPCAddr)
+	rlOpts.Local = local
 	rlLogger := g.logger.With("component", "ratelimit")
 	g.rateLimit = startTask("ratelimit service", func(ctx context.Context) error {
 		return rls.Run(ctx, rlLogger, rlOpts)
@@ -88,7 +92,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 		metricsAddr:   plan.opts.metricsAddr,
 		rateLimitNode: envoy.DefaultRateLimitNode,
 		debounce:      100 * time.Millisecond,
-		charges:       chargeOptions{redisURL: g.counters.url, spool: plan.opts.charges.spool},
+		charges:       chargeOptions{redisURL: g.counters.url, spool: plan.opts.charges.spool, local: local},
 		quotaAdmin:    plan.opts.quotaAdmin,
 	}
 	cpLogger := g.logger

@@ -155,6 +155,7 @@ func startStack(tb testing.TB, metrics bool) *stack {
 		HTTPAddr:  addrs[2],
 		XDSAddr:   ads.addr,
 		RedisURL:  "redis://" + redisAddr,
+		Local:     NewLocal(addrs[0]),
 	}
 	if metrics && metricsClaimed.CompareAndSwap(false, true) {
 		opts.MetricsAddr = addrs[3]

@@ -59,6 +59,9 @@ type Options struct {
 	// XDSTLS, when set, makes the service reach the ADS server over TLS 1.3. Unset, the
 	// upstream CONFIG_GRPC_XDS_* environment variables still apply.
 	XDSTLS XDSTLS
+	// Local, when set, is given the running service, for quota checks in this process to
+	// call it directly (see Local).
+	Local *Local
 }
 
 // XDSTLS names the PEM files of the service's TLS connection to tollgate's ADS server.

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/envoyproxy/ratelimit/src/service_cmd/runner"
 	"github.com/envoyproxy/ratelimit/src/settings"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
@@ -76,7 +75,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 	}
 
 	bridge := installLogBridge(logger, cfg.logLevel)
-	r, err := newRunner(s)
+	r, err := newRunner(s, opts.Local)
 	if err != nil {
 		return err
 	}
@@ -91,11 +90,11 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 			}
 			stopped <- crash
 		}()
-		r.Run()
+		r.run()
 	}()
 
 	if err := waitServing(cfg, stopped, bridge); err != nil {
-		stopRunner(logger, &r, stopped)
+		stopRunner(logger, r, stopped)
 		return err
 	}
 	logger.Info("ratelimit service started",
@@ -104,7 +103,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 
 	select {
 	case <-ctx.Done():
-		stopRunner(logger, &r, stopped)
+		stopRunner(logger, r, stopped)
 		logger.Info("ratelimit service stopped")
 		return nil
 	case err := <-stopped:
@@ -115,10 +114,10 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 			err = errors.New("ratelimit service stopped unexpectedly")
 		}
 		stopped <- err // let stopRunner see the runner is done
-		stopRunner(logger, &r, stopped)
+		stopRunner(logger, r, stopped)
 		return err
 	case <-bridge.failed:
-		stopRunner(logger, &r, stopped)
+		stopRunner(logger, r, stopped)
 		return bridge.fatalError()
 	}
 }
@@ -221,17 +220,6 @@ func checkListenable(cfg config) error {
 	return errors.Join(errs...)
 }
 
-// newRunner builds the upstream runner, which registers the metrics handler on
-// http.DefaultServeMux: a second registration in one process panics.
-func newRunner(s settings.Settings) (r runner.Runner, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("starting the ratelimit service (metrics can be enabled once per process): %v", p)
-		}
-	}()
-	return runner.NewRunner(s), nil
-}
-
 // waitServing polls until the service's HTTP health endpoint answers at all (a 500 before
 // the first config is still an answer) and its gRPC port accepts connections, the runner
 // ends, or startTimeout passes. The upstream server opens its gRPC listener in a goroutine
@@ -269,12 +257,12 @@ func waitServing(cfg config, stopped chan error, bridge *logBridge) error {
 	}
 }
 
-// stopRunner stops the upstream runner and waits, at most stopTimeout, for it to finish.
-func stopRunner(logger *slog.Logger, r *runner.Runner, stopped chan error) {
+// stopRunner stops the runner and waits, at most stopTimeout, for it to finish.
+func stopRunner(logger *slog.Logger, r *runner, stopped chan error) {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		r.Stop()
+		r.stop()
 	}()
 	timeout := time.After(stopTimeout)
 	// A nil channel blocks forever, so each case fires once.

@@ -64,6 +64,16 @@ type Options struct {
 	// OnBacklog, if set, is told how many charges and refunds wait for the service or Redis
 	// whenever that changes.
 	OnBacklog func(n int)
+	// Local, when set, is a ratelimit service in this process: calls for the addresses it
+	// Serves go to it directly instead of over gRPC, with the same outcomes.
+	Local LocalService
+}
+
+// LocalService is a ratelimit service running in this process (rls.Local).
+type LocalService interface {
+	// Serves reports whether a call for the service at target (host:port) reaches it.
+	Serves(target string) bool
+	ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
 }
 
 // Client talks to ratelimit services, one connection per address. It is safe for concurrent
@@ -71,6 +81,7 @@ type Options struct {
 type Client struct {
 	logger   *slog.Logger
 	refunder Refunder
+	local    LocalService
 	conns    conns
 	pending  pending
 	checks   *batcher
@@ -85,7 +96,7 @@ type Client struct {
 // New returns a client with its workers running. It fails only when the spool cannot be
 // read or written.
 func New(opts Options) (*Client, error) {
-	c := &Client{logger: opts.Logger, refunder: opts.Refunder}
+	c := &Client{logger: opts.Logger, refunder: opts.Refunder, local: opts.Local}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
@@ -348,13 +359,9 @@ func (c *Client) shouldRateLimit(target, domain string, ds []Descriptor, timeout
 	for i, d := range ds {
 		req.Descriptors[i] = d.proto()
 	}
-	conn, err := c.conns.get(target)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "ratelimit service at %s: %v", target, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	resp, err := rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, req)
+	resp, err := c.call(ctx, target, req)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit service at %s, domain %q: %w", target, domain, err)
 	}
@@ -366,6 +373,44 @@ func (c *Client) shouldRateLimit(target, domain string, ds []Descriptor, timeout
 		out[i] = statusFromProto(s)
 	}
 	return out, nil
+}
+
+// call sends req to the service at target: directly when it runs in this process, else over
+// gRPC.
+func (c *Client) call(ctx context.Context, target string, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if c.local != nil && c.local.Serves(target) {
+		return callLocal(ctx, c.local, req)
+	}
+	conn, err := c.conns.get(target)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "ratelimit service at %s: %v", target, err)
+	}
+	return rlsv3.NewRateLimitServiceClient(conn).ShouldRateLimit(ctx, req)
+}
+
+// callLocal calls a service in this process with a gRPC call's outcomes: the upstream
+// service waits for Redis without a deadline, so the call runs on a goroutine of its own and
+// one that outlives ctx is DeadlineExceeded (unconfirmed: it may still count); an error the
+// service returns is Unknown, as its gRPC server would send it.
+func callLocal(ctx context.Context, svc LocalService, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	type answer struct {
+		resp *rlsv3.RateLimitResponse
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := svc.ShouldRateLimit(ctx, req)
+		done <- answer{resp, err}
+	}()
+	select {
+	case a := <-done:
+		if _, isStatus := status.FromError(a.err); a.err != nil && !isStatus {
+			a.err = status.Error(codes.Unknown, a.err.Error())
+		}
+		return a.resp, a.err
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 }
 
 // ErrUnconfirmed is the outcome of a charge the service took but did not answer in time. It is

@@ -1,0 +1,173 @@
+package rls
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/envoyproxy/ratelimit/src/metrics"
+	"github.com/envoyproxy/ratelimit/src/redis"
+	"github.com/envoyproxy/ratelimit/src/server"
+	ratelimit "github.com/envoyproxy/ratelimit/src/service"
+	"github.com/envoyproxy/ratelimit/src/settings"
+	"github.com/envoyproxy/ratelimit/src/stats"
+	"github.com/envoyproxy/ratelimit/src/stats/prom"
+	"github.com/envoyproxy/ratelimit/src/trace"
+	"github.com/envoyproxy/ratelimit/src/utils"
+	gostats "github.com/lyft/gostats"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// runner assembles the upstream service from the upstream packages — its server (gRPC,
+// health, debug and the xDS config provider), its Redis limiter and cache keys, and its
+// ShouldRateLimit service — as the upstream runner does for the settings tollgate uses (the
+// Redis backend; statistics off or to Prometheus). It exists because the upstream runner
+// keeps the service to itself: here it is also handed to a Local, so that a quota check made
+// in this process calls it directly instead of over loopback gRPC.
+type runner struct {
+	settings     settings.Settings
+	statsManager stats.Manager
+	local        *Local
+
+	mu     sync.Mutex
+	srv    server.Server
+	closer io.Closer
+}
+
+// newRunner builds the runner and its stats store. A Prometheus sink registers its handler on
+// http.DefaultServeMux: a second one in one process panics, which is returned as an error.
+func newRunner(s settings.Settings, local *Local) (r *runner, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("starting the ratelimit service (metrics can be enabled once per process): %v", p)
+		}
+	}()
+	var store gostats.Store
+	if s.DisableStats {
+		store = gostats.NewStore(gostats.NewNullSink(), false)
+	} else {
+		store = gostats.NewStore(prom.NewPrometheusSink(prom.WithAddr(s.PrometheusAddr),
+			prom.WithPath(s.PrometheusPath), prom.WithMapperYamlPath(s.PrometheusMapperYaml)), false)
+	}
+	go store.Start(time.NewTicker(s.StatsFlushInterval))
+	return &runner{settings: s, statsManager: stats.NewStatManager(store, s), local: local}, nil
+}
+
+// run serves until stop; the upstream code ends it with a logged Fatal when it cannot.
+func (r *runner) run() {
+	s := r.settings
+	if s.TracingEnabled {
+		tp := trace.InitProductionTraceProvider(s.TracingExporterProtocol, s.TracingServiceName, s.TracingServiceNamespace, s.TracingServiceInstanceId, s.TracingSamplingRate)
+		defer func() { _ = tp.Shutdown(context.Background()) }()
+	}
+	if level, err := logrus.ParseLevel(s.LogLevel); err == nil {
+		logrus.SetLevel(level)
+	}
+
+	reporter := metrics.NewServerReporter(r.statsManager.GetStatsStore().ScopeWithTags("ratelimit_server", s.ExtraTags))
+	srv := server.NewServer(s, "ratelimit", r.statsManager, nil, settings.GrpcUnaryInterceptor(reporter.UnaryServerInterceptor()))
+	limiter, closer := redis.NewRateLimiterCacheImplFromSettings(s, nil, srv, utils.NewTimeSourceImpl(),
+		rand.New(utils.NewLockedSource(time.Now().Unix())), s.ExpirationJitterMaxSeconds, r.statsManager)
+	r.mu.Lock()
+	r.srv, r.closer = srv, closer
+	r.mu.Unlock()
+
+	svc := ratelimit.NewService(limiter, srv.Provider(), r.statsManager, srv.HealthChecker(),
+		utils.NewTimeSourceImpl(), s.GlobalShadowMode, s.ForceStartWithoutInitialConfig, s.HealthyWithAtLeastOneConfigLoaded)
+	srv.AddDebugHttpEndpoint("/rlconfig", "print out the currently loaded configuration for debugging",
+		func(w http.ResponseWriter, _ *http.Request) {
+			if current, _, _ := svc.GetCurrentConfig(); current != nil {
+				_, _ = io.WriteString(w, current.Dump())
+			}
+		})
+	srv.AddJsonHandler(svc)
+	rlsv3.RegisterRateLimitServiceServer(srv.GrpcServer(), svc)
+	if r.local != nil {
+		r.local.attach(svc)
+		defer r.local.attach(nil)
+	}
+	srv.Start()
+}
+
+// stop stops the server and closes the Redis pool.
+func (r *runner) stop() {
+	r.mu.Lock()
+	srv, closer := r.srv, r.closer
+	r.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
+	}
+	if closer != nil {
+		_ = closer.Close()
+	}
+}
+
+// Local is the ratelimit service run by Run in this process, called directly: the same
+// service, limits, Redis counters and cache keys that answer over gRPC, without encoding a
+// request, a loopback round trip and a second process's wake-up. Set Options.Local to one
+// and give it to the quota client, which calls it for the service at Addr.
+type Local struct {
+	host, port string
+	svc        atomic.Pointer[rlsv3.RateLimitServiceServer]
+}
+
+// NewLocal returns a Local for a service that listens for gRPC on grpcAddr (its Options
+// GRPCAddr): quota checks aimed at that address are the ones it answers.
+func NewLocal(grpcAddr string) *Local {
+	host, port, _ := net.SplitHostPort(grpcAddr)
+	return &Local{host: host, port: port}
+}
+
+// Serves reports whether target, a host:port a client would dial, reaches this service: the
+// same port, on the host it listens on, or on loopback when it listens on loopback or on
+// every interface.
+func (l *Local) Serves(target string) bool {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil || port != l.port {
+		return false
+	}
+	if host == l.host {
+		return true
+	}
+	return isLoopback(host) && (l.host == "" || isLoopback(l.host) || isUnspecified(l.host))
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func isUnspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+func (l *Local) attach(svc rlsv3.RateLimitServiceServer) {
+	if svc == nil {
+		l.svc.Store(nil)
+		return
+	}
+	l.svc.Store(&svc)
+}
+
+// ShouldRateLimit asks the service, as its gRPC method would. Until the service runs (and
+// after it stopped) it answers Unavailable, as a gRPC client would be.
+func (l *Local) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	svc := l.svc.Load()
+	if svc == nil {
+		return nil, status.Error(codes.Unavailable, "the ratelimit service in this process is not running")
+	}
+	return (*svc).ShouldRateLimit(ctx, req)
+}

@@ -1,0 +1,113 @@
+package rlsclient_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient/rlsclienttest"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
+)
+
+// inProcess is a service in this process that answers for one address.
+type inProcess struct {
+	addr   string
+	answer func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
+}
+
+func (p inProcess) Serves(target string) bool { return target == p.addr }
+
+func (p inProcess) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return p.answer(ctx, req)
+}
+
+func newLocalClient(t *testing.T, local rlsclient.LocalService) *rlsclient.Client {
+	t.Helper()
+	c, err := rlsclient.New(rlsclient.Options{Local: local})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// Checks and charges for the address the local service answers for go to it, not over the
+// network (nothing listens there); other addresses still use gRPC.
+func TestLocalServiceTakesItsCalls(t *testing.T) {
+	service := rlsclienttest.Start(t) // its methods answer in process; its port is for the gRPC call
+	dead := rlsclienttest.DeadAddr(t)
+	c := newLocalClient(t, inProcess{addr: dead, answer: service.ShouldRateLimit})
+
+	got, err := c.Check(context.Background(), dead, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 0)}, time.Second)
+	if err != nil {
+		t.Fatalf("check through the local service: %v", err)
+	}
+	if len(got) != 1 || got[0].Remaining != 40 {
+		t.Errorf("statuses %+v, want the service's 40 remaining", got)
+	}
+	var o outcomes
+	c.Charge(dead, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	testutil.Eventually(t, 5*time.Second, "the charge taken", func() error {
+		if sent, failed := o.counts(); sent != 1 || failed != 0 {
+			return errors.New("not sent yet")
+		}
+		return nil
+	})
+	if n := len(service.ChargeCalls()); n != 1 {
+		t.Errorf("the service took %d charge calls, want 1", n)
+	}
+
+	// Another address is a remote service, reached over gRPC.
+	if _, err := c.Check(context.Background(), service.Addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "bob", 0)}, time.Second); err != nil {
+		t.Fatalf("check over gRPC: %v", err)
+	}
+	if n := len(service.CheckCalls()); n != 2 {
+		t.Errorf("the service answered %d checks, want 2 (one in process, one over gRPC)", n)
+	}
+}
+
+// A local call fails as the gRPC call would: an error of the service is Unknown, and a call
+// that outlives its timeout is abandoned with DeadlineExceeded while the service still works
+// on it.
+func TestLocalServiceFailsAsGRPCWould(t *testing.T) {
+	const addr = "127.0.0.1:8081"
+	failing := newLocalClient(t, inProcess{addr: addr, answer: func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		return nil, errors.New("redis: connection refused")
+	}})
+	_, err := failing.Check(context.Background(), addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 0)}, time.Second)
+	if status.Code(err) != codes.Unknown {
+		t.Errorf("a service error: %v (code %v), want Unknown", err, status.Code(err))
+	}
+
+	// A charge the service is stuck on is unconfirmed after the charge timeout, and never
+	// sent again: the service may still count it.
+	release := make(chan struct{})
+	defer close(release)
+	var calls atomic.Int32
+	stuck := newLocalClient(t, inProcess{addr: addr, answer: func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		calls.Add(1)
+		<-release // as the upstream service does while Redis does not answer
+		return &rlsv3.RateLimitResponse{}, nil
+	}})
+	var o outcomes
+	stuck.Charge(addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	testutil.Eventually(t, 10*time.Second, "the charge's outcome", func() error {
+		if _, failed := o.counts(); failed != 1 {
+			return errors.New("no outcome yet")
+		}
+		return nil
+	})
+	if !errors.Is(o.errs[0], rlsclient.ErrUnconfirmed) {
+		t.Errorf("a charge the service is stuck on: %v, want ErrUnconfirmed", o.errs[0])
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the service was sent the charge %d times, want once", n)
+	}
+}
