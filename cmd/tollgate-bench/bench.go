@@ -85,6 +85,7 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 // dataPlanePhases runs the overhead and reload phases on one set of processes.
 func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir string, rep *report.Report, logger *slog.Logger, fail func(string, error)) error {
 	env := cfg.newEnv(bins, dir)
+	env.InProcess = cfg.inProcess
 	defer env.Close()
 	simPort, sim, err := env.StartSim(ctx)
 	if err != nil {
@@ -104,6 +105,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 			// A gateway of its own (its files in a directory of their own): switching one
 			// gateway's policy between runs would measure reloads as well.
 			envE := cfg.newEnv(bins, filepath.Join(dir, "ext-proc-only"))
+			envE.InProcess = cfg.inProcess
 			defer envE.Close()
 			if extProcOnly, err = envE.StartGateway(ctx, simPort, stack.PolicyOptions{NoQuotas: true}); err != nil {
 				return err
@@ -114,6 +116,14 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 			envX := cfg.newEnv(bins, filepath.Join(dir, "null-ext-proc"))
 			defer envX.Close()
 			if null, err = envX.StartGateway(ctx, simPort, stack.PolicyOptions{NullExtProc: true}); err != nil {
+				return err
+			}
+		}
+		var split *stack.Gateway
+		if cfg.split && cfg.inProcess {
+			envS := cfg.newEnv(bins, filepath.Join(dir, "split"))
+			defer envS.Close()
+			if split, err = envS.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
 				return err
 			}
 		}
@@ -137,7 +147,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null}, lite, sim, logger)
+		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null, split: split}, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)

@@ -108,9 +108,12 @@ type config struct {
 	fractions                   []float64
 	users                       int
 	streamTokens                int
+	streamTokenDelay            time.Duration
 	streamFloor                 bool
 	extProcOnly                 bool
 	nullExtProc                 bool
+	inProcess                   bool
+	split                       bool
 	checkOnly                   bool
 	litellm                     bool
 	litellmBin                  string
@@ -157,8 +160,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fractions := fs.String("fractions", "0.25,0.5,0.75", "fixed rates, as fractions of the plain Envoy's max")
 	fs.IntVar(&c.users, "users", 10000, "distinct users the load rotates through")
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
-	fs.BoolVar(&c.streamFloor, "stream-floor", true, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
+	fs.DurationVar(&c.streamTokenDelay, "stream-token-delay", 100*time.Microsecond, "llmsim's wait between streamed tokens, so that a stream reaches Envoy in many chunks as a model's does (0: as fast as it can write, in few chunks)")
+	fs.BoolVar(&c.streamFloor, "stream-floor", false, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
+	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")
+	fs.BoolVar(&c.split, "split", true, "also measure B as a split deployment (system S): `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC")
 	fs.BoolVar(&c.nullExtProc, "null-ext-proc", true, "also measure the same Envoy configuration with a do-nothing ext_proc server (system X, and Y with C's streamed responses): B's and C's floor")
 	fs.BoolVar(&c.checkOnly, "check-only", false, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
 	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+

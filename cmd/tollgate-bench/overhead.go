@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -39,6 +40,7 @@ func requests(cfg config, plainURL, gatewayURL string) (plain, gateway, plainStr
 		h := http.Header{"Content-Type": {"application/json"}}
 		if stream {
 			h.Set("x-llmsim-output-tokens", strconv.Itoa(cfg.streamTokens))
+			h.Set("x-llmsim-token-delay", cfg.streamTokenDelay.String())
 		}
 		return load.Request{
 			URL:        url + "/v1/chat/completions",
@@ -60,13 +62,47 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gws gate
 	if lite != nil {
 		systems = append(systems, liteLLMSystem(cfg, lite, sim))
 	}
-	return measureOverhead(ctx, cfg, systems, logger)
+	out, err := measureOverhead(ctx, cfg, systems, logger)
+	if err == nil {
+		for _, s := range systems[1:3] { // B and C
+			if s.rep.MessagesPerRequest, err = messagesPerRequest(ctx, s, gws.main); err != nil {
+				return out, fmt.Errorf("%s's messages per request: %w", s.rep.Key, err)
+			}
+			logger.Info("ext_proc messages per request", "system", s.rep.Key, "messages", s.rep.MessagesPerRequest)
+		}
+	}
+	return out, err
 }
 
+// messagesPerRequest runs s at a low rate and divides the ext_proc messages gw's tollgate
+// received meanwhile by the requests answered.
+func messagesPerRequest(ctx context.Context, s *loadedSystem, gw *stack.Gateway) (float64, error) {
+	before, err := gw.ExtProcMessages()
+	if err != nil {
+		return 0, err
+	}
+	r := load.Run(ctx, s.client, s.req, messagesRate, messagesDuration, load.Options{})
+	after, err := gw.ExtProcMessages()
+	if err != nil {
+		return 0, err
+	}
+	if r.Requests == 0 {
+		return 0, errors.New("no request answered")
+	}
+	return (after - before) / float64(r.Requests), nil
+}
+
+// The run that counts messages per request: low enough for every system to sustain.
+const (
+	messagesRate     = 50
+	messagesDuration = 2 * time.Second
+)
+
 // gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
-// E's (no quotas), K's (checks only, no reservations) and X's (a do-nothing ext_proc server).
+// E's (no quotas), K's (checks only, no reservations), X's (a do-nothing ext_proc server) and
+// S's (B split into processes, quota checks over gRPC).
 type gateways struct {
-	main, extProcOnly, checkOnly, null *stack.Gateway
+	main, extProcOnly, checkOnly, null, split *stack.Gateway
 }
 
 // overheadSystems are A to E, and K.
@@ -76,16 +112,15 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 	plainReq, gwReq, plainStream, gwStream := requests(cfg, plain.URL, gw.URL)
 	plainPids := map[string]int{"envoy": plain.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self}
 	gatewayPids := func(g *stack.Gateway) map[string]int {
-		return map[string]int{
-			"envoy": g.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self,
-			"tollgate": g.ControlPlane.Pid(), "ratelimit": g.RateLimit.Pid(), "redis": g.Redis.Pid(),
-		}
+		pids := g.Pids()
+		pids["llmsim"], pids["load generator"] = sim.Pid(), self
+		return pids
 	}
 	gwPids := gatewayPids(gw)
 	streamNote := fmt.Sprintf(", streamed (SSE, %d tokens per response)", cfg.streamTokens)
 	systems := []*loadedSystem{
 		{rep: &report.System{Key: "A", Name: "plain Envoy, static route to llmsim (the floor)"}, req: plainReq, pids: plainPids},
-		{rep: &report.System{Key: "B", Name: "tollgate: ext_proc + ratelimit check and charge (ratelimit service + redis-server)", Floor: "A"}, req: gwReq, pids: gwPids},
+		{rep: &report.System{Key: "B", Name: gatewayName(cfg), Floor: "A"}, req: gwReq, pids: gwPids},
 		{rep: &report.System{Key: "C", Name: "B" + streamNote, Floor: "A"}, req: gwStream, pids: gwPids},
 	}
 	if cfg.streamFloor {
@@ -94,10 +129,8 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 	}
 	if gws.null != nil {
 		// B's and C's floor from here on: what the same exchange costs with no work done in it.
-		pids := map[string]int{
-			"envoy": gws.null.Envoy.Pid(), "llmsim": sim.Pid(), "load generator": self,
-			"null ext_proc": gws.null.ExtProc.Pid(),
-		}
+		pids := gatewayPids(gws.null)
+		delete(pids, "redis") // idle: nothing calls the ratelimit service
 		x, y := gwReq, gwStream
 		x.URL = gws.null.URL + "/v1/chat/completions"
 		y.URL = x.URL
@@ -115,6 +148,15 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 			pids: gatewayPids(extProcOnly),
 		})
 	}
+	if gws.split != nil {
+		req := gwReq
+		req.URL = gws.split.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{
+			rep:  &report.System{Key: "S", Name: "B split: `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC", Floor: floorOf(gws)},
+			req:  req,
+			pids: gatewayPids(gws.split),
+		})
+	}
 	if gws.checkOnly != nil {
 		req := gwReq
 		req.URL = gws.checkOnly.URL + "/v1/chat/completions"
@@ -125,6 +167,14 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		})
 	}
 	return systems
+}
+
+// gatewayName says what B is.
+func gatewayName(cfg config) string {
+	if cfg.inProcess {
+		return "tollgate run: the ext_proc server with the ratelimit service in one process (quota checks in-process), redis-server"
+	}
+	return "tollgate: ext_proc + ratelimit check and charge (ratelimit service + redis-server)"
 }
 
 // floorOf is the floor of the gateways' JSON systems: X when it runs, else A.

@@ -182,6 +182,19 @@ func TreeUsage(pid int) (Usage, error) {
 	return u, nil
 }
 
+// ChildNamed finds the child process of pid whose command name (/proc/PID/comm) is name.
+func ChildNamed(pid int, name string) (int, error) {
+	for child, st := range readStats() {
+		if st.ppid != pid {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", child)); err == nil && strings.TrimSpace(string(comm)) == name {
+			return child, nil
+		}
+	}
+	return 0, fmt.Errorf("process %d has no child named %q", pid, name)
+}
+
 // readStats reads /proc/PID/stat of every process; ones that end meanwhile are left out.
 func readStats() map[int]procStat {
 	out := map[int]procStat{}

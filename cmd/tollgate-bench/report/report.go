@@ -67,6 +67,9 @@ type System struct {
 	Max float64
 	// Fixed are the runs at fractions of the floor's max, in rate order.
 	Fixed []Point
+	// MessagesPerRequest is how many ext_proc messages tollgate received per request, from
+	// its own counter over a run of its own; 0 when not measured.
+	MessagesPerRequest float64 `json:",omitempty"`
 }
 
 // Point is one fixed-rate run.
@@ -337,6 +340,15 @@ func overhead(b *strings.Builder, r *Report) {
 			vsFloor = fmt.Sprintf("%s (%s)", ratio(s.Max, f.Max), f.Key)
 		}
 		fmt.Fprintf(b, "| %s | %.0f | %s | %s | %s | %s | %s |\n", s.Key, s.Max, vs, vsFloor, p50, p99, firstFailure(s))
+	}
+	var msgs []string
+	for _, s := range r.Systems {
+		if s.MessagesPerRequest > 0 {
+			msgs = append(msgs, fmt.Sprintf("%s %.1f", s.Key, s.MessagesPerRequest))
+		}
+	}
+	if len(msgs) > 0 {
+		fmt.Fprintf(b, "\next_proc messages per request (tollgate's tollgate_extproc_messages_total over a run at a low rate): %s.\n", strings.Join(msgs, ", "))
 	}
 	b.WriteString("\n### Latency at fixed rates\n\n")
 	fmt.Fprintf(b, "Each run lasts %s; the order of systems rotates from rate to rate.\n\n", st.FixedDuration)

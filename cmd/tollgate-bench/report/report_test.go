@@ -33,7 +33,8 @@ func sampleReport() *Report {
 			CPUPerRequest: map[string]time.Duration{"envoy": 900 * time.Microsecond, "tollgate": 200 * time.Microsecond}},
 			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 1500*time.Microsecond),
 				CPUPerRequest: map[string]time.Duration{"envoy": 800 * time.Microsecond, "tollgate": 500 * time.Microsecond}}}}
-	c := &System{Key: "C", Name: "tollgate streamed", Floor: "Y", Max: 300}
+	b.MessagesPerRequest = 3
+	c := &System{Key: "C", Name: "tollgate streamed", Floor: "Y", Max: 300, MessagesPerRequest: 52.5}
 	d := &System{Key: "D", Name: "floor streamed", Max: 1000}
 	x := &System{Key: "X", Name: "do-nothing ext_proc", Floor: "A", Max: 900,
 		Fixed: []Point{{Fraction: 0.5, Rate: 1000, Result: result(1000, 2*time.Millisecond),
@@ -67,6 +68,7 @@ func TestMarkdownChecksTargets(t *testing.T) {
 		"| B CPU per request ≤ 1.3× X (all processes) at 50% of B's max | 1300 µs vs 900 µs = 1.44× | **missed** |",
 		"| C max throughput ≥ 90% of Y (streamed) | 300 / 320 req/s = 94% | met |",
 		"| B max throughput ≥ 45% of A | 800 / 2000 req/s = 40% | **missed** |",
+		"at a low rate): B 3.0, C 52.5.",
 		"| (context, no target) C vs D, plain Envoy streaming | 300 / 1000 req/s = 30% | – |",
 		"(context, no target) B p50 at 50% of A's max | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | – |",
 		"save → Envoy serves it) | 120.00 ms | met |",

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -55,6 +56,11 @@ type Env struct {
 	// CheckOnly runs the control plane without the gateway's Redis (no --redis): requests are
 	// only checked, nothing is reserved, as before reservations existed.
 	CheckOnly bool
+	// InProcess runs the gateway as `tollgate run`: one tollgate process holds the control
+	// plane, the ext_proc server and the ratelimit service, which quota checks then call
+	// in-process; it starts and stops Envoy itself. Otherwise `tollgate serve` and `tollgate
+	// ratelimit` are processes of their own, and quota checks are gRPC calls between them.
+	InProcess bool
 
 	mu    sync.Mutex
 	procs []*proc.Process
@@ -226,7 +232,10 @@ type Gateway struct {
 	// port (pprof).
 	RateLimitAddr, RateLimitDebugAddr string
 
+	// ControlPlane and RateLimit are one process, `tollgate run`, when the Env runs gateways
+	// InProcess; Envoy is then nil (run's child), and EnvoyPid its process id.
 	ControlPlane, RateLimit, Redis, Envoy *proc.Process
+	EnvoyPid                              int
 	// ExtProc is the do-nothing ext_proc server of a gateway started with
 	// PolicyOptions.NullExtProc; nil otherwise (the control plane serves ext_proc).
 	ExtProc *proc.Process
@@ -328,6 +337,9 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if g.Redis, err = e.startRedis(ctx, g.ports.redis); err != nil {
 		return nil, err
 	}
+	if e.InProcess && !opts.NullExtProc {
+		return g, e.startRun(ctx, g)
+	}
 	if len(e.Bins.ControlPlane) == 0 {
 		return nil, errors.New("no control plane command")
 	}
@@ -382,7 +394,89 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if err != nil {
 		return nil, err
 	}
+	g.EnvoyPid = g.Envoy.Pid()
 	return g, nil
+}
+
+// startRun runs the gateway as `tollgate run`, with the Env's Redis and Envoy.
+func (e *Env) startRun(ctx context.Context, g *Gateway) error {
+	args := []string{"run",
+		"-f", g.PolicyPath,
+		"--redis", proc.Addr(g.ports.redis),
+		"--xds", proc.Addr(g.ports.xds),
+		"--extproc", proc.Addr(g.ports.extProc),
+		"--metrics", g.MetricsAddr,
+		"--admin", proc.Addr(g.ports.admin),
+		"--ratelimit-grpc", g.RateLimitAddr,
+		"--ratelimit-http", proc.Addr(g.ports.rateLimitHTTP),
+		"--ratelimit-debug", g.RateLimitDebugAddr,
+		"--log-dir", filepath.Join(e.Dir, "run-logs"),
+		"--charge-spool", "",
+		"--envoy-log-level", "warning",
+	}
+	env := append([]string{"ENVOY_BIN=" + e.Bins.Envoy}, e.TollgateEnv...)
+	p, err := e.startWithEnv("tollgate-run", env, e.Bins.Tollgate, args...)
+	if err != nil {
+		return err
+	}
+	g.ControlPlane, g.RateLimit = p, p
+	if err := p.Await(ctx, 60*time.Second, probeInterval, "tollgate run serving qwen3", func() error {
+		return g.Ask("qwen3", "warmup")
+	}); err != nil {
+		return err
+	}
+	g.EnvoyPid, err = proc.ChildNamed(p.Pid(), "envoy")
+	return err
+}
+
+// Pids names the gateway's processes by what they are, each process once.
+func (g *Gateway) Pids() map[string]int {
+	pids := map[string]int{"envoy": g.EnvoyPid, "redis": g.Redis.Pid()}
+	switch {
+	case g.ExtProc != nil:
+		pids["null ext_proc"] = g.ExtProc.Pid()
+	case g.RateLimit == g.ControlPlane:
+		pids["tollgate"] = g.ControlPlane.Pid()
+	default:
+		pids["tollgate"], pids["ratelimit"] = g.ControlPlane.Pid(), g.RateLimit.Pid()
+	}
+	return pids
+}
+
+// ExtProcMessages is the number of ext_proc messages the gateway's tollgate has received from
+// Envoy so far, all kinds together (tollgate_extproc_messages_total).
+func (g *Gateway) ExtProcMessages() (float64, error) {
+	resp, err := g.client.Get("http://" + g.MetricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("/metrics answered %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	const name = "tollgate_extproc_messages_total{"
+	var total float64
+	found := false
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("/metrics: %q: %w", line, err)
+		}
+		total += v
+		found = true
+	}
+	if !found {
+		return 0, errors.New("/metrics has no tollgate_extproc_messages_total")
+	}
+	return total, nil
 }
 
 // startNullExtProc runs the do-nothing ext_proc server on addr and waits until it accepts
