@@ -36,7 +36,7 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 		Machine: machineInfo(bins.Envoy),
 		Settings: report.Settings{
 			StepDuration: cfg.stepDuration, FixedDuration: cfg.fixedDuration, Criteria: cfg.criteria,
-			EnvoyConcurrency: cfg.envoyConcurrency, TollgateGoMaxProcs: cfg.tollgateGoMaxProcs, Users: cfg.users, StreamTokens: cfg.streamTokens,
+			EnvoyConcurrency: cfg.envoyConcurrency, TollgateGoMaxProcs: cfg.tollgateGoMaxProcs, Users: cfg.users, StreamTokens: cfg.streamTokens, StreamMaxP99: cfg.streamMaxP99,
 			Debounce: cfg.debounce, Edits: cfg.edits,
 		},
 	}

@@ -109,6 +109,7 @@ type config struct {
 	users                       int
 	streamTokens                int
 	streamTokenDelay            time.Duration
+	streamMaxP99                time.Duration
 	streamFloor                 bool
 	extProcOnly                 bool
 	nullExtProc                 bool
@@ -161,6 +162,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.users, "users", 10000, "distinct users the load rotates through")
 	fs.IntVar(&c.streamTokens, "stream-tokens", 100, "tokens per streamed response (system C)")
 	fs.DurationVar(&c.streamTokenDelay, "stream-token-delay", 100*time.Microsecond, "llmsim's wait between streamed tokens, so that a stream reaches Envoy in many chunks as a model's does (0: as fast as it can write, in few chunks)")
+	fs.DurationVar(&c.streamMaxP99, "stream-max-p99", 250*time.Millisecond, "sustained, for streamed systems (C, D, Y): largest p99 latency; a stream itself lasts its tokens times --stream-token-delay and more")
 	fs.BoolVar(&c.streamFloor, "stream-floor", false, "also measure plain Envoy with C's streamed responses (system D), C's own floor")
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")

@@ -32,6 +32,17 @@ type loadedSystem struct {
 	// drain has every run wait until the process trees are idle: a slow system keeps working
 	// on requests the load generator gave up on, which would take the CPU from the next run.
 	drain bool
+	// streamed systems are held to the streams' latency bound (--stream-max-p99).
+	streamed bool
+}
+
+// criteria are what sustained means for s.
+func (s *loadedSystem) criteria(cfg config) load.Criteria {
+	c := cfg.criteria
+	if s.streamed {
+		c.MaxP99 = cfg.streamMaxP99
+	}
+	return c
 }
 
 // requests builds what each system sends: the same chat completion, streamed for C and D.
@@ -117,15 +128,15 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		return pids
 	}
 	gwPids := gatewayPids(gw)
-	streamNote := fmt.Sprintf(", streamed (SSE, %d tokens per response)", cfg.streamTokens)
+	streamNote := fmt.Sprintf(", streamed (SSE, %d tokens per response, %s apart)", cfg.streamTokens, cfg.streamTokenDelay)
 	systems := []*loadedSystem{
 		{rep: &report.System{Key: "A", Name: "plain Envoy, static route to llmsim (the floor)"}, req: plainReq, pids: plainPids},
 		{rep: &report.System{Key: "B", Name: gatewayName(cfg), Floor: "A"}, req: gwReq, pids: gwPids},
-		{rep: &report.System{Key: "C", Name: "B" + streamNote, Floor: "A"}, req: gwStream, pids: gwPids},
+		{rep: &report.System{Key: "C", Name: "B" + streamNote, Floor: "A"}, req: gwStream, pids: gwPids, streamed: true},
 	}
 	if cfg.streamFloor {
 		systems[2].rep.Floor = "D"
-		systems = append(systems, &loadedSystem{rep: &report.System{Key: "D", Name: "A" + streamNote}, req: plainStream, pids: plainPids})
+		systems = append(systems, &loadedSystem{rep: &report.System{Key: "D", Name: "A" + streamNote}, req: plainStream, pids: plainPids, streamed: true})
 	}
 	if gws.null != nil {
 		// B's and C's floor from here on: what the same exchange costs with no work done in it.
@@ -137,7 +148,7 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		systems[1].rep.Floor, systems[2].rep.Floor = "X", "Y"
 		systems = append(systems,
 			&loadedSystem{rep: &report.System{Key: "X", Name: "B's Envoy configuration with a do-nothing ext_proc server (B's floor)", Floor: "A"}, req: x, pids: pids},
-			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids})
+			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids, streamed: true})
 	}
 	if extProcOnly != nil {
 		req := gwReq
@@ -270,7 +281,7 @@ func measureOverhead(ctx context.Context, cfg config, systems []*loadedSystem, l
 	out := make([]*report.System, len(systems))
 	for i, s := range systems {
 		s.client = load.Client(30 * time.Second)
-		s.search = load.NewSearch(cfg.startRate, cfg.growth, cfg.maxRate, cfg.refine, cfg.criteria)
+		s.search = load.NewSearch(cfg.startRate, cfg.growth, cfg.maxRate, cfg.refine, s.criteria(cfg))
 		out[i] = s.rep
 	}
 	opts := load.Options{MaxWorkers: cfg.maxWorkers}
@@ -351,7 +362,7 @@ func measureOverhead(ctx context.Context, cfg config, systems []*loadedSystem, l
 				return out, ctx.Err()
 			}
 			s.rep.Fixed = append(s.rep.Fixed, report.Point{Fraction: f, Rate: rate, Label: fr.label, Result: r, CPUPerRequest: perRequest(before, after, r.Requests)})
-			ok, _ := cfg.criteria.Sustained(r)
+			ok, _ := s.criteria(cfg).Sustained(r)
 			logger.Info("fixed rate", "system", s.rep.Key, "fraction", f, "result", r.String())
 			settle(ctx, ok)
 			s.quiesce(ctx, logger)
