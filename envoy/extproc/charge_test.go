@@ -92,11 +92,10 @@ func TestBrokenOffStreamIsCharged(t *testing.T) {
 	}{
 		// The upper bound: one token per byte of the prompt's strings (the model excluded) plus
 		// the framing; nothing served yet counts the request's whole output ceiling; output
-		// served counts one token per byte of its text.
+		// served counts one token per byte of its text, rounded up to a step (22 bytes: one).
 		{"after the usage chunk", 5, "17"},
 		{"before any output", 1, fmt.Sprint(int64(len("user")+len("Tell me a story about a gateway")+promptFraming) + policies.DefaultMaxOutputTokens)},
-		{"after two output events", 3, fmt.Sprint(len("user") + len("Tell me a story about a gateway") + promptFraming +
-			len("Hello") + len("! How can I help?"))},
+		{"after two output events", 3, fmt.Sprint(len("user") + len("Tell me a story about a gateway") + promptFraming + brokenOffStep)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

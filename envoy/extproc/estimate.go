@@ -27,6 +27,11 @@ const promptFraming = 8
 
 func tokensForBytes(n int64) int64 { return (n + bytesPerToken - 1) / bytesPerToken }
 
+// brokenOffStep is the step the output of a response that did not complete is rounded up to.
+const brokenOffStep = 64
+
+func roundUp(n, step int64) int64 { return (n + step - 1) / step * step }
+
 // served is what a response had delivered when it ended.
 type served struct {
 	outputEvents    int64
@@ -59,6 +64,9 @@ func (ex *exchange) billable(reported llmapi.Usage, out served, complete bool) (
 		bound.CacheCreationInputTokens = reported.CacheCreationInputTokens
 	}
 	if servedOutput := max(out.outputEvents, out.outputTextBytes); servedOutput > 0 {
+		if !complete {
+			servedOutput = roundUp(servedOutput, brokenOffStep)
+		}
 		bound.OutputTokens = min(ex.maxOutput, servedOutput)
 	} else {
 		bound.OutputTokens = ex.maxOutput

@@ -607,18 +607,26 @@ func (ex *exchange) usageFields(usage llmapi.Usage, basis string) map[string]*st
 }
 
 // runningCharge is the metadata a stream's chunks carry: what the stream would be charged if
-// it broke off there. It is built once and its numbers updated in place: an exchange's answers
-// are sent (and so serialized) one at a time, each before the next message is read, so one
-// value serves every chunk without a map and a dozen values per chunk.
+// it broke off there. Only a chunk after which that changed carries it (Envoy keeps the last
+// one published); as the served output counts in steps of brokenOffStep tokens, that is a
+// few chunks per stream. It is built once and its numbers updated in place: an exchange's
+// answers are sent (and so serialized) one at a time, each before the next message is read,
+// so one value serves every chunk without a map and a dozen values per chunk.
 type runningCharge struct {
 	metadata                           *structpb.Struct
 	input, cached, output, total, cost *structpb.Value_NumberValue
 	basis                              *structpb.Value_StringValue
 }
 
-// update sets the running charge of ex's stream and returns its metadata.
+// update sets the running charge of ex's stream and returns its metadata, or nil when it is
+// what was published last.
 func (r *runningCharge) update(ex *exchange) *structpb.Struct {
 	usage, basis := ex.billable(ex.stream.Usage(), ex.streamServed(), false)
+	if r.metadata != nil && r.basis.StringValue == basis &&
+		r.input.NumberValue == float64(usage.InputTokens) && r.cached.NumberValue == float64(usage.CachedInputTokens) &&
+		r.output.NumberValue == float64(usage.OutputTokens) && r.total.NumberValue == float64(usage.TotalTokens) {
+		return nil
+	}
 	if r.metadata == nil {
 		r.input, r.cached, r.output, r.total = &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}, &structpb.Value_NumberValue{}
 		r.basis = &structpb.Value_StringValue{}

@@ -365,13 +365,30 @@ func TestSSEResponseMetadataOnFinalChunk(t *testing.T) {
 	// Chunks of 37 bytes cut events, lines and "data:" prefixes apart.
 	// Each carries what the stream would be charged if it broke off there (an estimate, or the
 	// usage once its report is in), never the costs: those are computed once, at the end.
+	// Only a chunk after which that changed carries it: the first, and the one that brings the
+	// usage report.
 	chunks := splitEvery(readTestdata(t, "chat_stream.sse"), 37)
-	for _, chunk := range chunks {
+	published, lastBasis := 0, ""
+	for i, chunk := range chunks {
 		resp := c.send(responseBody(chunk, false))
-		running := metadataFields(resp)
-		if resp.GetResponseBody().GetResponse().GetBodyMutation() != nil || running["usage_basis"] == nil || running["llm_total_token"] != nil {
-			t.Fatalf("intermediate chunk: want the body unchanged and the running estimate, got %v", resp)
+		if resp.GetResponseBody().GetResponse().GetBodyMutation() != nil {
+			t.Fatalf("chunk %d: the body was changed: %v", i, resp)
 		}
+		running := metadataFields(resp)
+		if running == nil {
+			if i == 0 {
+				t.Fatal("the first chunk does not carry what the stream would be charged")
+			}
+			continue
+		}
+		if running["usage_basis"] == nil || running["llm_total_token"] != nil {
+			t.Fatalf("chunk %d: want the running estimate and no costs, got %v", i, running)
+		}
+		published++
+		lastBasis, _ = running["usage_basis"].(string)
+	}
+	if lastBasis != "usage" || published > 3 {
+		t.Errorf("%d of %d chunks carried the running charge, the last with basis %q; want at most 3, the last the reported usage", published, len(chunks), lastBasis)
 	}
 	final := c.send(responseBody(nil, true))
 	got := metadataFields(final)
@@ -502,11 +519,17 @@ func TestGzipResponses(t *testing.T) {
 		}
 		events := bytes.SplitAfter(readTestdata(t, "chat_stream.sse"), []byte("\n\n"))
 		chunks := gzipChunks(t, events)
-		for _, chunk := range chunks[:len(chunks)-1] {
-			// Once the usage chunk is in, it is what the stream is charged even if it breaks off.
-			if basis := metadataFields(c.send(responseBody(chunk, false)))["usage_basis"]; basis != "estimate" && basis != "usage" {
-				t.Fatalf("before the end: want what the stream would be charged, got basis %v", basis)
+		// Once the usage chunk is in, it is what the stream is charged even if it breaks off.
+		lastBasis := any(nil)
+		for i, chunk := range chunks[:len(chunks)-1] {
+			if running := metadataFields(c.send(responseBody(chunk, false))); running != nil {
+				lastBasis = running["usage_basis"]
+			} else if i == 0 {
+				t.Fatal("the first chunk does not carry what the stream would be charged")
 			}
+		}
+		if lastBasis != "usage" {
+			t.Fatalf("before the end: the last charge published has basis %v, want usage", lastBasis)
 		}
 		final := c.send(responseBody(chunks[len(chunks)-1], true))
 		if got := metadataFields(final)["llm_total_token"]; got != 17.0 {
