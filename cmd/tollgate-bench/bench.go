@@ -127,6 +127,16 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				return err
 			}
 		}
+		var goMaxProcs *stack.Gateway
+		if cfg.compareGoMaxProcs > 0 {
+			envG := cfg.newEnv(bins, filepath.Join(dir, "gomaxprocs"))
+			envG.InProcess = cfg.inProcess
+			envG.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", cfg.compareGoMaxProcs)}
+			defer envG.Close()
+			if goMaxProcs, err = envG.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
+				return err
+			}
+		}
 		var checkOnly *stack.Gateway
 		if cfg.checkOnly {
 			envK := cfg.newEnv(bins, filepath.Join(dir, "check-only"))
@@ -147,7 +157,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null, split: split}, lite, sim, logger)
+		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null, split: split, goMaxProcs: goMaxProcs}, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)

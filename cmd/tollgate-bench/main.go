@@ -115,6 +115,7 @@ type config struct {
 	nullExtProc                 bool
 	inProcess                   bool
 	split                       bool
+	compareGoMaxProcs           int
 	checkOnly                   bool
 	litellm                     bool
 	litellmBin                  string
@@ -167,6 +168,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")
 	fs.BoolVar(&c.split, "split", true, "also measure B as a split deployment (system S): `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC")
+	fs.IntVar(&c.compareGoMaxProcs, "compare-gomaxprocs", 0, "also measure B with GOMAXPROCS set to this for tollgate (system G), to weigh it against Go's default in one run; 0: not measured")
 	fs.BoolVar(&c.nullExtProc, "null-ext-proc", true, "also measure the same Envoy configuration with a do-nothing ext_proc server (system X, and Y with C's streamed responses): B's and C's floor")
 	fs.BoolVar(&c.checkOnly, "check-only", false, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
 	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+
@@ -228,6 +230,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.startRate <= 0 || c.maxRate < c.startRate {
 		return c, errors.New("--start-rate must be > 0 and ≤ --max-rate")
+	}
+	if c.compareGoMaxProcs < 0 {
+		return c, errors.New("--compare-gomaxprocs must be ≥ 0")
 	}
 	if c.tollgateGoMaxProcs < 0 {
 		return c, errors.New("--tollgate-gomaxprocs must be ≥ 0")

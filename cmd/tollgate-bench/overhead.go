@@ -111,9 +111,9 @@ const (
 
 // gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
 // E's (no quotas), K's (checks only, no reservations), X's (a do-nothing ext_proc server) and
-// S's (B split into processes, quota checks over gRPC).
+// S's (B split into processes, quota checks over gRPC) and G's (B with another GOMAXPROCS).
 type gateways struct {
-	main, extProcOnly, checkOnly, null, split *stack.Gateway
+	main, extProcOnly, checkOnly, null, split, goMaxProcs *stack.Gateway
 }
 
 // overheadSystems are A to E, and K.
@@ -166,6 +166,15 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 			rep:  &report.System{Key: "S", Name: "B split: `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC", Floor: floorOf(gws)},
 			req:  req,
 			pids: gatewayPids(gws.split),
+		})
+	}
+	if gws.goMaxProcs != nil {
+		req := gwReq
+		req.URL = gws.goMaxProcs.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{
+			rep:  &report.System{Key: "G", Name: fmt.Sprintf("B with GOMAXPROCS=%d for tollgate", cfg.compareGoMaxProcs), Floor: floorOf(gws)},
+			req:  req,
+			pids: gatewayPids(gws.goMaxProcs),
 		})
 	}
 	if gws.checkOnly != nil {

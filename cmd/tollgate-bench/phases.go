@@ -107,12 +107,14 @@ func cpuProfile(path string, fn func() error) error {
 	return err
 }
 
-// profilePhase runs the gateway with `tollgate serve --pprof` and takes CPU
-// profiles of it and of the ratelimit service while B's and C's requests flow, plus an
-// allocation profile of the control plane under B.
+// profilePhase runs B's gateway and takes CPU profiles of tollgate while B's and C's requests
+// flow, plus an allocation profile under B. In process (`tollgate run`) that is one process,
+// profiled through the ratelimit service's debug port, which serves Go's profiles of the whole
+// process; split, `tollgate serve --pprof` and the ratelimit service are profiled apart.
 func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
 	bins.ControlPlane = []string{bins.Tollgate, "serve", "--pprof"}
 	env := cfg.newEnv(bins, filepath.Join(out, "profile"))
+	env.InProcess = cfg.inProcess
 	defer env.Close()
 	simPort, _, err := env.StartSim(ctx)
 	if err != nil {
@@ -141,18 +143,26 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 	}{{"B", gwReq, "JSON responses"}, {"C", gwStream, fmt.Sprintf("streamed responses, %d tokens", cfg.streamTokens)}} {
 		load.Run(ctx, client, run.req, rate, time.Second, load.Options{}) // warm-up
 		pdir := filepath.Join(out, "pprof")
+		// What the ext_proc server's profiles are served by, and what they cover.
+		extProcAt, extProcWhat := gw.MetricsAddr, "ext_proc server + control plane"
+		if cfg.inProcess {
+			extProcAt, extProcWhat = gw.RateLimitDebugAddr, "tollgate run (ext_proc server, ratelimit service, control plane)"
+		}
 		fetches := []struct{ name, url, file, sample string }{
-			{fmt.Sprintf("ext_proc server + control plane under %s at %.0f req/s (CPU)", run.what, rate),
-				fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", gw.MetricsAddr, secs),
+			{fmt.Sprintf("%s under %s at %.0f req/s (CPU)", extProcWhat, run.what, rate),
+				fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", extProcAt, secs),
 				filepath.Join(pdir, "extproc-"+run.key+"-cpu.pprof"), ""},
-			{fmt.Sprintf("ratelimit service under %s at %.0f req/s (CPU)", run.what, rate),
+		}
+		if !cfg.inProcess {
+			fetches = append(fetches, struct{ name, url, file, sample string }{
+				fmt.Sprintf("ratelimit service under %s at %.0f req/s (CPU)", run.what, rate),
 				fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", gw.RateLimitDebugAddr, secs),
-				filepath.Join(pdir, "ratelimit-"+run.key+"-cpu.pprof"), ""},
+				filepath.Join(pdir, "ratelimit-"+run.key+"-cpu.pprof"), ""})
 		}
 		if run.key == "B" {
 			fetches = append(fetches, struct{ name, url, file, sample string }{
-				fmt.Sprintf("ext_proc server + control plane under %s at %.0f req/s (allocated bytes)", run.what, rate),
-				fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", gw.MetricsAddr, secs),
+				fmt.Sprintf("%s under %s at %.0f req/s (allocated bytes)", extProcWhat, run.what, rate),
+				fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", extProcAt, secs),
 				filepath.Join(pdir, "extproc-"+run.key+"-allocs.pprof"), "alloc_space"})
 		}
 		var wg sync.WaitGroup
