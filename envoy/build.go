@@ -35,6 +35,11 @@ func SocketAddress(host string, port int) *corev3.Address {
 	}}}
 }
 
+// PipeAddress is the address of a Unix domain socket.
+func PipeAddress(path string) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}}
+}
+
 // IsIP reports whether host is a literal IP address (a STATIC cluster) rather than a DNS name.
 func IsIP(host string) bool { return net.ParseIP(host) != nil }
 

@@ -165,7 +165,7 @@ quotas: [{name: q, model: qwen3, cost: total, limit: 5, per: DAY}]
 	if p.Listener.ModelHeader != "x-model" || p.Identity.Header != "x-tenant" {
 		t.Errorf("headers not lowercased: %q, %q", p.Listener.ModelHeader, p.Identity.Header)
 	}
-	if p.ExtProc != (Endpoint{Address: "extproc.internal", Port: 2000}) {
+	if p.ExtProc != (ExtProcEndpoint{Endpoint: Endpoint{Address: "extproc.internal", Port: 2000}}) {
 		t.Errorf("extProc = %+v", p.ExtProc)
 	}
 	r := p.RateLimit
@@ -393,6 +393,8 @@ func TestValidationRules(t *testing.T) {
 		{"extProc address with port", "identity: {header: x-user-id}", `identity: {header: x-user-id}` + "\n" + `extProc: {address: "127.0.0.1:1063"}`, "extProc.address", "without a port"},
 		{"extProc address empty", "identity: {header: x-user-id}", `identity: {header: x-user-id}` + "\n" + `extProc: {address: ""}`, "extProc.address", "required"},
 		{"extProc clashes with listener", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {port: 8080}", "extProc.port", "clashes with listener.port (both 127.0.0.1:8080)"},
+		{"extProc socket relative", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {socket: run/extproc.sock}", "extProc.socket", "must be an absolute path"},
+		{"extProc socket too long", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {socket: /" + strings.Repeat("s", 107) + "}", "extProc.socket", "at most 107 bytes"},
 		{"rateLimit port", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nrateLimit: {port: 70000}", "rateLimit.port", "between 1 and 65535"},
 		{"rateLimit domain empty", "identity: {header: x-user-id}", `identity: {header: x-user-id}` + "\n" + `rateLimit: {domain: ""}`, "rateLimit.domain", "required"},
 		{"rateLimit timeout zero", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nrateLimit: {timeout: 0ms}", "rateLimit.timeout", "greater than 0"},

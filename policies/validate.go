@@ -35,7 +35,7 @@ func validate(p *Policy, celEnv *cel.Env, celEnvErr error) []FieldError {
 	v := &validator{}
 	v.listener(p)
 	v.identity(p.Identity)
-	v.endpoint("extProc", p.ExtProc)
+	v.extProc(p.ExtProc)
 	v.endpoint("rateLimit", p.RateLimit.Endpoint)
 	v.rateLimit(p.RateLimit)
 	v.portClashes(p)
@@ -200,6 +200,25 @@ func (v *validator) endpoint(path string, e Endpoint) {
 	v.port(path+".port", e.Port)
 }
 
+// maxSocketPath is the longest Unix socket path Linux takes (sun_path holds 108 bytes, the
+// last a NUL).
+const maxSocketPath = 107
+
+func (v *validator) extProc(e ExtProcEndpoint) {
+	if e.Socket == "" {
+		v.endpoint("extProc", e.Endpoint)
+		return
+	}
+	switch {
+	case !filepath.IsAbs(e.Socket):
+		v.add("extProc.socket", "must be an absolute path, got %q", e.Socket)
+	case len(e.Socket) > maxSocketPath:
+		v.add("extProc.socket", "must be at most %d bytes long (a Unix socket path's limit), got %d", maxSocketPath, len(e.Socket))
+	case strings.ContainsRune(e.Socket, 0):
+		v.add("extProc.socket", "must not contain a NUL byte")
+	}
+}
+
 func (v *validator) rateLimit(r RateLimit) {
 	if r.Domain == "" {
 		v.add("rateLimit.domain", "required")
@@ -225,11 +244,11 @@ func (v *validator) portClashes(p *Policy) {
 		path, addr string
 		port       int
 	}
-	binds := []bind{
-		{"listener.port", p.Listener.Address, p.Listener.Port},
-		{"extProc.port", p.ExtProc.Address, p.ExtProc.Port},
-		{"rateLimit.port", p.RateLimit.Address, p.RateLimit.Port},
+	binds := []bind{{"listener.port", p.Listener.Address, p.Listener.Port}}
+	if p.ExtProc.Socket == "" {
+		binds = append(binds, bind{"extProc.port", p.ExtProc.Address, p.ExtProc.Port})
 	}
+	binds = append(binds, bind{"rateLimit.port", p.RateLimit.Address, p.RateLimit.Port})
 	for i, b := range binds {
 		for _, earlier := range binds[:i] {
 			if b.port != 0 && b.port == earlier.port && b.addr == earlier.addr {

@@ -75,7 +75,33 @@ func urlCluster(name string, u *url.URL, connectTimeout time.Duration) (*cluster
 
 // grpcCluster builds the HTTP/2 cluster Envoy uses to reach one of tollgate's gRPC services.
 func grpcCluster(name string, ep policies.Endpoint) (*clusterv3.Cluster, error) {
-	c := endpointCluster(name, ep.Address, ep.Port, grpcConnectTimeout)
+	return asGRPC(endpointCluster(name, ep.Address, ep.Port, grpcConnectTimeout))
+}
+
+// extProcCluster is the ext_proc server's cluster: its TCP endpoint, or its Unix socket.
+func extProcCluster(ep policies.ExtProcEndpoint) (*clusterv3.Cluster, error) {
+	if ep.Socket == "" {
+		return grpcCluster(envoy.ClusterExtProc, ep.Endpoint)
+	}
+	return asGRPC(&clusterv3.Cluster{
+		Name:                 envoy.ClusterExtProc,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       envoy.Duration(grpcConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: envoy.ClusterExtProc,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: envoy.PipeAddress(ep.Socket),
+					}},
+				}},
+			}},
+		},
+	})
+}
+
+// asGRPC makes c a cluster of a gRPC service: HTTP/2, and bounds sized for a stream per request.
+func asGRPC(c *clusterv3.Cluster) (*clusterv3.Cluster, error) {
 	opts, err := envoy.HTTP2ProtocolOptions()
 	if err != nil {
 		return nil, err

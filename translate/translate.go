@@ -14,7 +14,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rlsconfv3 "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 
-	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/policies"
 )
@@ -86,7 +85,7 @@ func clusters(p *input) ([]*clusterv3.Cluster, error) {
 		}
 		out = append(out, c)
 	}
-	extProc, err := grpcCluster(envoy.ClusterExtProc, p.ExtProc)
+	extProc, err := extProcCluster(p.ExtProc)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,7 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 	fs := newFlags("extproc", stderr)
 	var o extProcOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to follow (the same file tollgate serve uses)")
-	fs.StringVar(&o.listenAddr, "listen", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server (the policy's extProc endpoint)")
+	fs.StringVar(&o.listenAddr, "listen", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server, host:port or unix:PATH (the policy's extProc endpoint or socket)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", defaultExtProcMetricsPort), "listen address of /metrics (GenAI metrics), /status and /healthz")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -77,7 +77,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 		return err
 	}
 
-	lis, err := net.Listen("tcp", o.listenAddr)
+	lis, err := listen(o.listenAddr)
 	if err != nil {
 		return fmt.Errorf("ext_proc listener: %w", err)
 	}
@@ -86,9 +86,8 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 		_ = lis.Close()
 		return fmt.Errorf("metrics listener: %w", err)
 	}
-	if port := lis.Addr().(*net.TCPAddr).Port; port != initial.ExtProc.Port {
-		logger.Warn("the policy sends Envoy to another ext_proc port than this server listens on",
-			"policy_extproc", fmt.Sprintf("%s:%d", initial.ExtProc.Address, initial.ExtProc.Port), "listen", lis.Addr().String())
+	if err := checkExtProc(initial.ExtProc, o.listenAddr, "tollgate extproc"); err != nil {
+		logger.Warn(err.Error())
 	}
 
 	quotaAdmin, err := listenQuotaAdmin(o.quotaAdmin, server, func() pageStatus {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
@@ -36,18 +37,20 @@ func planRun(o runOptions) (*runPlan, error) {
 	}
 	var errs []error
 	errs = append(errs,
-		checkEndpoint("extProc", p.ExtProc, "extproc", o.extProcAddr),
-		checkEndpoint("rateLimit", p.RateLimit.Endpoint, "ratelimit-grpc", o.rateLimitGRPC))
+		checkExtProc(p.ExtProc, o.extProcAddr, "tollgate run"),
+		checkEndpoint("rateLimit", p.RateLimit.Endpoint, "ratelimit-grpc", o.rateLimitGRPC, "tollgate run"))
 	listener := net.JoinHostPort(p.Listener.Address, strconv.Itoa(p.Listener.Port))
 	addrs := []namedAddr{
 		{"the policy's listener", listener},
 		{"--admin", o.adminAddr},
 		{"--xds", o.xdsAddr},
-		{"--extproc", o.extProcAddr},
 		{"--metrics", o.metricsAddr},
 		{"--ratelimit-grpc", o.rateLimitGRPC},
 		{"--ratelimit-http", o.rateLimitHTTP},
 		{"--ratelimit-debug", o.rateLimitDebug},
+	}
+	if !strings.HasPrefix(o.extProcAddr, unixPrefix) {
+		addrs = append(addrs, namedAddr{"--extproc", o.extProcAddr})
 	}
 	if err := checkDistinctPorts(addrs); err != nil {
 		errs = append(errs, err)
@@ -83,16 +86,16 @@ func planRun(o runOptions) (*runPlan, error) {
 	}, nil
 }
 
-// checkEndpoint makes sure Envoy, configured by the policy, dials what run listens on.
-func checkEndpoint(policyField string, ep policies.Endpoint, flagName, listen string) error {
+// checkEndpoint makes sure Envoy, configured by the policy, dials what who listens on.
+func checkEndpoint(policyField string, ep policies.Endpoint, flagName, listen, who string) error {
 	host, portText, err := net.SplitHostPort(listen)
 	if err != nil {
 		return fmt.Errorf("--%s %q is not host:port", flagName, listen)
 	}
 	policyAddr := net.JoinHostPort(ep.Address, strconv.Itoa(ep.Port))
 	mismatch := func() error {
-		return fmt.Errorf("the policy's %s is %s but tollgate run listens on %s (--%s), so Envoy would not reach it; pass --%s %s or change %s in the policy",
-			policyField, policyAddr, listen, flagName, flagName, policyAddr, policyField)
+		return fmt.Errorf("the policy's %s is %s but %s listens on %s (--%s), so Envoy would not reach it; pass --%s %s or change %s in the policy",
+			policyField, policyAddr, who, listen, flagName, flagName, policyAddr, policyField)
 	}
 	if port, err := strconv.Atoi(portText); err != nil || port != ep.Port {
 		return mismatch()

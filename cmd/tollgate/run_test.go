@@ -151,11 +151,61 @@ func TestCheckEndpoint(t *testing.T) {
 		{"other IP", ep("127.0.0.2", 8081), "127.0.0.1:8081", false},
 		{"not host:port", ep("127.0.0.1", 8081), "8081", false},
 	} {
-		err := checkEndpoint("rateLimit", tc.ep, "ratelimit-grpc", tc.listen)
+		err := checkEndpoint("rateLimit", tc.ep, "ratelimit-grpc", tc.listen, "tollgate run")
 		if (err == nil) != tc.ok {
 			t.Errorf("%s: checkEndpoint = %v, want ok=%v", tc.name, err, tc.ok)
 		}
 	}
+}
+
+// The ext_proc server's socket and the policy's extProc must name the same Unix socket, or the
+// same TCP endpoint; a mix of the two is refused with what to change.
+func TestCheckExtProcSocket(t *testing.T) {
+	tcp := policies.ExtProcEndpoint{Endpoint: policies.Endpoint{Address: "127.0.0.1", Port: 1063}}
+	sock := tcp
+	sock.Socket = "/run/tollgate/extproc.sock"
+	for _, tc := range []struct {
+		name   string
+		ep     policies.ExtProcEndpoint
+		listen string
+		want   string // in the error; "" for none
+	}{
+		{"both TCP", tcp, "127.0.0.1:1063", ""},
+		{"both the socket", sock, "unix:/run/tollgate/extproc.sock", ""},
+		{"policy socket, flag TCP", sock, "127.0.0.1:1063", "pass --extproc unix:/run/tollgate/extproc.sock"},
+		{"another socket", sock, "unix:/tmp/other.sock", "pass --extproc unix:/run/tollgate/extproc.sock"},
+		{"policy TCP, flag socket", tcp, "unix:/tmp/x.sock", "set extProc.socket: /tmp/x.sock"},
+		{"other TCP port", tcp, "127.0.0.1:2000", "pass --extproc 127.0.0.1:1063"},
+	} {
+		err := checkExtProc(tc.ep, tc.listen, "tollgate run")
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want no error", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// A socket left behind by a process that is gone is replaced; one a live server listens on is
+// not taken over.
+func TestListenOnUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "extproc.sock")
+	first, err := listen(unixPrefix + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listen(unixPrefix + path); err == nil || !strings.Contains(err.Error(), "another process listens") {
+		t.Errorf("a second listener on a live socket: %v", err)
+	}
+	// A process killed outright leaves its socket file behind.
+	first.(*net.UnixListener).SetUnlinkOnClose(false)
+	_ = first.Close()
+	second, err := listen(unixPrefix + path)
+	if err != nil {
+		t.Fatalf("listening over a stale socket: %v", err)
+	}
+	_ = second.Close()
 }
 
 func TestRunCommandWithoutEnvoy(t *testing.T) {

@@ -46,7 +46,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	var o serveOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to serve and watch")
 	fs.StringVar(&o.xdsAddr, "xds", envoy.DefaultXDSAddress, "listen address of the ADS (xDS) gRPC server")
-	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server; empty: none (run tollgate extproc as its own process)")
+	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server, host:port or unix:PATH (the policy's extProc.socket); empty: none (run tollgate extproc as its own process)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "listen address of /metrics (GenAI and control-plane metrics), /status and /healthz")
 	fs.StringVar(&o.rateLimitNode, "ratelimit-node-id", envoy.DefaultRateLimitNode, "xDS node id of the ratelimit service")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "wait this long for edits to the policy file to settle")
@@ -122,7 +122,7 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	}
 	var extProcLis net.Listener
 	if extProcServer != nil {
-		if extProcLis, err = net.Listen("tcp", o.extProcAddr); err != nil {
+		if extProcLis, err = listen(o.extProcAddr); err != nil {
 			return fmt.Errorf("ext_proc listener: %w", err)
 		}
 	}

@@ -61,9 +61,15 @@ func (r *runStack) args() []string {
 // ready banner.
 func (r *runStack) start(t *testing.T) {
 	t.Helper()
+	r.startWith(t, r.args())
+}
+
+// startWith is start with the command line args.
+func (r *runStack) startWith(t *testing.T, args []string) {
+	t.Helper()
 	t.Setenv("ENVOY_BIN", testutil.Envoy(t))
 	t.Setenv("REDIS_URL", "") // the embedded Redis, whatever the developer's shell says
-	r.proc = start(t, "tollgate-run", bins.tollgate, r.args()...)
+	r.proc = start(t, "tollgate-run", bins.tollgate, args...)
 	testutil.Eventually(t, 60*time.Second, "tollgate run ready banner", func() error {
 		select {
 		case <-r.proc.done:
@@ -343,4 +349,38 @@ func TestInitPolicyServes(t *testing.T) {
 	if resp := mustDo(t, "POST", r.url("/v1/chat/completions"), map[string]string{"x-user-id": "newcomer"}, chatBody("llama")); resp.status != 404 {
 		t.Errorf("a model init was not given: %d, want 404", resp.status)
 	}
+}
+
+// TestRunExtProcOverUnixSocket: with extProc.socket in the policy and --extproc unix:PATH,
+// Envoy reaches the ext_proc server over the Unix socket (nothing listens on TCP for it), and
+// the seed scenario holds: 5 × 200, then 429.
+func TestRunExtProcOverUnixSocket(t *testing.T) {
+	testutil.Envoy(t)
+	r := newRunStack(t, seedPolicy)
+	socket := filepath.Join(r.dir, "extproc.sock")
+	tcp := fmt.Sprintf("extProc: {address: 127.0.0.1, port: %d}", r.extProcPort)
+	policy, err := os.ReadFile(r.policyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(policy), tcp) {
+		t.Fatalf("the policy has no %q to replace:\n%s", tcp, policy)
+	}
+	writeFile(t, r.policyPath, strings.Replace(string(policy), tcp, "extProc: {socket: "+socket+"}", 1))
+	args := r.args()
+	for i, a := range args {
+		if a == "--extproc" {
+			args[i+1] = "unix:" + socket
+		}
+	}
+	r.startWith(t, args)
+
+	statuses := sendN(t, r.stack, "alice", "qwen3", 10, false)
+	if want := "[200 200 200 200 200 429 429 429 429 429]"; fmt.Sprint(statuses) != want {
+		t.Fatalf("alice's 10 qwen3 requests: %v, want %s", statuses, want)
+	}
+	if info, err := os.Stat(socket); err != nil || info.Mode()&os.ModeSocket == 0 {
+		t.Errorf("no socket at %s: %v", socket, err)
+	}
+	assertClosed(t, map[string]int{"the TCP ext_proc port": r.extProcPort})
 }
