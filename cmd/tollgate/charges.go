@@ -24,7 +24,7 @@ type chargeOptions struct {
 
 // register adds --redis and --charge-spool to fs.
 func (o *chargeOptions) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis of the ratelimit service's counters, host:port or redis://[user:password@]host:port (env REDIS_URL): admission then reserves each request's worst case and takes back what it did not use, so concurrent requests cannot overshoot a quota; without it quotas are only checked")
+	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis of the ratelimit service's counters, host:port, redis://[user:password@]host:port or unix:///path/to/redis.sock (env REDIS_URL): admission then reserves each request's worst case and takes back what it did not use, so concurrent requests cannot overshoot a quota; without it quotas are only checked")
 	o.registerSpool(fs)
 }
 

@@ -303,7 +303,7 @@ func (c *Counters) connect(ctx context.Context) (radix.Client, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, redisDialTimeout)
 	defer cancel()
-	pool, err := radix.PoolConfig{Size: 2, Dialer: dialer}.New(ctx, "tcp", c.target.Addr)
+	pool, err := radix.PoolConfig{Size: 2, Dialer: dialer}.New(ctx, c.target.network(), c.target.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
 	}

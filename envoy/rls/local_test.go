@@ -2,6 +2,9 @@ package rls
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,6 +13,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
+	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
 // A check made through Local and one made over gRPC reach one service: the same limits and
@@ -84,5 +91,57 @@ func TestLocalServesItsOwnAddress(t *testing.T) {
 	}
 	if _, err := NewLocal("127.0.0.1:8081").ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{}); status.Code(err) != codes.Unavailable {
 		t.Errorf("Local before the service runs: %v, want Unavailable", err)
+	}
+}
+
+// With unix:///path as its Redis URL, the service keeps its counters in a Redis it reaches
+// over that socket, and tollgate's own Redis client reads them there.
+func TestRedisOverUnixSocket(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "redis.sock")
+	startRedis(t, "--unixsocket", socket, "--unixsocketperm", "700")
+	ads := startADS(t, envoy.DefaultRateLimitNode)
+	ads.publishQwen3Limit(t, 50)
+	addrs := testutil.FreeAddrs(t, 3)
+	local := NewLocal(addrs[0])
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan error, 1)
+	go func() {
+		finished <- Run(ctx, slog.New(slog.DiscardHandler), Options{
+			GRPCAddr: addrs[0], DebugAddr: addrs[1], HTTPAddr: addrs[2], XDSAddr: ads.addr,
+			RedisURL: "unix://" + socket, Local: local,
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-finished
+	})
+
+	req := &rlsv3.RateLimitRequest{Domain: testDomain, Descriptors: []*ratelimitv3.RateLimitDescriptor{{
+		Entries:    []*ratelimitv3.RateLimitDescriptor_Entry{{Key: "route", Value: "qwen3"}, {Key: "user", Value: "socket-alice"}},
+		HitsAddend: wrapperspb.UInt64(12),
+	}}}
+	testutil.Eventually(t, 30*time.Second, "a charge of 12 against the limit of 50", func() error {
+		resp, err := local.ShouldRateLimit(context.Background(), req)
+		if err != nil {
+			return err
+		}
+		if s := resp.GetStatuses()[0]; s.GetCurrentLimit().GetRequestsPerUnit() != 50 {
+			return fmt.Errorf("status %v: no limit loaded yet", s)
+		}
+		return nil
+	})
+
+	counters, err := NewCounters("unix://" + socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = counters.Close() }()
+	got, err := counters.Counts(context.Background(), testDomain,
+		[]rlsclient.Counter{{Entries: qwen3("socket-alice").Entries, Unit: "HOUR"}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != 12 {
+		t.Errorf("counter read over the socket: %v, want [12]", got)
 	}
 }

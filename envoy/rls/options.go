@@ -46,7 +46,8 @@ type Options struct {
 	// RateLimitConfig resources under it.
 	NodeID string
 	// RedisURL is host:port, redis://[user:password@]host[:port][/0] or rediss://… for TLS
-	// (verified against the system roots; REDIS_TLS_CACERT names another CA file).
+	// (verified against the system roots; REDIS_TLS_CACERT names another CA file), or
+	// unix:///path/to/redis.sock for a Redis on this host.
 	RedisURL string
 	// RedisWait is how long Run keeps retrying to reach Redis before giving up, so a Redis
 	// that starts a moment later (compose, systemd) does not fail the start.
@@ -149,11 +150,21 @@ func (o Options) withDefaults() Options {
 
 // redisTarget is a parsed RedisURL in the shape the upstream settings want.
 type redisTarget struct {
-	// Addr is host:port.
+	// Network is "unix" for a Unix socket; empty means TCP.
+	Network string
+	// Addr is host:port, or the socket's path.
 	Addr string
 	// Auth is the upstream REDIS_AUTH value: "password" or "user:password". It is a secret.
 	Auth string
 	TLS  bool
+}
+
+// network is the network to dial Addr on.
+func (t redisTarget) network() string {
+	if t.Network == "" {
+		return "tcp"
+	}
+	return t.Network
 }
 
 // config is validated Options with the Redis URL parsed.
@@ -257,7 +268,7 @@ func parseLogLevel(s string) (logrus.Level, error) {
 func parseRedisURL(raw string) (redisTarget, error) {
 	if !strings.Contains(raw, "://") {
 		if _, _, err := splitHostPort(raw); err != nil {
-			return redisTarget{}, errors.New("want host:port or a redis:// or rediss:// URL")
+			return redisTarget{}, errors.New("want host:port, a redis:// or rediss:// URL, or unix:///path/to/redis.sock")
 		}
 		return redisTarget{Addr: raw}, nil
 	}
@@ -270,8 +281,10 @@ func parseRedisURL(raw string) (redisTarget, error) {
 	case "redis":
 	case "rediss":
 		t.TLS = true
+	case "unix":
+		return parseRedisSocket(u)
 	default:
-		return redisTarget{}, fmt.Errorf("scheme %q is not redis or rediss", u.Scheme)
+		return redisTarget{}, fmt.Errorf("scheme %q is not redis, rediss or unix", u.Scheme)
 	}
 	if u.Hostname() == "" {
 		return redisTarget{}, errors.New("URL names no host")
@@ -291,22 +304,49 @@ func parseRedisURL(raw string) (redisTarget, error) {
 	if u.RawQuery != "" {
 		return redisTarget{}, errors.New("URL query options are not supported")
 	}
-	if u.User != nil {
-		user := u.User.Username()
-		pass, hasPass := u.User.Password()
-		switch {
-		case !hasPass && user != "":
-			// Clients disagree on whether redis://word@host names a user or a password.
-			return redisTarget{}, errors.New("URL has a user but no password: write redis://:PASSWORD@host or redis://USER:PASSWORD@host")
-		case user != "":
-			t.Auth = user + ":" + pass
-		case strings.Contains(pass, ":"):
-			// The service splits REDIS_AUTH at the first colon into user and password, so a
-			// colon in a user-less password needs Redis' implicit user spelled out.
-			t.Auth = "default:" + pass
-		default:
-			t.Auth = pass
-		}
+	if t.Auth, err = redisAuth(u); err != nil {
+		return redisTarget{}, err
 	}
 	return t, nil
+}
+
+// parseRedisSocket reads unix:///path/to/redis.sock, with the password as in a redis:// URL
+// (unix://:PASSWORD@/path): a Redis on this host, reached without TCP.
+func parseRedisSocket(u *url.URL) (redisTarget, error) {
+	if u.Host != "" {
+		return redisTarget{}, errors.New("a unix:// URL names a socket path, not a host: write unix:///path/to/redis.sock")
+	}
+	if !strings.HasPrefix(u.Path, "/") || u.Path == "/" {
+		return redisTarget{}, errors.New("a unix:// URL needs the socket's absolute path: unix:///path/to/redis.sock")
+	}
+	if u.RawQuery != "" {
+		return redisTarget{}, errors.New("URL query options are not supported")
+	}
+	auth, err := redisAuth(u)
+	if err != nil {
+		return redisTarget{}, err
+	}
+	return redisTarget{Network: "unix", Addr: u.Path, Auth: auth}, nil
+}
+
+// redisAuth is the upstream REDIS_AUTH value a URL's user info gives.
+func redisAuth(u *url.URL) (string, error) {
+	if u.User == nil {
+		return "", nil
+	}
+	user := u.User.Username()
+	pass, hasPass := u.User.Password()
+	switch {
+	case !hasPass && user != "":
+		// Clients disagree on whether redis://word@host names a user or a password.
+		return "", errors.New("URL has a user but no password: write redis://:PASSWORD@host or redis://USER:PASSWORD@host")
+	case user != "":
+		return user + ":" + pass, nil
+	case strings.Contains(pass, ":"):
+		// The service splits REDIS_AUTH at the first colon into user and password, so a
+		// colon in a user-less password needs Redis' implicit user spelled out.
+		return "default:" + pass, nil
+	default:
+		return pass, nil
+	}
 }

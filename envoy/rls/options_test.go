@@ -85,6 +85,8 @@ func TestParseRedisURL(t *testing.T) {
 		{"redis://:p%40ss@cache", redisTarget{Addr: "cache:6379", Auth: "p@ss"}},
 		{"rediss://cache:6380", redisTarget{Addr: "cache:6380", TLS: true}},
 		{"redis://[::1]:6379", redisTarget{Addr: "[::1]:6379"}},
+		{"unix:///run/redis/redis.sock", redisTarget{Network: "unix", Addr: "/run/redis/redis.sock"}},
+		{"unix://:s3cret@/run/redis/redis.sock", redisTarget{Network: "unix", Addr: "/run/redis/redis.sock", Auth: "s3cret"}},
 	}
 	for _, tt := range tests {
 		got, err := parseRedisURL(tt.in)
@@ -105,6 +107,9 @@ func TestParseRedisURLErrorsHideSecrets(t *testing.T) {
 		"redis://:hunter2@cache?x=1",
 		"redis://:hunter2@cache:99999",
 		"rediz://:hunter2@cache",
+		"unix://:hunter2@cache/redis.sock",
+		"unix://:hunter2@",
+		"unix://:hunter2@/redis.sock?x=1",
 	} {
 		_, err := parseRedisURL(in)
 		if err == nil {

@@ -67,9 +67,9 @@ func pingRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config) e
 	var conn net.Conn
 	var err error
 	if target.TLS {
-		conn, err = (&tls.Dialer{NetDialer: netDialer, Config: tlsConfig}).DialContext(ctx, "tcp", target.Addr)
+		conn, err = (&tls.Dialer{NetDialer: netDialer, Config: tlsConfig}).DialContext(ctx, target.network(), target.Addr)
 	} else {
-		conn, err = netDialer.DialContext(ctx, "tcp", target.Addr)
+		conn, err = netDialer.DialContext(ctx, target.network(), target.Addr)
 	}
 	if err != nil {
 		return err

@@ -160,7 +160,7 @@ func buildSettings(cfg config) (s settings.Settings, err error) {
 	}
 
 	s.BackendType = "redis"
-	s.RedisSocketType = "tcp"
+	s.RedisSocketType = cfg.redis.network()
 	s.RedisType = "SINGLE"
 	s.RedisUrl = cfg.redis.Addr
 	s.RedisAuth = cfg.redis.Auth
