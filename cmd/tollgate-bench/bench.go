@@ -100,49 +100,36 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 		if err != nil {
 			return err
 		}
-		var extProcOnly *stack.Gateway
-		if cfg.extProcOnly {
-			// A gateway of its own (its files in a directory of their own): switching one
-			// gateway's policy between runs would measure reloads as well.
-			envE := cfg.newEnv(bins, filepath.Join(dir, "ext-proc-only"))
-			envE.InProcess = cfg.inProcess
-			defer envE.Close()
-			if extProcOnly, err = envE.StartGateway(ctx, simPort, stack.PolicyOptions{NoQuotas: true}); err != nil {
-				return err
+		// Each variant is a gateway of its own (its files in a directory of their own):
+		// switching one gateway's policy between runs would measure reloads as well.
+		gws := gateways{main: gw}
+		for _, v := range []struct {
+			on     bool
+			into   **stack.Gateway
+			dir    string
+			opts   stack.PolicyOptions
+			adjust func(*stack.Env)
+		}{
+			{cfg.extProcOnly, &gws.extProcOnly, "ext-proc-only", stack.PolicyOptions{NoQuotas: true}, nil},
+			{cfg.nullExtProc, &gws.null, "null-ext-proc", stack.PolicyOptions{NullExtProc: true}, nil},
+			{cfg.split && cfg.inProcess, &gws.split, "split", stack.PolicyOptions{}, func(e *stack.Env) { e.InProcess = false }},
+			{cfg.unixSocket, &gws.unixSocket, "unix-socket", stack.PolicyOptions{ExtProcSocket: true}, nil},
+			{cfg.redisSocket, &gws.redisSocket, "redis-socket", stack.PolicyOptions{RedisSocket: true}, nil},
+			{cfg.compareGoMaxProcs > 0, &gws.goMaxProcs, "gomaxprocs", stack.PolicyOptions{}, func(e *stack.Env) {
+				e.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", cfg.compareGoMaxProcs)}
+			}},
+			{cfg.checkOnly, &gws.checkOnly, "check-only", stack.PolicyOptions{}, func(e *stack.Env) { e.CheckOnly, e.InProcess = true, false }},
+		} {
+			if !v.on {
+				continue
 			}
-		}
-		var null *stack.Gateway
-		if cfg.nullExtProc {
-			envX := cfg.newEnv(bins, filepath.Join(dir, "null-ext-proc"))
-			defer envX.Close()
-			if null, err = envX.StartGateway(ctx, simPort, stack.PolicyOptions{NullExtProc: true}); err != nil {
-				return err
+			e := cfg.newEnv(bins, filepath.Join(dir, v.dir))
+			e.InProcess = cfg.inProcess
+			if v.adjust != nil {
+				v.adjust(e)
 			}
-		}
-		var split *stack.Gateway
-		if cfg.split && cfg.inProcess {
-			envS := cfg.newEnv(bins, filepath.Join(dir, "split"))
-			defer envS.Close()
-			if split, err = envS.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
-				return err
-			}
-		}
-		var goMaxProcs *stack.Gateway
-		if cfg.compareGoMaxProcs > 0 {
-			envG := cfg.newEnv(bins, filepath.Join(dir, "gomaxprocs"))
-			envG.InProcess = cfg.inProcess
-			envG.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", cfg.compareGoMaxProcs)}
-			defer envG.Close()
-			if goMaxProcs, err = envG.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
-				return err
-			}
-		}
-		var checkOnly *stack.Gateway
-		if cfg.checkOnly {
-			envK := cfg.newEnv(bins, filepath.Join(dir, "check-only"))
-			envK.CheckOnly = true
-			defer envK.Close()
-			if checkOnly, err = envK.StartGateway(ctx, simPort, stack.PolicyOptions{}); err != nil {
+			defer e.Close()
+			if *v.into, err = e.StartGateway(ctx, simPort, v.opts); err != nil {
 				return err
 			}
 		}
@@ -157,7 +144,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 				logger.Info("LiteLLM serving", "version", lite.Version, "url", lite.URL)
 			}
 		}
-		systems, err := overheadPhase(ctx, cfg, plain, gateways{main: gw, extProcOnly: extProcOnly, checkOnly: checkOnly, null: null, split: split, goMaxProcs: goMaxProcs}, lite, sim, logger)
+		systems, err := overheadPhase(ctx, cfg, plain, gws, lite, sim, logger)
 		rep.Systems = systems
 		if err != nil {
 			fail("overhead", err)

@@ -116,6 +116,8 @@ type config struct {
 	inProcess                   bool
 	split                       bool
 	compareGoMaxProcs           int
+	unixSocket                  bool
+	redisSocket                 bool
 	checkOnly                   bool
 	litellm                     bool
 	litellmBin                  string
@@ -168,6 +170,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")
 	fs.BoolVar(&c.split, "split", true, "also measure B as a split deployment (system S): `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC")
+	fs.BoolVar(&c.unixSocket, "unix-socket", true, "also measure B with Envoy reaching the ext_proc server over a Unix socket (system U; the policy's extProc.socket)")
+	fs.BoolVar(&c.redisSocket, "redis-socket", true, "also measure B with tollgate and the ratelimit service reaching Redis over a Unix socket (system R; --redis unix:///...)")
 	fs.IntVar(&c.compareGoMaxProcs, "compare-gomaxprocs", 0, "also measure B with GOMAXPROCS set to this for tollgate (system G), to weigh it against Go's default in one run; 0: not measured")
 	fs.BoolVar(&c.nullExtProc, "null-ext-proc", true, "also measure the same Envoy configuration with a do-nothing ext_proc server (system X, and Y with C's streamed responses): B's and C's floor")
 	fs.BoolVar(&c.checkOnly, "check-only", false, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")

@@ -110,13 +110,14 @@ const (
 )
 
 // gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
-// E's (no quotas), K's (checks only, no reservations), X's (a do-nothing ext_proc server) and
-// S's (B split into processes, quota checks over gRPC) and G's (B with another GOMAXPROCS).
+// X's (a do-nothing ext_proc server) and B's variants: E's (no quotas), K's (checks only, no
+// reservations), S's (split into processes, quota checks over gRPC), G's (another
+// GOMAXPROCS), U's (the ext_proc server on a Unix socket) and R's (Redis on a Unix socket).
 type gateways struct {
-	main, extProcOnly, checkOnly, null, split, goMaxProcs *stack.Gateway
+	main, extProcOnly, checkOnly, null, split, goMaxProcs, unixSocket, redisSocket *stack.Gateway
 }
 
-// overheadSystems are A to E, and K.
+// overheadSystems are A, B and C, and the floors and variants that run.
 func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Process) []*loadedSystem {
 	gw, extProcOnly := gws.main, gws.extProcOnly
 	self := os.Getpid()
@@ -150,40 +151,28 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 			&loadedSystem{rep: &report.System{Key: "X", Name: "B's Envoy configuration with a do-nothing ext_proc server (B's floor)", Floor: "A"}, req: x, pids: pids},
 			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids, streamed: true})
 	}
-	if extProcOnly != nil {
-		req := gwReq
-		req.URL = extProcOnly.URL + "/v1/chat/completions"
-		systems = append(systems, &loadedSystem{
-			rep:  &report.System{Key: "E", Name: "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls", Floor: floorOf(gws)},
-			req:  req,
-			pids: gatewayPids(extProcOnly),
-		})
+	// B's variants: one lever changed each, the same JSON requests.
+	variants := []struct {
+		gw        *stack.Gateway
+		key, name string
+	}{
+		{extProcOnly, "E", "B without quotas: ext_proc only (model routing, usage accounting), no ratelimit calls"},
+		{gws.split, "S", "B split: `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC"},
+		{gws.unixSocket, "U", "B with Envoy reaching the ext_proc server over a Unix socket"},
+		{gws.redisSocket, "R", "B with tollgate and the ratelimit service reaching Redis over a Unix socket"},
+		{gws.goMaxProcs, "G", fmt.Sprintf("B with GOMAXPROCS=%d for tollgate", cfg.compareGoMaxProcs)},
+		{gws.checkOnly, "K", "B checking quotas only: nothing reserved at admission, the whole cost charged at the end"},
 	}
-	if gws.split != nil {
+	for _, v := range variants {
+		if v.gw == nil {
+			continue
+		}
 		req := gwReq
-		req.URL = gws.split.URL + "/v1/chat/completions"
+		req.URL = v.gw.URL + "/v1/chat/completions"
 		systems = append(systems, &loadedSystem{
-			rep:  &report.System{Key: "S", Name: "B split: `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC", Floor: floorOf(gws)},
+			rep:  &report.System{Key: v.key, Name: v.name, Floor: floorOf(gws)},
 			req:  req,
-			pids: gatewayPids(gws.split),
-		})
-	}
-	if gws.goMaxProcs != nil {
-		req := gwReq
-		req.URL = gws.goMaxProcs.URL + "/v1/chat/completions"
-		systems = append(systems, &loadedSystem{
-			rep:  &report.System{Key: "G", Name: fmt.Sprintf("B with GOMAXPROCS=%d for tollgate", cfg.compareGoMaxProcs), Floor: floorOf(gws)},
-			req:  req,
-			pids: gatewayPids(gws.goMaxProcs),
-		})
-	}
-	if gws.checkOnly != nil {
-		req := gwReq
-		req.URL = gws.checkOnly.URL + "/v1/chat/completions"
-		systems = append(systems, &loadedSystem{
-			rep:  &report.System{Key: "K", Name: "B checking quotas only: nothing reserved at admission, the whole cost charged at the end", Floor: "A"},
-			req:  req,
-			pids: gatewayPids(gws.checkOnly),
+			pids: gatewayPids(v.gw),
 		})
 	}
 	return systems

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -110,9 +111,13 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	}
 }
 
-// Serve listens on addr and serves until ctx ends.
+// Serve listens on addr (host:port, or unix:PATH for a Unix socket) and serves until ctx ends.
 func Serve(ctx context.Context, addr string, s *Server) error {
-	l, err := net.Listen("tcp", addr)
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, addr = "unix", path
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		return fmt.Errorf("ext_proc listen: %w", err)
 	}

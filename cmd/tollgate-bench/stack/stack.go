@@ -262,6 +262,10 @@ type PolicyOptions struct {
 	// NullExtProc puts the do-nothing ext_proc server where tollgate's would be: the same
 	// Envoy configuration (it implies NoQuotas), an ext_proc server that only answers.
 	NullExtProc bool
+	// ExtProcSocket has Envoy reach the ext_proc server over a Unix socket instead of TCP.
+	ExtProcSocket bool
+	// RedisSocket has tollgate and the ratelimit service reach Redis over a Unix socket.
+	RedisSocket bool
 }
 
 // MaxLimit is the largest limit a quota can have.
@@ -277,16 +281,20 @@ func (g *Gateway) Policy(o PolicyOptions) string {
 	if limit == 0 {
 		limit = MaxLimit
 	}
+	extProc := fmt.Sprintf("{address: 127.0.0.1, port: %d}", g.ports.extProc)
+	if o.ExtProcSocket {
+		extProc = fmt.Sprintf("{socket: %s}", g.extProcSocket())
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `listener: {address: 127.0.0.1, port: %d}
-extProc: {address: 127.0.0.1, port: %d}
+extProc: %s
 rateLimit: {address: 127.0.0.1, port: %d, failureMode: closed}
 identity: {header: %s}
 backends:
   - {name: sim, url: "http://127.0.0.1:%d"}
 models:
   - {name: qwen3, backend: sim}
-`, g.ports.listener, g.ports.extProc, g.ports.rateLimit, UserHeader, g.simPort)
+`, g.ports.listener, extProc, g.ports.rateLimit, UserHeader, g.simPort)
 	for _, m := range o.Models {
 		fmt.Fprintf(&b, "  - {name: %s, backend: sim}\n", m)
 	}
@@ -295,6 +303,32 @@ models:
 		fmt.Fprintf(&b, "quotas:\n  - {model: qwen3, cost: tokens, limit: %d, per: hour}\n", limit)
 	}
 	return b.String()
+}
+
+// extProcSocket is where the ext_proc server listens when PolicyOptions.ExtProcSocket is set.
+func (g *Gateway) extProcSocket() string {
+	return filepath.Join(filepath.Dir(g.PolicyPath), "extproc.sock")
+}
+
+// extProcListen is the ext_proc server's --extproc.
+func (g *Gateway) extProcListen(o PolicyOptions) string {
+	if o.ExtProcSocket {
+		return "unix:" + g.extProcSocket()
+	}
+	return proc.Addr(g.ports.extProc)
+}
+
+// redisSocket is Redis' Unix socket, which it always listens on besides its port.
+func (g *Gateway) redisSocket() string {
+	return filepath.Join(filepath.Dir(g.PolicyPath), "redis", "redis.sock")
+}
+
+// redisURL is how tollgate reaches Redis.
+func (g *Gateway) redisURL(o PolicyOptions) string {
+	if o.RedisSocket {
+		return "unix://" + g.redisSocket()
+	}
+	return proc.Addr(g.ports.redis)
 }
 
 // WritePolicy saves the policy as an editor does (write a temporary file, rename it over).
@@ -334,11 +368,11 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		return nil, err
 	}
 
-	if g.Redis, err = e.startRedis(ctx, g.ports.redis); err != nil {
+	if g.Redis, err = e.startRedis(ctx, g.ports.redis, g.redisSocket()); err != nil {
 		return nil, err
 	}
 	if e.InProcess && !opts.NullExtProc {
-		return g, e.startRun(ctx, g)
+		return g, e.startRun(ctx, g, opts)
 	}
 	if len(e.Bins.ControlPlane) == 0 {
 		return nil, errors.New("no control plane command")
@@ -347,7 +381,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	if debounce <= 0 {
 		debounce = 100 * time.Millisecond
 	}
-	extProcAddr := proc.Addr(g.ports.extProc)
+	extProcAddr := g.extProcListen(opts)
 	if opts.NullExtProc {
 		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr); err != nil {
 			return nil, err
@@ -362,7 +396,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		"--debounce", debounce.String(),
 		"--charge-spool", "")
 	if !e.CheckOnly {
-		cpArgs = append(cpArgs, "--redis", proc.Addr(g.ports.redis))
+		cpArgs = append(cpArgs, "--redis", g.redisURL(opts))
 	}
 	if g.ControlPlane, err = e.startWithEnv("tollgate-serve", e.TollgateEnv, e.Bins.ControlPlane[0], cpArgs...); err != nil {
 		return nil, err
@@ -373,7 +407,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 		return nil, err
 	}
 	if g.RateLimit, err = e.startRateLimit(ctx, g.ports.rateLimit, g.ports.rateLimitHTTP, g.ports.rateLimitDebug,
-		proc.Addr(g.ports.xds), proc.Addr(g.ports.redis)); err != nil {
+		proc.Addr(g.ports.xds), g.redisURL(opts)); err != nil {
 		return nil, err
 	}
 
@@ -399,12 +433,12 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 }
 
 // startRun runs the gateway as `tollgate run`, with the Env's Redis and Envoy.
-func (e *Env) startRun(ctx context.Context, g *Gateway) error {
+func (e *Env) startRun(ctx context.Context, g *Gateway, opts PolicyOptions) error {
 	args := []string{"run",
 		"-f", g.PolicyPath,
-		"--redis", proc.Addr(g.ports.redis),
+		"--redis", g.redisURL(opts),
 		"--xds", proc.Addr(g.ports.xds),
-		"--extproc", proc.Addr(g.ports.extProc),
+		"--extproc", g.extProcListen(opts),
 		"--metrics", g.MetricsAddr,
 		"--admin", proc.Addr(g.ports.admin),
 		"--ratelimit-grpc", g.RateLimitAddr,
@@ -491,8 +525,12 @@ func (e *Env) startNullExtProc(ctx context.Context, addr string) (*proc.Process,
 	if err != nil {
 		return nil, err
 	}
+	network, dial := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, dial = "unix", path
+	}
 	return p, p.Await(ctx, 10*time.Second, probeInterval, "do-nothing ext_proc server listening", func() error {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		conn, err := net.DialTimeout(network, dial, time.Second)
 		if err == nil {
 			_ = conn.Close()
 		}
@@ -526,7 +564,7 @@ func (e *Env) StartRateLimit(ctx context.Context, xdsAddr string) (*RateLimit, e
 	if err != nil {
 		return nil, err
 	}
-	redis, err := e.startRedis(ctx, ps[0])
+	redis, err := e.startRedis(ctx, ps[0], filepath.Join(e.Dir, "redis", "redis.sock"))
 	if err != nil {
 		return nil, err
 	}
@@ -556,12 +594,13 @@ func (e *Env) startRateLimit(ctx context.Context, grpcPort, httpPort, debugPort 
 	})
 }
 
-func (e *Env) startRedis(ctx context.Context, port int) (*proc.Process, error) {
+func (e *Env) startRedis(ctx context.Context, port int, socket string) (*proc.Process, error) {
 	dir := filepath.Join(e.Dir, "redis")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	p, err := e.start("redis", e.Bins.Redis, "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
+		"--unixsocket", socket, "--unixsocketperm", "700",
 		"--save", "", "--appendonly", "no", "--dir", dir)
 	if err != nil {
 		return nil, err
