@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -409,5 +410,24 @@ func TestRateLimitLogLevel(t *testing.T) {
 		if got := rateLimitLogLevel(in); got != want {
 			t.Errorf("rateLimitLogLevel(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// tollgate run halves the Go runtime's processors for Envoy's sake, unless GOMAXPROCS is set.
+func TestShareCPUsWithEnvoy(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+
+	runtime.GOMAXPROCS(4)
+	if n, set := shareCPUsWithEnvoy(func(string) (string, bool) { return "", false }); !set || n != 2 || runtime.GOMAXPROCS(0) != 2 {
+		t.Errorf("4 processors: set %v to %d (now %d), want 2", set, n, runtime.GOMAXPROCS(0))
+	}
+	runtime.GOMAXPROCS(1)
+	if n, set := shareCPUsWithEnvoy(func(string) (string, bool) { return "", false }); !set || n != 1 {
+		t.Errorf("1 processor: set %v to %d, want 1", set, n)
+	}
+	runtime.GOMAXPROCS(4)
+	if _, set := shareCPUsWithEnvoy(func(string) (string, bool) { return "3", true }); set || runtime.GOMAXPROCS(0) != 4 {
+		t.Errorf("GOMAXPROCS given: changed to %d", runtime.GOMAXPROCS(0))
 	}
 }
