@@ -113,7 +113,9 @@ func TestRedisOverUnixSocket(t *testing.T) {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		<-finished
+		if err := <-finished; err != nil {
+			t.Errorf("the service ended with %v", err)
+		}
 	})
 
 	req := &rlsv3.RateLimitRequest{Domain: testDomain, Descriptors: []*ratelimitv3.RateLimitDescriptor{{
