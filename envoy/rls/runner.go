@@ -25,6 +25,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tollgate-dev/tollgate/envoy/launch"
 )
 
 // runner assembles the upstream service from the upstream packages — its server (gRPC,
@@ -123,7 +125,8 @@ type Local struct {
 // NewLocal returns a Local for a service that listens for gRPC on grpcAddr (its Options
 // GRPCAddr): quota checks aimed at that address are the ones it answers.
 func NewLocal(grpcAddr string) *Local {
-	host, port, _ := net.SplitHostPort(grpcAddr)
+	// A service on every interface is the one a loopback address reaches.
+	host, port, _ := net.SplitHostPort(launch.DialAddr(grpcAddr))
 	return &Local{host: host, port: port}
 }
 
@@ -135,10 +138,7 @@ func (l *Local) Serves(target string) bool {
 	if err != nil || port != l.port {
 		return false
 	}
-	if host == l.host {
-		return true
-	}
-	return isLoopback(host) && (l.host == "" || isLoopback(l.host) || isUnspecified(l.host))
+	return host == l.host || isLoopback(host) && isLoopback(l.host)
 }
 
 func isLoopback(host string) bool {
@@ -147,11 +147,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-func isUnspecified(host string) bool {
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsUnspecified()
 }
 
 func (l *Local) attach(svc rlsv3.RateLimitServiceServer) {
