@@ -225,8 +225,9 @@ func TestAbuseMalformedUpstreamStreams(t *testing.T) {
 		// Six output events of llmsim's words (35 bytes of text).
 		{"last event never terminated", "dangle", [2]string{"x-llmsim-sse-fault", "unterminated"}, true, false, 14 + 35, true,
 			"successful response without token usage; charging an estimate"},
-		// Three output events (14 bytes of text).
-		{"cut before the usage chunk", "cut", [2]string{"x-llmsim-cut-after", "3"}, false, false, 14 + 14, true,
+		// Three output events (14 bytes of text), of a stream broken off: rounded up to a step
+		// of 64 tokens.
+		{"cut before the usage chunk", "cut", [2]string{"x-llmsim-cut-after", "3"}, false, false, 14 + 64, true,
 			"response broke off before its final usage; charging what was served"},
 	}
 	for _, c := range cases {
