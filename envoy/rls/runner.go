@@ -116,7 +116,7 @@ func (r *runner) stop() {
 // Local is the ratelimit service run by Run in this process, called directly: the same
 // service, limits, Redis counters and cache keys that answer over gRPC, without encoding a
 // request, a loopback round trip and a second process's wake-up. Set Options.Local to one
-// and give it to the quota client, which calls it for the service at Addr.
+// and give it to the quota client, which calls it for the addresses it Serves.
 type Local struct {
 	host, port string
 	svc        atomic.Pointer[rlsv3.RateLimitServiceServer]
