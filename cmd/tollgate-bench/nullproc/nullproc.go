@@ -111,13 +111,18 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	}
 }
 
-// Serve listens on addr (host:port, or unix:PATH for a Unix socket) and serves until ctx ends.
-func Serve(ctx context.Context, addr string, s *Server) error {
-	network := "tcp"
+// Network splits a listen address, host:port or unix:PATH for a Unix socket, into the network
+// and address net.Listen and net.Dial take.
+func Network(addr string) (network, address string) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, addr = "unix", path
+		return "unix", path
 	}
-	l, err := net.Listen(network, addr)
+	return "tcp", addr
+}
+
+// Serve listens on addr (see Network) and serves until ctx ends.
+func Serve(ctx context.Context, addr string, s *Server) error {
+	l, err := net.Listen(Network(addr))
 	if err != nil {
 		return fmt.Errorf("ext_proc listen: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/nullproc"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
 	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
@@ -525,10 +526,7 @@ func (e *Env) startNullExtProc(ctx context.Context, addr string) (*proc.Process,
 	if err != nil {
 		return nil, err
 	}
-	network, dial := "tcp", addr
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, dial = "unix", path
-	}
+	network, dial := nullproc.Network(addr)
 	return p, p.Await(ctx, 10*time.Second, probeInterval, "do-nothing ext_proc server listening", func() error {
 		conn, err := net.DialTimeout(network, dial, time.Second)
 		if err == nil {
