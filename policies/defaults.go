@@ -27,6 +27,12 @@ const (
 	DefaultJWTUserClaim     = "sub"
 	DefaultJWKSCache        = 10 * time.Minute
 	DefaultTeamHeader       = "x-team-id"
+	// DefaultMaxConcurrentRequests is Envoy's own default bound of a cluster's requests in
+	// flight, made explicit and applied to the whole gateway.
+	DefaultMaxConcurrentRequests = 1024
+	// MaxConcurrentRequestsCeiling bounds every in-flight cap: far above what one gateway
+	// serves, and the bound tollgate's ext_proc server puts on one connection's streams.
+	MaxConcurrentRequestsCeiling = 1_000_000
 )
 
 // Rate limit failure modes.
@@ -75,6 +81,7 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 		p.Listener.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	setDuration("listener.requestTimeout", &p.Listener.RequestTimeout, DefaultRequestTimeout)
+	setInt("listener.maxConcurrentRequests", &p.Listener.MaxConcurrentRequests, DefaultMaxConcurrentRequests)
 	setString("identity.mode", &p.Identity.Mode, DefaultIdentityMode)
 	// Modes are matched case-insensitively and kept in their documented spelling.
 	for _, m := range IdentityModes() {
@@ -108,9 +115,17 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 	p.Identity.TeamHeader = strings.ToLower(p.Identity.TeamHeader)
 	p.RateLimit.FailureMode = strings.ToLower(p.RateLimit.FailureMode)
 
+	// A backend takes as many requests as the gateway does unless it says otherwise; an
+	// invalid gateway bound is reported once, at the listener, not again at every backend.
+	backendInFlight := p.Listener.MaxConcurrentRequests
+	if backendInFlight < 1 || backendInFlight > MaxConcurrentRequestsCeiling {
+		backendInFlight = DefaultMaxConcurrentRequests
+	}
 	for i := range p.Backends {
 		b := &p.Backends[i]
 		setDuration(indexPath("backends", i)+".connectTimeout", &b.ConnectTimeout, DefaultConnectTimeout)
+		setInt(indexPath("backends", i)+".maxConcurrentRequests", &b.MaxConcurrentRequests, backendInFlight)
+		setInt(indexPath("backends", i)+".maxPendingRequests", &b.MaxPendingRequests, backendInFlight)
 	}
 	for i := range p.Costs {
 		c := &p.Costs[i]

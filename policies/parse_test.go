@@ -131,6 +131,9 @@ quotas: [{model: qwen3, cost: custom, limit: 5, per: Hour}]
 		{"rateLimit.defaultMaxOutputTokens", p.RateLimit.DefaultMaxOutputTokens, int64(DefaultMaxOutputTokens)},
 		{"rateLimit.maxConcurrentRequests", p.RateLimit.MaxConcurrentRequests, 0},
 		{"backends[0].connectTimeout", p.Backends[0].ConnectTimeout.Duration, DefaultConnectTimeout},
+		{"listener.maxConcurrentRequests", p.Listener.MaxConcurrentRequests, DefaultMaxConcurrentRequests},
+		{"backends[0].maxConcurrentRequests", p.Backends[0].MaxConcurrentRequests, DefaultMaxConcurrentRequests},
+		{"backends[0].maxPendingRequests", p.Backends[0].MaxPendingRequests, DefaultMaxConcurrentRequests},
 		{"costs[0].type", p.Costs[0].Type, CostCEL},
 		{"quotas[0].per", p.Quotas[0].Per, "hour"},
 		{"quotas[0].name", p.Quotas[0].Name, "qwen3-custom-per-hour"},
@@ -377,6 +380,8 @@ func TestValidationRules(t *testing.T) {
 		{"max request bytes too small", "listener: {port: 8080}", "listener: {maxRequestBytes: 1023}", "listener.maxRequestBytes", "between 1024 (1 KiB) and 67108864 (64 MiB)"},
 		{"max request bytes too large", "listener: {port: 8080}", "listener: {maxRequestBytes: 67108865}", "listener.maxRequestBytes", "between 1024"},
 		{"request timeout zero", "listener: {port: 8080}", "listener: {requestTimeout: 0s}", "listener.requestTimeout", "greater than 0"},
+		{"in-flight bound zero", "listener: {port: 8080}", "listener: {maxConcurrentRequests: 0}", "listener.maxConcurrentRequests", "between 1 and 1000000, got 0"},
+		{"in-flight bound too large", "listener: {port: 8080}", "listener: {maxConcurrentRequests: 1000001}", "listener.maxConcurrentRequests", "between 1 and 1000000"},
 		{"request timeout negative", "listener: {port: 8080}", "listener: {requestTimeout: -1s}", "listener.requestTimeout", "must not be negative"},
 		{"request timeout unitless", "listener: {port: 8080}", "listener: {requestTimeout: 300}", "listener.requestTimeout", "must be a duration"},
 		// usage log and alerts
@@ -417,6 +422,8 @@ func TestValidationRules(t *testing.T) {
 		{"backend url port too big", "http://127.0.0.1:8000", "http://127.0.0.1:65536", "backends[0].url", "port must be between 1 and 65535"},
 		{"backend url unparsable", "http://127.0.0.1:8000", "http://[::1", "backends[0].url", "not a valid URL"},
 		{"backend connect timeout", "    url: http://127.0.0.1:8000\n", "    url: http://127.0.0.1:8000\n    connectTimeout: 0s\n", "backends[0].connectTimeout", "greater than 0"},
+		{"backend in-flight bound negative", "    url: http://127.0.0.1:8000\n", "    url: http://127.0.0.1:8000\n    maxConcurrentRequests: -1\n", "backends[0].maxConcurrentRequests", "between 1 and 1000000, got -1"},
+		{"backend pending bound zero", "    url: http://127.0.0.1:8000\n", "    url: http://127.0.0.1:8000\n    maxPendingRequests: 0\n", "backends[0].maxPendingRequests", "between 1 and 1000000, got 0"},
 		// models
 		{"model name missing", "{name: qwen3, backend: sim}", "{backend: sim}\n  - {name: qwen3, backend: sim}", "models[0].name", "required"},
 		{"model name whitespace", "{name: qwen3, backend: sim}", "{name: \"gpt 4\", backend: sim}\n  - {name: qwen3, backend: sim}", "models[0].name", "no whitespace"},

@@ -75,6 +75,10 @@ type Listener struct {
 	MaxRequestBytes int64 `yaml:"maxRequestBytes"`
 	// RequestTimeout bounds a whole upstream request, including long streams. Default 300s.
 	RequestTimeout Duration `yaml:"requestTimeout"`
+	// MaxConcurrentRequests bounds the requests this gateway has in flight at once, streams
+	// included, over all users. One more is refused at once with a JSON 503 and Retry-After
+	// instead of queueing. Default 1024.
+	MaxConcurrentRequests int `yaml:"maxConcurrentRequests"`
 }
 
 // Identity modes.
@@ -203,6 +207,11 @@ type Backend struct {
 	APIKey Secret `yaml:"apiKey"`
 	// ConnectTimeout bounds TCP (and TLS) connection setup. Default 5s.
 	ConnectTimeout Duration `yaml:"connectTimeout"`
+	// MaxConcurrentRequests bounds the requests in flight to this backend (and, over HTTP/1,
+	// its connections); MaxPendingRequests those waiting for a connection. One more gets a
+	// JSON 503 with Retry-After and is not charged. Defaults: listener.maxConcurrentRequests.
+	MaxConcurrentRequests int `yaml:"maxConcurrentRequests"`
+	MaxPendingRequests    int `yaml:"maxPendingRequests"`
 }
 
 // Model routes one model name to one backend.

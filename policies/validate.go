@@ -65,6 +65,7 @@ func (v *validator) listener(p *Policy) {
 		v.add("listener.maxRequestBytes", "must be between %d (1 KiB) and %d (64 MiB), got %d", MinRequestBytes, MaxRequestBytes, l.MaxRequestBytes)
 	}
 	v.positive("listener.requestTimeout", l.RequestTimeout)
+	v.concurrency("listener.maxConcurrentRequests", l.MaxConcurrentRequests)
 	v.header("identity.header", p.Identity.Header)
 	if l.ModelHeader != "" && l.ModelHeader == p.Identity.Header {
 		v.add("identity.header", "must differ from listener.modelHeader (both are %q)", l.ModelHeader)
@@ -393,8 +394,17 @@ func (v *validator) backends(bs []Backend) nameSet {
 			v.add(path+".url", "%s", msg)
 		}
 		v.positive(path+".connectTimeout", b.ConnectTimeout)
+		v.concurrency(path+".maxConcurrentRequests", b.MaxConcurrentRequests)
+		v.concurrency(path+".maxPendingRequests", b.MaxPendingRequests)
 	}
 	return names
+}
+
+// concurrency checks an in-flight cap.
+func (v *validator) concurrency(path string, n int) {
+	if n < 1 || n > MaxConcurrentRequestsCeiling {
+		v.add(path, "must be between 1 and %d, got %d", MaxConcurrentRequestsCeiling, n)
+	}
 }
 
 // checkBackendURL returns a problem with a backend URL, or "".

@@ -19,10 +19,6 @@ import (
 // grpcConnectTimeout bounds connecting to tollgate's own gRPC services; they run next to Envoy.
 const grpcConnectTimeout = time.Second
 
-// grpcMaxConcurrentRequests bounds the calls in flight to the ext_proc server and the ratelimit
-// service (Envoy's circuit breaker); see grpcCluster.
-const grpcMaxConcurrentRequests = 50_000
-
 // backendCluster builds the cluster of one upstream LLM backend.
 func backendCluster(b policies.Backend) (*clusterv3.Cluster, error) {
 	u, err := url.Parse(b.URL)
@@ -33,7 +29,21 @@ func backendCluster(b policies.Backend) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 	}
+	// Past these bounds Envoy answers 503 at once (upstream_overflow) instead of queueing;
+	// without them its defaults, 1,024 each, would apply unseen. Connections follow the
+	// requests: over HTTP/1 each request in flight holds one.
+	c.CircuitBreakers = circuitBreakers(b.MaxConcurrentRequests, b.MaxPendingRequests, b.MaxConcurrentRequests)
 	return c, nil
+}
+
+// circuitBreakers bounds a cluster's requests in flight, requests waiting for a connection,
+// and connections.
+func circuitBreakers(requests, pending, connections int) *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		MaxRequests:        wrapperspb.UInt32(uint32(requests)),
+		MaxPendingRequests: wrapperspb.UInt32(uint32(pending)),
+		MaxConnections:     wrapperspb.UInt32(uint32(connections)),
+	}}}
 }
 
 // urlCluster builds a cluster reaching the host of an http or https URL; https gets TLS with
@@ -73,15 +83,12 @@ func urlCluster(name string, u *url.URL, connectTimeout time.Duration) (*cluster
 	return c, nil
 }
 
-// grpcCluster builds the HTTP/2 cluster Envoy uses to reach one of tollgate's gRPC services.
-func grpcCluster(name string, ep policies.Endpoint) (*clusterv3.Cluster, error) {
-	return asGRPC(endpointCluster(name, ep.Address, ep.Port, grpcConnectTimeout))
-}
-
 // extProcCluster is the ext_proc server's cluster: its TCP endpoint, or its Unix socket.
-func extProcCluster(ep policies.ExtProcEndpoint) (*clusterv3.Cluster, error) {
+// Every request holds a stream to it from its headers to its end, streamed responses
+// included, so its bound on requests in flight is the gateway's: maxInFlight.
+func extProcCluster(ep policies.ExtProcEndpoint, maxInFlight int) (*clusterv3.Cluster, error) {
 	if ep.Socket == "" {
-		return grpcCluster(envoy.ClusterExtProc, ep.Endpoint)
+		return asGRPC(endpointCluster(envoy.ClusterExtProc, ep.Address, ep.Port, grpcConnectTimeout), maxInFlight)
 	}
 	return asGRPC(&clusterv3.Cluster{
 		Name:                 envoy.ClusterExtProc,
@@ -97,24 +104,21 @@ func extProcCluster(ep policies.ExtProcEndpoint) (*clusterv3.Cluster, error) {
 				}},
 			}},
 		},
-	})
+	}, maxInFlight)
 }
 
-// asGRPC makes c a cluster of a gRPC service: HTTP/2, and bounds sized for a stream per request.
-func asGRPC(c *clusterv3.Cluster) (*clusterv3.Cluster, error) {
+// asGRPC makes c a cluster of a gRPC service with a stream per request: HTTP/2, at most
+// maxStreams streams in flight. One more fails the request at once, before any work is done
+// for it: the ext_proc filter fails closed, and the gateway answers a JSON 503 with
+// Retry-After (see localReplyConfig). Pending requests are bounded alike; over HTTP/2 they
+// only wait for the first connection.
+func asGRPC(c *clusterv3.Cluster, maxStreams int) (*clusterv3.Cluster, error) {
 	opts, err := envoy.HTTP2ProtocolOptions()
 	if err != nil {
 		return nil, err
 	}
 	c.TypedExtensionProtocolOptions = opts
-	// Every request holds an ext_proc stream for as long as it lasts, streamed responses
-	// included, and both services fail requests closed (or open) when Envoy refuses to call
-	// them. Envoy's default of 1,024 concurrent requests per cluster would turn a busy gateway's
-	// 1,025th open LLM stream into a 503; the bound here is on purpose, and far above it.
-	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
-		MaxRequests:        wrapperspb.UInt32(grpcMaxConcurrentRequests),
-		MaxPendingRequests: wrapperspb.UInt32(grpcMaxConcurrentRequests),
-	}}}
+	c.CircuitBreakers = circuitBreakers(maxStreams, maxStreams, maxStreams)
 	return c, nil
 }
 

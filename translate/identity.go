@@ -5,11 +5,9 @@ import (
 	"net/url"
 	"time"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -107,23 +105,15 @@ func jwtReplyMappers() ([]*hcmv3.ResponseMapper, error) {
 	}
 	var out []*hcmv3.ResponseMapper
 	for _, m := range mappers {
-		cel, err := envoy.Any(&celfilterv3.ExpressionFilter{Expression: m.expression})
-		if err != nil {
-			return nil, err
-		}
 		body, err := openAIError("Authentication failed: %LOCAL_REPLY_BODY%.", m.etype, "", m.code)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &hcmv3.ResponseMapper{
-			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
-				ExtensionFilter: &accesslogv3.ExtensionFilter{
-					Name:       "envoy.access_loggers.extension_filters.cel",
-					ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
-				},
-			}},
-			BodyFormatOverride: body,
-		})
+		mapper, err := celMapper(m.expression, body)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, mapper)
 	}
 	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	fileaccesslogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -36,6 +37,9 @@ const (
 	// streamIdleTimeout cuts a stream that has been silent this long in both directions; a
 	// healthy LLM stream sends tokens far more often, and a slow first token stays well below it.
 	streamIdleTimeout = 5 * time.Minute
+	// retryAfterSeconds is what Envoy's own 503s tell clients to wait: a full in-flight bound
+	// or an overloaded gateway frees up within a second or so, and SDKs retry sooner anyway.
+	retryAfterSeconds = "1"
 )
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
@@ -223,22 +227,36 @@ func accessLog(p *input) (*accesslogv3.AccessLog, error) {
 }
 
 // localReplyConfig gives Envoy's own replies an OpenAI-style JSON body, so clients see the same
-// error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server or a
-// route already made JSON keep their body: mappers only match the statuses Envoy itself produces
-// without one.
+// error shape whether tollgate, Envoy or a backend answered. Replies the ext_proc server made
+// keep their body and headers: their details start with "tollgate_", and no mapper matches them.
+// Refusals of load the gateway may take again in a moment carry Retry-After.
 func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
-	type reply struct {
-		status         uint32
+	const notTollgate = "!response.code_details.startsWith('tollgate_')"
+	// An ext_proc stream refused by the ext_proc cluster's circuit breaker is the gateway's
+	// in-flight bound; a backend's overflow is the router's (upstream_reset_..{overflow}).
+	const extProcOverflow = "response.code_details.startsWith('ext_proc_error') && response.code_details.contains('overflow')"
+	replies := []struct {
+		status         int
+		when           string // a CEL condition besides the status, or ""
 		message, etype string
-	}
-	replies := []reply{
+		code           string
+		retryAfter     bool
+	}{
 		// request_headers_timeout: the client took too long to send its headers.
 		{status: 408, message: "The request headers did not arrive in time.", etype: "invalid_request_error"},
 		{status: 413, message: "Request body too large for this gateway.", etype: "invalid_request_error"},
 		// Envoy's own 502: the backend answered with something that is not valid HTTP, or
 		// reset the connection mid-answer before the client got headers.
 		{status: 502, message: "The upstream model server sent an invalid response (%RESPONSE_CODE_DETAILS%).", etype: "bad_gateway"},
-		{status: 503, message: "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later.", etype: "service_unavailable"},
+		{status: 503, when: extProcOverflow, retryAfter: true, etype: "service_unavailable", code: "gateway_at_capacity",
+			message: fmt.Sprintf("The gateway is serving as many requests as it takes at once (%d, listener.maxConcurrentRequests). Try again in a moment.", p.Listener.MaxConcurrentRequests)},
+		// The overload manager refuses new requests while Envoy's heap is nearly full.
+		{status: 503, when: "response.code_details == 'overload'", retryAfter: true, etype: "service_unavailable", code: "gateway_overloaded",
+			message: "The gateway is overloaded. Try again in a moment."},
+		{status: 503, when: "response.code_details.contains('overflow')", retryAfter: true, etype: "service_unavailable", code: "backend_at_capacity",
+			message: "The gateway is sending this backend as many requests as it takes at once (backends[].maxConcurrentRequests). Try again in a moment."},
+		{status: 503, retryAfter: true, etype: "service_unavailable",
+			message: "The gateway could not process the request (%RESPONSE_CODE_DETAILS%). Try again later."},
 		{status: 504, message: "The upstream model server did not answer in time.", etype: "timeout"},
 	}
 	cfg := &hcmv3.LocalReplyConfig{}
@@ -250,24 +268,44 @@ func localReplyConfig(p *input) (*hcmv3.LocalReplyConfig, error) {
 		cfg.Mappers = append(cfg.Mappers, mappers...)
 	}
 	for _, r := range replies {
-		body, err := openAIError(r.message, r.etype, "", "")
+		body, err := openAIError(r.message, r.etype, "", r.code)
 		if err != nil {
 			return nil, err
 		}
-		cfg.Mappers = append(cfg.Mappers, &hcmv3.ResponseMapper{
-			Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{
-				StatusCodeFilter: &accesslogv3.StatusCodeFilter{Comparison: &accesslogv3.ComparisonFilter{
-					Op: accesslogv3.ComparisonFilter_EQ,
-					Value: &corev3.RuntimeUInt32{
-						DefaultValue: r.status,
-						RuntimeKey:   fmt.Sprintf("tollgate.local_reply.status_%d", r.status),
-					},
-				}},
-			}},
-			BodyFormatOverride: body,
-		})
+		expression := fmt.Sprintf("response.code == %d && %s", r.status, notTollgate)
+		if r.when != "" {
+			expression += " && " + r.when
+		}
+		m, err := celMapper(expression, body)
+		if err != nil {
+			return nil, err
+		}
+		if r.retryAfter {
+			m.HeadersToAdd = []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: "retry-after", Value: retryAfterSeconds},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			}}
+		}
+		cfg.Mappers = append(cfg.Mappers, m)
 	}
 	return cfg, nil
+}
+
+// celMapper rewrites the body of the local replies the CEL expression matches.
+func celMapper(expression string, body *corev3.SubstitutionFormatString) (*hcmv3.ResponseMapper, error) {
+	cel, err := envoy.Any(&celfilterv3.ExpressionFilter{Expression: expression})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.ResponseMapper{
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+			ExtensionFilter: &accesslogv3.ExtensionFilter{
+				Name:       "envoy.access_loggers.extension_filters.cel",
+				ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: cel},
+			},
+		}},
+		BodyFormatOverride: body,
+	}, nil
 }
 
 func httpFilter(name string, cfg proto.Message) (*hcmv3.HttpFilter, error) {

@@ -85,7 +85,7 @@ func clusters(p *input) ([]*clusterv3.Cluster, error) {
 		}
 		out = append(out, c)
 	}
-	extProc, err := extProcCluster(p.ExtProc)
+	extProc, err := extProcCluster(p.ExtProc, p.Listener.MaxConcurrentRequests)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate-dev/tollgate/envoy/extproc"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/translate"
@@ -230,5 +231,13 @@ func TestServeWithoutExtProc(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", addrs[2], time.Second); err == nil {
 		_ = c.Close()
 		t.Errorf("something listens on the policy's ext_proc address %s", addrs[2])
+	}
+}
+
+// The ext_proc server must never refuse a stream that Envoy's in-flight bound admitted.
+func TestExtProcStreamBoundCoversThePolicyCeiling(t *testing.T) {
+	if extproc.MaxStreamsPerConnection < policies.MaxConcurrentRequestsCeiling {
+		t.Fatalf("ext_proc server takes %d streams per connection, a policy may admit %d in flight",
+			extproc.MaxStreamsPerConnection, policies.MaxConcurrentRequestsCeiling)
 	}
 }

@@ -82,6 +82,9 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 				Message: "The gateway could not check the token quota. Try again later.",
 				Type:    errorTypeUnavailable,
 			},
+			// Checks fail when Redis or the ratelimit service is down or saturated; both
+			// usually come back within seconds.
+			headers: map[string]string{"retry-after": "1"},
 			details: "tollgate_quota_check_failed",
 		}, nil
 	}

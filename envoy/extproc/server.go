@@ -107,6 +107,10 @@ func (s *Server) Register(g *grpc.Server) {
 	extprocv3.RegisterExternalProcessorServer(g, processor{s})
 }
 
+// MaxStreamsPerConnection bounds the ext_proc streams one Envoy connection may hold open: the
+// highest listener.maxConcurrentRequests a policy may set.
+const MaxStreamsPerConnection = 1_000_000
+
 // ServerOptions are the gRPC server options the ext_proc service needs. Envoy sends a whole
 // buffered body in one message, so the receive limit must exceed the request body limit
 // (plus headroom for headers and framing) or a body Envoy accepted would fail the stream and,
@@ -118,7 +122,13 @@ func ServerOptions(maxRequestBytes int64) []grpc.ServerOption {
 	limit := max(maxRequestBytes, floor) + headroom
 	const maxInt32 = 1<<31 - 1
 	limit = min(limit, maxInt32)
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(int(limit))}
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(int(limit)),
+		// Envoy opens a stream per request and bounds them itself (the ext_proc cluster's
+		// circuit breaker, listener.maxConcurrentRequests); this bound per connection is the
+		// highest that setting takes, so it never refuses a stream Envoy admitted.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
+	}
 }
 
 // processor implements the generated service interface without exporting Process on Server.
