@@ -57,8 +57,12 @@ const (
 // Node identity. Every Envoy of one deployment shares one snapshot; the ratelimit service
 // connects with its own node id and gets only its RateLimitConfig resources.
 const (
-	NodeCluster          = "tollgate"
-	DefaultEnvoyNodeID   = "tollgate-envoy"
+	NodeCluster        = "tollgate"
+	DefaultEnvoyNodeID = "tollgate-envoy"
+	// NodeMetadataBounds is the key of the node metadata where a bootstrap from tollgate
+	// states the bounds it gave Envoy (heap, client connections), so the control plane can
+	// show every connected Envoy's.
+	NodeMetadataBounds   = "tollgate_bounds"
 	DefaultRateLimitNode = "tollgate-ratelimit"
 )
 

@@ -25,9 +25,9 @@ const (
 	// defaultConnectionBufferBytes is Envoy's own per-connection buffer limit, kept for
 	// policies that allow smaller bodies.
 	defaultConnectionBufferBytes = 1 << 20
-	// extProcMessageTimeout bounds one ext_proc round trip. The server answers in microseconds;
+	// ExtProcMessageTimeout bounds one ext_proc round trip. The server answers in microseconds;
 	// a stall this long means it is gone, and the request fails closed rather than hanging.
-	extProcMessageTimeout = 5 * time.Second
+	ExtProcMessageTimeout = 5 * time.Second
 	// requestHeadersTimeout closes clients that never finish sending headers (slowloris).
 	requestHeadersTimeout = 10 * time.Second
 	// requestReceiveTimeout bounds receiving a whole request, body included, so a client
@@ -150,7 +150,7 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 		// The response status rides on the first body chunk: one round trip fewer per
 		// response than a headers message of its own.
 		ResponseAttributes: []string{envoy.AttributeResponseCode},
-		MessageTimeout:     envoy.Duration(extProcMessageTimeout),
+		MessageTimeout:     envoy.Duration(ExtProcMessageTimeout),
 		FailureModeAllow:   false,
 		StatusOnError:      &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		MetadataOptions:    metadata,

@@ -3,9 +3,11 @@ package xds
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +15,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+
+	"github.com/tollgate-dev/tollgate/envoy"
 )
 
 // clientTracker follows every ADS stream through go-control-plane's callbacks: who connected,
@@ -34,6 +38,8 @@ type streamState struct {
 	nodeID      string
 	group       string
 	connectedAt time.Time
+	build       string
+	bounds      map[string]float64
 	acked       map[string]string
 	lastNack    *Nack
 	// lastSent remembers, per type URL, the latest response on this stream, so a NACK (which
@@ -110,6 +116,8 @@ func (t *clientTracker) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRe
 		st.identified = true
 		st.nodeID = req.GetNode().GetId()
 		st.group = t.groups.of(st.nodeID)
+		st.build = nodeBuild(req.GetNode())
+		st.bounds = nodeBounds(req.GetNode())
 		newlyIdentified = true
 	}
 	nodeID, group := st.nodeID, st.group
@@ -191,6 +199,8 @@ func (t *clientTracker) snapshot() []ClientStatus {
 			Group:       st.group,
 			Acked:       maps.Clone(st.acked),
 			ConnectedAt: st.connectedAt,
+			Build:       st.build,
+			Bounds:      st.bounds,
 		}
 		if st.lastNack != nil {
 			nack := *st.lastNack
@@ -200,4 +210,30 @@ func (t *clientTracker) snapshot() []ClientStatus {
 	}
 	t.mu.Unlock()
 	return clients
+}
+
+// nodeBuild is the version a node reports: its semantic version when it gives one (Envoy
+// does), else its build string.
+func nodeBuild(n *corev3.Node) string {
+	if v := n.GetUserAgentBuildVersion().GetVersion(); v != nil {
+		return fmt.Sprintf("%d.%d.%d", v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch())
+	}
+	return n.GetUserAgentVersion()
+}
+
+// nodeBounds reads the bounds a tollgate bootstrap states in the node's metadata.
+func nodeBounds(n *corev3.Node) map[string]float64 {
+	fields := n.GetMetadata().GetFields()[envoy.NodeMetadataBounds].GetStructValue().GetFields()
+	if len(fields) == 0 {
+		return nil
+	}
+	out := make(map[string]float64, len(fields))
+	for k, v := range fields {
+		n, err := strconv.ParseFloat(v.GetStringValue(), 64)
+		if err != nil {
+			n = v.GetNumberValue()
+		}
+		out[k] = n
+	}
+	return out
 }

@@ -73,6 +73,11 @@ type ClientStatus struct {
 	LastNack *Nack
 	// ConnectedAt is when the stream opened.
 	ConnectedAt time.Time
+	// Build is the client's build version as its node reports it (Envoy's version).
+	Build string
+	// Bounds are the bounds the client's bootstrap states (envoy.NodeMetadataBounds), by
+	// name; empty for a bootstrap tollgate did not render.
+	Bounds map[string]float64
 }
 
 // Nack is a configuration a client rejected.

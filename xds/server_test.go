@@ -7,13 +7,16 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
 	tgtest "github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
@@ -363,4 +366,34 @@ func sameSet(a, b []string) bool {
 	slices.Sort(a)
 	slices.Sort(b)
 	return slices.Equal(a, b)
+}
+
+// An Envoy started from tollgate's bootstrap states its bounds and version in its node; the
+// status shows them, so an operator sees every connected Envoy's heap and connection bounds.
+func TestStatusShowsEachEnvoysBoundsAndBuild(t *testing.T) {
+	s := startServer(t)
+	publish(t, s.Server, testResources(t))
+	b, err := bootstrap.Build(bootstrap.Options{NodeID: "envoy-bounded", Overload: bootstrap.Overload{MaxHeapBytes: 3 << 30, MaxConnections: 777}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, s.addr, "envoy-bounded")
+	c.node = b.GetNode()
+	c.node.UserAgentVersionType = &corev3.Node_UserAgentBuildVersion{UserAgentBuildVersion: &corev3.BuildVersion{
+		Version: &typev3.SemanticVersion{MajorNumber: 1, MinorNumber: 40, Patch: 2},
+	}}
+	c.subscribe(resource.ListenerType, "")
+	c.ack(c.next())
+	var got ClientStatus
+	tgtest.Eventually(t, 10*time.Second, "the client identified", func() bool {
+		var ok bool
+		got, ok = s.client("envoy-bounded")
+		return ok
+	})
+	if got.Build != "1.40.2" {
+		t.Errorf("build %q, want 1.40.2", got.Build)
+	}
+	if got.Bounds[bootstrap.BoundMaxHeapBytes] != 3<<30 || got.Bounds[bootstrap.BoundMaxConnections] != 777 {
+		t.Errorf("bounds %v, want heap %d and 777 connections", got.Bounds, 3<<30)
+	}
 }

@@ -106,6 +106,7 @@ func bootstrapCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.NodeCluster, "node-cluster", "tollgate", "node cluster this Envoy reports")
 	t := &opts.XDSTLS
 	xdsClientTLSFlags(fs, &t.CAFile, &t.CertFile, &t.KeyFile, &t.ServerName, "Envoy presents")
+	overloadFlags(fs, &opts.Overload)
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}

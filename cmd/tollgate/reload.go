@@ -43,19 +43,20 @@ type reloader struct {
 
 // reloadStatus is what `tollgate status` shows about reloads.
 type reloadStatus struct {
-	LastAttempt   time.Time `json:"last_attempt"`
-	LastResult    string    `json:"last_result"` // "ok" or "failed"
-	LastErrors    []string  `json:"last_errors,omitempty"`
-	LastGoodAt    time.Time `json:"last_good_at"`
-	EnvoyVersion  string    `json:"envoy_version"`
-	RateLimitVer  string    `json:"ratelimit_version"`
-	Models        []string  `json:"models"`
-	Quotas        []string  `json:"quotas"`
-	RetiredQuotas []string  `json:"retired_quotas,omitempty"`
-	FailureMode   string    `json:"ratelimit_failure_mode"`
-	ListenerURL   string    `json:"listener_url"`
-	PolicyFile    string    `json:"policy_file"`
-	AppliedChange bool      `json:"-"`
+	LastAttempt   time.Time    `json:"last_attempt"`
+	LastResult    string       `json:"last_result"` // "ok" or "failed"
+	LastErrors    []string     `json:"last_errors,omitempty"`
+	LastGoodAt    time.Time    `json:"last_good_at"`
+	EnvoyVersion  string       `json:"envoy_version"`
+	RateLimitVer  string       `json:"ratelimit_version"`
+	Models        []string     `json:"models"`
+	Quotas        []string     `json:"quotas"`
+	RetiredQuotas []string     `json:"retired_quotas,omitempty"`
+	FailureMode   string       `json:"ratelimit_failure_mode"`
+	ListenerURL   string       `json:"listener_url"`
+	PolicyFile    string       `json:"policy_file"`
+	Limits        limitsStatus `json:"limits"`
+	AppliedChange bool         `json:"-"`
 }
 
 // publisher serves translated resources: *xds.Server in the control plane, or checkOnly in a
@@ -125,6 +126,7 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 	r.status.RetiredQuotas = retirement.summary()
 	r.status.FailureMode = p.RateLimit.FailureMode
 	r.status.ListenerURL = fmt.Sprintf("http://%s:%d", p.Listener.Address, p.Listener.Port)
+	r.status.Limits = policyLimits(p)
 	r.mu.Unlock()
 
 	if res.EnvoyChanged || res.RateLimitChanged {
@@ -153,6 +155,10 @@ func (r *reloader) snapshot() reloadStatus {
 	s := r.status
 	s.LastErrors = append([]string(nil), s.LastErrors...)
 	s.RetiredQuotas = append([]string(nil), s.RetiredQuotas...)
+	s.Limits.Backends = append([]backendLimits(nil), s.Limits.Backends...)
+	if r.extProc != nil {
+		s.Limits.InFlight = r.extProc.StreamsInFlight()
+	}
 	return s
 }
 

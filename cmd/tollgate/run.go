@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
 	"github.com/tollgate-dev/tollgate/envoy/rls"
 	"github.com/tollgate-dev/tollgate/policies"
 )
@@ -36,6 +37,8 @@ type runOptions struct {
 	// process (--redis).
 	charges    chargeOptions
 	quotaAdmin quotaAdminOptions
+	// overload bounds the Envoy run starts: its heap and client connections.
+	overload bootstrap.Overload
 }
 
 func runCommand(args []string, stdout, stderr io.Writer) int {
@@ -52,6 +55,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.rateLimitDebug, "ratelimit-debug", rls.DefaultDebugAddr, "listen address of the ratelimit service's debug port")
 	fs.StringVar(&o.logDir, "log-dir", filepath.Join(".run", "logs"), "directory for Envoy's access log and its own log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	overloadFlags(fs, &o.overload)
 	fs.StringVar(&o.envoyLogLevel, "envoy-log-level", "info", "Envoy's own log level (trace, debug, info, warning, error, critical, off), written to the log directory")
 	o.charges.registerSpool(fs)
 	o.quotaAdmin.register(fs)

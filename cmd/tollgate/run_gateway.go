@@ -118,7 +118,7 @@ func (g *gateway) start(ctx context.Context, plan *runPlan, reclaimSignals func(
 		}
 	}
 
-	boot, err := bootstrap.YAML(bootstrap.Options{XDSAddress: launch.DialAddr(plan.opts.xdsAddr), AdminAddress: plan.opts.adminAddr})
+	boot, err := bootstrap.YAML(bootstrap.Options{XDSAddress: launch.DialAddr(plan.opts.xdsAddr), AdminAddress: plan.opts.adminAddr, Overload: plan.opts.overload})
 	if err != nil {
 		return false, err
 	}

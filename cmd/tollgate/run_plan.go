@@ -38,7 +38,8 @@ func planRun(o runOptions) (*runPlan, error) {
 	var errs []error
 	errs = append(errs,
 		checkExtProc(p.ExtProc, o.extProcAddr, "tollgate run"),
-		checkEndpoint("rateLimit", p.RateLimit.Endpoint, "ratelimit-grpc", o.rateLimitGRPC, "tollgate run"))
+		checkEndpoint("rateLimit", p.RateLimit.Endpoint, "ratelimit-grpc", o.rateLimitGRPC, "tollgate run"),
+		o.overload.Validate())
 	listener := net.JoinHostPort(p.Listener.Address, strconv.Itoa(p.Listener.Port))
 	addrs := []namedAddr{
 		{"the policy's listener", listener},

@@ -68,6 +68,7 @@ func printStatus(w io.Writer, st serveStatus) {
 		_, _ = fmt.Fprintf(w, "    %s\n", q)
 	}
 	clients := st.XDS.Clients
+	printLimits(w, r.Limits, clients)
 	_, _ = fmt.Fprintf(w, "  xDS clients (%d):\n", len(clients))
 	for _, c := range clients {
 		types := make([]string, 0, len(c.Acked))
@@ -79,7 +80,11 @@ func printStatus(w io.Writer, st serveStatus) {
 		for _, t := range types {
 			acked = append(acked, shortType(t)+"="+c.Acked[t])
 		}
-		_, _ = fmt.Fprintf(w, "    %-20s %-9s connected %s  acked: %s\n", c.NodeID, c.Group,
+		build := ""
+		if c.Build != "" {
+			build = " " + c.Build
+		}
+		_, _ = fmt.Fprintf(w, "    %-20s %-9s%s connected %s  acked: %s\n", c.NodeID, c.Group, build,
 			c.ConnectedAt.Format(time.RFC3339), strings.Join(acked, " "))
 		if c.LastNack != nil {
 			_, _ = fmt.Fprintf(w, "      NACK %s version %s: %s\n", shortType(c.LastNack.TypeURL), c.LastNack.Version, c.LastNack.Message)

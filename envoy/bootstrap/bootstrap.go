@@ -31,6 +31,8 @@ type Options struct {
 	// XDSTLS, when set, makes Envoy reach tollgate over TLS 1.3, verifying tollgate's
 	// certificate and, with a client certificate, proving its own identity (mutual TLS).
 	XDSTLS TLS
+	// Overload bounds Envoy's heap and connections; zero values take the defaults.
+	Overload Overload
 }
 
 // TLS names the PEM files Envoy uses to reach tollgate's ADS server over TLS. Paths are
@@ -82,6 +84,7 @@ func (o Options) withDefaults() Options {
 	if o.NodeCluster == "" {
 		o.NodeCluster = envoy.NodeCluster
 	}
+	o.Overload = o.Overload.withDefaults()
 	return o
 }
 
@@ -90,7 +93,14 @@ const xdsConnectTimeout = time.Second
 
 // Build returns the bootstrap message.
 func Build(opts Options) (*bootstrapv3.Bootstrap, error) {
+	if err := opts.Overload.Validate(); err != nil {
+		return nil, err
+	}
 	opts = opts.withDefaults()
+	overload, err := overloadManager(opts.Overload)
+	if err != nil {
+		return nil, err
+	}
 	xdsHost, xdsPort, err := envoy.SplitHostPort(opts.XDSAddress)
 	if err != nil {
 		return nil, fmt.Errorf("xds address: %w", err)
@@ -120,7 +130,9 @@ func Build(opts Options) (*bootstrapv3.Bootstrap, error) {
 		InitialFetchTimeout: envoy.Duration(0),
 	}
 	return &bootstrapv3.Bootstrap{
-		Node: &corev3.Node{Id: opts.NodeID, Cluster: opts.NodeCluster},
+		Node:                   &corev3.Node{Id: opts.NodeID, Cluster: opts.NodeCluster, Metadata: boundsMetadata(opts.Overload)},
+		OverloadManager:        overload,
+		MemoryAllocatorManager: memoryAllocatorManager(),
 		Admin: &bootstrapv3.Admin{
 			Address: envoy.SocketAddress(adminHost, adminPort),
 		},

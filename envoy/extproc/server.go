@@ -45,7 +45,9 @@ type Server struct {
 	metrics  *Metrics
 	rls      *rlsclient.Client
 	inFlight inFlight
-	cfg      atomic.Pointer[Config]
+	// streams counts the ext_proc streams open now: the requests this server holds.
+	streams atomic.Int64
+	cfg     atomic.Pointer[Config]
 	// clock says which calendar period a request falls in; time.Now unless UseClock set it.
 	clock func() time.Time
 	// counters, when set (UseCounters), changes counters for the admin operations; grants are
@@ -138,7 +140,11 @@ type processor struct{ s *Server }
 // Envoy closes it or the stream is cancelled (for example when the client disconnects).
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
-	defer p.s.metrics.activeStreams.Dec()
+	p.s.streams.Add(1)
+	defer func() {
+		p.s.metrics.activeStreams.Dec()
+		p.s.streams.Add(-1)
+	}()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
 	ex.counters, ex.grants, ex.alerts = p.s.counters, p.s.currentGrants(), p.s.alerts
@@ -165,3 +171,6 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 		}
 	}
 }
+
+// StreamsInFlight is how many requests this server holds now (one ext_proc stream each).
+func (s *Server) StreamsInFlight() int64 { return s.streams.Load() }

@@ -483,3 +483,20 @@ func CheckOnce(ctx context.Context, target, domain string, ds []Descriptor) ([]S
 	}
 	return c.Check(ctx, target, domain, ds, timeout)
 }
+
+// Bounds are the client's queue bounds, fixed at build time, for status pages.
+type Bounds struct {
+	// Queue is how many checks, charges and refunds (each) may wait for a call; a caller that
+	// finds the queue full waits for room: backpressure, never a dropped charge.
+	Queue int `json:"queue"`
+	// CallsInFlight is how many calls each of checks, charges and refunds has in flight.
+	CallsInFlight int `json:"calls_in_flight"`
+	// Backlog is how many undelivered charges and refunds are kept for retry while the
+	// service or Redis is away; beyond it the oldest are given up, logged and counted.
+	Backlog int `json:"backlog"`
+}
+
+// ClientBounds reports the bounds every Client has.
+func ClientBounds() Bounds {
+	return Bounds{Queue: queueSize, CallsInFlight: senders, Backlog: backlogMax}
+}
