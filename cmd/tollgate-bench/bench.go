@@ -54,6 +54,11 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 			fail("start", err)
 		}
 	}
+	if cfg.phases["overload"] && ctx.Err() == nil {
+		if err := overloadPhase(ctx, cfg, bins, out, rep, logger); err != nil {
+			fail("overload", err)
+		}
+	}
 	if cfg.phases["scale"] && ctx.Err() == nil {
 		if err := scalePhase(ctx, cfg, bins, out, rep, logger); err != nil {
 			fail("scale", err)

@@ -131,10 +131,16 @@ type config struct {
 	reps                        int
 	profileDuration             time.Duration
 	profileRate                 float64
+	overloadBurst               time.Duration
+	overloadRecovery            time.Duration
+	overloadMax                 float64
+	overloadStream              bool
+	overloadMaxInFlight         int
+	overloadWorkers             uint64
 }
 
 // allPhases lists the phases in the order they run.
-func allPhases() []string { return []string{"overhead", "reload", "scale", "profile"} }
+func allPhases() []string { return []string{"overhead", "reload", "overload", "scale", "profile"} }
 
 func parseConfig(args []string, stderr io.Writer) (config, error) {
 	var c config
@@ -188,6 +194,12 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.reps, "reps", 3, "rounds per policy size")
 	fs.DurationVar(&c.profileDuration, "profile-duration", 10*time.Second, "length of each CPU profile")
 	fs.Float64Var(&c.profileRate, "profile-rate", 0, "request rate while profiling (default: half of B's max, or 300)")
+	fs.DurationVar(&c.overloadBurst, "overload-burst", time.Minute, "overload phase: how long twice the max is offered")
+	fs.DurationVar(&c.overloadRecovery, "overload-recovery", 30*time.Second, "overload phase: how long half the max is offered after the burst")
+	fs.Float64Var(&c.overloadMax, "overload-max", 0, "overload phase: the max the burst is twice of (default: the overhead phase's, else searched)")
+	fs.BoolVar(&c.overloadStream, "overload-stream", true, "overload phase: streamed requests (system C's); false: JSON (B's)")
+	fs.IntVar(&c.overloadMaxInFlight, "overload-max-in-flight", -1, "overload phase: the gateway's listener.maxConcurrentRequests; -1: the max rate times the p99 at the max (Little's law), 0: the policy's default")
+	fs.Uint64Var(&c.overloadWorkers, "overload-workers", 10000, "overload phase: most requests in flight from the load generator during the burst")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -211,6 +223,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		apply("sizes", func() { *sizes = "10,100,1000" })
 		apply("reps", func() { c.reps = 1 })
 		apply("profile-duration", func() { c.profileDuration = 2 * time.Second })
+		apply("overload-burst", func() { c.overloadBurst = 5 * time.Second })
+		apply("overload-recovery", func() { c.overloadRecovery = 5 * time.Second })
 	}
 	c.phases = map[string]bool{}
 	for _, p := range strings.Split(*phases, ",") {

@@ -24,9 +24,10 @@ type Report struct {
 	Settings          Settings
 	// Systems are the compared data planes, the floor (A) first; empty when the overhead
 	// phase did not run.
-	Systems []*System
-	Reload  *Reload
-	Scale   *Scale
+	Systems  []*System
+	Reload   *Reload
+	Scale    *Scale
+	Overload *Overload
 	// Profiles are the pprof summaries taken, in order.
 	Profiles []Profile
 	// Notes are remarks the run wants a reader to see (skipped phases, errors).
@@ -113,8 +114,8 @@ func WriteJSON(path string, r *Report) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// system returns the system with key k, or nil.
-func (r *Report) system(k string) *System {
+// System returns the system with key k, or nil.
+func (r *Report) System(k string) *System {
 	for _, s := range r.Systems {
 		if s.Key == k {
 			return s
@@ -148,7 +149,7 @@ func Markdown(w io.Writer, r *Report) error {
 		r.Finished.Sub(r.Started).Round(time.Second), r.Machine.CPUs, r.Machine.CPUModel,
 		r.Machine.KernelRelease, r.Machine.GoVersion, r.Machine.EnvoyVersion)
 	everything := "load generator, Envoy, tollgate, the ratelimit service, Redis and llmsim"
-	if r.system("L") != nil {
+	if r.System("L") != nil {
 		everything = "load generator, Envoy, tollgate, the ratelimit service, Redis, LiteLLM and llmsim"
 	}
 	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: `%s`, after: `%s`. Everything — %s — shares these CPUs.\n\n",
@@ -156,6 +157,7 @@ func Markdown(w io.Writer, r *Report) error {
 	targets(&b, r)
 	overhead(&b, r)
 	reloads(&b, r)
+	overloadSection(&b, r)
 	scaling(&b, r)
 	profiles(&b, r)
 	if len(r.Notes) > 0 {
@@ -179,7 +181,7 @@ func targets(b *strings.Builder, r *Report) {
 		}
 		return "**missed**"
 	}
-	a, bs, x := r.system("A"), r.system("B"), r.system("X")
+	a, bs, x := r.System("A"), r.System("B"), r.System("X")
 	if x != nil && bs != nil && x.Max > 0 {
 		rows = append(rows, row{"B max throughput ≥ 85% of X (JSON)", maxRatio(bs, x), verdict(bs.Max >= 0.85*x.Max)})
 		// At half of B's max, a rate both sustain: latency and CPU per request.
@@ -195,7 +197,7 @@ func targets(b *strings.Builder, r *Report) {
 			}
 		}
 	}
-	if c, y := r.system("C"), r.system("Y"); c != nil && y != nil && y.Max > 0 {
+	if c, y := r.System("C"), r.System("Y"); c != nil && y != nil && y.Max > 0 {
 		rows = append(rows, row{"C max throughput ≥ 90% of Y (streamed)", maxRatio(c, y), verdict(c.Max >= 0.9*y.Max)})
 	}
 	if a != nil && bs != nil && a.Max > 0 {
@@ -206,14 +208,14 @@ func targets(b *strings.Builder, r *Report) {
 				"–"})
 		}
 	}
-	if bs, l := r.system("B"), r.system("L"); bs != nil && l != nil && l.Max > 0 {
+	if bs, l := r.System("B"), r.System("L"); bs != nil && l != nil && l.Max > 0 {
 		rows = append(rows, row{"B max throughput ≥ 20× L (LiteLLM, routing only)",
 			fmt.Sprintf("%.0f / %.0f req/s = %s", bs.Max, l.Max, ratio(bs.Max, l.Max)), verdict(bs.Max >= 20*l.Max)})
 	}
-	if c, d := r.system("C"), r.system("D"); c != nil && d != nil && d.Max > 0 {
+	if c, d := r.System("C"), r.System("D"); c != nil && d != nil && d.Max > 0 {
 		rows = append(rows, row{"(context, no target) C vs D, plain Envoy streaming", maxRatio(c, d), "–"})
 	}
-	if a, e := r.system("A"), r.system("E"); a != nil && e != nil && a.Max > 0 {
+	if a, e := r.System("A"), r.System("E"); a != nil && e != nil && a.Max > 0 {
 		rows = append(rows, row{"(context, no target) E, ext_proc without rate limiting: max throughput vs A", maxRatio(e, a), "–"})
 	}
 	if rl := r.Reload; rl != nil {
@@ -315,7 +317,7 @@ func overhead(b *strings.Builder, r *Report) {
 	if len(r.Systems) == 0 {
 		return
 	}
-	a := r.system("A")
+	a := r.System("A")
 	st := r.Settings
 	b.WriteString("## Data-plane overhead\n\n")
 	for _, s := range r.Systems {
@@ -342,7 +344,7 @@ func overhead(b *strings.Builder, r *Report) {
 		if a != nil {
 			vs = ratio(s.Max, a.Max)
 		}
-		if f := r.system(s.Floor); f != nil {
+		if f := r.System(s.Floor); f != nil {
 			vsFloor = fmt.Sprintf("%s (%s)", ratio(s.Max, f.Max), f.Key)
 		}
 		fmt.Fprintf(b, "| %s | %.0f | %s | %s | %s | %s | %s |\n", s.Key, s.Max, vs, vsFloor, p50, p99, firstFailure(s))
@@ -371,7 +373,7 @@ func overhead(b *strings.Builder, r *Report) {
 					continue
 				}
 				vsFloor := "–"
-				if f := r.system(s.Floor); f != nil && i < len(f.Fixed) {
+				if f := r.System(s.Floor); f != nil && i < len(f.Fixed) {
 					vsFloor = fmt.Sprintf("%s (%s)", ratio(float64(p.Result.P50), float64(f.Fixed[i].Result.P50)), f.Key)
 				}
 				fmt.Fprintf(b, "| %.0f req/s (%s) | %s | %.0f | %.2f%% | %s | %s | %s | %s | %s | %s |\n",
@@ -392,7 +394,7 @@ func overhead(b *strings.Builder, r *Report) {
 // sustained. A process's CPU per request falls as its load rises (more work per wake-up), so
 // the systems are compared only where none of them is overloaded. It needs system E.
 func costSplit(b *strings.Builder, r *Report) {
-	a, e, bs := r.system("A"), r.system("E"), r.system("B")
+	a, e, bs := r.System("A"), r.System("E"), r.System("B")
 	if a == nil || e == nil || bs == nil {
 		return
 	}
@@ -442,7 +444,7 @@ func costSplit(b *strings.Builder, r *Report) {
 // versusLiteLLM puts B beside L: the max sustained rates, and at half of L's max, a rate both
 // sustain unless L's max is above B's, the latencies and the CPU per request.
 func versusLiteLLM(b *strings.Builder, r *Report) {
-	bs, l := r.system("B"), r.system("L")
+	bs, l := r.System("B"), r.System("L")
 	if bs == nil || l == nil {
 		return
 	}

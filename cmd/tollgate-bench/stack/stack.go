@@ -267,6 +267,8 @@ type PolicyOptions struct {
 	ExtProcSocket bool
 	// RedisSocket has tollgate and the ratelimit service reach Redis over a Unix socket.
 	RedisSocket bool
+	// MaxConcurrentRequests, when not 0, is the policy's listener.maxConcurrentRequests.
+	MaxConcurrentRequests int
 }
 
 // MaxLimit is the largest limit a quota can have.
@@ -286,8 +288,12 @@ func (g *Gateway) Policy(o PolicyOptions) string {
 	if o.ExtProcSocket {
 		extProc = fmt.Sprintf("{socket: %s}", g.extProcSocket())
 	}
+	listener := fmt.Sprintf("{address: 127.0.0.1, port: %d}", g.ports.listener)
+	if o.MaxConcurrentRequests > 0 {
+		listener = fmt.Sprintf("{address: 127.0.0.1, port: %d, maxConcurrentRequests: %d}", g.ports.listener, o.MaxConcurrentRequests)
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, `listener: {address: 127.0.0.1, port: %d}
+	fmt.Fprintf(&b, `listener: %s
 extProc: %s
 rateLimit: {address: 127.0.0.1, port: %d, failureMode: closed}
 identity: {header: %s}
@@ -295,7 +301,7 @@ backends:
   - {name: sim, url: "http://127.0.0.1:%d"}
 models:
   - {name: qwen3, backend: sim}
-`, g.ports.listener, extProc, g.ports.rateLimit, UserHeader, g.simPort)
+`, listener, extProc, g.ports.rateLimit, UserHeader, g.simPort)
 	for _, m := range o.Models {
 		fmt.Fprintf(&b, "  - {name: %s, backend: sim}\n", m)
 	}
@@ -330,6 +336,26 @@ func (g *Gateway) redisURL(o PolicyOptions) string {
 		return "unix://" + g.redisSocket()
 	}
 	return proc.Addr(g.ports.redis)
+}
+
+// AwaitEnvoyAdmin polls Envoy's admin interface at path until its answer contains want.
+func (g *Gateway) AwaitEnvoyAdmin(ctx context.Context, path, want string, timeout time.Duration) error {
+	url := "http://" + proc.Addr(g.ports.admin) + path
+	return proc.WaitFor(ctx, timeout, fmt.Sprintf("Envoy's %s showing %q", path, want), func() error {
+		resp, err := g.client.Get(url)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(body), want) {
+			return fmt.Errorf("%s does not show %q yet", path, want)
+		}
+		return nil
+	})
 }
 
 // WritePolicy saves the policy as an editor does (write a temporary file, rename it over).
