@@ -9,6 +9,9 @@
 //     (`LITELLM=1 task bench` installs the pinned release into .tools/litellm-venv);
 //   - reload: from saving the policy file until Envoy serves an added model, and until the
 //     ratelimit service answers with a changed limit;
+//   - overload: B's gateway (`tollgate run`) offered twice its sustained max for a minute, then
+//     half of it for 30 s: goodput, how fast refusals come, the p99 of what was admitted, each
+//     process's peak memory, and how long latency and memory take to come back;
 //   - scale: parse, translate and publish time, snapshot size and retained heap for policies
 //     of growing size, in process, and the ratelimit service's load time for the largest;
 //   - profile: CPU profiles of the ext_proc server and the ratelimit service under load, and
@@ -198,7 +201,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.overloadRecovery, "overload-recovery", 30*time.Second, "overload phase: how long half the max is offered after the burst")
 	fs.Float64Var(&c.overloadMax, "overload-max", 0, "overload phase: the max the burst is twice of (default: the overhead phase's, else searched)")
 	fs.BoolVar(&c.overloadStream, "overload-stream", true, "overload phase: streamed requests (system C's); false: JSON (B's)")
-	fs.IntVar(&c.overloadMaxInFlight, "overload-max-in-flight", -1, "overload phase: the gateway's listener.maxConcurrentRequests; -1: the max rate times the p99 at the max (Little's law), 0: the policy's default")
+	fs.IntVar(&c.overloadMaxInFlight, "overload-max-in-flight", -1, "overload phase: the gateway's listener.maxConcurrentRequests; -1: 1.5 × the max rate × the median latency at half of it (Little's law with headroom), 0: the policy's default")
 	fs.Uint64Var(&c.overloadWorkers, "overload-workers", 10000, "overload phase: most requests in flight from the load generator during the burst")
 	if err := fs.Parse(args); err != nil {
 		return c, err

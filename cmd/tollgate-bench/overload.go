@@ -22,8 +22,10 @@ const (
 	recoveryFraction = 0.5
 	// rssInterval is how often the processes' resident memory is read.
 	rssInterval = 250 * time.Millisecond
-	// minInFlightBound is the lowest in-flight bound the phase sets on its own.
+	// minInFlightBound is the lowest in-flight bound the phase sets on its own, and
+	// inFlightHeadroom the factor over Little's law it sets it with.
 	minInFlightBound = 16
+	inFlightHeadroom = 1.5
 )
 
 // overloadPhase offers B's gateway twice the rate it sustains (its max, searched here unless
@@ -82,10 +84,14 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 	atMax := load.Run(ctx, client, req, o.Max, cfg.fixedDuration, opts)
 	o.SteadyRSS = sampler.stop().peak(0, time.Duration(1<<62))
 	logger.Info("overload: at the max", "result", atMax.String(), "rss", o.SteadyRSS)
+	half := load.Run(ctx, client, req, recoveryFraction*o.Max, cfg.fixedDuration, opts)
+	o.HalfP99 = half.P99
+	logger.Info("overload: at half the max", "result", half.String())
 	if o.MaxInFlight = cfg.overloadMaxInFlight; o.MaxInFlight < 0 {
-		// What the gateway holds in flight serving its max at its p99 latency there
-		// (Little's law): the bound an operator sizes from the same two figures.
-		o.MaxInFlight = max(minInFlightBound, int(math.Ceil(o.Max*atMax.P99.Seconds())))
+		// Little's law: what the gateway holds in flight serving its max at the latency of
+		// a calm moment, with half again as headroom. docs/operations.md gives operators
+		// the same rule.
+		o.MaxInFlight = max(minInFlightBound, int(math.Ceil(inFlightHeadroom*o.Max*half.P50.Seconds())))
 	}
 	if o.MaxInFlight > 0 {
 		if err := gw.WritePolicy(gw.Policy(stack.PolicyOptions{MaxConcurrentRequests: o.MaxInFlight})); err != nil {
@@ -97,9 +103,6 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 		}
 		logger.Info("overload: bounded the requests in flight", "listener.maxConcurrentRequests", o.MaxInFlight)
 	}
-	half := load.Run(ctx, client, req, recoveryFraction*o.Max, cfg.fixedDuration, opts)
-	o.HalfP99 = half.P99
-	logger.Info("overload: at half the max", "result", half.String())
 
 	sampler = startRSSSampler(pids)
 	o.Offered, o.Then = overloadFactor*o.Max, recoveryFraction*o.Max

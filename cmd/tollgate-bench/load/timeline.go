@@ -60,11 +60,13 @@ func (p *steppedPacer) Pace(elapsed time.Duration, hits uint64) (time.Duration, 
 	if rate <= 0 {
 		return time.Millisecond, false
 	}
-	due := rate * (elapsed - begin).Seconds()
-	if float64(hits-p.base) < due {
+	// The stage's k-th hit (from 0) is due k/rate after the stage began.
+	inStage := (elapsed - begin).Seconds()
+	next := float64(hits-p.base) / rate
+	if next <= inStage {
 		return 0, false
 	}
-	return time.Duration((float64(hits-p.base+1)/rate - (elapsed - begin).Seconds()) * float64(time.Second)), false
+	return time.Duration((next - inStage) * float64(time.Second)), false
 }
 
 // Rate is the rate of the stage elapsed falls in.
