@@ -104,6 +104,17 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 		logger.Info("overload: bounded the requests in flight", "listener.maxConcurrentRequests", o.MaxInFlight)
 	}
 
+	// The counters start from 0, so after the run they must hold exactly the tokens of its
+	// answered requests: one probe, whose usage gives every request's, and the 200s.
+	time.Sleep(chargesSettle) // the runs before finish charging first
+	if err := gw.ResetCounters(ctx); err != nil {
+		return err
+	}
+	perRequest, err := gw.TokensOf(ctx, "bench-probe", string(req.Body), req.Header)
+	if err != nil {
+		return fmt.Errorf("probe request: %w", err)
+	}
+
 	sampler = startRSSSampler(pids)
 	o.Offered, o.Then = overloadFactor*o.Max, recoveryFraction*o.Max
 	stages := []load.Stage{{Rate: o.Offered, Duration: cfg.overloadBurst}, {Rate: o.Then, Duration: cfg.overloadRecovery}}
@@ -120,10 +131,34 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 		o.PerSecond = append(o.PerSecond, report.OverloadSecond{Sent: s.Sent, OK: len(s.OK), Refused: len(s.Refused),
 			OKP99: quantileOf(s.OK, 0.99), RefusedP99: quantileOf(s.Refused, 0.99)})
 	}
-	logger.Info("overload: done", "goodput", o.During.OKRate(), "max", o.Max, "codes", o.During.Codes,
+	o.ExpectedTokens = perRequest * int64(1+o.During.OK+o.After.OK)
+	if o.CountedTokens, err = settledCount(ctx, gw); err != nil {
+		return fmt.Errorf("reading the counters: %w", err)
+	}
+	logger.Info("overload: done", "counted_tokens", o.CountedTokens, "tokens_of_200s", o.ExpectedTokens, "goodput", o.During.OKRate(), "max", o.Max, "codes", o.During.Codes,
 		"admitted_p99", o.During.OKP99, "shed_p99", o.During.RefusedP99, "peak_rss", o.PeakRSS,
 		"latency_recovery", o.LatencyRecovery, "rss_recovery", o.RSSRecovery)
 	return nil
+}
+
+// chargesSettle is long enough for charges batched after a run to reach Redis.
+const chargesSettle = time.Second
+
+// settledCount reads the gateway's counters until two readings chargesSettle apart agree.
+func settledCount(ctx context.Context, gw *stack.Gateway) (int64, error) {
+	last := int64(-1)
+	for range 20 {
+		n, err := gw.CountedTokens(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if n == last {
+			return n, nil
+		}
+		last = n
+		time.Sleep(chargesSettle)
+	}
+	return last, nil
 }
 
 // latencyRecovery is how long after the burst every later second's 2xx p99 stayed within

@@ -34,6 +34,9 @@ type Overload struct {
 	// HalfP99 with every request answered 2xx; RSSRecovery how long until every process's
 	// memory stayed within 1.25× of SteadyRSS. -1: not within the run.
 	LatencyRecovery, RSSRecovery time.Duration
+	// CountedTokens is what the quota counters held after the run, from 0 before it, and
+	// ExpectedTokens the tokens of its 200s (and of one probe request).
+	CountedTokens, ExpectedTokens int64
 	// PerSecond is the run second by second.
 	PerSecond []OverloadSecond
 }
@@ -111,6 +114,8 @@ func overloadSection(b *strings.Builder, r *Report) {
 		recoveryText(o.LatencyRecovery), verdict(o.LatencyRecovery >= 0 && o.LatencyRecovery <= latencyRecoveryMax))
 	fmt.Fprintf(b, "| RSS back ≤ %s after the burst | %s | %s |\n", rssRecoveryMax,
 		recoveryText(o.RSSRecovery), verdict(o.RSSRecovery >= 0 && o.RSSRecovery <= rssRecoveryMax))
+	fmt.Fprintf(b, "| counters in Redis = tokens of the 200s | %d counted, %d in the 200s | %s |\n",
+		o.CountedTokens, o.ExpectedTokens, verdict(o.CountedTokens == o.ExpectedTokens))
 	b.WriteString("\n| stretch | sent | 2xx | refused | failed | codes | 2xx p50 ms | 2xx p99 ms | refused p99 ms | refused max ms |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, w := range []struct {
 		name string
