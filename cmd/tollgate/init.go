@@ -129,6 +129,8 @@ const starterPolicy = `# tollgate policy, written by tollgate init. Edit it whil
 # The reference of every field: docs/policy.md.
 
 # Where Envoy listens for clients (127.0.0.1 by default; 0.0.0.0 to accept remote clients).
+# maxConcurrentRequests (1024 by default) bounds the requests in flight; past it a request gets a
+# JSON 503 with Retry-After at once. Size it as rate x usual request duration x 1.5.
 listener: {port: {{.Port}}}
 
 # Who the user is. The header is trusted as the client sends it: put tollgate behind a proxy that
