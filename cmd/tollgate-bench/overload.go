@@ -129,7 +129,7 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 	o.RSSRecovery = samples.recovery(cfg.overloadBurst, o.SteadyRSS)
 	for _, s := range tl.Seconds {
 		o.PerSecond = append(o.PerSecond, report.OverloadSecond{Sent: s.Sent, OK: len(s.OK), Refused: len(s.Refused),
-			OKP99: quantileOf(s.OK, 0.99), RefusedP99: quantileOf(s.Refused, 0.99)})
+			OKP99: load.Quantile(s.OK, 0.99), RefusedP99: load.Quantile(s.Refused, 0.99)})
 	}
 	o.ExpectedTokens = perRequest * int64(1+o.During.OK+o.After.OK)
 	if o.CountedTokens, err = settledCount(ctx, gw); err != nil {
@@ -167,7 +167,7 @@ func latencyRecovery(tl load.Timeline, burst int, halfP99 time.Duration) time.Du
 	recovered := -1
 	for i := len(tl.Seconds) - 1; i >= burst; i-- {
 		s := tl.Seconds[i]
-		if len(s.OK) != s.Sent || quantileOf(s.OK, 0.99) > 2*halfP99 {
+		if len(s.OK) != s.Sent || load.Quantile(s.OK, 0.99) > 2*halfP99 {
 			break
 		}
 		recovered = i
@@ -176,14 +176,6 @@ func latencyRecovery(tl load.Timeline, burst int, halfP99 time.Duration) time.Du
 		return -1
 	}
 	return time.Duration(recovered-burst) * time.Second
-}
-
-func quantileOf(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(sorted))+0.999999) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
 // rssSampler reads every process's resident memory every rssInterval until stopped.

@@ -59,7 +59,7 @@ func printLimits(w io.Writer, l limitsStatus, clients []xds.ClientStatus) {
 	if l.InFlight >= 0 {
 		inFlight = fmt.Sprintf(", %d in flight now", l.InFlight)
 	}
-	_, _ = fmt.Fprintf(w, "  limits (beyond each: a JSON 503 with Retry-After at once):\n")
+	_, _ = fmt.Fprintf(w, "  limits (in flight and pending: one more gets a JSON 503 with Retry-After at once):\n")
 	_, _ = fmt.Fprintf(w, "    requests in flight:  %d (listener.maxConcurrentRequests)%s\n", l.MaxConcurrentRequests, inFlight)
 	for _, b := range l.Backends {
 		_, _ = fmt.Fprintf(w, "    backend %-12s %d in flight, %d pending\n", b.Name+":", b.MaxConcurrentRequests, b.MaxPendingRequests)
@@ -78,6 +78,6 @@ func printLimits(w io.Writer, l limitsStatus, clients []xds.ClientStatus) {
 			heap = formatBytes(uint64(h))
 			conns = fmt.Sprintf(", %.0f client connections", c.Bounds[bootstrap.BoundMaxConnections])
 		}
-		_, _ = fmt.Fprintf(w, "    envoy %-13s heap %s%s\n", c.NodeID+":", heap, conns)
+		_, _ = fmt.Fprintf(w, "    envoy %-13s heap %s (near it: JSON 503s)%s\n", c.NodeID+":", heap, conns)
 	}
 }

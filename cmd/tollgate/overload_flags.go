@@ -22,15 +22,14 @@ func overloadFlags(fs *flag.FlagSet, o *bootstrap.Overload) {
 // the same powers of 1024).
 type byteSize uint64
 
-var byteUnits = []struct {
-	suffix string
-	shift  uint
-}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"K", 10}, {"M", 20}, {"G", 30}, {"B", 0}}
-
 func (b *byteSize) Set(s string) error {
 	s = strings.TrimSpace(s)
 	shift := uint(0)
-	for _, u := range byteUnits {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"K", 10}, {"M", 20}, {"G", 30}, {"B", 0}}
+	for _, u := range units {
 		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
 			s, shift = strings.TrimSpace(rest), u.shift
 			break

@@ -85,7 +85,11 @@ func (r Result) String() string {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
 
-func codes(c map[string]int) string {
+func codes(c map[string]int) string { return FormatCodes(c, ":", ",") }
+
+// FormatCodes lists answer counts by status, in status order: code, pair, count, then sep
+// before the next.
+func FormatCodes(c map[string]int, pair, sep string) string {
 	keys := make([]string, 0, len(c))
 	for k := range c {
 		keys = append(keys, k)
@@ -93,9 +97,9 @@ func codes(c map[string]int) string {
 	sort.Strings(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s:%d", k, c[k])
+		parts[i] = fmt.Sprintf("%s%s%d", k, pair, c[k])
 	}
-	return strings.Join(parts, ",")
+	return strings.Join(parts, sep)
 }
 
 // Options tune a run.
@@ -108,18 +112,7 @@ type Options struct {
 // Run sends r at rate requests per second for d and summarises the answers. It ends early,
 // with what it has, when ctx ends.
 func Run(ctx context.Context, client *http.Client, r Request, rate float64, d time.Duration, o Options) Result {
-	if o.MaxWorkers == 0 {
-		o.MaxWorkers = 2000
-	}
-	attacker := vegeta.NewAttacker(
-		vegeta.Client(client),
-		vegeta.MaxWorkers(o.MaxWorkers),
-		vegeta.Workers(min(64, o.MaxWorkers)),
-		// Bodies are drained but not kept: the status says enough, and keeping them would
-		// cost the load generator CPU the systems under test need.
-		vegeta.MaxBody(0),
-	)
-	stop := context.AfterFunc(ctx, func() { attacker.Stop() })
+	attacker, stop := newAttacker(ctx, client, o)
 	defer stop()
 	pacer := vegeta.ConstantPacer{Freq: int(rate + 0.5), Per: time.Second}
 	var m vegeta.Metrics
@@ -147,4 +140,20 @@ func Run(ctx context.Context, client *http.Client, r Request, rate float64, d ti
 		out.Errors = append(out.Errors, e)
 	}
 	return out
+}
+
+// newAttacker is a vegeta attacker with o's bounds, stopped when ctx ends (until stop).
+func newAttacker(ctx context.Context, client *http.Client, o Options) (*vegeta.Attacker, func() bool) {
+	if o.MaxWorkers == 0 {
+		o.MaxWorkers = 2000
+	}
+	attacker := vegeta.NewAttacker(
+		vegeta.Client(client),
+		vegeta.MaxWorkers(o.MaxWorkers),
+		vegeta.Workers(min(64, o.MaxWorkers)),
+		// Bodies are drained but not kept: the status says enough, and keeping them would
+		// cost the load generator CPU the systems under test need.
+		vegeta.MaxBody(0),
+	)
+	return attacker, context.AfterFunc(ctx, func() { attacker.Stop() })
 }

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"time"
-
-	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
 // Stage is one stretch of a stepped run: rate requests per second for Duration.
@@ -96,16 +94,7 @@ type Timeline struct {
 // RunStages sends r through the stages in turn and records each second's answers. It ends
 // early, with what it has, when ctx ends.
 func RunStages(ctx context.Context, client *http.Client, r Request, stages []Stage, o Options) Timeline {
-	if o.MaxWorkers == 0 {
-		o.MaxWorkers = 2000
-	}
-	attacker := vegeta.NewAttacker(
-		vegeta.Client(client),
-		vegeta.MaxWorkers(o.MaxWorkers),
-		vegeta.Workers(min(64, o.MaxWorkers)),
-		vegeta.MaxBody(0),
-	)
-	stop := context.AfterFunc(ctx, func() { attacker.Stop() })
+	attacker, stop := newAttacker(ctx, client, o)
 	defer stop()
 	pacer := &steppedPacer{stages: stages}
 	tl := Timeline{Stages: stages, Seconds: make([]Second, int(math.Ceil(total(stages).Seconds())))}
@@ -163,8 +152,8 @@ func (tl Timeline) Window(from, to int) Window {
 	w.Failed = w.Sent - w.OK - w.Refused
 	slices.Sort(ok)
 	slices.Sort(refused)
-	w.OKP50, w.OKP99 = quantile(ok, 0.5), quantile(ok, 0.99)
-	w.RefusedP99 = quantile(refused, 0.99)
+	w.OKP50, w.OKP99 = Quantile(ok, 0.5), Quantile(ok, 0.99)
+	w.RefusedP99 = Quantile(refused, 0.99)
 	if len(refused) > 0 {
 		w.RefusedMax = refused[len(refused)-1]
 	}
@@ -179,8 +168,8 @@ func (w Window) OKRate() float64 {
 	return float64(w.OK) / float64(w.Seconds)
 }
 
-// quantile of sorted durations (nearest rank); 0 for none.
-func quantile(sorted []time.Duration, q float64) time.Duration {
+// Quantile of sorted durations (nearest rank); 0 for none.
+func Quantile(sorted []time.Duration, q float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}

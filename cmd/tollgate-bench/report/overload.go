@@ -122,24 +122,11 @@ func overloadSection(b *strings.Builder, r *Report) {
 		w    load.Window
 	}{{"burst", o.During}, {"after", o.After}} {
 		fmt.Fprintf(b, "| %s | %d | %d | %d | %d | %s | %s | %s | %s | %s |\n", w.name, w.w.Sent, w.w.OK, w.w.Refused, w.w.Failed,
-			codeList(w.w.Codes), msf(w.w.OKP50), msf(w.w.OKP99), msf(w.w.RefusedP99), msf(w.w.RefusedMax))
+			load.FormatCodes(w.w.Codes, "×", " "), msf(w.w.OKP50), msf(w.w.OKP99), msf(w.w.RefusedP99), msf(w.w.RefusedMax))
 	}
 	b.WriteString("\nSecond by second (by when requests were sent): sent / 2xx / refused, 2xx p99 ms.\n\n```\n")
 	for i, s := range o.PerSecond {
 		fmt.Fprintf(b, "%3ds %6d %6d %6d %9s\n", i, s.Sent, s.OK, s.Refused, msf(s.OKP99))
 	}
 	b.WriteString("```\n\n")
-}
-
-func codeList(c map[string]int) string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s×%d", k, c[k])
-	}
-	return strings.Join(parts, " ")
 }

@@ -218,3 +218,35 @@ func TestPlotWritesPNG(t *testing.T) {
 		t.Fatal("plotting systems without data succeeded")
 	}
 }
+
+func TestOverloadSectionJudgesTheTargets(t *testing.T) {
+	r := &Report{Overload: &Overload{
+		System: "C", Max: 1000, MaxFrom: "--overload-max", Offered: 2000, Then: 500,
+		Burst: time.Minute, Recovery: 30 * time.Second, MaxInFlight: 48,
+		SteadyRSS: map[string]int64{"envoy": 100 << 20, "tollgate": 50 << 20},
+		PeakRSS:   map[string]int64{"envoy": 300 << 20, "tollgate": 60 << 20},
+		HalfP99:   20 * time.Millisecond,
+		During: load.Window{Seconds: 60, Sent: 120000, OK: 57000, Refused: 63000, Codes: map[string]int{"200": 57000, "503": 63000},
+			OKP99: 90 * time.Millisecond, RefusedP99: 5 * time.Millisecond},
+		LatencyRecovery: time.Second, RSSRecovery: -1,
+		CountedTokens:   106, ExpectedTokens: 106,
+	}}
+	var b strings.Builder
+	if err := Markdown(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"| goodput while offered the burst ≥ 90% of max | 950 req/s = 95% | met |",
+		"| p99 of admitted ≤ 5× p99 at half load (20.00 ms) | 90.00 ms | met |",
+		"envoy 100 → 300 MiB; tollgate 50 → 60 MiB | **missed** |",
+		"| RSS back ≤ 30s after the burst | not within the run | **missed** |",
+		"| counters in Redis = tokens of the 200s | 106 counted, 106 in the 200s | met |",
+		"listener.maxConcurrentRequests was 48",
+		"200×57000 503×63000",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
