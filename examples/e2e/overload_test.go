@@ -186,7 +186,7 @@ func TestHeapBoundShedsAndRecovers(t *testing.T) {
 		o := sendConcurrently(r.stack, "dave", 1)
 		after = append(after, o...)
 		if o[0].err != nil || o[0].resp.status != 200 {
-			return fmt.Errorf("still refused: %v %d", o[0].err, o[0].resp.status)
+			return fmt.Errorf("still refused: %d (%w)", o[0].resp.status, o[0].err)
 		}
 		return nil
 	})

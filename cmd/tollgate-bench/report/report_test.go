@@ -229,7 +229,7 @@ func TestOverloadSectionJudgesTheTargets(t *testing.T) {
 		During: load.Window{Seconds: 60, Sent: 120000, OK: 57000, Refused: 63000, Codes: map[string]int{"200": 57000, "503": 63000},
 			OKP99: 90 * time.Millisecond, RefusedP99: 5 * time.Millisecond},
 		LatencyRecovery: time.Second, RSSRecovery: -1,
-		CountedTokens:   106, ExpectedTokens: 106,
+		CountedTokens: 106, ExpectedTokens: 106,
 	}}
 	var b strings.Builder
 	if err := Markdown(&b, r); err != nil {
