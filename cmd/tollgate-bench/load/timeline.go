@@ -100,10 +100,9 @@ func RunStages(ctx context.Context, client *http.Client, r Request, stages []Sta
 	tl := Timeline{Stages: stages, Seconds: make([]Second, int(math.Ceil(total(stages).Seconds())))}
 	start := time.Now()
 	for res := range attacker.Attack(r.targeter(), pacer, total(stages), "") {
-		i := int(res.Timestamp.Sub(start) / time.Second)
-		if i < 0 || i >= len(tl.Seconds) {
-			continue
-		}
+		// Every answer counts: one sent a hair past the end (start is taken just before
+		// vegeta's own) goes into the last second.
+		i := min(max(int(res.Timestamp.Sub(start)/time.Second), 0), len(tl.Seconds)-1)
 		s := &tl.Seconds[i]
 		s.Sent++
 		if s.Codes == nil {
