@@ -9,6 +9,8 @@ package envoy
 const (
 	FilterExtProc = "envoy.filters.http.ext_proc"
 	FilterRouter  = "envoy.filters.http.router"
+	// FilterBuffer holds a request until its body has arrived whole.
+	FilterBuffer = "envoy.filters.http.buffer"
 	// FilterJWTAuthn verifies JSON Web Tokens. It writes verified payloads into dynamic
 	// metadata under its own name as the namespace.
 	FilterJWTAuthn = "envoy.filters.http.jwt_authn"

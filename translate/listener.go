@@ -10,6 +10,7 @@ import (
 	fileaccesslogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -43,7 +44,7 @@ const (
 )
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
-// ext_proc → router (jwt_authn first in jwt identity mode), routes over RDS, and an access log
+// buffer → ext_proc → router (jwt_authn first in jwt identity mode), routes over RDS, and an access log
 // of every request's user, model and tokens. Quotas are the ext_proc server's: it checks them
 // with the ratelimit service before a request goes upstream and charges them when it ends, so
 // Envoy itself never calls the ratelimit service.
@@ -64,7 +65,18 @@ func listener(p *input) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	filters := []*hcmv3.HttpFilter{extProc, router}
+	// The whole request is read before the ext_proc stream opens. A request refused there
+	// (the in-flight bound, the ext_proc server away) then leaves the connection reusable:
+	// refused mid-body, an HTTP/1 connection cannot be, and a refusal during a spike would
+	// cost every client a new connection. And a client still sending its body holds no
+	// ext_proc stream, so slow uploads do not count against the in-flight bound.
+	buffer, err := httpFilter(envoy.FilterBuffer, &bufferv3.Buffer{
+		MaxRequestBytes: wrapperspb.UInt32(uint32(p.Listener.MaxRequestBytes)),
+	})
+	if err != nil {
+		return nil, err
+	}
+	filters := []*hcmv3.HttpFilter{buffer, extProc, router}
 	if usesJWT(p) {
 		jwt, err := jwtAuthnFilter(p)
 		if err != nil {
