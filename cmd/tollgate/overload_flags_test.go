@@ -24,3 +24,14 @@ func TestByteSizeFlag(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's ext_proc filter logs a warning per stream it cannot open: quiet unless Envoy logs in
+// detail, so a spike of refusals does not become a flood of log lines.
+func TestExtProcWarningsQuietUnlessDebugging(t *testing.T) {
+	for level, quiet := range map[string]bool{"info": true, "warning": true, "error": true, "debug": false, "trace": false} {
+		args := quietExtProcArgs(level)
+		if got := len(args) == 2 && args[0] == "--component-log-level" && args[1] == "ext_proc:error"; got != quiet {
+			t.Errorf("level %s: args %v, want quiet=%v", level, args, quiet)
+		}
+	}
+}
