@@ -133,17 +133,24 @@ func TestComposeDemo(t *testing.T) {
 		t.Errorf("redis --port %q does not match the ratelimit service's %s", got, rls.DefaultRedisURL)
 	}
 
-	// Envoy runs the bootstrap `tollgate bootstrap` prints by default.
+	// Envoy runs the bootstrap `tollgate bootstrap --envoy-max-heap 512MiB` prints, within a
+	// container limit the heap bound fits in.
 	envoySvc, _ := project.GetService("envoy")
 	if !mounts(envoySvc, "/etc/envoy/envoy.yaml", filepath.Join(demoDir, "envoy.yaml")) {
 		t.Errorf("envoy does not mount the demo's envoy.yaml: %v", envoySvc.Volumes)
 	}
-	want, err := bootstrap.YAML(bootstrap.Options{})
+	want, err := bootstrap.YAML(bootstrap.Options{Overload: bootstrap.Overload{MaxHeapBytes: demoEnvoyHeap}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertSameYAML(t, filepath.Join(demoDir, "envoy.yaml"), want)
+	if limit := int64(envoySvc.MemLimit); limit < 2*demoEnvoyHeap {
+		t.Errorf("envoy's container limit %d leaves no room above its heap bound %d", limit, demoEnvoyHeap)
+	}
 }
+
+// demoEnvoyHeap is the compose demo's Envoy heap bound.
+const demoEnvoyHeap = 512 << 20
 
 // TestDockerfileBuildsLikeTheTaskfile: the image is built with the same command the tests use.
 func TestDockerfileBuildsLikeTheTaskfile(t *testing.T) {
@@ -227,7 +234,7 @@ func assertSameYAML(t *testing.T, path string, want []byte) {
 	gb, _ := yaml.Marshal(g)
 	wb, _ := yaml.Marshal(w)
 	if string(gb) != string(wb) {
-		t.Errorf("%s differs from `tollgate bootstrap` (regenerate it with: go run ./cmd/tollgate bootstrap)", path)
+		t.Errorf("%s differs from `tollgate bootstrap` (regenerate it with: go run ./cmd/tollgate bootstrap --envoy-max-heap 512MiB)", path)
 	}
 }
 
