@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -119,6 +120,7 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 	o.Offered, o.Then = overloadFactor*o.Max, recoveryFraction*o.Max
 	stages := []load.Stage{{Rate: o.Offered, Duration: cfg.overloadBurst}, {Rate: o.Then, Duration: cfg.overloadRecovery}}
 	logger.Info("overload: burst", "rate", stages[0].Rate, "for", stages[0].Duration, "then", stages[1].Rate, "for", stages[1].Duration)
+	burstStart := time.Now()
 	tl := load.RunStages(ctx, client, req, stages, burstOpts)
 	samples := sampler.stop()
 	burst := int(cfg.overloadBurst / time.Second)
@@ -135,7 +137,15 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 	if o.CountedTokens, err = settledCount(ctx, gw); err != nil {
 		return fmt.Errorf("reading the counters: %w", err)
 	}
-	logger.Info("overload: done", "counted_tokens", o.CountedTokens, "tokens_of_200s", o.ExpectedTokens, "goodput", o.During.OKRate(), "max", o.Max, "codes", o.During.Codes,
+	refusals, err := gw.AnswerDurations(http.StatusServiceUnavailable, burstStart, burstStart.Add(cfg.overloadBurst))
+	if err != nil {
+		return fmt.Errorf("reading the usage log: %w", err)
+	}
+	o.EnvoyRefusedP99 = load.Quantile(refusals, 0.99)
+	if len(refusals) > 0 {
+		o.EnvoyRefusedMax = refusals[len(refusals)-1]
+	}
+	logger.Info("overload: done", "envoy_refused_p99", o.EnvoyRefusedP99, "counted_tokens", o.CountedTokens, "tokens_of_200s", o.ExpectedTokens, "goodput", o.During.OKRate(), "max", o.Max, "codes", o.During.Codes,
 		"admitted_p99", o.During.OKP99, "shed_p99", o.During.RefusedP99, "peak_rss", o.PeakRSS,
 		"latency_recovery", o.LatencyRecovery, "rss_recovery", o.RSSRecovery)
 	return nil

@@ -230,6 +230,7 @@ func TestOverloadSectionJudgesTheTargets(t *testing.T) {
 			OKP99: 90 * time.Millisecond, RefusedP99: 5 * time.Millisecond},
 		LatencyRecovery: time.Second, RSSRecovery: -1,
 		CountedTokens: 106, ExpectedTokens: 106,
+		EnvoyRefusedP99: time.Millisecond, EnvoyRefusedMax: 4 * time.Millisecond,
 	}}
 	var b strings.Builder
 	if err := Markdown(&b, r); err != nil {
@@ -243,6 +244,8 @@ func TestOverloadSectionJudgesTheTargets(t *testing.T) {
 		"| RSS back ≤ 30s after the burst | not within the run | **missed** |",
 		"| counters in Redis = tokens of the 200s | 106 counted, 106 in the 200s | met |",
 		"listener.maxConcurrentRequests was 48",
+		"by the gateway (Envoy's usage log) | 1.00 ms; 4.00 ms | met |",
+		"as the load generator on the same CPUs saw it | 5.00 ms; 0.00 ms | met |",
 		"200×57000 503×63000",
 	} {
 		if !strings.Contains(out, want) {

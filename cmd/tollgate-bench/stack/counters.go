@@ -1,13 +1,19 @@
 package stack
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mediocregopher/radix/v4"
 
@@ -86,4 +92,34 @@ func (g *Gateway) TokensOf(ctx context.Context, user, body string, header http.H
 		return 0, fmt.Errorf("%d without usage: %.200s", resp.StatusCode, b)
 	}
 	return strconv.ParseInt(string(m[len(m)-1][1]), 10, 64)
+}
+
+// AnswerDurations reads the gateway's usage log and returns, sorted, how long Envoy took over
+// each answer with status (from the request's first byte to the answer's last) for requests
+// that started in [from, to). The log has millisecond durations.
+func (g *Gateway) AnswerDurations(status int, from, to time.Time) ([]time.Duration, error) {
+	if g.AccessLogPath == "" {
+		return nil, errors.New("the gateway keeps no usage log file (not `tollgate run`)")
+	}
+	f, err := os.Open(g.AccessLogPath)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	var out []time.Duration
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			Time     time.Time `json:"time"`
+			Status   int       `json:"status"`
+			Duration int64     `json:"duration_ms"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Status != status || line.Time.Before(from) || !line.Time.Before(to) {
+			continue
+		}
+		out = append(out, time.Duration(line.Duration)*time.Millisecond)
+	}
+	slices.Sort(out)
+	return out, sc.Err()
 }

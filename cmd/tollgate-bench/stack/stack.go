@@ -237,6 +237,8 @@ type Gateway struct {
 	// InProcess; Envoy is then nil (run's child), and EnvoyPid its process id.
 	ControlPlane, RateLimit, Redis, Envoy *proc.Process
 	EnvoyPid                              int
+	// AccessLogPath is Envoy's usage log when the gateway runs as `tollgate run`; "" otherwise.
+	AccessLogPath string
 	// ExtProc is the do-nothing ext_proc server of a gateway started with
 	// PolicyOptions.NullExtProc; nil otherwise (the control plane serves ext_proc).
 	ExtProc *proc.Process
@@ -461,6 +463,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 
 // startRun runs the gateway as `tollgate run`, with the Env's Redis and Envoy.
 func (e *Env) startRun(ctx context.Context, g *Gateway, opts PolicyOptions) error {
+	g.AccessLogPath = filepath.Join(e.Dir, "run-logs", "envoy-access.log")
 	args := []string{"run",
 		"-f", g.PolicyPath,
 		"--redis", g.redisURL(opts),
@@ -471,7 +474,7 @@ func (e *Env) startRun(ctx context.Context, g *Gateway, opts PolicyOptions) erro
 		"--ratelimit-grpc", g.RateLimitAddr,
 		"--ratelimit-http", proc.Addr(g.ports.rateLimitHTTP),
 		"--ratelimit-debug", g.RateLimitDebugAddr,
-		"--log-dir", filepath.Join(e.Dir, "run-logs"),
+		"--log-dir", filepath.Dir(g.AccessLogPath),
 		"--charge-spool", "",
 		"--envoy-log-level", "warning",
 	}
