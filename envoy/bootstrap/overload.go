@@ -81,9 +81,10 @@ func (o Overload) Validate() error {
 }
 
 // DefaultMaxHeapBytes is a quarter of the memory this process may use: its cgroup's limit
-// when it has one, else the host's memory; never below MinMaxHeapBytes.
+// when it has one, else the host's memory; in whole MiB, never below MinMaxHeapBytes.
 func DefaultMaxHeapBytes() uint64 {
-	return max(memoryLimit()/heapShareOfMemory, MinMaxHeapBytes)
+	const mib = 1 << 20
+	return max(memoryLimit()/heapShareOfMemory/mib*mib, MinMaxHeapBytes)
 }
 
 // memoryLimit reads the cgroup v2 or v1 memory limit, then the host's MemTotal; 0 if none

@@ -81,6 +81,8 @@ func newNormalizer() normalizer {
 		{regexp.MustCompile(`resets at (\d{4}-\d\d-\d\d )?\d\d:\d\d [A-Z]+, in [0-9a-z ]+\.`), "resets at <time>, in <duration>."},
 		{regexp.MustCompile(`"created":\d+`), `"created":<n>`},
 		{regexp.MustCompile(`\b[0-9a-f]{16}\b`), "<version>"},
+		// Envoy's default heap bound is a share of the machine's memory.
+		{regexp.MustCompile(`heap \d+(B|KiB|MiB|GiB) `), "heap <size> "},
 	}
 }
 
