@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/tollgate-dev/tollgate/envoy/bootstrap"
 	"github.com/tollgate-dev/tollgate/envoy/launch"
 	"github.com/tollgate-dev/tollgate/policies"
 )
@@ -42,6 +43,12 @@ func printBanner(w io.Writer, plan *runPlan, g *gateway) {
 		}
 		row(label, q)
 	}
+	heap := plan.opts.overload.MaxHeapBytes
+	if heap == 0 {
+		heap = bootstrap.DefaultMaxHeapBytes()
+	}
+	row("limits", fmt.Sprintf("%d requests in flight (listener.maxConcurrentRequests), Envoy heap %s (--envoy-max-heap); beyond: JSON 503 + Retry-After",
+		p.Listener.MaxConcurrentRequests, formatBytes(heap)))
 	row("metrics", metrics+"/metrics")
 	row("status", metrics+"/status")
 	row("envoy admin", "http://"+launch.DialAddr(plan.opts.adminAddr))

@@ -202,6 +202,9 @@ func TestHeapBoundShedsAndRecovers(t *testing.T) {
 	if got := spent(t, r.stack, "hog", "qwen3"); got != 0 {
 		t.Errorf("the slow clients, which reached no backend, were charged %d", got)
 	}
+	if banner := r.proc.logText(); !strings.Contains(banner, "1000 requests in flight (listener.maxConcurrentRequests), Envoy heap 64MiB") {
+		t.Errorf("the banner does not state the bounds:\n%s", banner)
+	}
 	st := runTollgate(t, "status", "--addr", addr(r.metricsPort))
 	if !strings.Contains(st, "heap 64MiB") {
 		t.Errorf("tollgate status does not show Envoy's heap bound:\n%s", st)
