@@ -118,6 +118,34 @@ func TestInFlightBoundRefusesTheRest(t *testing.T) {
 	}
 }
 
+// TestBackendBoundRefusesAndGivesBackTheReservation: a backend that takes one request in flight
+// and one waiting. Of 6 requests at once, 2 are served and 4 get a JSON 503, code
+// backend_at_capacity, with Retry-After. Those 4 passed the quota check and reserved their
+// worst case; they reached no backend, so the reservations are given back and only the 2
+// served are charged.
+func TestBackendBoundRefusesAndGivesBackTheReservation(t *testing.T) {
+	testutil.Envoy(t)
+	s := newStack(t, map[string]int{"sim": startSim(t, "slow", "--ttft", "1s")})
+	s.writePolicy(t, strings.Replace(overloadPolicy(100), `url: "{{backend:sim}}"}`,
+		`url: "{{backend:sim}}", maxConcurrentRequests: 1, maxPendingRequests: 1}`, 1))
+	s.startTollgate(t)
+	s.startRateLimit(t, s.startRedis(t))
+	s.startEnvoy(t)
+	// One request first opens the connection to the backend: the burst then finds it idle,
+	// and the first of its requests is in flight at once rather than waiting for a connection.
+	if _, ok, _ := tally(t, sendConcurrently(s, "warm-up", 1), "backend_at_capacity"); ok != 1 {
+		t.Fatal("the warm-up request was not served")
+	}
+
+	tokens, ok, refused := tally(t, sendConcurrently(s, "erin", 6), "backend_at_capacity")
+	if ok != 2 || refused != 4 {
+		t.Fatalf("%d answered and %d refused, want 2 and 4", ok, refused)
+	}
+	if got := awaitSpent(t, s, "erin", "qwen3", tokens); got != tokens {
+		t.Errorf("erin charged %d, want %d: the refused requests' reservations given back", got, tokens)
+	}
+}
+
 // hog opens n connections that each send most of a 1000 KiB request body and then wait:
 // Envoy buffers every body whole for the ext_proc server, so they fill its heap. Closing them
 // frees it.
