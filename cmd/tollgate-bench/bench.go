@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/proc"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/report"
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 )
@@ -87,19 +88,38 @@ func benchmark(ctx context.Context, cfg config, logger *slog.Logger, stdout io.W
 	return nil
 }
 
+// mainGateway is llmsim and B's gateway in an Env of their own.
+type mainGateway struct {
+	env     *stack.Env
+	simPort int
+	sim     *proc.Process
+	gw      *stack.Gateway
+}
+
+// startMainGateway runs llmsim and B's gateway (`tollgate run` unless --in-process=false),
+// their files under dir. The caller closes the Env; on error it is closed already.
+func startMainGateway(ctx context.Context, cfg config, bins stack.Bins, dir string) (mainGateway, error) {
+	m := mainGateway{env: cfg.newEnv(bins, dir)}
+	m.env.InProcess = cfg.inProcess
+	var err error
+	if m.simPort, m.sim, err = m.env.StartSim(ctx); err == nil {
+		m.gw, err = m.env.StartGateway(ctx, m.simPort, stack.PolicyOptions{})
+	}
+	if err != nil {
+		m.env.Close()
+		return mainGateway{}, err
+	}
+	return m, nil
+}
+
 // dataPlanePhases runs the overhead and reload phases on one set of processes.
 func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir string, rep *report.Report, logger *slog.Logger, fail func(string, error)) error {
-	env := cfg.newEnv(bins, dir)
-	env.InProcess = cfg.inProcess
-	defer env.Close()
-	simPort, sim, err := env.StartSim(ctx)
+	m, err := startMainGateway(ctx, cfg, bins, dir)
 	if err != nil {
 		return err
 	}
-	gw, err := env.StartGateway(ctx, simPort, stack.PolicyOptions{})
-	if err != nil {
-		return err
-	}
+	defer m.env.Close()
+	env, simPort, sim, gw := m.env, m.simPort, m.sim, m.gw
 	if cfg.phases["overhead"] {
 		plain, err := env.StartPlain(ctx, simPort)
 		if err != nil {

@@ -34,17 +34,12 @@ const (
 // it for --overload-recovery, on one clock, and reports what was served, what was refused and
 // how fast, each process's memory, and how long the gateway took to recover.
 func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
-	env := cfg.newEnv(bins, filepath.Join(out, "overload"))
-	env.InProcess = cfg.inProcess
-	defer env.Close()
-	simPort, sim, err := env.StartSim(ctx)
+	m, err := startMainGateway(ctx, cfg, bins, filepath.Join(out, "overload"))
 	if err != nil {
 		return err
 	}
-	gw, err := env.StartGateway(ctx, simPort, stack.PolicyOptions{})
-	if err != nil {
-		return err
-	}
+	defer m.env.Close()
+	sim, gw := m.sim, m.gw
 	_, jsonReq, _, streamReq := requests(cfg, "", gw.URL)
 	req, key, criteria := streamReq, "C", cfg.criteria
 	criteria.MaxP99 = cfg.streamMaxP99
@@ -83,7 +78,7 @@ func overloadPhase(ctx context.Context, cfg config, bins stack.Bins, out string,
 	// Memory at the max, then latency at half of it: what the burst is compared with.
 	sampler := startRSSSampler(pids)
 	atMax := load.Run(ctx, client, req, o.Max, cfg.fixedDuration, opts)
-	o.SteadyRSS = sampler.stop().peak(0, time.Duration(1<<62))
+	o.SteadyRSS = sampler.stop().peak(0, math.MaxInt64)
 	logger.Info("overload: at the max", "result", atMax.String(), "rss", o.SteadyRSS)
 	half := load.Run(ctx, client, req, recoveryFraction*o.Max, cfg.fixedDuration, opts)
 	o.HalfP99 = half.P99

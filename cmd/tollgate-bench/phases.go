@@ -113,17 +113,12 @@ func cpuProfile(path string, fn func() error) error {
 // process; split, `tollgate serve --pprof` and the ratelimit service are profiled apart.
 func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, rep *report.Report, logger *slog.Logger) error {
 	bins.ControlPlane = []string{bins.Tollgate, "serve", "--pprof"}
-	env := cfg.newEnv(bins, filepath.Join(out, "profile"))
-	env.InProcess = cfg.inProcess
-	defer env.Close()
-	simPort, _, err := env.StartSim(ctx)
+	m, err := startMainGateway(ctx, cfg, bins, filepath.Join(out, "profile"))
 	if err != nil {
 		return err
 	}
-	gw, err := env.StartGateway(ctx, simPort, stack.PolicyOptions{})
-	if err != nil {
-		return err
-	}
+	defer m.env.Close()
+	gw := m.gw
 	rate := cfg.profileRate
 	if rate == 0 {
 		rate = 300

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -45,9 +46,7 @@ type Server struct {
 	metrics  *Metrics
 	rls      *rlsclient.Client
 	inFlight inFlight
-	// streams counts the ext_proc streams open now: the requests this server holds.
-	streams atomic.Int64
-	cfg     atomic.Pointer[Config]
+	cfg      atomic.Pointer[Config]
 	// clock says which calendar period a request falls in; time.Now unless UseClock set it.
 	clock func() time.Time
 	// counters, when set (UseCounters), changes counters for the admin operations; grants are
@@ -140,11 +139,7 @@ type processor struct{ s *Server }
 // Envoy closes it or the stream is cancelled (for example when the client disconnects).
 func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	p.s.metrics.activeStreams.Inc()
-	p.s.streams.Add(1)
-	defer func() {
-		p.s.metrics.activeStreams.Dec()
-		p.s.streams.Add(-1)
-	}()
+	defer p.s.metrics.activeStreams.Dec()
 	ex := newExchange(stream.Context(), p.s.cfg.Load(), p.s.logger, p.s.metrics, p.s.rls, &p.s.inFlight)
 	ex.clock = p.s.clock
 	ex.counters, ex.grants, ex.alerts = p.s.counters, p.s.currentGrants(), p.s.alerts
@@ -172,5 +167,12 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 	}
 }
 
-// StreamsInFlight is how many requests this server holds now (one ext_proc stream each).
-func (s *Server) StreamsInFlight() int64 { return s.streams.Load() }
+// StreamsInFlight is how many requests this server holds now (one ext_proc stream each), as
+// tollgate_extproc_streams_active counts them.
+func (s *Server) StreamsInFlight() int64 {
+	var m dto.Metric
+	if err := s.metrics.activeStreams.Write(&m); err != nil {
+		return -1
+	}
+	return int64(m.GetGauge().GetValue())
+}

@@ -681,3 +681,16 @@ func TestImmediateErrorBodyIsOpenAIShaped(t *testing.T) {
 		t.Errorf("error body = %v", e)
 	}
 }
+
+// StreamsInFlight, which `tollgate status` shows, counts the requests the server holds.
+func TestStreamsInFlightCountsOpenRequests(t *testing.T) {
+	h := newHarness(t, testConfig(t))
+	if n := h.srv.StreamsInFlight(); n != 0 {
+		t.Fatalf("%d in flight before any request", n)
+	}
+	c := h.open(t)
+	sendChat(t, c, chatBody)
+	tgtest.Eventually(t, 10*time.Second, "one request in flight", func() bool { return h.srv.StreamsInFlight() == 1 })
+	c.cancel()
+	tgtest.Eventually(t, 10*time.Second, "none in flight once it ended", func() bool { return h.srv.StreamsInFlight() == 0 })
+}

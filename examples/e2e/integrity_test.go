@@ -120,35 +120,22 @@ func pythonWithOpenAI(t testing.TB) string {
 	return python
 }
 
-// burst sends n requests for user at once and returns how many were admitted; every other one
-// must be a 429.
+// burst sends n requests for user at once, spread over the gateways, and returns how many were
+// admitted; every other one must be a 429.
 func burst(t testing.TB, gateways []*stack, user string, n int) int {
 	t.Helper()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
 	admitted := 0
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := gateways[i%len(gateways)]
-			r, err := do("POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, chatBody("qwen3"))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			switch r.status {
-			case 200:
-				mu.Lock()
-				admitted++
-				mu.Unlock()
-			case 429:
-			default:
-				t.Errorf("status %d: %s", r.status, r.body)
-			}
-		}()
+	for _, o := range sendConcurrently(user, n, gateways...) {
+		switch {
+		case o.err != nil:
+			t.Error(o.err)
+		case o.resp.status == 200:
+			admitted++
+		case o.resp.status == 429:
+		default:
+			t.Errorf("status %d: %s", o.resp.status, o.resp.body)
+		}
 	}
-	wg.Wait()
 	return admitted
 }
 

@@ -13,23 +13,19 @@ import (
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
 
-// overloadPolicy bounds the gateway's requests in flight at {{in_flight}}; qwen3's hourly
-// quota is far from spent, so every refusal below is the gateway's own.
+// overloadPolicy bounds the gateway's requests in flight at inFlight; qwen3's hourly quota is
+// far from spent, so every refusal below is the gateway's own.
 func overloadPolicy(inFlight int) string {
-	return strings.Replace(`
-listener: {address: 127.0.0.1, port: {{listener_port}}, maxConcurrentRequests: IN_FLIGHT}
-extProc: {{extproc}}
-rateLimit: {port: {{ratelimit_port}}, timeout: 1s, failureMode: closed}
-identity: {header: x-user-id}
-backends:
-  - {name: sim, url: "{{backend:sim}}"}
-models:
+	p := headerPolicy(`models:
   - {name: qwen3, backend: sim}
 costs:
   - {name: tokens, type: TotalToken}
 quotas:
   - {name: qwen3-hourly, model: qwen3, cost: tokens, limit: 1000000, per: hour}
-`, "IN_FLIGHT", fmt.Sprint(inFlight), 1)
+`)
+	p = strings.Replace(p, "listener: {{listener}}",
+		fmt.Sprintf("listener: {address: 127.0.0.1, port: {{listener_port}}, maxConcurrentRequests: %d}", inFlight), 1)
+	return strings.Replace(p, "timeout: 1s}", "timeout: 1s, failureMode: closed}", 1)
 }
 
 // outcome is what one request got.
@@ -38,14 +34,16 @@ type outcome struct {
 	err  error
 }
 
-// sendConcurrently sends n chat requests of user at once and returns what each got.
-func sendConcurrently(s *stack, user string, n int) []outcome {
+// sendConcurrently sends n chat requests of user at once, request i to gateways[i mod len],
+// and returns what each got.
+func sendConcurrently(user string, n int, gateways ...*stack) []outcome {
 	out := make([]outcome, n)
 	var wg sync.WaitGroup
 	for i := range out {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			s := gateways[i%len(gateways)]
 			out[i].resp, out[i].err = do("POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, chatBody("qwen3"))
 		}()
 	}
@@ -100,12 +98,12 @@ func TestInFlightBoundRefusesTheRest(t *testing.T) {
 	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)
 
-	tokens, ok, refused := tally(t, sendConcurrently(s, "carol", 8), "gateway_at_capacity")
+	tokens, ok, refused := tally(t, sendConcurrently("carol", 8, s), "gateway_at_capacity")
 	if ok != 2 || refused != 6 {
 		t.Fatalf("%d answered and %d refused, want 2 and 6", ok, refused)
 	}
 	// The bound frees up as requests end: the next two are served.
-	more, ok2, _ := tally(t, sendConcurrently(s, "carol", 2), "gateway_at_capacity")
+	more, ok2, _ := tally(t, sendConcurrently("carol", 2, s), "gateway_at_capacity")
 	if ok2 != 2 {
 		t.Fatalf("after the first ones ended, %d of 2 were served", ok2)
 	}
@@ -133,11 +131,11 @@ func TestBackendBoundRefusesAndGivesBackTheReservation(t *testing.T) {
 	s.startEnvoy(t)
 	// One request first opens the connection to the backend: the burst then finds it idle,
 	// and the first of its requests is in flight at once rather than waiting for a connection.
-	if _, ok, _ := tally(t, sendConcurrently(s, "warm-up", 1), "backend_at_capacity"); ok != 1 {
+	if _, ok, _ := tally(t, sendConcurrently("warm-up", 1, s), "backend_at_capacity"); ok != 1 {
 		t.Fatal("the warm-up request was not served")
 	}
 
-	tokens, ok, refused := tally(t, sendConcurrently(s, "erin", 6), "backend_at_capacity")
+	tokens, ok, refused := tally(t, sendConcurrently("erin", 6, s), "backend_at_capacity")
 	if ok != 2 || refused != 4 {
 		t.Fatalf("%d answered and %d refused, want 2 and 4", ok, refused)
 	}
@@ -202,7 +200,7 @@ func TestHeapBoundShedsAndRecovers(t *testing.T) {
 		}
 		return nil
 	})
-	tokens, ok, refused := tally(t, sendConcurrently(r.stack, "dave", 20), "gateway_overloaded")
+	tokens, ok, refused := tally(t, sendConcurrently("dave", 20, r.stack), "gateway_overloaded")
 	if refused == 0 {
 		t.Fatalf("an overloaded gateway refused none of 20 requests (%d served)", ok)
 	}
@@ -211,7 +209,7 @@ func TestHeapBoundShedsAndRecovers(t *testing.T) {
 	release()
 	var after []outcome
 	testutil.Eventually(t, 30*time.Second, "the gateway serving again", func() error {
-		o := sendConcurrently(r.stack, "dave", 1)
+		o := sendConcurrently("dave", 1, r.stack)
 		after = append(after, o...)
 		if o[0].err != nil || o[0].resp.status != 200 {
 			return fmt.Errorf("still refused: %d (%w)", o[0].resp.status, o[0].err)

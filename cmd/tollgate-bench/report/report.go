@@ -175,12 +175,6 @@ func Markdown(w io.Writer, r *Report) error {
 func targets(b *strings.Builder, r *Report) {
 	type row struct{ goal, got, verdict string }
 	var rows []row
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "**missed**"
-	}
 	a, bs, x := r.System("A"), r.System("B"), r.System("X")
 	if x != nil && bs != nil && x.Max > 0 {
 		rows = append(rows, row{"B max throughput ≥ 85% of X (JSON)", maxRatio(bs, x), verdict(bs.Max >= 0.85*x.Max)})

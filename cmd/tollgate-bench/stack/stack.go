@@ -112,16 +112,22 @@ func newProbeClient() *http.Client { return &http.Client{Timeout: 2 * time.Secon
 
 // get fetches url with client and fails unless the status is 200.
 func get(client *http.Client, url string) error {
+	_, err := getBody(client, url)
+	return err
+}
+
+// getBody fetches url with client and returns the body of a 200 answer.
+func getBody(client *http.Client, url string) ([]byte, error) {
 	resp, err := client.Get(url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { _ = resp.Body.Close() }()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	body, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("GET %s: %d %.512s", url, resp.StatusCode, strings.TrimSpace(string(body)))
 	}
-	return nil
+	return body, err
 }
 
 // StartSim runs llmsim with no artificial latency and returns its port.
@@ -344,12 +350,7 @@ func (g *Gateway) redisURL(o PolicyOptions) string {
 func (g *Gateway) AwaitEnvoyAdmin(ctx context.Context, path, want string, timeout time.Duration) error {
 	url := "http://" + proc.Addr(g.ports.admin) + path
 	return proc.WaitFor(ctx, timeout, fmt.Sprintf("Envoy's %s showing %q", path, want), func() error {
-		resp, err := g.client.Get(url)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = resp.Body.Close() }()
-		body, err := io.ReadAll(resp.Body)
+		body, err := getBody(g.client, url)
 		if err != nil {
 			return err
 		}
@@ -510,15 +511,7 @@ func (g *Gateway) Pids() map[string]int {
 // ExtProcMessages is the number of ext_proc messages the gateway's tollgate has received from
 // Envoy so far, all kinds together (tollgate_extproc_messages_total).
 func (g *Gateway) ExtProcMessages() (float64, error) {
-	resp, err := g.client.Get("http://" + g.MetricsAddr + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("/metrics answered %d", resp.StatusCode)
-	}
-	body, err := io.ReadAll(resp.Body)
+	body, err := getBody(g.client, "http://"+g.MetricsAddr+"/metrics")
 	if err != nil {
 		return 0, err
 	}
