@@ -154,7 +154,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("tollgate-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	phases := fs.String("phases", strings.Join(allPhases(), ","), "phases to run: "+strings.Join(allPhases(), ", "))
-	quick := fs.Bool("quick", false, "a short smoke run: 2s fixed runs, 1s search steps, 10 edits, sizes up to 1000")
+	quick := fs.Bool("quick", false, "a short smoke run: 2s fixed runs, 2s search steps, 10 edits, sizes up to 1000, 5s overload burst and recovery")
 	fs.StringVar(&c.out, "out", "results", "directory for the report, profiles and logs")
 	fs.StringVar(&c.tollgate, "tollgate", "bin/tollgate", "tollgate binary (task build)")
 	fs.StringVar(&c.llmsim, "llmsim", "bin/llmsim", "llmsim binary (task build)")
@@ -218,7 +218,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 			}
 		}
 		apply("duration", func() { c.fixedDuration = 2 * time.Second })
-		apply("step", func() { c.stepDuration = time.Second })
+		// A step lasts long enough that the last requests' streams (tens of milliseconds)
+		// do not pull the answered rate under --min-delivered.
+		apply("step", func() { c.stepDuration = 2 * time.Second })
 		apply("warmup", func() { c.warmup = 500 * time.Millisecond })
 		apply("refine", func() { c.refine = 1 })
 		apply("growth", func() { c.growth = 2 })

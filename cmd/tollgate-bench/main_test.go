@@ -23,7 +23,7 @@ func TestQuickPresetYieldsToExplicitFlags(t *testing.T) {
 	if c.fixedDuration != 7*time.Second {
 		t.Errorf("--duration 7s with --quick gave %s", c.fixedDuration)
 	}
-	if c.stepDuration != time.Second || c.edits != 10 || len(c.sizes) != 3 {
+	if c.stepDuration != 2*time.Second || c.edits != 10 || len(c.sizes) != 3 {
 		t.Errorf("--quick did not shorten the rest: step %s, edits %d, sizes %v", c.stepDuration, c.edits, c.sizes)
 	}
 	for _, p := range allPhases() {
