@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy/rls"
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
@@ -24,7 +26,7 @@ type chargeOptions struct {
 
 // register adds --redis and --charge-spool to fs.
 func (o *chargeOptions) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis of the ratelimit service's counters, host:port, redis://[user:password@]host:port or unix:///path/to/redis.sock (env REDIS_URL): admission then reserves each request's worst case and takes back what it did not use, so concurrent requests cannot overshoot a quota; without it quotas are only checked")
+	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis of the ratelimit service's counters, "+redisURLForms+" (env REDIS_URL): admission then reserves each request's worst case and takes back what it did not use, so concurrent requests cannot overshoot a quota; without it quotas are only checked")
 	o.registerSpool(fs)
 }
 
@@ -62,18 +64,48 @@ func defaultSpool(listen string) string {
 	return filepath.Join(dir, "tollgate", "charges-"+name+".spool")
 }
 
-// clientOptions turns the flags into the ratelimit client's options, and returns what must be
-// closed once the ext_proc server is.
-func (o chargeOptions) clientOptions(logger *slog.Logger) (rlsclient.Options, func(), error) {
+// clientOptions turns the flags into the ratelimit client's options. The counters it returns
+// (nil without --redis) are the Redis the client takes reservations back in; the caller closes
+// them once the ext_proc server is done.
+func (o chargeOptions) clientOptions(logger *slog.Logger) (rlsclient.Options, *rls.Counters, error) {
 	opts := rlsclient.Options{Logger: logger.With("component", "ratelimit-client"), Spool: o.spool, Local: o.local}
 	if o.redisURL == "" {
 		logger.Warn("quota reservations are off (no --redis): requests are only checked, so a client that sends many at once can spend past a quota by what they cost together")
-		return opts, func() {}, nil
+		return opts, nil, nil
 	}
 	counters, err := rls.NewCounters(o.redisURL)
 	if err != nil {
 		return rlsclient.Options{}, nil, err
 	}
 	opts.Refunder = counters
-	return opts, func() { _ = counters.Close() }, nil
+	return opts, counters, nil
+}
+
+// redisStatus is what status says of the counters' Redis.
+type redisStatus struct {
+	Where     string `json:"where"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+}
+
+// String is the status line: where, and whether it answers.
+func (r *redisStatus) String() string {
+	if r.Reachable {
+		return r.Where + ", reachable"
+	}
+	return r.Where + ", NOT reachable: " + r.Error
+}
+
+// redisStatusOf asks the counters' Redis whether it answers now; nil without counters.
+func redisStatusOf(ctx context.Context, counters *rls.Counters) *redisStatus {
+	if counters == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st := &redisStatus{Where: counters.Where(), Reachable: true}
+	if err := counters.Ping(ctx); err != nil {
+		st.Reachable, st.Error = false, err.Error()
+	}
+	return st
 }

@@ -27,7 +27,7 @@ import (
 
 // adminServer serves /metrics from reg, /healthz, and /status as the JSON that status returns;
 // with profiling on, also Go's /debug/pprof/ handlers.
-func adminServer(reg *prometheus.Registry, profiling bool, status func() any) *http.Server {
+func adminServer(reg *prometheus.Registry, profiling bool, status func(ctx context.Context) any) *http.Server {
 	mux := http.NewServeMux()
 	if profiling {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -38,11 +38,11 @@ func adminServer(reg *prometheus.Registry, profiling bool, status func() any) *h
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("content-type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(status())
+		_ = enc.Encode(status(r.Context()))
 	})
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 }
@@ -165,3 +165,8 @@ func modelName(model string) string {
 	}
 	return model
 }
+
+// redisURLForms lists, for flag help, the forms a --redis URL takes (rls.Options.RedisURL).
+const redisURLForms = "host:port, redis://[user:password@]host:port, redis+cluster://[user:password@]host:port,host:port,… (a Redis Cluster's seeds), " +
+	"redis+sentinel://[user:password@]host:port,…/MASTER[?sentinel_password=…] (the sentinels and the primary's name), or unix:///path/to/redis.sock; " +
+	"rediss, rediss+cluster and rediss+sentinel use TLS, with ?ca=FILE for a private CA"

@@ -63,11 +63,13 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	rlsOpts, closeCounters, err := o.charges.clientOptions(logger)
+	rlsOpts, counters, err := o.charges.clientOptions(logger)
 	if err != nil {
 		return err
 	}
-	defer closeCounters()
+	if counters != nil {
+		defer func() { _ = counters.Close() }()
+	}
 	server, err := newExtProcServer(logger, reg, rlsOpts)
 	if err != nil {
 		return err
@@ -100,7 +102,9 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 	}
 
 	grpcServer := newExtProcGRPC(server)
-	httpServer := adminServer(reg, false, func() any { return extProcStatus{Reload: rl.snapshot(), Version: buildVersion()} })
+	httpServer := adminServer(reg, false, func(ctx context.Context) any {
+		return extProcStatus{Reload: rl.snapshot(), Version: buildVersion(), Redis: redisStatusOf(ctx, counters)}
+	})
 
 	logger.Info("tollgate extproc serving", "policy", o.policyFile, "extproc", lis.Addr().String(),
 		"metrics", "http://"+metricsLis.Addr().String()+"/metrics", "version", buildVersion())
@@ -124,6 +128,7 @@ func runExtProc(ctx context.Context, o extProcOptions, logger *slog.Logger) erro
 type extProcStatus struct {
 	Version string       `json:"tollgate_version"`
 	Reload  reloadStatus `json:"policy"`
+	Redis   *redisStatus `json:"redis,omitempty"`
 }
 
 // checkOnly is the publisher of a process that serves no xDS: it runs the control plane's

@@ -21,7 +21,7 @@ func ratelimitCommand(args []string, _, stderr io.Writer) int {
 	fs.StringVar(&o.MetricsAddr, "metrics", "", "listen address of the service's Prometheus /metrics (empty: off)")
 	fs.StringVar(&o.XDSAddr, "xds", envoy.DefaultXDSAddress, "tollgate's ADS server, where the limits come from")
 	fs.StringVar(&o.NodeID, "node-id", envoy.DefaultRateLimitNode, "xDS node id (must match tollgate serve --ratelimit-node-id)")
-	fs.StringVar(&o.RedisURL, "redis", envOr("REDIS_URL", rls.DefaultRedisURL), "Redis: host:port, redis://[user:password@]host:port or unix:///path/to/redis.sock (env REDIS_URL)")
+	fs.StringVar(&o.RedisURL, "redis", envOr("REDIS_URL", rls.DefaultRedisURL), "Redis: "+redisURLForms+" (env REDIS_URL)")
 	fs.DurationVar(&o.RedisWait, "redis-wait", rls.DefaultRedisWait, "keep trying to reach Redis this long at start")
 	fs.StringVar(&o.LogLevel, "log-level", rls.DefaultLogLevel, "trace, debug, info, warn or error")
 	t := &o.XDSTLS

@@ -45,7 +45,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("run", stderr)
 	var o runOptions
 	fs.StringVar(&o.policyFile, "f", "policy.yaml", "policy file to serve and watch")
-	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis for the quota counters: host:port, redis://[user:password@]host:port or unix:///path/to/redis.sock (env REDIS_URL); empty: an embedded in-memory Redis, per process and not persisted")
+	fs.StringVar(&o.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis for the quota counters: "+redisURLForms+" (env REDIS_URL); empty: an embedded in-memory Redis, per process and not persisted")
 	fs.StringVar(&o.xdsAddr, "xds", envoy.DefaultXDSAddress, "listen address of the ADS (xDS) gRPC server")
 	fs.StringVar(&o.extProcAddr, "extproc", fmt.Sprintf("127.0.0.1:%d", policies.DefaultExtProcPort), "listen address of the ext_proc gRPC server, host:port or unix:PATH (must match the policy's extProc)")
 	fs.StringVar(&o.metricsAddr, "metrics", fmt.Sprintf("127.0.0.1:%d", envoy.DefaultMetricsPort), "listen address of /metrics, /status and /healthz")

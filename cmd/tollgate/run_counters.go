@@ -5,11 +5,11 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+
+	"github.com/tollgate-dev/tollgate/envoy/rls"
 )
 
 // embeddedClockTick is how often the embedded Redis' key TTLs are advanced; see
@@ -66,15 +66,11 @@ func (c *counters) describe() string {
 	if c.embedded != nil {
 		return fmt.Sprintf("embedded in-memory Redis on %s (per process, not persisted)", c.url)
 	}
-	if !strings.Contains(c.url, "://") {
-		return "Redis at " + c.url
-	}
-	u, err := url.Parse(c.url)
+	d, err := rls.DescribeRedis(c.url)
 	if err != nil {
 		return "Redis from --redis"
 	}
-	u.User = nil
-	return "Redis at " + u.String()
+	return d
 }
 
 func (c *counters) close() {

@@ -275,8 +275,9 @@ func TestEmbeddedCounters(t *testing.T) {
 func TestExternalCountersHidePasswords(t *testing.T) {
 	for url, want := range map[string]string{
 		"10.0.0.5:6379":                       "Redis at 10.0.0.5:6379",
-		"redis://:s3cret@redis.internal:6380": "Redis at redis://redis.internal:6380",
-		"rediss://user:s3cret@cache:6379":     "Redis at rediss://cache:6379",
+		"redis://:s3cret@redis.internal:6380": "Redis at redis.internal:6380",
+		"rediss://user:s3cret@cache:6379":     "Redis at cache:6379 (TLS)",
+		"redis+sentinel://:s3cret@s1,s2/main": `Redis primary "main" via sentinels s1:26379, s2:26379`,
 	} {
 		c, err := startCounters(slog.New(slog.DiscardHandler), url)
 		if err != nil {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/tollgate-dev/tollgate/envoy"
 	"github.com/tollgate-dev/tollgate/envoy/extproc"
+	"github.com/tollgate-dev/tollgate/envoy/rls"
+	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
@@ -97,12 +99,16 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 	// Without an address the ext_proc server runs elsewhere (`tollgate extproc`), so request
 	// processing does not stop when this process does.
 	var extProcServer *extproc.Server
+	var counters *rls.Counters
 	if o.extProcAddr != "" {
-		rlsOpts, closeCounters, err := o.charges.clientOptions(logger)
-		if err != nil {
+		var rlsOpts rlsclient.Options
+		var err error
+		if rlsOpts, counters, err = o.charges.clientOptions(logger); err != nil {
 			return err
 		}
-		defer closeCounters()
+		if counters != nil {
+			defer func() { _ = counters.Close() }()
+		}
 		if extProcServer, err = newExtProcServer(logger, reg, rlsOpts); err != nil {
 			return err
 		}
@@ -145,8 +151,8 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		extProcGRPC = newExtProcGRPC(extProcServer)
 	}
 
-	httpServer := adminServer(reg, o.pprof, func() any {
-		return serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion()}
+	httpServer := adminServer(reg, o.pprof, func(ctx context.Context) any {
+		return serveStatus{Reload: rl.snapshot(), XDS: xdsServer.Status(), Version: buildVersion(), Redis: redisStatusOf(ctx, counters)}
 	})
 
 	extProcAt := "none (standalone)"
@@ -183,6 +189,8 @@ type serveStatus struct {
 	Version string       `json:"tollgate_version"`
 	Reload  reloadStatus `json:"policy"`
 	XDS     xds.Status   `json:"xds"`
+	// Redis is the counters' Redis as this process reaches it; absent without --redis.
+	Redis *redisStatus `json:"redis,omitempty"`
 }
 
 // newExtProcGRPC is the gRPC server of the ext_proc service, in serve or on its own.

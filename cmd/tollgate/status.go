@@ -57,6 +57,9 @@ func printStatus(w io.Writer, st serveStatus) {
 	_, _ = fmt.Fprintf(w, "  listener:          %s\n", r.ListenerURL)
 	_, _ = fmt.Fprintf(w, "  envoy version:     %s\n", r.EnvoyVersion)
 	_, _ = fmt.Fprintf(w, "  ratelimit version: %s\n", r.RateLimitVer)
+	if st.Redis != nil {
+		_, _ = fmt.Fprintf(w, "  counters:          %s\n", st.Redis)
+	}
 	_, _ = fmt.Fprintf(w, "  last reload:       %s at %s\n", r.LastResult, r.LastAttempt.Format(time.RFC3339))
 	for _, e := range r.LastErrors {
 		_, _ = fmt.Fprintf(w, "    %s\n", e)

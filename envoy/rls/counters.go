@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,18 +33,11 @@ if n <= 0 then return 0 end
 redis.call('DECRBY', KEYS[1], n)
 return n`
 
-// carryScript copies a counter into the next window's counter, once: KEYS[1] is the counter
-// of the window that ended, KEYS[2] the one that started, KEYS[3] a marker that the copy is
-// done (so that gateways sharing the Redis copy once between them). ARGV[1] is the window's
-// length in seconds, the life the service gives its counters. It returns what was copied,
-// or -1 when the copy was already made.
-const carryScript = `if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return -1 end
-local before = tonumber(redis.call('GET', KEYS[1]) or '0')
-if before > 0 then
-  redis.call('INCRBY', KEYS[2], before)
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-return before`
+// addScript adds ARGV[1] to the counter KEYS[1] and gives it a life of ARGV[2] seconds.
+// It is the second step of a carry, after its marker was set.
+const addScript = `redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1`
 
 // counterTimeout bounds one round of refunds.
 const counterTimeout = 2 * time.Second
@@ -54,28 +46,38 @@ const counterTimeout = 2 * time.Second
 // counters only go up, so hits reserved for a request that then cost less are taken back
 // here. The key of a counter comes from the upstream library's own cache-key code, with the
 // limit's unit and the time the hits were counted, exactly as the service derives it.
+//
+// Every command names one key, or keys of one hash slot, so that the same commands work on a
+// single Redis, a Sentinel-guarded primary and a Redis Cluster.
 type Counters struct {
 	target redisTarget
 	tls    *tls.Config
 	keys   limiter.CacheKeyGenerator
 
-	mu   sync.Mutex
-	pool radix.Client // connected on first use, so a Redis that starts later is fine
+	mu     sync.Mutex
+	client redisClient // connected on first use, so a Redis that starts later is fine
 }
 
-// NewCounters prepares access to the counters in the Redis at redisURL (host:port, redis://
-// or rediss://, as RedisURL of Options). It does not connect yet.
+// NewCounters prepares access to the counters in the Redis at redisURL (any form RedisURL of
+// Options takes). It does not connect yet.
 func NewCounters(redisURL string) (*Counters, error) {
 	target, err := parseRedisURL(redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("redis: %w", err)
 	}
-	c := &Counters{target: target, keys: limiter.NewCacheKeyGenerator(CacheKeyPrefix)}
-	if target.TLS {
-		host, _, _ := net.SplitHostPort(target.Addr)
-		c.tls = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	tlsConfig, err := target.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
-	return c, nil
+	return &Counters{target: target, tls: tlsConfig, keys: limiter.NewCacheKeyGenerator(CacheKeyPrefix)}, nil
+}
+
+// Where describes the Redis, without its secrets.
+func (c *Counters) Where() string { return c.target.String() }
+
+// Ping checks that the Redis answers now.
+func (c *Counters) Ping(ctx context.Context) error {
+	return c.do(ctx, radix.Cmd(nil, "PING"))
 }
 
 // Key is the service's Redis key of a counter: the descriptor in domain, counted under a limit
@@ -96,20 +98,15 @@ func (c *Counters) Key(domain string, entries []rlsclient.Entry, unit string, at
 // Refund takes each refund's hits back from its counter, in one round trip. A refund whose
 // unit names no window is skipped: its hits were never counted under a key.
 func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error {
-	pipeline := radix.NewPipeline()
-	n := 0
+	var b batch
 	for _, r := range refunds {
 		key, err := c.Key(r.Domain, r.Entries, r.Unit, r.At)
 		if err != nil {
 			continue
 		}
-		pipeline.Append(radix.Cmd(nil, "EVAL", refundScript, "1", key, strconv.FormatUint(r.Hits, 10)))
-		n++
+		b.add(key, radix.Cmd(nil, "EVAL", refundScript, "1", key, strconv.FormatUint(r.Hits, 10)))
 	}
-	if n == 0 {
-		return nil
-	}
-	return c.do(ctx, pipeline)
+	return c.send(ctx, b)
 }
 
 // Carry adds what a counter held in the window that ended at boundary to its counter in the
@@ -117,6 +114,11 @@ func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error
 // calendar quota's counter is kept under the service's longest window, a year aligned to the
 // Unix epoch; when such a window ends inside a calendar period, this keeps what the period
 // already spent.
+//
+// The two counters and the marker that the carry is done live in different hash slots of a
+// Redis Cluster, so it is three steps: set the marker (only the first caller does), read the
+// ended window, add to the new one. When a later step fails the marker is removed again, so
+// the next call carries.
 func (c *Counters) Carry(ctx context.Context, domain string, entries []rlsclient.Entry, unit string, boundary time.Time) error {
 	before, err := c.Key(domain, entries, unit, boundary.Add(-time.Second))
 	if err != nil {
@@ -127,22 +129,35 @@ func (c *Counters) Carry(ctx context.Context, domain string, entries []rlsclient
 		return err
 	}
 	seconds := strconv.FormatInt(int64(rlsclient.UnitWindow(unit).Seconds()), 10)
-	return c.eval(ctx, nil, carryScript, []string{before, after, after + carriedSuffix}, seconds)
+	marker := after + carriedSuffix
+	var set string
+	if err := c.do(ctx, radix.Cmd(&set, "SET", marker, "1", "NX", "EX", seconds)); err != nil || set != "OK" {
+		return err // nil when another call carried already
+	}
+	var spent string
+	err = c.do(ctx, radix.Cmd(&spent, "GET", before))
+	if n, _ := strconv.ParseUint(spent, 10, 64); err == nil && n > 0 {
+		err = c.eval(ctx, nil, addScript, []string{after}, spent, seconds)
+	}
+	if err != nil {
+		_ = c.do(context.WithoutCancel(ctx), radix.Cmd(nil, "DEL", marker))
+	}
+	return err
 }
 
 // Counts reads counters as they are now: each descriptor's (entries and unit) in the window
 // that contains at; a counter that does not exist is 0. One round trip.
 func (c *Counters) Counts(ctx context.Context, domain string, counters []rlsclient.Counter, at time.Time) ([]uint64, error) {
 	values := make([]string, len(counters))
-	pipeline := radix.NewPipeline()
+	var b batch
 	for i, ctr := range counters {
 		key, err := c.Key(domain, ctr.Entries, ctr.Unit, at)
 		if err != nil {
 			return nil, err
 		}
-		pipeline.Append(radix.Cmd(&values[i], "GET", key))
+		b.add(key, radix.Cmd(&values[i], "GET", key))
 	}
-	if err := c.do(ctx, pipeline); err != nil {
+	if err := c.send(ctx, b); err != nil {
 		return nil, err
 	}
 	out := make([]uint64, len(counters))
@@ -189,10 +204,9 @@ const GrantKeyPrefix = "tollgate_grant:"
 const grantIndex = "tollgate_grants"
 
 // addGrantScript adds ARGV[1] to the grant KEYS[1], which ends with its window in ARGV[2]
-// seconds (at Unix time ARGV[3]), indexes it in KEYS[2], and returns its total.
+// seconds, and returns its total.
 const addGrantScript = `local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 return n`
 
 // AddGrant adds amount to the grant on a counter in the window that contains at, and returns
@@ -204,9 +218,14 @@ func (c *Counters) AddGrant(ctx context.Context, domain string, entries []rlscli
 		return 0, err
 	}
 	left := secondsLeft(unit, at)
+	grant := GrantKeyPrefix + key
+	// The index first: in a Redis Cluster it is in another hash slot than the grant, and an
+	// index entry whose grant was never added reads as no grant.
+	if err := c.do(ctx, radix.Cmd(nil, "ZADD", grantIndex, strconv.FormatInt(at.Unix()+left, 10), grant)); err != nil {
+		return 0, err
+	}
 	var total int64
-	err = c.eval(ctx, &total, addGrantScript, []string{GrantKeyPrefix + key, grantIndex},
-		strconv.FormatUint(amount, 10), strconv.FormatInt(left, 10), strconv.FormatInt(at.Unix()+left, 10))
+	err = c.eval(ctx, &total, addGrantScript, []string{grant}, strconv.FormatUint(amount, 10), strconv.FormatInt(left, 10))
 	return uint64(max(total, 0)), err
 }
 
@@ -225,11 +244,11 @@ func (c *Counters) Grants(ctx context.Context) (map[string]uint64, error) {
 		return out, nil
 	}
 	values := make([]string, len(keys))
-	pipeline = radix.NewPipeline()
+	var b batch
 	for i, k := range keys {
-		pipeline.Append(radix.Cmd(&values[i], "GET", k))
+		b.add(k, radix.Cmd(&values[i], "GET", k))
 	}
-	if err := c.do(ctx, pipeline); err != nil {
+	if err := c.send(ctx, b); err != nil {
 		return nil, err
 	}
 	for i, v := range values {
@@ -262,16 +281,61 @@ func (c *Counters) eval(ctx context.Context, into any, script string, keys []str
 
 // do runs action on the counters' Redis, within counterTimeout.
 func (c *Counters) do(ctx context.Context, action radix.Action) error {
-	pool, err := c.connect(ctx)
+	client, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, counterTimeout)
 	defer cancel()
-	if err := pool.Do(ctx, action); err != nil {
-		return fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+	if err := client.Do(ctx, action); err != nil {
+		return fmt.Errorf("%s: %w", c.target, err)
 	}
 	return nil
+}
+
+// batch is commands sent together, each on one key.
+type batch struct {
+	keys    []string
+	actions []radix.Action
+}
+
+func (b *batch) add(key string, action radix.Action) {
+	b.keys = append(b.keys, key)
+	b.actions = append(b.actions, action)
+}
+
+// send runs a batch in one round trip; on a Redis Cluster, where a pipeline may not span hash
+// slots, in one pipeline per slot.
+func (c *Counters) send(ctx context.Context, b batch) error {
+	if len(b.actions) == 0 {
+		return nil
+	}
+	if c.target.Topology != topologyCluster {
+		return c.do(ctx, pipeline(b.actions))
+	}
+	bySlot := map[uint16][]radix.Action{}
+	var order []uint16
+	for i, key := range b.keys {
+		slot := radix.ClusterSlot([]byte(key))
+		if _, seen := bySlot[slot]; !seen {
+			order = append(order, slot)
+		}
+		bySlot[slot] = append(bySlot[slot], b.actions[i])
+	}
+	for _, slot := range order {
+		if err := c.do(ctx, pipeline(bySlot[slot])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pipeline(actions []radix.Action) *radix.Pipeline {
+	p := radix.NewPipeline()
+	for _, a := range actions {
+		p.Append(a)
+	}
+	return p
 }
 
 // secondsLeft is the time from at to the end of the window of unit that contains it, in whole
@@ -284,41 +348,31 @@ func secondsLeft(unit string, at time.Time) int64 {
 // carriedSuffix marks, next to a counter's key, that the window before it has been carried in.
 const carriedSuffix = "_carried"
 
-// connect returns the connection pool, dialling it on first use.
-func (c *Counters) connect(ctx context.Context) (radix.Client, error) {
+// connect returns the client, connecting it on first use.
+func (c *Counters) connect(ctx context.Context) (redisClient, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pool != nil {
-		return c.pool, nil
+	if c.client != nil {
+		return c.client, nil
 	}
-	dialer := radix.Dialer{NetDialer: &net.Dialer{Timeout: redisDialTimeout}}
-	if c.tls != nil {
-		dialer.NetDialer = &tls.Dialer{NetDialer: &net.Dialer{Timeout: redisDialTimeout}, Config: c.tls}
-	}
-	// REDIS_AUTH is "password" or "user:password", split at the first colon as the service does.
-	if user, pass, hasUser := strings.Cut(c.target.Auth, ":"); hasUser {
-		dialer.AuthUser, dialer.AuthPass = user, pass
-	} else {
-		dialer.AuthPass = c.target.Auth
-	}
-	ctx, cancel := context.WithTimeout(ctx, redisDialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, 2*redisDialTimeout)
 	defer cancel()
-	pool, err := radix.PoolConfig{Size: 2, Dialer: dialer}.New(ctx, c.target.network(), c.target.Addr)
+	client, err := c.target.connect(ctx, c.tls, 2)
 	if err != nil {
-		return nil, fmt.Errorf("redis at %s: %w", c.target.Addr, err)
+		return nil, fmt.Errorf("%s: %w", c.target, err)
 	}
-	c.pool = pool
-	return pool, nil
+	c.client = client
+	return client, nil
 }
 
 // Close releases the connections.
 func (c *Counters) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pool == nil {
+	if c.client == nil {
 		return nil
 	}
-	err := c.pool.Close()
-	c.pool = nil
+	err := c.client.Close()
+	c.client = nil
 	return err
 }

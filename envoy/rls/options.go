@@ -45,9 +45,15 @@ type Options struct {
 	// NodeID is the node id the service presents to the ADS server; tollgate publishes the
 	// RateLimitConfig resources under it.
 	NodeID string
-	// RedisURL is host:port, redis://[user:password@]host[:port][/0] or rediss://… for TLS
-	// (verified against the system roots; REDIS_TLS_CACERT names another CA file), or
-	// unix:///path/to/redis.sock for a Redis on this host.
+	// RedisURL is the counters' Redis:
+	//   - one node: host:port, redis://[user:password@]host[:port][/0], or
+	//     unix:///path/to/redis.sock for a Redis on this host;
+	//   - a Redis Cluster: redis+cluster://[user:password@]host:port,host:port,… (its seeds);
+	//   - a primary guarded by Sentinel: redis+sentinel://[user:password@]host:port,…/MASTER,
+	//     naming the sentinels and the primary's name, with ?sentinel_password=… when the
+	//     sentinels themselves require one.
+	// The rediss variants (rediss://, rediss+cluster://, rediss+sentinel://) use TLS, verified
+	// against the system roots, or the CA in ?ca=/path/ca.pem (default: REDIS_TLS_CACERT).
 	RedisURL string
 	// RedisWait is how long Run keeps retrying to reach Redis before giving up, so a Redis
 	// that starts a moment later (compose, systemd) does not fail the start.
@@ -150,13 +156,24 @@ func (o Options) withDefaults() Options {
 
 // redisTarget is a parsed RedisURL in the shape the upstream settings want.
 type redisTarget struct {
+	// Topology is how the Redis is deployed; empty means a single node.
+	Topology redisTopology
 	// Network is "unix" for a Unix socket; empty means TCP.
 	Network string
-	// Addr is host:port, or the socket's path.
+	// Addr is host:port, or the socket's path, of a single node.
 	Addr string
+	// Addrs are a cluster's seed nodes, or the sentinels of a sentinel-guarded primary.
+	Addrs []string
+	// Master is the name the sentinels know the primary by.
+	Master string
 	// Auth is the upstream REDIS_AUTH value: "password" or "user:password". It is a secret.
 	Auth string
-	TLS  bool
+	// SentinelAuth is the sentinels' own "password" or "user:password", when they require
+	// one. It is a secret.
+	SentinelAuth string
+	TLS          bool
+	// CAFile names the PEM file of the CA that signs Redis' certificates; empty: the system's.
+	CAFile string
 }
 
 // network is the network to dial Addr on.
@@ -171,6 +188,7 @@ func (t redisTarget) network() string {
 type config struct {
 	Options
 	redis    redisTarget
+	redisTLS *tls.Config // nil without TLS
 	logLevel logrus.Level
 }
 
@@ -226,6 +244,8 @@ func (o Options) resolve() (config, error) {
 	target, err := parseRedisURL(o.RedisURL)
 	if err != nil {
 		fail("RedisURL", err)
+	} else if c.redisTLS, err = target.tlsConfig(); err != nil {
+		fail("RedisURL", err)
 	}
 	c.redis = target
 	return c, errors.Join(errs...)
@@ -263,29 +283,37 @@ func parseLogLevel(s string) (logrus.Level, error) {
 	return 0, fmt.Errorf("%q is not one of trace, debug, info, warn, error", s)
 }
 
-// parseRedisURL turns host:port or a redis:// / rediss:// URL into the upstream settings'
+// parseRedisURL turns host:port or a URL (see Options.RedisURL) into the upstream settings'
 // shape. Errors never repeat the input: it may hold a password.
 func parseRedisURL(raw string) (redisTarget, error) {
 	if !strings.Contains(raw, "://") {
 		if _, _, err := splitHostPort(raw); err != nil {
-			return redisTarget{}, errors.New("want host:port, a redis:// or rediss:// URL, or unix:///path/to/redis.sock")
+			return redisTarget{}, errors.New("want host:port, a redis://, rediss://, redis+cluster://, redis+sentinel:// or unix:// URL")
 		}
 		return redisTarget{Addr: raw}, nil
+	}
+	scheme, _, _ := strings.Cut(raw, "://")
+	tls := strings.HasPrefix(scheme, "rediss")
+	switch scheme {
+	case "redis", "rediss":
+	case "redis+cluster", "rediss+cluster":
+		return parseRedisNodes(raw, topologyCluster, tls)
+	case "redis+sentinel", "rediss+sentinel":
+		return parseRedisNodes(raw, topologySentinel, tls)
+	case "unix":
+		u, err := url.Parse(raw)
+		if err != nil {
+			return redisTarget{}, errors.New("not a valid URL")
+		}
+		return parseRedisSocket(u)
+	default:
+		return redisTarget{}, fmt.Errorf("scheme %q is not redis, rediss, redis+cluster, rediss+cluster, redis+sentinel, rediss+sentinel or unix", scheme)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return redisTarget{}, errors.New("not a valid URL")
 	}
-	var t redisTarget
-	switch u.Scheme {
-	case "redis":
-	case "rediss":
-		t.TLS = true
-	case "unix":
-		return parseRedisSocket(u)
-	default:
-		return redisTarget{}, fmt.Errorf("scheme %q is not redis, rediss or unix", u.Scheme)
-	}
+	t := redisTarget{TLS: tls}
 	if u.Hostname() == "" {
 		return redisTarget{}, errors.New("URL names no host")
 	}
@@ -297,17 +325,25 @@ func parseRedisURL(raw string) (redisTarget, error) {
 	if _, _, err := splitHostPort(t.Addr); err != nil {
 		return redisTarget{}, errors.New("URL port must be a number from 1 to 65535")
 	}
-	// The ratelimit service has no database setting: it always uses database 0.
-	if db := strings.Trim(u.Path, "/"); db != "" && db != "0" {
-		return redisTarget{}, fmt.Errorf("database %q is not supported: the ratelimit service always uses database 0", db)
-	}
-	if u.RawQuery != "" {
-		return redisTarget{}, errors.New("URL query options are not supported")
+	if err := checkDatabase(u.Path); err != nil {
+		return redisTarget{}, err
 	}
 	if t.Auth, err = redisAuth(u); err != nil {
 		return redisTarget{}, err
 	}
+	if err := t.applyQuery(u.RawQuery); err != nil {
+		return redisTarget{}, err
+	}
 	return t, nil
+}
+
+// checkDatabase accepts an empty path or database 0: the ratelimit service has no database
+// setting and always uses database 0 (and a Redis Cluster has no other).
+func checkDatabase(path string) error {
+	if db := strings.Trim(path, "/"); db != "" && db != "0" {
+		return fmt.Errorf("database %q is not supported: the ratelimit service always uses database 0", db)
+	}
+	return nil
 }
 
 // parseRedisSocket reads unix:///path/to/redis.sock, with the password as in a redis:// URL
@@ -320,7 +356,7 @@ func parseRedisSocket(u *url.URL) (redisTarget, error) {
 		return redisTarget{}, errors.New("a unix:// URL needs the socket's absolute path: unix:///path/to/redis.sock")
 	}
 	if u.RawQuery != "" {
-		return redisTarget{}, errors.New("URL query options are not supported")
+		return redisTarget{}, errors.New("a unix:// URL takes no query options")
 	}
 	auth, err := redisAuth(u)
 	if err != nil {

@@ -1,6 +1,7 @@
 package rls
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func TestOptionsDefaults(t *testing.T) {
 	if cfg.Options != want {
 		t.Errorf("defaults = %+v\nwant       %+v", cfg.Options, want)
 	}
-	if cfg.redis != (redisTarget{Addr: "127.0.0.1:6379"}) || cfg.logLevel != logrus.InfoLevel {
+	if !reflect.DeepEqual(cfg.redis, redisTarget{Addr: "127.0.0.1:6379"}) || cfg.logLevel != logrus.InfoLevel {
 		t.Errorf("resolved redis %+v level %v", cfg.redis, cfg.logLevel)
 	}
 }
@@ -51,7 +52,9 @@ func TestOptionsValidation(t *testing.T) {
 		{"fatal is no level to run with", Options{LogLevel: "fatal"}, []string{"LogLevel"}},
 		{"redis scheme", Options{RedisURL: "http://127.0.0.1:6379"}, []string{`RedisURL: scheme "http"`}},
 		{"redis database", Options{RedisURL: "redis://127.0.0.1:6379/2"}, []string{"RedisURL", "database 0"}},
-		{"redis query", Options{RedisURL: "redis://127.0.0.1?timeout=1s"}, []string{"RedisURL", "query"}},
+		{"redis query", Options{RedisURL: "redis://127.0.0.1?timeout=1s"}, []string{"RedisURL", `URL option "timeout" is not one of`}},
+		{"redis CA missing", Options{RedisURL: "rediss://127.0.0.1?ca=/nonexistent/ca.pem"}, []string{"RedisURL: Redis TLS CA", "/nonexistent/ca.pem"}},
+		{"redis CA not PEM", Options{RedisURL: "rediss://127.0.0.1?ca=/dev/null"}, []string{"RedisURL: Redis TLS CA: /dev/null holds no PEM certificate"}},
 		{"redis no host", Options{RedisURL: "redis://:6379"}, []string{"RedisURL: URL names no host"}},
 		{"redis bare host", Options{RedisURL: "localhost"}, []string{"RedisURL: want host:port"}},
 		{"all at once", Options{GRPCAddr: "x", HTTPAddr: "y", LogLevel: "z"}, []string{"GRPCAddr", "HTTPAddr", "LogLevel"}},
@@ -87,6 +90,13 @@ func TestParseRedisURL(t *testing.T) {
 		{"redis://[::1]:6379", redisTarget{Addr: "[::1]:6379"}},
 		{"unix:///run/redis/redis.sock", redisTarget{Network: "unix", Addr: "/run/redis/redis.sock"}},
 		{"unix://:s3cret@/run/redis/redis.sock", redisTarget{Network: "unix", Addr: "/run/redis/redis.sock", Auth: "s3cret"}},
+		{"rediss://:s3cret@cache:6380?ca=/etc/ca.pem", redisTarget{Addr: "cache:6380", Auth: "s3cret", TLS: true, CAFile: "/etc/ca.pem"}},
+		{"redis+cluster://a:7000,b,[::1]:7002", redisTarget{Topology: topologyCluster, Addrs: []string{"a:7000", "b:6379", "[::1]:7002"}}},
+		{"rediss+cluster://app:p%2Fw@a:7000,b:7001/0?ca=ca.pem", redisTarget{
+			Topology: topologyCluster, Addrs: []string{"a:7000", "b:7001"}, Auth: "app:p/w", TLS: true, CAFile: "ca.pem"}},
+		{"redis+sentinel://:s3cret@s1,s2:5000/mymaster?sentinel_password=other", redisTarget{
+			Topology: topologySentinel, Addrs: []string{"s1:26379", "s2:5000"}, Master: "mymaster", Auth: "s3cret", SentinelAuth: "other"}},
+		{"rediss+sentinel://s1:26380/tollgate", redisTarget{Topology: topologySentinel, Addrs: []string{"s1:26380"}, Master: "tollgate", TLS: true}},
 	}
 	for _, tt := range tests {
 		got, err := parseRedisURL(tt.in)
@@ -94,7 +104,7 @@ func TestParseRedisURL(t *testing.T) {
 			t.Errorf("%s: %v", tt.in, err)
 			continue
 		}
-		if got != tt.want {
+		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("%s = %+v, want %+v", tt.in, got, tt.want)
 		}
 	}
@@ -110,6 +120,21 @@ func TestParseRedisURLErrorsHideSecrets(t *testing.T) {
 		"unix://:hunter2@cache/redis.sock",
 		"unix://:hunter2@",
 		"unix://:hunter2@/redis.sock?x=1",
+		"redis://:hunter2@cache?ca=/ca.pem",
+		"redis+cluster://:hunter2@",
+		"redis+cluster://:hunter2@a:1,a:1",
+		"redis+cluster://:hunter2@a:1,,b:2",
+		"redis+cluster://:hunter2@a:99999",
+		"redis+cluster://:hunter2@a:1/3",
+		"redis+cluster://:hunter2@a:1?sentinel_password=hunter2",
+		"redis+sentinel://:hunter2@s1:1",
+		"redis+sentinel://:hunter2@s1:1/a/b",
+		"redis+sentinel://:hunter2@s1:1/m?sentinel_password=",
+		"redis+sentinel://:hunter2@s1:1/m?sentinel_password=hunter2&sentinel_password=hunter2",
+		"rediss+sentinel://:hunter2@s1:1/m?ca=",
+		"redis+sentinel://:hunter2@s1:1/m?tls=hunter2",
+		"redis+sentinel://:hunter2@s1:1/m#hunter2",
+		"redis+sentinel://hunter2@s1:1/m",
 	} {
 		_, err := parseRedisURL(in)
 		if err == nil {
@@ -181,5 +206,44 @@ func TestBuildSettings(t *testing.T) {
 	}
 	if s.UsePrometheus || !s.DisableStats {
 		t.Errorf("without MetricsAddr: UsePrometheus=%v DisableStats=%v, want stats off", s.UsePrometheus, s.DisableStats)
+	}
+}
+
+func TestBuildSettingsForEachTopology(t *testing.T) {
+	tests := []struct {
+		url, redisType, redisURL, sentinelAuth string
+	}{
+		{"redis+cluster://:pw@a:7000,b:7001", "CLUSTER", "a:7000,b:7001", ""},
+		{"redis+sentinel://:pw@s1:26379,s2:26380/primary?sentinel_password=spw", "SENTINEL", "primary,s1:26379,s2:26380", "spw"},
+	}
+	for _, tt := range tests {
+		cfg, err := Options{RedisURL: tt.url}.resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := buildSettings(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.RedisType != tt.redisType || s.RedisUrl != tt.redisURL || s.RedisAuth != "pw" || s.RedisSentinelAuth != tt.sentinelAuth || s.RedisSocketType != "tcp" {
+			t.Errorf("%s: REDIS_TYPE %q REDIS_URL %q REDIS_AUTH %q REDIS_SENTINEL_AUTH %q socket %q", tt.url,
+				s.RedisType, s.RedisUrl, s.RedisAuth, s.RedisSentinelAuth, s.RedisSocketType)
+		}
+	}
+}
+
+func TestRedisTargetDescriptionsHoldNoSecret(t *testing.T) {
+	for url, want := range map[string]string{
+		"redis://:hunter2@cache:6380":                          "Redis at cache:6380",
+		"rediss+cluster://:hunter2@a:1,b:2":                    "Redis Cluster at a:1, b:2 (TLS)",
+		"redis+sentinel://:hunter2@s:1/m?sentinel_password=x2": `Redis primary "m" via sentinels s:1`,
+	} {
+		target, err := parseRedisURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := target.String(); got != want {
+			t.Errorf("%s described as %q, want %q", url, got, want)
+		}
 	}
 }

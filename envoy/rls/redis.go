@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mediocregopher/radix/v4"
+	"github.com/mediocregopher/radix/v4/resp/resp3"
 )
 
 // redisDialTimeout bounds one connection attempt, so a black-holed Redis is retried (and
@@ -33,28 +36,60 @@ func waitForRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config
 	deadline := time.Now().Add(wait)
 	backoff := 100 * time.Millisecond
 	for {
-		err := pingRedis(ctx, target, tlsConfig)
+		err := probeRedis(ctx, target, tlsConfig)
 		if err == nil {
 			return nil
 		}
 		var rejected redisRejectedError
 		if errors.As(err, &rejected) {
-			return fmt.Errorf("Redis at %s rejected tollgate's connection: %s", target.Addr, rejected.reply) //nolint:staticcheck // ST1005: Redis is a name
+			return fmt.Errorf("%s rejected tollgate's connection: %s", target, rejected.reply)
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("cannot reach Redis at %s: %w", target.Addr, ctx.Err())
+			return fmt.Errorf("cannot reach %s: %w", target, ctx.Err())
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return fmt.Errorf("cannot reach Redis at %s (tried for %s): %w", target.Addr, wait, err)
+			return fmt.Errorf("cannot reach %s (tried for %s): %w", target, wait, err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cannot reach Redis at %s: %w", target.Addr, ctx.Err())
+			return fmt.Errorf("cannot reach %s: %w", target, ctx.Err())
 		case <-time.After(min(backoff, remaining)):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// probeRedis checks once that the target answers as the service will use it: a single node
+// answers PING; a Cluster's seeds give its slot map and the nodes answer; the sentinels name
+// the primary and it answers.
+func probeRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config) error {
+	if target.Topology == topologySingle {
+		return pingRedis(ctx, target, tlsConfig)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*redisDialTimeout)
+	defer cancel()
+	client, err := target.connect(ctx, tlsConfig, 1)
+	if err == nil {
+		err = client.Do(ctx, radix.Cmd(nil, "PING"))
+		_ = client.Close()
+	}
+	var reply resp3.SimpleError
+	if errors.As(err, &reply) && !retriedReply(reply.S) {
+		return redisRejectedError{reply: reply.S}
+	}
+	return err
+}
+
+// retriedReply reports error replies of a Redis that will soon serve: one still loading its
+// data set, busy with a script, or a cluster or replica still settling.
+func retriedReply(reply string) bool {
+	for _, prefix := range []string{"LOADING", "BUSY", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN"} {
+		if strings.HasPrefix(reply, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // pingRedis opens one connection, authenticates the way the service will (REDIS_AUTH split at
@@ -104,8 +139,7 @@ func pingRedis(ctx context.Context, target redisTarget, tlsConfig *tls.Config) e
 		}
 		line = strings.TrimRight(line, "\r\n")
 		if reply, isError := strings.CutPrefix(line, "-"); isError {
-			// A Redis still loading its data set answers LOADING: it will be ready soon.
-			if strings.HasPrefix(reply, "LOADING") || strings.HasPrefix(reply, "BUSY") {
+			if retriedReply(reply) {
 				return errors.New(reply)
 			}
 			return redisRejectedError{reply: reply}

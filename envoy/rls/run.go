@@ -9,6 +9,7 @@ package rls
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -64,7 +65,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 	if adjust != nil {
 		adjust(&s)
 	}
-	if err := waitForRedis(ctx, cfg.redis, s.RedisTlsConfig, cfg.RedisWait); err != nil {
+	if err := waitForRedis(ctx, cfg.redis, cfg.redisTLS, cfg.RedisWait); err != nil {
 		if ctx.Err() != nil {
 			return nil // asked to stop before the service started
 		}
@@ -99,7 +100,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 	}
 	logger.Info("ratelimit service started",
 		"grpc", cfg.GRPCAddr, "http", cfg.HTTPAddr, "debug", cfg.DebugAddr, "metrics", cfg.MetricsAddr,
-		"xds", cfg.XDSAddr, "xds_tls", cfg.XDSTLS.Enabled(), "node", cfg.NodeID, "redis", cfg.redis.Addr)
+		"xds", cfg.XDSAddr, "xds_tls", cfg.XDSTLS.Enabled(), "node", cfg.NodeID, "redis", cfg.redis.String())
 
 	select {
 	case <-ctx.Done():
@@ -161,13 +162,17 @@ func buildSettings(cfg config) (s settings.Settings, err error) {
 
 	s.BackendType = "redis"
 	s.RedisSocketType = cfg.redis.network()
-	s.RedisType = "SINGLE"
-	s.RedisUrl = cfg.redis.Addr
+	s.RedisType = cfg.redis.upstreamType()
+	s.RedisUrl = cfg.redis.upstreamURL()
 	s.RedisAuth = cfg.redis.Auth
+	s.RedisSentinelAuth = cfg.redis.SentinelAuth
 	s.RedisTls = cfg.redis.TLS
-	// The TLS config is derived from REDIS_TLS* at NewSettings time; derive it again now
-	// that the URL may have turned TLS on.
-	settings.RedisTlsConfig(s.RedisTls)(&s)
+	// The finished TLS configuration rather than the upstream one from REDIS_TLS_* files,
+	// whose loader panics on a bad file; tollgate's own connections use the same.
+	s.RedisTlsConfig = cfg.redisTLS
+	if s.RedisTlsConfig == nil {
+		s.RedisTlsConfig = &tls.Config{}
+	}
 	s.RedisPerSecond = false
 
 	// The local cache remembers over-limit keys for a whole window, so a raised limit
