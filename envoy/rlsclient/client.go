@@ -42,12 +42,15 @@ const (
 	// cost is mostly per call, so at a few hundred requests a second this divides it by
 	// several. No client waits for it: a check of the same counter sends it at once.
 	linger = 10 * time.Millisecond
-	// chargeTimeout bounds one charge call; the service answers in about a millisecond.
+	// chargeTimeout is how long a charge call is waited for before it is unconfirmed; the
+	// service answers in about a millisecond.
 	chargeTimeout = 2 * time.Second
-	// lateCallTimeout bounds a reserving call whose caller gave up waiting. The upstream
-	// service waits for Redis without a deadline and counts what it was sent once Redis is
-	// back, so a reservation sent during a Redis outage is counted late: the call stays open to
-	// learn that, and take the reservation back, for outages up to this long.
+	// lateCallTimeout bounds a reserving check whose caller gave up waiting, and a charge
+	// call past chargeTimeout. The upstream service waits for Redis without a deadline and
+	// counts what it was sent once Redis is back (or fails it, when its Redis client is
+	// replaced), so a call sent during a Redis outage has its outcome late: the call stays
+	// open to learn it — to take a reservation back, or to send a charge again — for outages
+	// up to this long.
 	lateCallTimeout = time.Minute
 )
 
@@ -279,10 +282,46 @@ func (c *Client) sendChecks(batch []*call) {
 // sendCharges makes one call for a batch of charges. What the service did not take goes to
 // the backlog, to be sent again.
 func (c *Client) sendCharges(batch []*call) {
-	_, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), batch[0].timeout)
+	err := c.chargeCall(batch[0].target, batch[0].domain, descriptorsOf(batch))
 	c.settleBatch(batch, err, func(cl *call) *entry {
 		return &entry{Target: cl.target, Domain: cl.domain, Charges: cl.descriptors}
 	})
+}
+
+// chargeCall makes one charge call and waits chargeTimeout for its answer. The upstream
+// service waits for Redis without a deadline, so a call it has not answered by then may still
+// count, or may still fail: one Redis that comes back counts it, while a Redis client closed
+// under it (a Sentinel failover replaces the primary's) fails it. So the call is not
+// abandoned: it stays open for up to lateCallTimeout, and if the service then reports that it
+// did not count it, its charges go to the backlog. Meanwhile the caller is told the charge is
+// unconfirmed, and the sender is free for the next call.
+func (c *Client) chargeCall(target, domain string, ds []Descriptor) error {
+	answer := make(chan error, 1)
+	go func() {
+		_, err := c.shouldRateLimit(target, domain, ds, lateCallTimeout)
+		answer <- err
+	}()
+	timer := time.NewTimer(chargeTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-answer:
+		return err
+	case <-timer.C:
+	}
+	go func() {
+		err := <-answer
+		switch {
+		case err == nil:
+		case retryable(err):
+			c.logger.Warn("a charge not confirmed in time was not counted by the ratelimit service; sending it again",
+				"ratelimit", target, "domain", domain, "error", err)
+			c.backlog.add([]*entry{{Target: target, Domain: domain, Charges: ds}})
+		default:
+			c.logger.Error("a charge was never confirmed by the ratelimit service; whether it counted is unknown, so it is not sent again",
+				"ratelimit", target, "domain", domain, "descriptors", len(ds), "error", err)
+		}
+	}()
+	return status.Errorf(codes.DeadlineExceeded, "ratelimit service at %s, domain %q: no answer within %s", target, domain, chargeTimeout)
 }
 
 // sendRefunds takes back the hits of a batch of refunds in one round trip to Redis.
@@ -329,8 +368,7 @@ func (c *Client) deliver(entries []*entry) error {
 	for _, e := range entries {
 		ds = append(ds, e.Charges...)
 	}
-	_, err := c.shouldRateLimit(entries[0].Target, entries[0].Domain, ds, chargeTimeout)
-	return err
+	return c.chargeCall(entries[0].Target, entries[0].Domain, ds)
 }
 
 func (c *Client) refundNow(refunds []Refund) error {
@@ -414,9 +452,10 @@ func callLocal(ctx context.Context, svc LocalService, req *rlsv3.RateLimitReques
 }
 
 // ErrUnconfirmed is the outcome of a charge the service took but did not answer in time. It is
-// not sent again, which could count it twice: the upstream service, when it waits for Redis,
-// counts it once Redis is back.
-var ErrUnconfirmed = errors.New("the ratelimit service took the charge but did not confirm it in time; it counts it once it can")
+// not sent again unless the service later reports that it did not count it (see chargeCall):
+// sending it again at once could count it twice, since the upstream service, when it waits for
+// Redis, counts it once Redis is back.
+var ErrUnconfirmed = errors.New("the ratelimit service took the charge but did not confirm it in time; it counts it once it can, or it is sent again if it reports that it could not")
 
 // retryable reports errors after which nothing was applied, so sending again cannot count
 // twice: the service was not reached, or it reported that it could not count (its Redis is

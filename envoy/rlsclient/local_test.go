@@ -3,6 +3,7 @@ package rlsclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -109,5 +110,47 @@ func TestLocalServiceFailsAsGRPCWould(t *testing.T) {
 	}
 	if n := calls.Load(); n != 1 {
 		t.Errorf("the service was sent the charge %d times, want once", n)
+	}
+}
+
+// A charge the service is stuck on, and then fails (its Redis client closed under it, as a
+// Sentinel failover does), is sent again once; one it then counts is not.
+func TestUnconfirmedChargeTheServiceFailsIsSentAgain(t *testing.T) {
+	const addr = "127.0.0.1:8081"
+	release := make(chan struct{})
+	var calls atomic.Int32
+	var resent atomic.Uint64
+	c := newLocalClient(t, inProcess{addr: addr, answer: func(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		if calls.Add(1) == 1 {
+			<-release
+			return nil, errors.New("redis: client closed")
+		}
+		resent.Store(req.GetDescriptors()[0].GetHitsAddend().GetValue())
+		return &rlsv3.RateLimitResponse{Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}, nil
+	}})
+	var o outcomes
+	c.Charge(addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	testutil.Eventually(t, 10*time.Second, "the charge unconfirmed", func() error {
+		if _, failed := o.counts(); failed != 1 {
+			return errors.New("no outcome yet")
+		}
+		return nil
+	})
+	if calls.Load() != 1 {
+		t.Fatalf("%d calls before the service answered the first, want 1", calls.Load())
+	}
+	close(release)
+	testutil.Eventually(t, 10*time.Second, "the charge sent again", func() error {
+		if n := calls.Load(); n != 2 {
+			return fmt.Errorf("%d calls", n)
+		}
+		return nil
+	})
+	if got := resent.Load(); got != 12 {
+		t.Errorf("sent again with %d hits, want 12", got)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d calls in all, want 2: the charge counted, then nothing more", n)
 	}
 }
