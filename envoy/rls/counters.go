@@ -104,7 +104,7 @@ func (c *Counters) Refund(ctx context.Context, refunds []rlsclient.Refund) error
 		if err != nil {
 			continue
 		}
-		b.add(key, radix.Cmd(nil, "EVAL", refundScript, "1", key, strconv.FormatUint(r.Hits, 10)))
+		b.add(key, evalCmd(nil, refundScript, []string{key}, strconv.FormatUint(r.Hits, 10)))
 	}
 	return c.send(ctx, b)
 }
@@ -275,8 +275,20 @@ func (c *Counters) MarkOnce(ctx context.Context, key string, ttl time.Duration) 
 
 // eval runs a script on keys with args and decodes its reply into into.
 func (c *Counters) eval(ctx context.Context, into any, script string, keys []string, args ...string) error {
+	return c.do(ctx, evalCmd(into, script, keys, args...))
+}
+
+// evalCmd is EVAL of script on keys with args. radix counts EVAL among the commands without
+// keys, which a Cluster client would send to any node; the keys are named here, so it goes to
+// the node that holds them.
+func evalCmd(into any, script string, keys []string, args ...string) radix.Action {
 	cmd := append([]string{script, strconv.Itoa(len(keys))}, keys...)
-	return c.do(ctx, radix.Cmd(into, "EVAL", append(cmd, args...)...))
+	named := radix.CmdConfig{ActionProperties: func(name string, args ...string) radix.ActionProperties {
+		p := radix.DefaultActionProperties(name, args...)
+		p.Keys = keys
+		return p
+	}}
+	return named.Cmd(into, "EVAL", append(cmd, args...)...)
 }
 
 // do runs action on the counters' Redis, within counterTimeout.
