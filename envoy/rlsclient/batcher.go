@@ -15,6 +15,9 @@ type call struct {
 	refunds        []Refund
 	// timeout bounds one attempt of the call that carries this one (the first's counts).
 	timeout time.Duration
+	// keepOpen keeps the call that carries this check open past timeout, for up to
+	// lateCallTimeout, to learn what it did (see Client.check).
+	keepOpen bool
 	// done gets the statuses of this call's descriptors, in order, or the call's error. It is
 	// called once, from a sender goroutine, and must not block.
 	done func([]Status, error)

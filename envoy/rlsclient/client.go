@@ -91,7 +91,8 @@ type Client struct {
 	charges  *batcher
 	refunds  *batcher
 	backlog  *backlog
-	// degraded is set while reserving calls fail: Admit then only checks.
+	// degraded is set while Admit's calls fail: Admit then only checks, and charges are held
+	// in the backlog (errDegraded).
 	degraded atomic.Bool
 	carried  carried
 }
@@ -155,9 +156,7 @@ func (c *Client) check(ctx context.Context, target, domain string, ds []Descript
 				late(s)
 			}
 		}}
-	if late != nil {
-		cl.timeout = max(timeout, lateCallTimeout)
-	}
+	cl.keepOpen = late != nil
 	if err := c.checks.add(ctx, cl); err != nil {
 		return nil, err
 	}
@@ -261,28 +260,69 @@ func counterKeys(domain string, ds []Descriptor) []string {
 }
 
 // sendChecks makes one call for a batch of checks and hands every caller its own statuses.
-// The call gets the longest timeout of its callers.
+// The sender waits for the longest timeout of its callers; a call kept open past that (one
+// of them wants to learn what a reservation did) is answered in the background, so a service
+// that hangs holds no sender.
 func (c *Client) sendChecks(batch []*call) {
-	timeout := batch[0].timeout
-	for _, cl := range batch[1:] {
-		timeout = max(timeout, cl.timeout)
-	}
-	statuses, err := c.shouldRateLimit(batch[0].target, batch[0].domain, descriptorsOf(batch), timeout)
+	wait, callTimeout := batch[0].timeout, batch[0].timeout
 	for _, cl := range batch {
-		if err != nil {
-			cl.done(nil, err)
-			continue
+		wait = max(wait, cl.timeout)
+		if cl.keepOpen {
+			callTimeout = lateCallTimeout
 		}
-		n := len(cl.descriptors)
-		cl.done(statuses[:n:n], nil)
-		statuses = statuses[n:]
+	}
+	callTimeout = max(callTimeout, wait)
+	type answer struct {
+		statuses []Status
+		err      error
+	}
+	hand := func(a answer) {
+		statuses := a.statuses
+		for _, cl := range batch {
+			if a.err != nil {
+				cl.done(nil, a.err)
+				continue
+			}
+			n := len(cl.descriptors)
+			cl.done(statuses[:n:n], nil)
+			statuses = statuses[n:]
+		}
+	}
+	ds := descriptorsOf(batch)
+	a, inTime := await(wait, func() answer {
+		statuses, err := c.shouldRateLimit(batch[0].target, batch[0].domain, ds, callTimeout)
+		return answer{statuses, err}
+	}, hand)
+	if inTime {
+		hand(a)
+	}
+}
+
+// await runs call on a goroutine of its own and waits up to wait for its result. It reports
+// whether the result came in time; a call still running then goes on, and its result goes to
+// later.
+func await[T any](wait time.Duration, call func() T, later func(T)) (T, bool) {
+	result := make(chan T, 1)
+	go func() { result <- call() }()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case r := <-result:
+		return r, true
+	case <-timer.C:
+		go func() { later(<-result) }()
+		var zero T
+		return zero, false
 	}
 }
 
 // sendCharges makes one call for a batch of charges. What the service did not take goes to
 // the backlog, to be sent again.
 func (c *Client) sendCharges(batch []*call) {
-	err := c.chargeCall(batch[0].target, batch[0].domain, descriptorsOf(batch))
+	err := status.Error(codes.Unavailable, errDegraded.Error())
+	if !c.degraded.Load() {
+		err = c.chargeCall(batch[0].target, batch[0].domain, descriptorsOf(batch))
+	}
 	c.settleBatch(batch, err, func(cl *call) *entry {
 		return &entry{Target: cl.target, Domain: cl.domain, Charges: cl.descriptors}
 	})
@@ -296,20 +336,10 @@ func (c *Client) sendCharges(batch []*call) {
 // did not count it, its charges go to the backlog. Meanwhile the caller is told the charge is
 // unconfirmed, and the sender is free for the next call.
 func (c *Client) chargeCall(target, domain string, ds []Descriptor) error {
-	answer := make(chan error, 1)
-	go func() {
+	err, inTime := await(chargeTimeout, func() error {
 		_, err := c.shouldRateLimit(target, domain, ds, lateCallTimeout)
-		answer <- err
-	}()
-	timer := time.NewTimer(chargeTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-answer:
 		return err
-	case <-timer.C:
-	}
-	go func() {
-		err := <-answer
+	}, func(err error) {
 		switch {
 		case err == nil:
 		case retryable(err):
@@ -320,8 +350,11 @@ func (c *Client) chargeCall(target, domain string, ds []Descriptor) error {
 			c.logger.Error("a charge was never confirmed by the ratelimit service; whether it counted is unknown, so it is not sent again",
 				"ratelimit", target, "domain", domain, "descriptors", len(ds), "error", err)
 		}
-	}()
-	return status.Errorf(codes.DeadlineExceeded, "ratelimit service at %s, domain %q: no answer within %s", target, domain, chargeTimeout)
+	})
+	if !inTime {
+		return status.Errorf(codes.DeadlineExceeded, "ratelimit service at %s, domain %q: no answer within %s", target, domain, chargeTimeout)
+	}
+	return err
 }
 
 // sendRefunds takes back the hits of a batch of refunds in one round trip to Redis.
@@ -368,8 +401,28 @@ func (c *Client) deliver(entries []*entry) error {
 	for _, e := range entries {
 		ds = append(ds, e.Charges...)
 	}
-	return c.chargeCall(entries[0].Target, entries[0].Domain, ds)
+	target, domain := entries[0].Target, entries[0].Domain
+	if c.degraded.Load() {
+		// Probe with the same counters, counting nothing: only once the service answers is a
+		// held charge sent.
+		probe := make([]Descriptor, len(ds))
+		for i, d := range ds {
+			probe[i] = Descriptor{Entries: d.Entries}
+		}
+		if _, err := c.shouldRateLimit(target, domain, probe, chargeTimeout); err != nil {
+			return status.Errorf(codes.Unavailable, "%s: %v", errDegraded, err)
+		}
+		c.degraded.Store(false)
+	}
+	return c.chargeCall(target, domain, ds)
 }
+
+// errDegraded holds charges back while the service does not answer checks. The upstream
+// service waits for Redis without a deadline, and a call it waits with may never end: when its
+// Redis client is replaced (a Sentinel failover), the calls waiting for the old primary's
+// connections wait forever. A charge sent then would be lost; held in the backlog, it is sent
+// once the service answers again.
+var errDegraded = errors.New("the ratelimit service does not answer checks; charges are held until it does")
 
 func (c *Client) refundNow(refunds []Refund) error {
 	if c.refunder == nil {

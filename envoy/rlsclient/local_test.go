@@ -154,3 +154,87 @@ func TestUnconfirmedChargeTheServiceFailsIsSentAgain(t *testing.T) {
 		t.Errorf("%d calls in all, want 2: the charge counted, then nothing more", n)
 	}
 }
+
+// While the service does not answer checks, charges are held, not sent into a call that may
+// never end; once it answers again (a probe counting nothing), they are sent, once.
+func TestChargesAreHeldWhileChecksFail(t *testing.T) {
+	const addr = "127.0.0.1:8081"
+	var down atomic.Bool
+	down.Store(true)
+	var charged, probes atomic.Int32
+	c := newLocalClient(t, inProcess{addr: addr, answer: func(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		if down.Load() {
+			return nil, errors.New("redis: no connection")
+		}
+		for _, d := range req.GetDescriptors() {
+			if d.GetHitsAddend().GetValue() > 0 {
+				charged.Add(int32(d.GetHitsAddend().GetValue()))
+			} else {
+				probes.Add(1)
+			}
+		}
+		return &rlsv3.RateLimitResponse{Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}, nil
+	}})
+	if _, _, err := c.Admit(context.Background(), addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 5)}, time.Second); err == nil {
+		t.Fatal("a check the service failed was answered")
+	}
+	var o outcomes
+	c.Charge(addr, "tollgate", []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 12)}, o.done)
+	testutil.Eventually(t, 5*time.Second, "the charge held", func() error {
+		if c.Backlog() != 1 {
+			return fmt.Errorf("backlog %d", c.Backlog())
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // a few attempts of the backlog, each a failed probe
+	if sent, failed := o.counts(); sent+failed != 0 || charged.Load() != 0 {
+		t.Fatalf("while checks fail: %d sent, %d failed, %d hits charged; want the charge held", sent, failed, charged.Load())
+	}
+	down.Store(false)
+	testutil.Eventually(t, 10*time.Second, "the held charge sent", func() error {
+		if sent, _ := o.counts(); sent != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if charged.Load() != 12 || probes.Load() == 0 {
+		t.Errorf("%d hits charged after %d probes, want 12 after a probe", charged.Load(), probes.Load())
+	}
+}
+
+// nopRefunder takes nothing back; it makes a client reserve.
+type nopRefunder struct{}
+
+func (nopRefunder) Refund(context.Context, []rlsclient.Refund) error { return nil }
+
+// Reserving checks the service hangs on (it waits for a Redis that is gone) are kept open to
+// learn what they did, but hold no sender: once the service answers again, the next check is
+// answered at once, however many hung before it.
+func TestHungChecksHoldNoSender(t *testing.T) {
+	const addr = "127.0.0.1:8081"
+	var hang atomic.Bool
+	hang.Store(true)
+	release := make(chan struct{})
+	defer close(release)
+	c, err := rlsclient.New(rlsclient.Options{Refunder: nopRefunder{}, Local: inProcess{addr: addr,
+		answer: func(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+			if hang.Load() {
+				<-release
+			}
+			return &rlsv3.RateLimitResponse{Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}, nil
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	ds := []rlsclient.Descriptor{counter("qwen3", "hourly", "alice", 5)}
+	for i := range 8 { // more than the senders
+		if _, _, err := c.Admit(context.Background(), addr, "tollgate", ds, 100*time.Millisecond); err == nil {
+			t.Fatalf("check %d answered while the service hangs", i)
+		}
+	}
+	hang.Store(false)
+	if _, _, err := c.Admit(context.Background(), addr, "tollgate", ds, time.Second); err != nil {
+		t.Errorf("the first check after the service recovered: %v", err)
+	}
+}

@@ -119,7 +119,9 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 		late = nil
 	}
 	statuses, err := c.check(ctx, target, domain, call, timeout, late)
-	c.degraded.Store(err != nil)
+	if c.degraded.Swap(err != nil) && err == nil {
+		c.backlog.poke() // charges held while the service did not answer can go now
+	}
 	if err != nil {
 		return nil, nil, err
 	}
