@@ -109,37 +109,53 @@ func TestConcurrentOvershootIsBounded(t *testing.T) {
 // redisCounter returns the value of the one Redis key matching pattern, speaking just enough of
 // the Redis protocol (inline commands) to ask for it.
 func redisCounter(addr, pattern string) (int, error) {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+	counters, err := redisCounters(addr, pattern)
 	if err != nil {
 		return 0, err
+	}
+	if len(counters) != 1 {
+		return 0, fmt.Errorf("%d keys match %s: %v", len(counters), pattern, counters)
+	}
+	for _, v := range counters {
+		return v, nil
+	}
+	return 0, nil
+}
+
+// redisCounters returns the counters (grants left out) matching pattern in the Redis at addr,
+// by key.
+func redisCounters(addr, pattern string) (map[string]int, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return nil, err
 	}
 	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(c)
 	if _, err := fmt.Fprintf(c, "KEYS %s\r\n", pattern); err != nil {
-		return 0, err
+		return nil, err
 	}
 	all, err := readArray(r)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	var keys []string // counters only: grants sit next to them under their own prefix
+	out := map[string]int{}
 	for _, k := range all {
-		if !strings.HasPrefix(k, rls.GrantKeyPrefix) {
-			keys = append(keys, k)
+		if strings.HasPrefix(k, rls.GrantKeyPrefix) {
+			continue // grants sit next to the counters under their own prefix
+		}
+		if _, err := fmt.Fprintf(c, "GET %s\r\n", k); err != nil {
+			return nil, err
+		}
+		v, err := readBulk(r)
+		if err != nil {
+			return nil, err
+		}
+		if out[k], err = strconv.Atoi(v); err != nil {
+			return nil, err
 		}
 	}
-	if len(keys) != 1 {
-		return 0, fmt.Errorf("%d keys match %s: %v", len(keys), pattern, keys)
-	}
-	if _, err := fmt.Fprintf(c, "GET %s\r\n", keys[0]); err != nil {
-		return 0, err
-	}
-	v, err := readBulk(r)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(v)
+	return out, nil
 }
 
 func readLine(r *bufio.Reader) (string, error) {

@@ -1,0 +1,340 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tollgate-dev/tollgate/internal/testutil"
+)
+
+// topologyPolicy gives every user 100 tokens of qwen3 an hour: a burst of 20 requests of 12
+// tokens each by one user goes over it. (The burst's requests allow 8 output tokens, so each
+// reserves little and many are admitted at once.)
+var topologyPolicy = headerPolicy(`models:
+  - {name: qwen3, backend: sim}
+costs:
+  - {name: tokens, type: TotalToken}
+quotas:
+  - {model: qwen3, cost: tokens, limit: 100, per: hour}
+`)
+
+// shortChat and shortStream are chat requests of 6 tokens in and at most 8 out; the stream
+// asks for the usage chunk at its end.
+const (
+	shortChat   = `{"model":"qwen3","max_tokens":8,"messages":[{"role":"user","content":"Hello from Alice!"}]}`
+	shortStream = `{"model":"qwen3","max_tokens":8,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello from Alice!"}]}`
+)
+
+var totalTokens = regexp.MustCompile(`"total_tokens":\s*(\d+)`)
+
+// mixedBurst sends n requests at once: request i is user users[i mod len(users)]'s, a JSON
+// request or a stream in turn, to gateways[(i / len(users)) mod len(gateways)], so each user's
+// requests go to every gateway. It returns the tokens each user was served, from the answers'
+// usage, and how many answers had each status.
+func mixedBurst(t *testing.T, users []string, n int, gateways ...*stack) (served map[string]int, statuses map[int]int) {
+	t.Helper()
+	served, statuses = map[string]int{}, map[int]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := users[i%len(users)]
+			s := gateways[(i/len(users))%len(gateways)]
+			body := shortChat
+			if i%2 == 1 {
+				body = shortStream
+			}
+			r, err := do("POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body)
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			tokens := 0
+			switch r.status {
+			case 200:
+				// A JSON answer has one usage; a stream's last chunk carries it.
+				m := totalTokens.FindAllSubmatch(r.body, -1)
+				if len(m) == 0 {
+					t.Errorf("request %d: a 200 without usage: %s", i, r.body)
+					return
+				}
+				tokens, _ = strconv.Atoi(string(m[len(m)-1][1]))
+			case 429:
+			default:
+				t.Errorf("request %d: status %d: %s", i, r.status, r.body)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			served[user] += tokens
+			statuses[r.status]++
+		}()
+	}
+	wg.Wait()
+	return served, statuses
+}
+
+// clusterCounter is a user's qwen3 counter in a Redis Cluster: the one key, on whichever primary
+// holds its slot. It also returns that primary.
+func clusterCounter(cluster *testutil.RedisCluster, user string) (int, string, error) {
+	found, value, on := 0, 0, ""
+	for _, node := range cluster.Seeds() {
+		counters, err := redisCounters(node, "*_user_"+user+"_*")
+		if err != nil {
+			return 0, "", err
+		}
+		for _, v := range counters {
+			found++
+			value, on = v, node
+		}
+	}
+	if found != 1 {
+		return 0, "", fmt.Errorf("%d counters of %s in the cluster", found, user)
+	}
+	return value, on, nil
+}
+
+// redisStatusOf reads what `tollgate serve` says of its Redis in /status.
+func redisStatusOf(t testing.TB, s *stack) (where string, reachable bool) {
+	t.Helper()
+	var st struct {
+		Redis struct {
+			Where     string `json:"where"`
+			Reachable bool   `json:"reachable"`
+		} `json:"redis"`
+	}
+	if err := getJSON(s.metricsURL("/status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Redis.Where, st.Redis.Reachable
+}
+
+// TestRedisClusterTwoGatewaysOneQuota: two gateways (each an Envoy with its own tollgate) share
+// one ratelimit service on a Redis Cluster of 3 primaries. 200 requests at once, JSON and
+// streams, by 10 users spread over both gateways: each user's counter — one key, on the shard
+// its slot is on — holds exactly the tokens the user was served, whichever gateway charged them,
+// and a user over the quota is refused on either gateway.
+func TestRedisClusterTwoGatewaysOneQuota(t *testing.T) {
+	testutil.Envoy(t)
+	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3})
+	redisURL := "redis+cluster://" + strings.Join(cluster.Seeds(), ",")
+	sim := startSim(t, "sim")
+	a := newStack(t, map[string]int{"sim": sim})
+	b := newStack(t, map[string]int{"sim": sim})
+	b.rateLimit = a.rateLimit
+	for _, s := range []*stack{a, b} {
+		s.writePolicy(t, topologyPolicy)
+		s.startTollgateWith(t, "--redis", redisURL)
+	}
+	a.startRateLimit(t, redisURL)
+	b.charges = true
+	a.startEnvoy(t)
+	b.startEnvoy(t)
+	clearOfWindowEnd(t, time.Hour, time.Minute)
+
+	users := make([]string, 10)
+	for i := range users {
+		users[i] = fmt.Sprintf("shard-user-%d", i)
+	}
+	served, statuses := mixedBurst(t, users, 200, a, b)
+	t.Logf("200 requests at once: %v; tokens served by user: %v", statuses, served)
+	if statuses[200] == 0 || statuses[429] == 0 {
+		t.Fatalf("statuses %v: want both answers and refusals", statuses)
+	}
+
+	shards := map[string]bool{}
+	for _, u := range users {
+		testutil.Eventually(t, 15*time.Second, u+"'s counter at the tokens served", func() error {
+			n, on, err := clusterCounter(cluster, u)
+			if err != nil {
+				return err
+			}
+			if n != served[u] {
+				return fmt.Errorf("counter %d, served %d", n, served[u])
+			}
+			shards[on] = true
+			return nil
+		})
+	}
+	if len(shards) < 2 {
+		t.Errorf("the 10 users' counters are all on %v: the cluster's shards are not shared out", shards)
+	}
+
+	// Each user goes on, one request at a time, on the first gateway until refused: the other
+	// refuses too, and the counter still holds exactly what was served.
+	for _, u := range users {
+		for range 10 {
+			r := mustDo(t, "POST", a.url("/v1/chat/completions"), map[string]string{"x-user-id": u}, shortChat)
+			if r.status == 429 {
+				break
+			}
+			m := totalTokens.FindSubmatch(r.body)
+			if r.status != 200 || m == nil {
+				t.Fatalf("%s: %d %s", u, r.status, r.body)
+			}
+			n, _ := strconv.Atoi(string(m[1]))
+			served[u] += n
+		}
+		if served[u] <= 100 {
+			t.Errorf("%s refused at %d tokens served, within the quota of 100", u, served[u])
+		}
+		if got := sendN(t, b, u, "qwen3", 1, false)[0]; got != 429 {
+			t.Errorf("%s, refused on one gateway with %d of 100 tokens spent: %d on the other, want 429", u, served[u], got)
+		}
+		// The refused request's reservation is given back once it is answered.
+		testutil.Eventually(t, 15*time.Second, u+"'s counter at the tokens served", func() error {
+			n, _, err := clusterCounter(cluster, u)
+			if err != nil {
+				return err
+			}
+			if n != served[u] {
+				return fmt.Errorf("counter %d, served %d", n, served[u])
+			}
+			return nil
+		})
+	}
+	if where, ok := redisStatusOf(t, a); !ok || !strings.HasPrefix(where, "Redis Cluster at ") {
+		t.Errorf("status: counters in %q, reachable %v", where, ok)
+	}
+}
+
+// TestSentinelFailoverUnderLoad: the primary a ratelimit service and tollgate found through
+// Sentinel is killed (SIGKILL) under steady load and a replica promoted. With failure mode open
+// the requests of the gap are admitted unchecked, with closed they are refused with a JSON 503;
+// either way checks resume on the new primary without restarting anything, and the counter there
+// holds every answered request's tokens, none twice (docs/operations.md states the bound a
+// failover can lose: writes the old primary had not yet passed to its replica).
+func TestSentinelFailoverUnderLoad(t *testing.T) {
+	const perRequest = 12
+	for _, mode := range []string{"open", "closed"} {
+		t.Run(mode, func(t *testing.T) {
+			testutil.Envoy(t)
+			sentinel := testutil.StartRedisSentinel(t, testutil.RedisSentinelOptions{
+				Replicas: 1, Password: "data-s3cret", SentinelPassword: "sentinel-s3cret"})
+			redisURL := fmt.Sprintf("redis+sentinel://:data-s3cret@%s/%s?sentinel_password=sentinel-s3cret",
+				strings.Join(sentinel.SentinelAddrs(), ","), sentinel.MasterName())
+			s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
+			s.writePolicy(t, outagePolicy(mode))
+			s.startTollgateWith(t, "--redis", redisURL)
+			s.startRateLimit(t, redisURL)
+			s.startEnvoy(t)
+			clearOfWindowEnd(t, time.Hour, time.Minute)
+
+			l := startSteadyLoad(t, s, "steady", 3)
+			time.Sleep(time.Second)
+			killed := sentinel.KillPrimary(t)
+			killedAt := time.Now()
+			promoted := sentinel.AwaitFailover(t)
+			t.Logf("primary %s killed; %s promoted %s later", killed, promoted, time.Since(killedAt).Round(10*time.Millisecond))
+			// Checks work again, on the new primary, without a restart.
+			testutil.Eventually(t, 15*time.Second, "checks answered again", func() error {
+				before := failedOpenChecks(t, s)
+				if got := sendN(t, s, "probe", "qwen3", 1, false)[0]; got != 200 {
+					return fmt.Errorf("status %d", got)
+				}
+				if after := failedOpenChecks(t, s); after != before {
+					return fmt.Errorf("admitted unchecked (%v failed-open checks, was %v)", after, before)
+				}
+				return nil
+			})
+			t.Logf("checks answered again %s after the kill", time.Since(killedAt).Round(10*time.Millisecond))
+			time.Sleep(time.Second)
+			statuses := l.end()
+			t.Logf("answers across the failover: %v", statuses)
+			if statuses[200] == 0 {
+				t.Fatal("no request was answered")
+			}
+			for status, n := range statuses {
+				if status != 200 && !(mode == "closed" && status == 503) {
+					t.Errorf("%d answers with status %d", n, status)
+				}
+			}
+			want := statuses[200] * perRequest
+			testutil.Eventually(t, 20*time.Second, "the backlog empty", func() error {
+				if v, _ := promSample(s.extProcMetrics(t), "tollgate_quota_charges_backlog"); v != 0 {
+					return fmt.Errorf("%v waiting", v)
+				}
+				return nil
+			})
+			var got int
+			testutil.Eventually(t, 20*time.Second, "the counter on the new primary settled", func() error {
+				n, err := sentinelCounter(t, sentinel, "steady")
+				if err != nil {
+					return err
+				}
+				if n != got || n < want {
+					got = n
+					return fmt.Errorf("counter %d, answered %d", n, want)
+				}
+				return nil
+			})
+			if got != want {
+				t.Errorf("counter %d after the failover, answered %d tokens", got, want)
+			}
+			if where, ok := redisStatusOf(t, s); !ok || !strings.HasPrefix(where, `Redis primary "`+sentinel.MasterName()+`" via sentinels`) {
+				t.Errorf("status: counters in %q, reachable %v", where, ok)
+			}
+		})
+	}
+}
+
+// sentinelCounter is a user's qwen3 counter on the current primary.
+func sentinelCounter(t testing.TB, sentinel *testutil.RedisSentinel, user string) (int, error) {
+	keys := strings.Fields(sentinel.CLI(t, "--scan", "--pattern", "*_user_"+user+"_*"))
+	if len(keys) != 1 {
+		return 0, fmt.Errorf("%d counters of %s: %v", len(keys), user, keys)
+	}
+	return strconv.Atoi(strings.TrimSpace(sentinel.CLI(t, "GET", keys[0])))
+}
+
+// TestRedisOverTLSWithPassword: a Redis that takes TLS only, with a certificate from a private CA,
+// and a password. With the right password and CA the seed scenario holds (the service counts
+// there, and tollgate takes reservations back there); a wrong password, a wrong CA and plain TCP
+// are each refused before the service starts, with an error that names the problem and never the
+// password.
+func TestRedisOverTLSWithPassword(t *testing.T) {
+	testutil.Envoy(t)
+	files := testutil.NewRedisTLS(t)
+	redisAddr := testutil.StartRedis(t, testutil.RedisOptions{Password: "hunter2-right", TLS: &files})
+	other := testutil.NewRedisTLS(t)
+	for _, tt := range []struct {
+		name, url, want string
+	}{
+		{"wrong password", "rediss://:hunter2-wrong@" + redisAddr + "?ca=" + files.CAFile, "rejected tollgate's connection: WRONGPASS"},
+		{"wrong CA", "rediss://:hunter2-right@" + redisAddr + "?ca=" + other.CAFile, "certificate signed by unknown authority"},
+		{"no TLS", "redis://:hunter2-right@" + redisAddr, "cannot reach Redis at " + redisAddr},
+		{"CA file missing", "rediss://:hunter2-right@" + redisAddr + "?ca=/nonexistent/ca.pem", "Redis TLS CA"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := execOutput(bins.tollgate, "ratelimit", "--redis", tt.url, "--redis-wait", "1s",
+				"--grpc", addr(testutil.FreePort(t)), "--http", addr(testutil.FreePort(t)), "--debug", addr(testutil.FreePort(t)))
+			if err == nil {
+				t.Fatalf("started: %s", out)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tt.want) || strings.Contains(msg, "hunter2") {
+				t.Errorf("error %q: want it to contain %q and no password", msg, tt.want)
+			}
+		})
+	}
+
+	redisURL := "rediss://:hunter2-right@" + redisAddr + "?ca=" + files.CAFile
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
+	s.writePolicy(t, seedPolicy)
+	s.startTollgateWith(t, "--redis", redisURL)
+	s.startRateLimit(t, redisURL)
+	s.startEnvoy(t)
+	if got := fmt.Sprint(sendBackToBack(t, s, "alice", "qwen3", 7, false)); got != "[200 200 200 200 200 429 429]" {
+		t.Fatalf("seed scenario over TLS: %s, want 5 x 200 then 429", got)
+	}
+	if where, ok := redisStatusOf(t, s); !ok || where != "Redis at "+redisAddr+" (TLS)" {
+		t.Errorf("status: counters in %q, reachable %v", where, ok)
+	}
+}
