@@ -132,7 +132,7 @@ func (t *clientTracker) onStreamRequest(id int64, req *discoverygrpc.DiscoveryRe
 		nack = &Nack{
 			TypeURL: typeURL,
 			Version: rejected,
-			Message: req.GetErrorDetail().GetMessage(),
+			Message: strings.TrimSpace(req.GetErrorDetail().GetMessage()), // Envoy ends it with a newline
 			At:      time.Now(),
 		}
 		st.lastNack = nack

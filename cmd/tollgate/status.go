@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/xds"
 )
 
 func statusCommand(args []string, stdout, stderr io.Writer) int {
@@ -72,8 +73,28 @@ func printStatus(w io.Writer, st serveStatus) {
 	}
 	clients := st.XDS.Clients
 	printLimits(w, r.Limits, clients)
-	_, _ = fmt.Fprintf(w, "  xDS clients (%d):\n", len(clients))
-	for _, c := range clients {
+	states := make([]string, len(clients))
+	count := map[string]int{}
+	for i, c := range clients {
+		served := st.XDS.EnvoyVersion // what the xDS server serves now
+		if c.Group == xds.GroupRateLimit {
+			served = st.XDS.RateLimitVersion
+		}
+		states[i] = clientState(c, served)
+		count[strings.Fields(states[i])[0]]++
+	}
+	var summary []string
+	for _, state := range []string{"current", "behind", "REJECTING"} {
+		if count[state] > 0 {
+			summary = append(summary, fmt.Sprintf("%d %s", count[state], strings.ToLower(state)))
+		}
+	}
+	_, _ = fmt.Fprintf(w, "  xDS clients (%d", len(clients))
+	if len(summary) > 0 {
+		_, _ = fmt.Fprintf(w, ": %s", strings.Join(summary, ", "))
+	}
+	_, _ = fmt.Fprintf(w, "):\n")
+	for i, c := range clients {
 		types := make([]string, 0, len(c.Acked))
 		for t := range c.Acked {
 			types = append(types, t)
@@ -87,12 +108,30 @@ func printStatus(w io.Writer, st serveStatus) {
 		if c.Build != "" {
 			build = " " + c.Build
 		}
-		_, _ = fmt.Fprintf(w, "    %-20s %-9s%s connected %s  acked: %s\n", c.NodeID, c.Group, build,
+		_, _ = fmt.Fprintf(w, "    %-20s %-9s%s %s, connected %s  acked: %s\n", c.NodeID, c.Group, build, states[i],
 			c.ConnectedAt.Format(time.RFC3339), strings.Join(acked, " "))
 		if c.LastNack != nil {
 			_, _ = fmt.Fprintf(w, "      NACK %s version %s: %s\n", shortType(c.LastNack.TypeURL), c.LastNack.Version, c.LastNack.Message)
 		}
 	}
+}
+
+// clientState says whether a client runs the version served: "current" when it accepted it for
+// every type, "REJECTING <type>" while its last answer to one was a NACK, else "behind" (it has
+// not answered yet, or holds an older version).
+func clientState(c xds.ClientStatus, served string) string {
+	if c.LastNack != nil {
+		return "REJECTING " + shortType(c.LastNack.TypeURL)
+	}
+	if len(c.Acked) == 0 {
+		return "behind"
+	}
+	for _, v := range c.Acked {
+		if v != served {
+			return "behind"
+		}
+	}
+	return "current"
 }
 
 // shortType turns "type.googleapis.com/envoy.config.cluster.v3.Cluster" into "Cluster".

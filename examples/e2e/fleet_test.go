@@ -368,22 +368,24 @@ func TestFleetRejectingEnvoyLeavesTheRestServing(t *testing.T) {
 func assertHumanStatus(t *testing.T, out, version string, healthy []string, rejecting string) {
 	t.Helper()
 	lines := strings.Split(out, "\n")
-	clientLine := func(node string) (int, string) {
-		re := regexp.MustCompile(`^\s+` + regexp.QuoteMeta(node) + `\s+envoy\s+\d+\.\d+\.\d+ connected \S+\s+acked: (.*)$`)
-		at := -1
-		acked := ""
+	clientLine := func(node string) (at int, state, acked string) {
+		re := regexp.MustCompile(`^\s+` + regexp.QuoteMeta(node) + `\s+envoy\s+\d+\.\d+\.\d+ ([^,]+), connected \S+\s+acked: (.*)$`)
+		at = -1
 		for i, l := range lines {
 			if m := re.FindStringSubmatch(l); m != nil {
 				if at >= 0 {
 					t.Errorf("status lists %s twice", node)
 				}
-				at, acked = i, m[1]
+				at, state, acked = i, m[1], m[2]
 			}
 		}
 		if at < 0 {
 			t.Errorf("status has no client line for %s", node)
 		}
-		return at, acked
+		return at, state, acked
+	}
+	if want := fmt.Sprintf("xDS clients (%d: %d current, 1 rejecting):", len(healthy)+2, len(healthy)+1); !strings.Contains(out, want) {
+		t.Errorf("status lacks the summary %q (the ratelimit service is current too)", want)
 	}
 	nackAfter := func(at int) string {
 		if at >= 0 && at+1 < len(lines) && strings.HasPrefix(strings.TrimSpace(lines[at+1]), "NACK ") {
@@ -392,7 +394,10 @@ func assertHumanStatus(t *testing.T, out, version string, healthy []string, reje
 		return ""
 	}
 	for _, node := range healthy {
-		at, acked := clientLine(node)
+		at, state, acked := clientLine(node)
+		if state != "current" {
+			t.Errorf("status: %s is %q, want current", node, state)
+		}
 		if want := fmt.Sprintf("Cluster=%[1]s Listener=%[1]s RouteConfiguration=%[1]s", version); at >= 0 && acked != want {
 			t.Errorf("status: %s acked %q, want %q", node, acked, want)
 		}
@@ -400,7 +405,10 @@ func assertHumanStatus(t *testing.T, out, version string, healthy []string, reje
 			t.Errorf("status shows a NACK under %s: %s", node, nack)
 		}
 	}
-	at, acked := clientLine(rejecting)
+	at, state, acked := clientLine(rejecting)
+	if state != "REJECTING Listener" {
+		t.Errorf("status: %s is %q, want REJECTING Listener", rejecting, state)
+	}
 	if want := "Cluster=" + version; at >= 0 && acked != want {
 		t.Errorf("status: %s acked %q, want %q", rejecting, acked, want)
 	}
