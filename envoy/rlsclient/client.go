@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -91,10 +90,9 @@ type Client struct {
 	charges  *batcher
 	refunds  *batcher
 	backlog  *backlog
-	// degraded is set while Admit's calls fail: Admit then only checks, and charges are held
-	// in the backlog (errDegraded).
-	degraded atomic.Bool
-	carried  carried
+	// failing holds the counters whose last check failed (see failing).
+	failing failing
+	carried carried
 }
 
 // New returns a client with its workers running. It fails only when the spool cannot be
@@ -319,13 +317,23 @@ func await[T any](wait time.Duration, call func() T, later func(T)) (T, bool) {
 // sendCharges makes one call for a batch of charges. What the service did not take goes to
 // the backlog, to be sent again.
 func (c *Client) sendCharges(batch []*call) {
-	err := status.Error(codes.Unavailable, errDegraded.Error())
-	if !c.degraded.Load() {
-		err = c.chargeCall(batch[0].target, batch[0].domain, descriptorsOf(batch))
-	}
-	c.settleBatch(batch, err, func(cl *call) *entry {
+	asEntry := func(cl *call) *entry {
 		return &entry{Target: cl.target, Domain: cl.domain, Charges: cl.descriptors}
-	})
+	}
+	var send, held []*call
+	for _, cl := range batch {
+		if c.failing.any(counterKeys(cl.domain, cl.descriptors)) {
+			held = append(held, cl)
+		} else {
+			send = append(send, cl)
+		}
+	}
+	if len(held) > 0 {
+		c.settleBatch(held, status.Error(codes.Unavailable, errFailing.Error()), asEntry)
+	}
+	if len(send) > 0 {
+		c.settleBatch(send, c.chargeCall(send[0].target, send[0].domain, descriptorsOf(send)), asEntry)
+	}
 }
 
 // chargeCall makes one charge call and waits chargeTimeout for its answer. The upstream
@@ -402,27 +410,23 @@ func (c *Client) deliver(entries []*entry) error {
 		ds = append(ds, e.Charges...)
 	}
 	target, domain := entries[0].Target, entries[0].Domain
-	if c.degraded.Load() {
-		// Probe with the same counters, counting nothing: only once the service answers is a
-		// held charge sent.
+	if keys := counterKeys(domain, ds); c.failing.any(keys) {
+		// Check the same counters, counting nothing: a held charge is sent only once the
+		// service answers for them again.
 		probe := make([]Descriptor, len(ds))
 		for i, d := range ds {
 			probe[i] = Descriptor{Entries: d.Entries}
 		}
 		if _, err := c.shouldRateLimit(target, domain, probe, chargeTimeout); err != nil {
-			return status.Errorf(codes.Unavailable, "%s: %v", errDegraded, err)
+			return status.Errorf(codes.Unavailable, "%s: %v", errFailing, err)
 		}
-		c.degraded.Store(false)
+		c.failing.mark(keys, false)
 	}
 	return c.chargeCall(target, domain, ds)
 }
 
-// errDegraded holds charges back while the service does not answer checks. The upstream
-// service waits for Redis without a deadline, and a call it waits with may never end: when its
-// Redis client is replaced (a Sentinel failover), the calls waiting for the old primary's
-// connections wait forever. A charge sent then would be lost; held in the backlog, it is sent
-// once the service answers again.
-var errDegraded = errors.New("the ratelimit service does not answer checks; charges are held until it does")
+// errFailing is why a charge is held: the last check of its counters failed (see failing).
+var errFailing = errors.New("the ratelimit service did not answer the last check of these counters; their charges are held until it does")
 
 func (c *Client) refundNow(refunds []Refund) error {
 	if c.refunder == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,5 +237,64 @@ func TestHungChecksHoldNoSender(t *testing.T) {
 	hang.Store(false)
 	if _, _, err := c.Admit(context.Background(), addr, "tollgate", ds, time.Second); err != nil {
 		t.Errorf("the first check after the service recovered: %v", err)
+	}
+}
+
+// Held per counter: while one counter's checks fail (the shard of a Redis Cluster that holds it
+// is away), its charges are held and another counter's still go, and an answered check of
+// another counter does not release them.
+func TestChargesAreHeldPerCounter(t *testing.T) {
+	const addr = "127.0.0.1:8081"
+	var down atomic.Bool
+	down.Store(true)
+	var mu sync.Mutex
+	charged := map[string]uint64{}
+	c := newLocalClient(t, inProcess{addr: addr, answer: func(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range req.GetDescriptors() {
+			user := d.GetEntries()[2].GetValue()
+			if user == "on-the-lost-shard" && down.Load() {
+				return nil, errors.New("redis: connection refused")
+			}
+		}
+		for _, d := range req.GetDescriptors() {
+			charged[d.GetEntries()[2].GetValue()] += d.GetHitsAddend().GetValue()
+		}
+		return &rlsv3.RateLimitResponse{Statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))}, nil
+	}})
+	lost, fine := counter("qwen3", "hourly", "on-the-lost-shard", 12), counter("qwen3", "hourly", "elsewhere", 12)
+	if _, _, err := c.Admit(context.Background(), addr, "tollgate", []rlsclient.Descriptor{{Entries: lost.Entries, Hits: 5}}, time.Second); err == nil {
+		t.Fatal("a check the service failed was answered")
+	}
+	if _, _, err := c.Admit(context.Background(), addr, "tollgate", []rlsclient.Descriptor{{Entries: fine.Entries, Hits: 5}}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var o outcomes
+	c.Charge(addr, "tollgate", []rlsclient.Descriptor{lost}, o.done)
+	c.Charge(addr, "tollgate", []rlsclient.Descriptor{fine}, o.done)
+	testutil.Eventually(t, 5*time.Second, "the other counter's charge sent", func() error {
+		if sent, _ := o.counts(); sent != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	mu.Lock()
+	got := fmt.Sprint(charged)
+	mu.Unlock()
+	if c.Backlog() != 1 || got != "map[elsewhere:12]" {
+		t.Fatalf("backlog %d, charged %s; want the lost shard's charge held and the other's sent", c.Backlog(), got)
+	}
+	down.Store(false)
+	testutil.Eventually(t, 10*time.Second, "the held charge sent", func() error {
+		if sent, _ := o.counts(); sent != 2 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if charged["on-the-lost-shard"] != 12 {
+		t.Errorf("the lost shard's counter charged %d once it was back, want 12", charged["on-the-lost-shard"])
 	}
 }

@@ -62,9 +62,10 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 	if len(ds) == 0 {
 		return nil, nil, nil
 	}
-	// While the service does not answer, requests are only checked: a reservation it took
-	// without answering would be counted late, when its Redis is back.
-	reserve := c.refunder != nil && !c.degraded.Load()
+	// While the service does not answer for these counters, requests are only checked: a
+	// reservation it took without answering would be counted late, when its Redis is back.
+	keys := counterKeys(domain, ds)
+	reserve := c.refunder != nil && !c.failing.any(keys)
 	call := make([]Descriptor, 0, 2*len(ds))
 	for _, d := range ds {
 		switch {
@@ -119,7 +120,7 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 		late = nil
 	}
 	statuses, err := c.check(ctx, target, domain, call, timeout, late)
-	if c.degraded.Swap(err != nil) && err == nil {
+	if c.failing.mark(keys, err != nil) && err == nil {
 		c.backlog.poke() // charges held while the service did not answer can go now
 	}
 	if err != nil {
