@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"errors"
+	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 )
@@ -26,7 +27,7 @@ const (
 	chargeFailed  = "failed"  // given up: these tokens are not counted
 	chargeSpooled = "spooled" // not taken by shutdown: kept in the spool for the next run
 	// chargeUnconfirmed: the service took the charge but did not answer in time (it waits for
-	// its Redis); it counts it later, and it is not sent again.
+	// its Redis); it counts it later, or, if it reports it could not, the charge is sent again.
 	chargeUnconfirmed = "unconfirmed"
 )
 
@@ -51,8 +52,25 @@ func (ex *exchange) settleQuota(costs map[string]int64, basis string) {
 				actual[i] = ex.reservations[i].Hits()
 			}
 		}
-		ex.rls.Settle(ex.reservations, actual, done)
+		if !ex.settleFirst {
+			ex.rls.Settle(ex.reservations, actual, done)
+			ex.reservations = nil
+			return
+		}
+		// The reservation took the quota past its limit, so until the unused part is back,
+		// another gateway would refuse the user's next request although room is left: a
+		// client that sends it there the moment this answer ends must find it settled. Only
+		// requests near a limit wait (for one round trip); the rest settle in the background.
+		settled := make(chan struct{})
+		ex.rls.SettleNow(ex.reservations, actual, func(err error) {
+			done(err)
+			close(settled)
+		})
 		ex.reservations = nil
+		select {
+		case <-settled:
+		case <-time.After(ex.quotaTimeout()):
+		}
 		return
 	}
 	var descriptors []rlsclient.Descriptor
@@ -91,7 +109,7 @@ func (ex *exchange) chargeOutcome(basis string) func(error) {
 				"model", model, "user", userForLog(user), "basis", basis)
 		case errors.Is(err, rlsclient.ErrUnconfirmed):
 			result = chargeUnconfirmed
-			logger.Warn("quota charge not confirmed in time; the ratelimit service counts it once its Redis answers",
+			logger.Warn("quota charge not confirmed in time; the ratelimit service counts it once its Redis answers, or it is sent again if the service reports it could not",
 				"model", model, "user", userForLog(user), "basis", basis)
 		case err != nil:
 			result = chargeFailed

@@ -80,6 +80,10 @@ type exchange struct {
 	// replaces them.
 	quotas       []Quota
 	reservations []rlsclient.Reservation
+	// settleFirst says a reservation took a quota past its limit: until the request is
+	// settled, every gateway on the same Redis sees the quota spent, so the answer ends only
+	// once it is settled (see settleQuota).
+	settleFirst bool
 	// admitted is when the request was admitted on the exchange's clock: the calendar period
 	// it is counted in, to the end.
 	admitted time.Time

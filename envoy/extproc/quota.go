@@ -32,6 +32,14 @@ const (
 // DefaultQuotaCheckTimeout bounds a check when Config.QuotaCheckTimeout is zero.
 const DefaultQuotaCheckTimeout = 2 * time.Second
 
+// quotaTimeout bounds one quota check, and a wait for a settlement.
+func (ex *exchange) quotaTimeout() time.Duration {
+	if ex.cfg.QuotaCheckTimeout <= 0 {
+		return DefaultQuotaCheckTimeout
+	}
+	return ex.cfg.QuotaCheckTimeout
+}
+
 // admit decides whether the exchange's user may send the request on: whether every quota that
 // counts it still has room, before this request, once the requests already admitted have
 // reserved their worst case. It reserves this request's worst case (worst) on each quota in
@@ -53,10 +61,7 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		// concurrent requests then cannot all pass the same check.
 		descriptors[i].MustFit = q.Unit == UnitRequests
 	}
-	timeout := ex.cfg.QuotaCheckTimeout
-	if timeout <= 0 {
-		timeout = DefaultQuotaCheckTimeout
-	}
+	timeout := ex.quotaTimeout()
 	ex.carryCalendarCounters(descriptors, timeout)
 	withGrants(ex.grants, ex.counters, ex.cfg.RateLimitDomain, quotas, descriptors, ex.user, ex.team)
 	statuses, reservations, err := ex.rls.Admit(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
@@ -95,6 +100,11 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 		ex.rls.Release(reservations, nil)
 	} else {
 		ex.reservations = reservations
+		for i, r := range reservations {
+			if st := statuses[i]; st.Limit.Matched() && st.Remaining < r.Hits() {
+				ex.settleFirst = true
+			}
+		}
 	}
 	if decisive < 0 {
 		ex.checked(checkOK)

@@ -170,6 +170,13 @@ func (c *Client) Settle(res []Reservation, actual []uint64, done func(error)) {
 	}
 }
 
+// SettleNow is Settle, sent at once rather than after lingering for company: for a caller
+// that waits for done before it answers.
+func (c *Client) SettleNow(res []Reservation, actual []uint64, done func(error)) {
+	c.Settle(res, actual, done)
+	c.flush()
+}
+
 // Release gives every reservation back: the request was refused.
 func (c *Client) Release(res []Reservation, done func(error)) {
 	c.Settle(res, make([]uint64, len(res)), done)

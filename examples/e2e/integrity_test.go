@@ -27,12 +27,20 @@ import (
 // to the previous one has arrived, without waiting for anything else.
 func sendBackToBack(t testing.TB, s *stack, user, model string, n int, stream bool) []int {
 	t.Helper()
+	return sendBackToBackAcross(t, []*stack{s}, user, model, n, stream)
+}
+
+// sendBackToBackAcross is sendBackToBack with request i sent to gateways[i mod len], as a
+// round-robin load balancer in front of them would.
+func sendBackToBackAcross(t testing.TB, gateways []*stack, user, model string, n int, stream bool) []int {
+	t.Helper()
 	body := chatBody(model)
 	if stream {
 		body = fmt.Sprintf(`{"model":%q,"stream":true,"messages":[{"role":"user","content":"Hello from Alice!"}]}`, model)
 	}
 	statuses := make([]int, n)
 	for i := range statuses {
+		s := gateways[i%len(gateways)]
 		statuses[i] = mustDo(t, "POST", s.url("/v1/chat/completions"), map[string]string{"x-user-id": user}, body).status
 	}
 	return statuses

@@ -17,7 +17,8 @@ import (
 )
 
 // TestScaleOutSharesOneQuota: two gateways (each an Envoy with its own tollgate) in front of one
-// ratelimit service and one Redis enforce one quota per user, whichever gateway a request takes.
+// ratelimit service and one Redis enforce one quota per user, whichever gateway a request takes,
+// exactly, for JSON and streamed answers.
 func TestScaleOutSharesOneQuota(t *testing.T) {
 	testutil.Envoy(t)
 	sim := startSim(t, "sim")
@@ -33,12 +34,16 @@ func TestScaleOutSharesOneQuota(t *testing.T) {
 	a.startEnvoy(t)
 	b.startEnvoy(t)
 
-	var got []int
-	for i := 0; i < 3; i++ {
-		got = append(got, sendN(t, a, "alice", "qwen3", 1, false)[0], sendN(t, b, "alice", "qwen3", 1, false)[0])
-	}
-	if fmt.Sprint(got) != "[200 200 200 200 200 429]" {
-		t.Fatalf("alternating gateways A,B,A,B,A,B: %v, want one shared quota (5 x 200 then 429)", got)
+	// A client that sends its next request the moment the last answer arrived, each time to
+	// the other gateway: each answer near the limit ends only once its request is settled, so
+	// the other gateway never sees a reservation the request no longer holds.
+	for _, stream := range []bool{false, true} {
+		user := fmt.Sprintf("alice-stream-%v", stream)
+		got := sendBackToBackAcross(t, []*stack{a, b}, user, "qwen3", 8, stream)
+		if fmt.Sprint(got) != "[200 200 200 200 200 429 429 429]" {
+			t.Errorf("%s alternating gateways A,B,A,B,…: %v, want one shared quota (5 x 200 then 429)", user, got)
+		}
+		awaitCounter(t, addr(a.redisPort), user, 60)
 	}
 }
 
