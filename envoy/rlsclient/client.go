@@ -338,7 +338,7 @@ func (c *Client) sendCharges(batch []*call) {
 
 // chargeCall makes one charge call and waits chargeTimeout for its answer. The upstream
 // service waits for Redis without a deadline, so a call it has not answered by then may still
-// count, or may still fail: one Redis that comes back counts it, while a Redis client closed
+// count, or may still fail: a Redis that comes back counts it, while a Redis client closed
 // under it (a Sentinel failover replaces the primary's) fails it. So the call is not
 // abandoned: it stays open for up to lateCallTimeout, and if the service then reports that it
 // did not count it, its charges go to the backlog. Meanwhile the caller is told the charge is
