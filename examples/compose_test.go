@@ -72,21 +72,7 @@ func TestComposeDemo(t *testing.T) {
 		if svc.NetworkMode != "host" {
 			t.Errorf("service %s: network_mode %q, want host", svc.Name, svc.NetworkMode)
 		}
-		if svc.Build != nil {
-			if _, err := os.Stat(filepath.Join(svc.Build.Context, svc.Build.Dockerfile)); err != nil {
-				t.Errorf("service %s: Dockerfile: %v", svc.Name, err)
-			}
-		} else if tag := imageTag(svc.Image); tag == "" || tag == "latest" {
-			t.Errorf("service %s: image %q is not pinned to a version", svc.Name, svc.Image)
-		}
-		for _, v := range svc.Volumes {
-			if v.Type != "bind" {
-				continue // a named volume Docker creates
-			}
-			if _, err := os.Stat(v.Source); err != nil {
-				t.Errorf("service %s: volume source: %v", svc.Name, err)
-			}
-		}
+		checkImageAndMounts(t, svc)
 	}
 
 	tollgate, _ := project.GetService("tollgate")

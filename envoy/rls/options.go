@@ -328,10 +328,7 @@ func parseRedisURL(raw string) (redisTarget, error) {
 	if err := checkDatabase(u.Path); err != nil {
 		return redisTarget{}, err
 	}
-	if t.Auth, err = redisAuth(u); err != nil {
-		return redisTarget{}, err
-	}
-	if err := t.applyQuery(u.RawQuery); err != nil {
+	if err := t.applyURL(u); err != nil {
 		return redisTarget{}, err
 	}
 	return t, nil

@@ -2,18 +2,8 @@ package rls
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,20 +35,11 @@ func TestPingRedis(t *testing.T) {
 	})
 
 	t.Run("TLS", func(t *testing.T) {
-		dir := t.TempDir()
-		pool := writeSelfSignedCert(t, dir)
-		tlsAddr := testutil.FreeAddr(t)
-		_, tlsPort, _ := net.SplitHostPort(tlsAddr)
-		// startRedis's own port stays plain; the TLS port is the one under test.
-		startRedis(t, "--tls-port", tlsPort,
-			"--tls-cert-file", filepath.Join(dir, "cert.pem"),
-			"--tls-key-file", filepath.Join(dir, "key.pem"),
-			"--tls-ca-cert-file", filepath.Join(dir, "cert.pem"),
-			"--tls-auth-clients", "no")
-		target := redisTarget{Addr: tlsAddr, TLS: true}
-		testutil.Eventually(t, 10*time.Second, "redis-server answering over TLS", func() error {
-			return pingRedis(ctx, target, &tls.Config{RootCAs: pool})
-		})
+		files := testutil.NewRedisTLS(t)
+		target := redisTarget{Addr: testutil.StartRedis(t, testutil.RedisOptions{TLS: &files}), TLS: true}
+		if err := pingRedis(ctx, target, files.ClientConfig(t)); err != nil {
+			t.Fatal(err)
+		}
 		if err := pingRedis(ctx, target, &tls.Config{}); err == nil {
 			t.Error("ping trusted a certificate from an unknown authority")
 		}
@@ -102,44 +83,4 @@ func TestWaitForRedis(t *testing.T) {
 			t.Fatalf("err = %v, want context canceled", err)
 		}
 	})
-}
-
-// writeSelfSignedCert writes cert.pem and key.pem for 127.0.0.1 into dir and returns a pool
-// trusting the certificate.
-func writeSelfSignedCert(t *testing.T, dir string) *x509.CertPool {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "test redis"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	return pool
 }

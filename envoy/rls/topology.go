@@ -83,13 +83,18 @@ func parseRedisNodes(raw string, topology redisTopology, useTLS bool) (redisTarg
 			return redisTarget{}, err
 		}
 	}
-	if t.Auth, err = redisAuth(u); err != nil {
-		return redisTarget{}, err
-	}
-	if err := t.applyQuery(u.RawQuery); err != nil {
+	if err := t.applyURL(u); err != nil {
 		return redisTarget{}, err
 	}
 	return t, nil
+}
+
+// applyURL takes a URL's user info (the password) and its query options.
+func (t *redisTarget) applyURL(u *url.URL) (err error) {
+	if t.Auth, err = redisAuth(u); err != nil {
+		return err
+	}
+	return t.applyQuery(u.RawQuery)
 }
 
 // nodeAddr validates one node of a list, host[:port], and completes its port.

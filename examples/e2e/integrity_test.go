@@ -307,6 +307,23 @@ func (l *steadyLoad) end() map[int]int {
 	return maps.Clone(l.statuses)
 }
 
+// endThroughOutage ends the load and checks what a Redis outage may answer under failureMode:
+// some requests answered, and every other answer a 503 (failure mode closed).
+func (l *steadyLoad) endThroughOutage(t *testing.T, failureMode string) map[int]int {
+	t.Helper()
+	statuses := l.end()
+	t.Logf("answers across the outage: %v", statuses)
+	if statuses[200] == 0 {
+		t.Fatal("no request was answered")
+	}
+	for status, n := range statuses {
+		if status != 200 && !(failureMode == "closed" && status == 503) {
+			t.Errorf("%d answers with status %d", n, status)
+		}
+	}
+	return statuses
+}
+
 // TestRedisOutageLosesNoCharge: Redis goes away for 2 s under load. With failure mode open the
 // requests of the outage are admitted unchecked; with closed they are refused with a 503, and
 // serving resumes once Redis is back. Either way, once Redis is back, every answered request's
@@ -343,16 +360,7 @@ func TestRedisOutageLosesNoCharge(t *testing.T) {
 				t.Logf("fail closed: serving resumed %s after Redis was back", time.Since(back).Round(10*time.Millisecond))
 			}
 			time.Sleep(time.Second)
-			statuses := l.end()
-			t.Logf("answers across the outage: %v", statuses)
-			if statuses[200] == 0 {
-				t.Fatal("no request was answered")
-			}
-			for status, n := range statuses {
-				if status != 200 && !(mode == "closed" && status == 503) {
-					t.Errorf("%d answers with status %d", n, status)
-				}
-			}
+			statuses := l.endThroughOutage(t, mode)
 			if mode == "open" && failedOpenChecks(t, s) == 0 {
 				t.Error("no request was admitted unchecked during the outage")
 			}
