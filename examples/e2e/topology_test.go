@@ -103,6 +103,24 @@ func clusterCounter(cluster *testutil.RedisCluster, user string) (int, string, e
 	return value, on, nil
 }
 
+// awaitClusterCounter waits until a user's counter in the cluster holds want, and returns the
+// primary it is on.
+func awaitClusterCounter(t *testing.T, cluster *testutil.RedisCluster, user string, want int) (on string) {
+	t.Helper()
+	testutil.Eventually(t, 15*time.Second, user+"'s counter at the tokens served", func() error {
+		n, node, err := clusterCounter(cluster, user)
+		if err != nil {
+			return err
+		}
+		if n != want {
+			return fmt.Errorf("counter %d, served %d", n, want)
+		}
+		on = node
+		return nil
+	})
+	return on
+}
+
 // redisStatusOf reads what `tollgate serve` says of its Redis in /status.
 func redisStatusOf(t testing.TB, s *stack) (where string, reachable bool) {
 	t.Helper()
@@ -153,17 +171,7 @@ func TestRedisClusterTwoGatewaysOneQuota(t *testing.T) {
 
 	shards := map[string]bool{}
 	for _, u := range users {
-		testutil.Eventually(t, 15*time.Second, u+"'s counter at the tokens served", func() error {
-			n, on, err := clusterCounter(cluster, u)
-			if err != nil {
-				return err
-			}
-			if n != served[u] {
-				return fmt.Errorf("counter %d, served %d", n, served[u])
-			}
-			shards[on] = true
-			return nil
-		})
+		shards[awaitClusterCounter(t, cluster, u, served[u])] = true
 	}
 	if len(shards) < 2 {
 		t.Errorf("the 10 users' counters are all on %v: the cluster's shards are not shared out", shards)
@@ -191,16 +199,7 @@ func TestRedisClusterTwoGatewaysOneQuota(t *testing.T) {
 			t.Errorf("%s, refused on one gateway with %d of 100 tokens spent: %d on the other, want 429", u, served[u], got)
 		}
 		// The refused request's reservation is given back once it is answered.
-		testutil.Eventually(t, 15*time.Second, u+"'s counter at the tokens served", func() error {
-			n, _, err := clusterCounter(cluster, u)
-			if err != nil {
-				return err
-			}
-			if n != served[u] {
-				return fmt.Errorf("counter %d, served %d", n, served[u])
-			}
-			return nil
-		})
+		awaitClusterCounter(t, cluster, u, served[u])
 	}
 	if where, ok := redisStatusOf(t, a); !ok || !strings.HasPrefix(where, "Redis Cluster at ") {
 		t.Errorf("status: counters in %q, reachable %v", where, ok)
