@@ -144,7 +144,12 @@ var metricsClaimed atomic.Bool
 // in this process has; st.opts.MetricsAddr says whether it did.
 func startStack(tb testing.TB, metrics bool) *stack {
 	tb.Helper()
-	redisAddr := startRedis(tb)
+	return startStackOn(tb, "redis://"+startRedis(tb), metrics)
+}
+
+// startStackOn is startStack with the service's counters in the Redis at redisURL.
+func startStackOn(tb testing.TB, redisURL string, metrics bool) *stack {
+	tb.Helper()
 	ads := startADS(tb, envoy.DefaultRateLimitNode)
 	ads.publishQwen3Limit(tb, 50)
 
@@ -154,7 +159,7 @@ func startStack(tb testing.TB, metrics bool) *stack {
 		DebugAddr: addrs[1],
 		HTTPAddr:  addrs[2],
 		XDSAddr:   ads.addr,
-		RedisURL:  "redis://" + redisAddr,
+		RedisURL:  redisURL,
 		Local:     NewLocal(addrs[0]),
 	}
 	if metrics && metricsClaimed.CompareAndSwap(false, true) {

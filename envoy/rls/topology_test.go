@@ -81,3 +81,81 @@ func TestCountersOnRedisCluster(t *testing.T) {
 		t.Errorf("ping: %v", err)
 	}
 }
+
+// TestWaitForRedisExplainsTopologyMistakes: a URL that names the wrong kind of Redis, a primary
+// the sentinels do not know, or a wrong password is refused at once with the reply that says
+// why, never retried for the whole wait and never with a password in it.
+func TestWaitForRedisExplainsTopologyMistakes(t *testing.T) {
+	plain := testutil.StartRedis(t, testutil.RedisOptions{})
+	sentinel := testutil.StartRedisSentinel(t, testutil.RedisSentinelOptions{Password: "data-pw", SentinelPassword: "hunter2"})
+	sentinels := strings.Join(sentinel.SentinelAddrs(), ",")
+	for _, tt := range []struct {
+		name, url, want string
+	}{
+		{"a Cluster URL for a plain Redis", "redis+cluster://" + plain, "cluster support disabled"},
+		{"a primary the sentinels do not know", "redis+sentinel://:data-pw@" + sentinels + "/nosuch?sentinel_password=hunter2", "No such master"},
+		{"a wrong sentinel password", "redis+sentinel://:data-pw@" + sentinels + "/" + sentinel.MasterName() + "?sentinel_password=hunter3", "WRONGPASS"},
+		{"a wrong data password", "redis+sentinel://:hunter4@" + sentinels + "/" + sentinel.MasterName() + "?sentinel_password=hunter2", "WRONGPASS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			target, err := parseRedisURL(tt.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			err = waitForRedis(context.Background(), target, nil, time.Minute)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), "rejected tollgate's connection") || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter") {
+				t.Errorf("error %q: want a rejection naming %q, and no password", err, tt.want)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Errorf("refused after %s: a mistake like this is not worth retrying", took)
+			}
+		})
+	}
+}
+
+// TestServiceAndCountersOverTLSWithPasswords: the ratelimit service and tollgate's own counter
+// access share one URL and agree on every counter, on a Redis Cluster and on a Sentinel-guarded
+// primary, each over TLS with a private CA and passwords (the sentinels' own one too): what the
+// service counts, Counters reads and takes back, and the service sees that.
+func TestServiceAndCountersOverTLSWithPasswords(t *testing.T) {
+	files := testutil.NewRedisTLS(t)
+	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3, Password: "cluster-pw", TLS: &files})
+	sentinel := testutil.StartRedisSentinel(t, testutil.RedisSentinelOptions{Password: "data-pw", SentinelPassword: "sentinel-pw", TLS: &files})
+	for name, redisURL := range map[string]string{
+		"cluster": "rediss+cluster://:cluster-pw@" + strings.Join(cluster.Seeds(), ",") + "?ca=" + files.CAFile,
+		"sentinel": "rediss+sentinel://:data-pw@" + strings.Join(sentinel.SentinelAddrs(), ",") + "/" + sentinel.MasterName() +
+			"?sentinel_password=sentinel-pw&ca=" + files.CAFile,
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := startStackOn(t, redisURL, false)
+			counters, err := NewCounters(redisURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = counters.Close() })
+			ctx := context.Background()
+			for i := range 6 {
+				user := fmt.Sprintf("user-%d", i)
+				charge(t, st.conn, user, 30)
+				now := time.Now()
+				got, err := counters.Counts(ctx, testDomain, []rlsclient.Counter{{Entries: qwen3(user).Entries, Unit: "HOUR"}}, now)
+				if err != nil || got[0] != 30 {
+					t.Fatalf("%s: Counters read %v (%v) after the service counted 30", user, got, err)
+				}
+				if err := counters.Refund(ctx, []rlsclient.Refund{{Domain: testDomain, Entries: qwen3(user).Entries, Unit: "HOUR", At: now, Hits: 10}}); err != nil {
+					t.Fatal(err)
+				}
+				if s := checkOne(t, st, qwen3(user)); s.Remaining != 30 {
+					t.Errorf("%s: the service sees %d remaining of 50 after 30 counted and 10 taken back, want 30", user, s.Remaining)
+				}
+			}
+			if err := counters.Ping(ctx); err != nil {
+				t.Errorf("ping: %v", err)
+			}
+		})
+	}
+}
