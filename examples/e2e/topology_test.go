@@ -403,3 +403,26 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 		t.Errorf("status: counters in %q, reachable %v", where, ok)
 	}
 }
+
+// TestRunOnSentinel: `tollgate run`, with its quota checks made in-process, counts in a
+// Sentinel-guarded primary: its banner says so, a back-to-back client gets exactly the seed's
+// 5 x 200 then 429, and the counter on the primary holds the 60 tokens served.
+func TestRunOnSentinel(t *testing.T) {
+	testutil.Envoy(t)
+	sentinel := testutil.StartRedisSentinel(t, testutil.RedisSentinelOptions{Password: "data-s3cret"})
+	r := newRunStack(t, seedPolicy)
+	r.startWith(t, append(r.args(), "--redis",
+		fmt.Sprintf("redis+sentinel://:data-s3cret@%s/%s", strings.Join(sentinel.SentinelAddrs(), ","), sentinel.MasterName())))
+	if banner := r.proc.logText(); !strings.Contains(banner, `Redis primary "`+sentinel.MasterName()+`" via sentinels`) || strings.Contains(banner, "data-s3cret") {
+		t.Errorf("the banner does not name the Sentinel setup without its password:\n%s", banner)
+	}
+	if got := fmt.Sprint(sendBackToBack(t, r.stack, "alice", "qwen3", 7, false)); got != "[200 200 200 200 200 429 429]" {
+		t.Fatalf("seed scenario: %s", got)
+	}
+	testutil.Eventually(t, 10*time.Second, "alice's counter on the primary", func() error {
+		if n, err := sentinelCounter(t, sentinel, "alice"); err != nil || n != 60 {
+			return fmt.Errorf("counter %d, want 60 (%w)", n, err)
+		}
+		return nil
+	})
+}
