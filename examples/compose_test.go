@@ -430,7 +430,9 @@ func TestComposeScaleOut(t *testing.T) {
 		redisURLs[name] = args["--redis"]
 	}
 
-	// One Redis for every counter: the same URL everywhere.
+	// One Redis for every counter: the same URL everywhere, and the control plane's status
+	// reports on that one.
+	redisURLs[cp.Name] = cpArgs["--redis"]
 	redisURL := redisURLs["ratelimit-1"]
 	for name, u := range redisURLs {
 		if u != redisURL {

@@ -112,6 +112,13 @@ func serve(ctx context.Context, o serveOptions, logger *slog.Logger) error {
 		if extProcServer, err = newExtProcServer(logger, reg, rlsOpts); err != nil {
 			return err
 		}
+	} else if o.charges.redisURL != "" {
+		// No ext_proc server here, but --redis names the counters' Redis: status says whether
+		// it answers, for the operator of the whole deployment.
+		if counters, err = rls.NewCounters(o.charges.redisURL); err != nil {
+			return err
+		}
+		defer func() { _ = counters.Close() }()
 	}
 	rl := newReloader(o.policyFile, os.LookupEnv, logger.With("component", "reload"), reg, xdsServer, extProcServer)
 	if err := rl.apply(ctx, content); err != nil {
