@@ -426,3 +426,22 @@ func TestRunOnSentinel(t *testing.T) {
 		return nil
 	})
 }
+
+// TestControlPlaneReportsTheCounters: a control plane without an ext_proc server of its own,
+// given --redis, says in its status where the counters are and whether they answer, now.
+func TestControlPlaneReportsTheCounters(t *testing.T) {
+	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
+	s.writePolicy(t, seedPolicy)
+	_, redis := startRedisOn(t, s.redisPort)
+	s.startTollgateWith(t, "--extproc", "")
+	if where, ok := redisStatusOf(t, s); !ok || where != "Redis at "+addr(s.redisPort) {
+		t.Errorf("status with Redis up: counters in %q, reachable %v", where, ok)
+	}
+	redis.kill()
+	testutil.Eventually(t, 10*time.Second, "status saying Redis does not answer", func() error {
+		if where, ok := redisStatusOf(t, s); ok || where == "" {
+			return fmt.Errorf("counters in %q, reachable %v", where, ok)
+		}
+		return nil
+	})
+}
