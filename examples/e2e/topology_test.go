@@ -266,7 +266,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 	const perRequest = 12
 	testutil.Envoy(t)
-	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3, ReplicasPerPrimary: 1})
+	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3, ReplicasPerPrimary: 1, NodeTimeout: 2500 * time.Millisecond})
 	redisURL := "redis+cluster://" + strings.Join(cluster.Seeds(), ",")
 	s := newStack(t, map[string]int{"sim": startSim(t, "sim")})
 	s.writePolicy(t, outagePolicy("open"))
@@ -290,7 +290,9 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 	cluster.KillPrimary(t, slices.Index(cluster.Seeds(), holder))
 	promoted := cluster.AwaitPromotion(t)
 	t.Logf("primary %s killed; %s promoted %s later", holder, promoted, time.Since(killedAt).Round(10*time.Millisecond))
-	testutil.Eventually(t, 40*time.Second, "the user's checks answered again", func() error {
+	// The Redis Cluster client (radix) learns the new slot map by re-reading it every 5 s from
+	// a random node, which may be the dead one.
+	testutil.Eventually(t, 60*time.Second, "the user's checks answered again", func() error {
 		before := failedOpenChecks(t, s)
 		if got := sendN(t, s, "steady", "qwen3", 1, false)[0]; got != 200 {
 			return fmt.Errorf("status %d", got)
@@ -305,6 +307,17 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 	time.Sleep(time.Second)
 	statuses := l.endThroughOutage(t, "open")
 	want := (statuses[200] + answeredBesides) * perRequest
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// Where every copy of the counter is, and who the cluster thinks is primary.
+		for _, n := range cluster.Nodes() {
+			counters, err := redisCounters(n.Addr, "*_user_steady_*")
+			t.Logf("node %+v: %v %v", n, counters, err)
+		}
+		t.Logf("CLUSTER NODES:\n%s", cluster.CLI(t, "CLUSTER", "NODES"))
+	})
 	got := awaitFailoverCounter(t, s, want, func() (int, error) {
 		n, _, err := clusterCounter(cluster, "steady")
 		return n, err

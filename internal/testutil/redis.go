@@ -201,6 +201,10 @@ type RedisClusterOptions struct {
 	// TLS, when set, makes every node serve TLS only, and the cluster bus and replication
 	// use it too.
 	TLS *RedisTLSFiles
+	// NodeTimeout is how long a primary may not answer before its replica takes over: 1 s
+	// when zero. A test that kills a primary on a busy machine wants more, so that no other
+	// primary, merely slow, is failed over too.
+	NodeTimeout time.Duration
 }
 
 // RedisCluster is a running Redis Cluster. Its methods are for the test's goroutine.
@@ -250,6 +254,10 @@ func StartRedisCluster(t testing.TB, opts RedisClusterOptions) *RedisCluster {
 	if opts.Primaries < 3 || opts.ReplicasPerPrimary < 0 {
 		t.Fatalf("a cluster needs at least 3 primaries and no negative replica count, not %d and %d", opts.Primaries, opts.ReplicasPerPrimary)
 	}
+	nodeTimeout := redisNodeTimeout
+	if opts.NodeTimeout > 0 {
+		nodeTimeout = int(opts.NodeTimeout.Milliseconds())
+	}
 	c := &RedisCluster{opts: opts, cli: RedisCLI(t)}
 	count := opts.Primaries * (1 + opts.ReplicasPerPrimary)
 	addrs := make([]string, count)
@@ -261,7 +269,7 @@ func StartRedisCluster(t testing.TB, opts RedisClusterOptions) *RedisCluster {
 			"--cluster-enabled", "yes",
 			"--cluster-port", strconv.Itoa(busPort),
 			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", strconv.Itoa(redisNodeTimeout))
+			"--cluster-node-timeout", strconv.Itoa(nodeTimeout))
 		if opts.TLS != nil {
 			args = append(args, "--tls-cluster", "yes")
 		}
