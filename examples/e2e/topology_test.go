@@ -249,8 +249,8 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 			time.Sleep(time.Second)
 			statuses := l.endThroughOutage(t, mode)
 			want := statuses[200] * perRequest
-			got := awaitFailoverCounter(t, s, want, func() (int, error) { return sentinelCounter(t, sentinel, "steady") })
-			assertFailoverBound(t, got, want, 3)
+			got := awaitSettledCounter(t, s, want, func() (int, error) { return sentinelCounter(t, sentinel, "steady") })
+			assertOutageBound(t, got, want, 3)
 			if where, ok := redisStatusOf(t, s); !ok || !strings.HasPrefix(where, `Redis primary "`+sentinel.MasterName()+`" via sentinels`) {
 				t.Errorf("status: counters in %q, reachable %v", where, ok)
 			}
@@ -318,16 +318,16 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 		}
 		t.Logf("CLUSTER NODES:\n%s", cluster.CLI(t, "CLUSTER", "NODES"))
 	})
-	got := awaitFailoverCounter(t, s, want, func() (int, error) {
+	got := awaitSettledCounter(t, s, want, func() (int, error) {
 		n, _, err := clusterCounter(cluster, "steady")
 		return n, err
 	})
-	assertFailoverBound(t, got, want, 3)
+	assertOutageBound(t, got, want, 3)
 }
 
-// awaitFailoverCounter waits until the gateway has no charge or refund left to deliver and the
+// awaitSettledCounter waits until the gateway has no charge or refund left to deliver and the
 // counter (read) has stopped moving at answered or above, and returns it.
-func awaitFailoverCounter(t *testing.T, s *stack, answered int, read func() (int, error)) int {
+func awaitSettledCounter(t *testing.T, s *stack, answered int, read func() (int, error)) int {
 	t.Helper()
 	testutil.Eventually(t, 30*time.Second, "the backlog empty", func() error {
 		if v, _ := promSample(s.extProcMetrics(t), "tollgate_quota_charges_backlog"); v != 0 {
@@ -336,7 +336,7 @@ func awaitFailoverCounter(t *testing.T, s *stack, answered int, read func() (int
 		return nil
 	})
 	got := -1
-	testutil.Eventually(t, 30*time.Second, "the counter on the new primary settled", func() error {
+	testutil.Eventually(t, 30*time.Second, "the counter settled", func() error {
 		n, err := read()
 		if err != nil {
 			return err
@@ -350,18 +350,28 @@ func awaitFailoverCounter(t *testing.T, s *stack, answered int, read func() (int
 	return got
 }
 
-// assertFailoverBound checks a counter after its primary died and a replica took over, against
-// the bound docs/operations.md states: every answered request's tokens are counted (nothing is
-// lost), and beyond them at most the unused reservations of the requests in flight when the
-// primary died (inFlight), whose refunds it acknowledged but had not yet passed to its replica.
-func assertFailoverBound(t *testing.T, got, answered, inFlight int) {
+// assertOutageBound checks a counter after its Redis went away under load (restarted, or a
+// replica promoted) against the bound docs/operations.md states: every answered request's
+// tokens are counted — nothing is lost — and beyond them at most one request's unused
+// reservation per request in flight at the instant Redis went away (inFlight): a refund the dead
+// primary acknowledged but had not passed to its replica (4,090 tokens of a chat request's
+// 4,102), or a reservation Redis applied with the answer lost with the connection, for a request
+// then admitted unchecked and charged in full (4,102).
+func assertOutageBound(t *testing.T, got, answered, inFlight int) {
 	t.Helper()
-	const unused = 6 + 4096 - 12 // a chat request reserves its input and the default output bound
-	t.Logf("counter %d after the failover, answered %d tokens: %d more, %.1f refunds lost", got, answered, got-answered, float64(got-answered)/unused)
-	if got < answered || got > answered+inFlight*unused || (got-answered)%unused != 0 {
-		t.Errorf("counter %d after the failover, answered %d tokens: want those, plus at most %d lost refunds of %d",
-			got, answered, inFlight, unused)
+	const reservation = 6 + 4096 // a chat request reserves its input and the default output bound
+	const unused = reservation - 12
+	extra := got - answered
+	t.Logf("counter %d after the outage, answered %d tokens: %d more", got, answered, extra)
+	for k := 0; k <= inFlight; k++ {
+		for phantom := 0; phantom <= k; phantom++ {
+			if extra == phantom*reservation+(k-phantom)*unused {
+				return
+			}
+		}
 	}
+	t.Errorf("counter %d after the outage, answered %d tokens: want those, plus at most %d unused reservations (%d or %d each)",
+		got, answered, inFlight, unused, reservation)
 }
 
 // sentinelCounter is a user's qwen3 counter on the current primary.
