@@ -215,20 +215,7 @@ func mounts(svc types.ServiceConfig, target, source string) bool {
 
 func assertSameYAML(t *testing.T, path string, want []byte) {
 	t.Helper()
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g, w any
-	if err := yaml.Unmarshal(got, &g); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(want, &w); err != nil {
-		t.Fatal(err)
-	}
-	gb, _ := yaml.Marshal(g)
-	wb, _ := yaml.Marshal(w)
-	if string(gb) != string(wb) {
+	if !sameYAMLFile(t, path, want) {
 		t.Errorf("%s differs from `tollgate bootstrap` (regenerate it with: go run ./cmd/tollgate bootstrap --envoy-max-heap 512MiB)", path)
 	}
 }

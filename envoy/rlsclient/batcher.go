@@ -12,7 +12,9 @@ import (
 type call struct {
 	target, domain string
 	descriptors    []Descriptor
-	refunds        []Refund
+	// keys are the descriptors' counters (counterKeys), for a charge.
+	keys    []string
+	refunds []Refund
 	// timeout bounds one attempt of the call that carries this one (the first's counts).
 	timeout time.Duration
 	// keepOpen keeps the call that carries this check open past timeout, for up to

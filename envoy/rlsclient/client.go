@@ -117,13 +117,13 @@ func New(opts Options) (*Client, error) {
 // of ds. Within timeout (or until ctx ends) it waits for this client's charges and refunds to
 // the same counters, for room in the queue, and for the answer.
 func (c *Client) Check(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration) ([]Status, error) {
-	return c.check(ctx, target, domain, ds, timeout, nil)
+	return c.check(ctx, target, domain, ds, counterKeys(domain, ds), timeout, nil)
 }
 
-// check is Check. When late is set, the call is not abandoned with its caller: it gets up to
-// lateCallTimeout, and a successful answer that comes after the caller gave up goes to late,
-// which can then undo what the call did.
-func (c *Client) check(ctx context.Context, target, domain string, ds []Descriptor, timeout time.Duration, late func([]Status)) ([]Status, error) {
+// check is Check, for the counters keys (ds's). When late is set, the call is not abandoned
+// with its caller: it gets up to lateCallTimeout, and a successful answer that comes after the
+// caller gave up goes to late, which can then undo what the call did.
+func (c *Client) check(ctx context.Context, target, domain string, ds []Descriptor, keys []string, timeout time.Duration, late func([]Status)) ([]Status, error) {
 	if err := checkRequest(domain, ds); err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func (c *Client) check(ctx context.Context, target, domain string, ds []Descript
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := c.pending.wait(ctx, counterKeys(domain, ds), c.flush); err != nil {
+	if err := c.pending.wait(ctx, keys, c.flush); err != nil {
 		return nil, fmt.Errorf("waiting for earlier charges to the same counters: %w", err)
 	}
 	type answer struct {
@@ -187,8 +187,9 @@ func (c *Client) Charge(target, domain string, ds []Descriptor, done func(error)
 		}
 		return
 	}
-	applied := c.track(counterKeys(domain, ds), done)
-	cl := &call{target: target, domain: domain, descriptors: ds, timeout: chargeTimeout,
+	keys := counterKeys(domain, ds)
+	applied := c.track(keys, done)
+	cl := &call{target: target, domain: domain, descriptors: ds, keys: keys, timeout: chargeTimeout,
 		done: func(_ []Status, err error) { applied(err) }}
 	_ = c.charges.add(context.Background(), cl) // never fails without a deadline
 }
@@ -322,7 +323,7 @@ func (c *Client) sendCharges(batch []*call) {
 	}
 	var send, held []*call
 	for _, cl := range batch {
-		if c.failing.any(counterKeys(cl.domain, cl.descriptors)) {
+		if c.failing.any(cl.keys) {
 			held = append(held, cl)
 		} else {
 			send = append(send, cl)

@@ -29,6 +29,9 @@ const failingSweep = 4096
 func (f *failing) mark(keys []string, failed bool) (wasMarked bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !failed && len(f.keys) == 0 {
+		return false // the usual case: nothing failing, nothing to clear
+	}
 	now := time.Now()
 	for _, k := range keys {
 		if at, ok := f.keys[k]; ok && now.Sub(at) < failingFor {
@@ -57,6 +60,9 @@ func (f *failing) mark(keys []string, failed bool) (wasMarked bool) {
 func (f *failing) any(keys []string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(f.keys) == 0 {
+		return false
+	}
 	now := time.Now()
 	for _, k := range keys {
 		if at, ok := f.keys[k]; ok && now.Sub(at) < failingFor {

@@ -119,7 +119,7 @@ func (c *Client) Admit(ctx context.Context, target, domain string, ds []Descript
 	if c.refunder == nil {
 		late = nil
 	}
-	statuses, err := c.check(ctx, target, domain, call, timeout, late)
+	statuses, err := c.check(ctx, target, domain, call, keys, timeout, late)
 	if c.failing.mark(keys, err != nil) && err == nil {
 		c.backlog.poke() // charges held while the service did not answer can go now
 	}

@@ -235,16 +235,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 			promoted := sentinel.AwaitFailover(t)
 			t.Logf("primary %s killed; %s promoted %s later", killed, promoted, time.Since(killedAt).Round(10*time.Millisecond))
 			// Checks work again, on the new primary, without a restart.
-			testutil.Eventually(t, 15*time.Second, "checks answered again", func() error {
-				before := failedOpenChecks(t, s)
-				if got := sendN(t, s, "probe", "qwen3", 1, false)[0]; got != 200 {
-					return fmt.Errorf("status %d", got)
-				}
-				if after := failedOpenChecks(t, s); after != before {
-					return fmt.Errorf("admitted unchecked (%v failed-open checks, was %v)", after, before)
-				}
-				return nil
-			})
+			awaitChecksAnswered(t, s, "probe", 15*time.Second)
 			t.Logf("checks answered again %s after the kill", time.Since(killedAt).Round(10*time.Millisecond))
 			time.Sleep(time.Second)
 			statuses := l.endThroughOutage(t, mode)
@@ -292,17 +283,7 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 	t.Logf("primary %s killed; %s promoted %s later", holder, promoted, time.Since(killedAt).Round(10*time.Millisecond))
 	// The Redis Cluster client (radix) learns the new slot map by re-reading it every 5 s from
 	// a random node, which may be the dead one.
-	testutil.Eventually(t, 60*time.Second, "the user's checks answered again", func() error {
-		before := failedOpenChecks(t, s)
-		if got := sendN(t, s, "steady", "qwen3", 1, false)[0]; got != 200 {
-			return fmt.Errorf("status %d", got)
-		}
-		answeredBesides++
-		if after := failedOpenChecks(t, s); after != before {
-			return fmt.Errorf("admitted unchecked (%v failed-open checks, was %v)", after, before)
-		}
-		return nil
-	})
+	answeredBesides += awaitChecksAnswered(t, s, "steady", 60*time.Second)
 	t.Logf("checks answered again %s after the kill", time.Since(killedAt).Round(10*time.Millisecond))
 	time.Sleep(time.Second)
 	statuses := l.endThroughOutage(t, "open")
@@ -323,6 +304,24 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 		return n, err
 	})
 	assertOutageBound(t, got, want, 3)
+}
+
+// awaitChecksAnswered sends user's requests until one is answered 200 after a quota check that
+// worked (not admitted unchecked by failure mode open), and returns how many were answered 200.
+func awaitChecksAnswered(t *testing.T, s *stack, user string, within time.Duration) (answered int) {
+	t.Helper()
+	testutil.Eventually(t, within, user+"'s checks answered again", func() error {
+		before := failedOpenChecks(t, s)
+		if got := sendN(t, s, user, "qwen3", 1, false)[0]; got != 200 {
+			return fmt.Errorf("status %d", got)
+		}
+		answered++
+		if after := failedOpenChecks(t, s); after != before {
+			return fmt.Errorf("admitted unchecked (%v failed-open checks, was %v)", after, before)
+		}
+		return nil
+	})
+	return answered
 }
 
 // awaitSettledCounter waits until the gateway has no charge or refund left to deliver and the
