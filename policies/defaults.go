@@ -100,6 +100,7 @@ func applyDefaults(p *Policy, written func(path string) bool) {
 	}
 	setString("extProc.address", &p.ExtProc.Address, DefaultExtProcAddress)
 	setInt("extProc.port", &p.ExtProc.Port, DefaultExtProcPort)
+	setString("extProc.streamUsage", &p.ExtProc.StreamUsage, StreamUsageTollgate)
 	setString("rateLimit.address", &p.RateLimit.Address, DefaultRateLimitAddress)
 	setInt("rateLimit.port", &p.RateLimit.Port, DefaultRateLimitPort)
 	setString("rateLimit.domain", &p.RateLimit.Domain, DefaultRateLimitDomain)

@@ -154,7 +154,7 @@ func TestExplicitValuesOverrideDefaults(t *testing.T) {
 	p := mustParse(t, `
 listener: {address: 0.0.0.0, port: 9090, modelHeader: X-Model, maxRequestBytes: 2048, requestTimeout: 1m}
 identity: {header: X-Tenant}
-extProc: {address: extproc.internal, port: 2000}
+extProc: {address: extproc.internal, port: 2000, streamUsage: envoy}
 rateLimit: {address: "::1", port: 2001, domain: mine, timeout: 250ms, failureMode: CLOSED}
 backends: [{name: sim, url: "https://llm.example.com/", connectTimeout: 2s}]
 models: [{name: qwen3, backend: sim}]
@@ -168,7 +168,7 @@ quotas: [{name: q, model: qwen3, cost: total, limit: 5, per: DAY}]
 	if p.Listener.ModelHeader != "x-model" || p.Identity.Header != "x-tenant" {
 		t.Errorf("headers not lowercased: %q, %q", p.Listener.ModelHeader, p.Identity.Header)
 	}
-	if p.ExtProc != (ExtProcEndpoint{Endpoint: Endpoint{Address: "extproc.internal", Port: 2000}}) {
+	if p.ExtProc != (ExtProcEndpoint{Endpoint: Endpoint{Address: "extproc.internal", Port: 2000}, StreamUsage: StreamUsageEnvoy}) {
 		t.Errorf("extProc = %+v", p.ExtProc)
 	}
 	r := p.RateLimit
@@ -399,6 +399,7 @@ func TestValidationRules(t *testing.T) {
 		{"extProc address empty", "identity: {header: x-user-id}", `identity: {header: x-user-id}` + "\n" + `extProc: {address: ""}`, "extProc.address", "required"},
 		{"extProc clashes with listener", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {port: 8080}", "extProc.port", "clashes with listener.port (both 127.0.0.1:8080)"},
 		{"extProc socket relative", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {socket: run/extproc.sock}", "extProc.socket", "must be an absolute path"},
+		{"extProc streamUsage unknown", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {streamUsage: ext_proc}", "extProc.streamUsage", `must be one of tollgate, envoy, got "ext_proc"`},
 		{"extProc socket too long", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nextProc: {socket: /" + strings.Repeat("s", 107) + "}", "extProc.socket", "at most 107 bytes"},
 		{"rateLimit port", "identity: {header: x-user-id}", "identity: {header: x-user-id}\nrateLimit: {port: 70000}", "rateLimit.port", "between 1 and 65535"},
 		{"rateLimit domain empty", "identity: {header: x-user-id}", `identity: {header: x-user-id}` + "\n" + `rateLimit: {domain: ""}`, "rateLimit.domain", "required"},

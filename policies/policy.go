@@ -174,7 +174,22 @@ type ExtProcEndpoint struct {
 	// and Port are then not used. Every request's messages cross it, and a Unix socket costs
 	// both ends less per message than loopback TCP.
 	Socket string `yaml:"socket"`
+	// StreamUsage says who reads a streamed answer's token usage: tollgate (default), which
+	// gets every chunk and so charges a stream the client leaves early what it was served;
+	// or envoy, whose usage filter reads it and hands tollgate one trailers message per
+	// stream (four messages in all instead of one per chunk), but a stream left early
+	// publishes no usage and is charged its reservation (prompt and whole output allowance).
+	StreamUsage string `yaml:"streamUsage"`
 }
+
+// Who reads a streamed answer's usage (ExtProcEndpoint.StreamUsage).
+const (
+	StreamUsageTollgate = "tollgate"
+	StreamUsageEnvoy    = "envoy"
+)
+
+// StreamUsageReaders lists the valid values of extProc.streamUsage.
+func StreamUsageReaders() []string { return []string{StreamUsageTollgate, StreamUsageEnvoy} }
 
 // RateLimit configures how the ext_proc server talks to the ratelimit service.
 type RateLimit struct {

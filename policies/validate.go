@@ -206,6 +206,9 @@ func (v *validator) endpoint(path string, e Endpoint) {
 const maxSocketPath = 107
 
 func (v *validator) extProc(e ExtProcEndpoint) {
+	if !slices.Contains(StreamUsageReaders(), e.StreamUsage) {
+		v.add("extProc.streamUsage", "must be one of %s, got %q", strings.Join(StreamUsageReaders(), ", "), e.StreamUsage)
+	}
 	if e.Socket == "" {
 		v.endpoint("extProc", e.Endpoint)
 		return

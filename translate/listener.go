@@ -10,6 +10,7 @@ import (
 	fileaccesslogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	celfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	aiprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ai_protocol_manager/v3"
 	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 const (
@@ -38,13 +40,17 @@ const (
 	// streamIdleTimeout cuts a stream that has been silent this long in both directions; a
 	// healthy LLM stream sends tokens far more often, and a slow first token stays well below it.
 	streamIdleTimeout = 5 * time.Minute
+	// maxParsedStreamEvents bounds the events of one stream Envoy parses for usage: above
+	// any output length a model produces (one event per token at most, plus a few).
+	maxParsedStreamEvents = 1 << 20
 	// retryAfterSeconds is what Envoy's own 503s tell clients to wait: a full in-flight bound
 	// or an overloaded gateway frees up within a second or so, and SDKs retry sooner anyway.
 	retryAfterSeconds = "1"
 )
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
-// buffer → ext_proc → router (jwt_authn first in jwt identity mode), routes over RDS, and an access log
+// buffer → ext_proc → router (buffer → ext_proc → ai_protocol_manager → router when Envoy reads
+// the usage; jwt_authn first in jwt identity mode), routes over RDS, and an access log
 // of every request's user, model and tokens. Quotas are the ext_proc server's: it checks them
 // with the ratelimit service before a request goes upstream and charges them when it ends, so
 // Envoy itself never calls the ratelimit service.
@@ -77,6 +83,15 @@ func listener(p *input) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	filters := []*hcmv3.HttpFilter{buffer, extProc, router}
+	if envoyReadsUsage(p) {
+		usage, err := usageFilter()
+		if err != nil {
+			return nil, err
+		}
+		// On the response path filters run in reverse: the usage filter reads the response
+		// before the ext_proc filter sees its trailers.
+		filters = []*hcmv3.HttpFilter{buffer, extProc, usage, router}
+	}
 	if usesJWT(p) {
 		jwt, err := jwtAuthnFilter(p)
 		if err != nil {
@@ -131,19 +146,30 @@ func listener(p *input) (*listenerv3.Listener, error) {
 // extProcFilter sends request headers and the buffered request body to the ext_proc server
 // (model routing, identity, include_usage), and the response body as it streams, with the
 // response status as an attribute of its first chunk. A JSON answer is usually one chunk, so a
-// non-streamed request costs three messages. It fails closed: without
-// it a request has no trustworthy model or user.
+// non-streamed request costs four messages (the last an empty end of stream), a stream one per
+// chunk. When Envoy reads streams' usage (envoy.ExtProcEnvoyUsageMode) a stream's response
+// headers and trailers are sent instead, the usage with them: four messages. It fails closed:
+// without it a request has no trustworthy model or user.
 func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 	metadata := &extprocfilterv3.MetadataOptions{
 		ReceivingNamespaces: &extprocfilterv3.MetadataOptions_MetadataNamespaces{
 			Untyped: []string{envoy.MetadataNamespace},
 		},
 	}
+	forwarded := &extprocfilterv3.MetadataOptions_MetadataNamespaces{}
 	if usesJWT(p) {
 		// The verified token payload, which names the user.
-		metadata.ForwardingNamespaces = &extprocfilterv3.MetadataOptions_MetadataNamespaces{
-			Untyped: []string{envoy.FilterJWTAuthn},
-		}
+		forwarded.Untyped = append(forwarded.Untyped, envoy.FilterJWTAuthn)
+	}
+	mode := envoy.ExtProcMode()
+	fromEnvoy := envoyReadsUsage(p)
+	if fromEnvoy {
+		// The usage Envoy read, which arrives with the response trailers.
+		forwarded.Typed = []string{envoy.MetadataTokenUsage}
+		mode = envoy.ExtProcEnvoyUsageMode()
+	}
+	if usesJWT(p) || fromEnvoy {
+		metadata.ForwardingNamespaces = forwarded
 	}
 	return httpFilter(envoy.FilterExtProc, &extprocfilterv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
@@ -151,14 +177,8 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 				ClusterName: envoy.ClusterExtProc,
 			}},
 		},
-		ProcessingMode: &extprocfilterv3.ProcessingMode{
-			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
-			RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
-			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
-			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SKIP,
-			ResponseBodyMode:    extprocfilterv3.ProcessingMode_STREAMED,
-			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
-		},
+		ProcessingMode:    mode,
+		AllowModeOverride: fromEnvoy,
 		// The response status rides on the first body chunk: one round trip fewer per
 		// response than a headers message of its own.
 		ResponseAttributes: []string{envoy.AttributeResponseCode},
@@ -167,6 +187,34 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 		StatusOnError:      &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		MetadataOptions:    metadata,
 	})
+}
+
+// envoyReadsUsage says whether Envoy reads streams' usage (extProc.streamUsage).
+func envoyReadsUsage(p *input) bool {
+	return p.ExtProc.StreamUsage == policies.StreamUsageEnvoy
+}
+
+// usageFilter reads token usage from a stream into typed metadata and, once it is published,
+// ends the stream with trailers: the ext_proc server then gets one trailers message with the
+// usage instead of every chunk. It is on only in the routes of streams Envoy reads (see
+// envoy.HeaderStreamUsage). The API is told from the response itself.
+func usageFilter() (*hcmv3.HttpFilter, error) {
+	filter, err := httpFilter(envoy.FilterAIProtocolManager, &aiprotocolv3.AiProtocolManager{
+		ResponseHandling: &aiprotocolv3.ResponseHandling{
+			TokenUsage: &aiprotocolv3.TokenUsageExtraction{
+				UsageSignal: aiprotocolv3.TokenUsageExtraction_SYNTHESIZE_TRAILERS,
+				Limits: &aiprotocolv3.TokenUsageExtractionLimits{
+					// Chat Completions parses every chunk; the default (65,536) would drop
+					// the usage of a longer stream, which is then charged its reservation.
+					MaxParsedSseEvents: wrapperspb.UInt32(maxParsedStreamEvents),
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return filter, nil
 }
 
 // accessLog is the usage log: one JSON line per request (docs/operations.md lists the fields),

@@ -6,8 +6,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	aiprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ai_protocol_manager/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -33,6 +35,13 @@ func routeConfig(p *input) (*routev3.RouteConfiguration, error) {
 		r, err := modelRoute(p, m)
 		if err != nil {
 			return nil, err
+		}
+		if envoyReadsUsage(p) {
+			stream, err := streamUsageRoute(r)
+			if err != nil {
+				return nil, err
+			}
+			routes = append(routes, stream)
 		}
 		routes = append(routes, r)
 	}
@@ -82,6 +91,27 @@ func modelRoute(p *input, m policies.Model) (*routev3.Route, error) {
 	}
 	return r, nil
 }
+
+// streamUsageRoute is a model route for the streams Envoy reads: the model's route, matched
+// only with envoy.HeaderStreamUsage (which it removes), with the usage filter turned on.
+func streamUsageRoute(model *routev3.Route) (*routev3.Route, error) {
+	enabled, err := envoy.Any(&aiprotocolv3.AiProtocolManagerPerRoute{Response: &aiprotocolv3.ResponsePerRoute{}})
+	if err != nil {
+		return nil, err
+	}
+	r := proto.Clone(model).(*routev3.Route)
+	r.Name = model.GetName() + streamUsageRouteSuffix
+	r.Match.Headers = append(r.Match.Headers, &routev3.HeaderMatcher{
+		Name:                 envoy.HeaderStreamUsage,
+		HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+	})
+	r.RequestHeadersToRemove = append(r.RequestHeadersToRemove, envoy.HeaderStreamUsage)
+	r.TypedPerFilterConfig = map[string]*anypb.Any{envoy.FilterAIProtocolManager: enabled}
+	return r, nil
+}
+
+// streamUsageRouteSuffix names a model's route for the streams Envoy reads.
+const streamUsageRouteSuffix = "_stream"
 
 // rateLimitHeaders tell a client of a model with quotas where it stands, in the headers
 // envoy.RateLimitHeaders lists: limits, what is left of them and when they reset. The ext_proc

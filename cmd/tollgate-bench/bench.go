@@ -139,6 +139,8 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 			{cfg.nullExtProc, &gws.null, "null-ext-proc", stack.PolicyOptions{NullExtProc: true}, nil},
 			{cfg.split && cfg.inProcess, &gws.split, "split", stack.PolicyOptions{}, func(e *stack.Env) { e.InProcess = false }},
 			{cfg.unixSocket, &gws.unixSocket, "unix-socket", stack.PolicyOptions{ExtProcSocket: true}, nil},
+			{cfg.envoyStreams, &gws.envoyStreams, "envoy-streams", stack.PolicyOptions{EnvoyStreams: true}, nil},
+			{cfg.envoyStreams && cfg.nullExtProc, &gws.nullEnvoyStreams, "null-envoy-streams", stack.PolicyOptions{NullExtProc: true, EnvoyStreams: true}, nil},
 			{cfg.redisSocket, &gws.redisSocket, "redis-socket", stack.PolicyOptions{RedisSocket: true}, nil},
 			{cfg.compareGoMaxProcs > 0, &gws.goMaxProcs, "gomaxprocs", stack.PolicyOptions{}, func(e *stack.Env) {
 				e.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", cfg.compareGoMaxProcs)}

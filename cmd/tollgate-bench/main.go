@@ -84,13 +84,14 @@ func runNullExtProc(ctx context.Context, args []string, stderr io.Writer) int {
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	header := fs.String("model-header", policies.DefaultModelHeader, "the routing header it sets")
 	model := fs.String("model", "qwen3", "the model it names in the routing header")
+	markStreams := fs.Bool("mark-streams", false, "mark bodies asking for a stream with the header that routes them where Envoy reads their usage (extProc.streamUsage: envoy)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if err := nullproc.Serve(ctx, *listen, nullproc.New(*header, *model)); err != nil {
+	if err := nullproc.Serve(ctx, *listen, nullproc.New(*header, *model, *markStreams)); err != nil {
 		_, _ = fmt.Fprintln(stderr, "tollgate-bench null-extproc:", err)
 		return 1
 	}
@@ -120,6 +121,7 @@ type config struct {
 	split                       bool
 	compareGoMaxProcs           int
 	unixSocket                  bool
+	envoyStreams                bool
 	redisSocket                 bool
 	checkOnly                   bool
 	litellm                     bool
@@ -179,6 +181,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.extProcOnly, "ext-proc-only", true, "also measure a second gateway without quotas (system E): B's cost split into ext_proc and rate limiting")
 	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")
 	fs.BoolVar(&c.split, "split", true, "also measure B as a split deployment (system S): `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC")
+	fs.BoolVar(&c.envoyStreams, "envoy-streams", true, "also measure C with Envoy reading streams' usage (system V, extProc.streamUsage: envoy) and, with --null-ext-proc, its floor (W, the do-nothing server behind the same configuration)")
 	fs.BoolVar(&c.unixSocket, "unix-socket", false, "also measure B with Envoy reaching the ext_proc server over a Unix socket (system U; the policy's extProc.socket)")
 	fs.BoolVar(&c.redisSocket, "redis-socket", false, "also measure B with tollgate and the ratelimit service reaching Redis over a Unix socket (system R; --redis unix:///...)")
 	fs.IntVar(&c.compareGoMaxProcs, "compare-gomaxprocs", 0, "also measure B with GOMAXPROCS set to this for tollgate (system G), to weigh it against Go's default in one run; 0: not measured")

@@ -75,8 +75,13 @@ func overheadPhase(ctx context.Context, cfg config, plain *stack.Plain, gws gate
 	}
 	out, err := measureOverhead(ctx, cfg, systems, logger)
 	if err == nil {
-		for _, s := range systems[1:3] { // B and C
-			if s.rep.MessagesPerRequest, err = messagesPerRequest(ctx, s, gws.main); err != nil {
+		counted := map[string]*stack.Gateway{"B": gws.main, "C": gws.main, "V": gws.envoyStreams}
+		for _, s := range systems {
+			gw := counted[s.rep.Key]
+			if gw == nil {
+				continue
+			}
+			if s.rep.MessagesPerRequest, err = messagesPerRequest(ctx, s, gw); err != nil {
 				return out, fmt.Errorf("%s's messages per request: %w", s.rep.Key, err)
 			}
 			logger.Info("ext_proc messages per request", "system", s.rep.Key, "messages", s.rep.MessagesPerRequest)
@@ -112,9 +117,11 @@ const (
 // gateways are the tollgate gateways of the overhead phase: B's (and C's), and when not nil
 // X's (a do-nothing ext_proc server) and B's variants: E's (no quotas), K's (checks only, no
 // reservations), S's (split into processes, quota checks over gRPC), G's (another
-// GOMAXPROCS), U's (the ext_proc server on a Unix socket) and R's (Redis on a Unix socket).
+// GOMAXPROCS), U's (the ext_proc server on a Unix socket), R's (Redis on a Unix socket), V's
+// (Envoy reads streams' usage) and W's (V's configuration with the do-nothing server).
 type gateways struct {
 	main, extProcOnly, checkOnly, null, split, goMaxProcs, unixSocket, redisSocket *stack.Gateway
+	envoyStreams, nullEnvoyStreams                                                 *stack.Gateway
 }
 
 // overheadSystems are A, B and C, and the floors and variants that run.
@@ -150,6 +157,22 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		systems = append(systems,
 			&loadedSystem{rep: &report.System{Key: "X", Name: "B's Envoy configuration with a do-nothing ext_proc server (B's floor)", Floor: "A"}, req: x, pids: pids},
 			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids, streamed: true})
+	}
+	if gws.envoyStreams != nil {
+		// C's requests on a gateway where Envoy reads streams' usage, and its own floor.
+		v := gwStream
+		v.URL = gws.envoyStreams.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{rep: &report.System{Key: "V", Name: "C with Envoy reading the streams' usage (extProc.streamUsage: envoy)", Floor: "A"},
+			req: v, pids: gatewayPids(gws.envoyStreams), streamed: true})
+		if gws.nullEnvoyStreams != nil {
+			pids := gatewayPids(gws.nullEnvoyStreams)
+			delete(pids, "redis")
+			w := gwStream
+			w.URL = gws.nullEnvoyStreams.URL + "/v1/chat/completions"
+			systems[len(systems)-1].rep.Floor = "W"
+			systems = append(systems, &loadedSystem{rep: &report.System{Key: "W", Name: "V's Envoy configuration with the do-nothing ext_proc server, streams marked for Envoy (V's floor)", Floor: "A"},
+				req: w, pids: pids, streamed: true})
+		}
 	}
 	// B's variants: one lever changed each, the same JSON requests.
 	variants := []struct {

@@ -166,6 +166,10 @@ type Config struct {
 	// buffer limit too; this check keeps the answer a clean 413 when the two disagree. Zero
 	// leaves the bound to Envoy.
 	MaxRequestBytes int64
+	// EnvoyReadsStreams says Envoy reads the usage of streams of the APIs it knows
+	// (llmapi.Format.EnvoyReadsStreamUsage): such a request is marked with
+	// envoy.HeaderStreamUsage, and its usage arrives with the response trailers.
+	EnvoyReadsStreams bool
 	// MaxResponseBytes bounds how much of a buffered (JSON) response is parsed for usage.
 	// Default DefaultMaxResponseBytes.
 	MaxResponseBytes int64

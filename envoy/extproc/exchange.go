@@ -74,6 +74,9 @@ type exchange struct {
 	promptBytes      int           // bytes of text in the request body, for estimates
 	maxOutput        int64         // the most output the request lets the backend produce
 	streamRequested  bool          // the body asked for a streamed answer
+	// streamViaEnvoy says the request was marked with envoy.HeaderStreamUsage: Envoy reads
+	// its stream's usage and sends it with the response trailers, not the chunks.
+	streamViaEnvoy bool
 
 	// quotas are the model's quotas that count this request, fixed at admission; reservations
 	// are what admission counted on them, in their order, until the request's real cost
@@ -123,6 +126,7 @@ const (
 	bodyIgnored  bodyHandler = iota // the body is not read
 	bodyJSON                        // a JSON body, collected until it ends
 	bodyStreamed                    // an SSE stream, parsed chunk by chunk
+	bodyUnsent                      // an SSE stream Envoy reads: its usage comes with the trailers
 )
 
 func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client, inFlight *inFlight) *exchange {
@@ -143,6 +147,8 @@ func (ex *exchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.Processi
 		return ex.onResponseHeaders(r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
 		return ex.onResponseBody(r.ResponseBody, req.GetAttributes())
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return ex.onResponseTrailers(req.GetMetadataContext())
 	default:
 		return emptyResponseFor(req)
 	}
@@ -178,7 +184,7 @@ func (ex *exchange) onRequestHeaders(msg *extprocv3.HttpHeaders, meta *corev3.Me
 	mutation.SetHeaders = append(mutation.SetHeaders, overwrite("accept-encoding", "identity"))
 	// The client's own model header never routes: the body's model replaces it before the
 	// route is chosen again.
-	mutation.RemoveHeaders = append(mutation.RemoveHeaders, ex.cfg.ModelHeader)
+	mutation.RemoveHeaders = append(mutation.RemoveHeaders, ex.cfg.ModelHeader, envoy.HeaderStreamUsage)
 	return requestHeadersResponse(&extprocv3.CommonResponse{HeaderMutation: mutation})
 }
 
@@ -261,6 +267,11 @@ func (ex *exchange) onRequestBody(msg *extprocv3.HttpBody) *extprocv3.Processing
 		ClearRouteCache: true,
 	}
 	ex.setUpstreamKey(common.HeaderMutation)
+	if parsed.Stream && ex.cfg.EnvoyReadsStreams && ex.format.EnvoyReadsStreamUsage() {
+		// The route that matches this header turns Envoy's usage filter on.
+		ex.streamViaEnvoy = true
+		common.HeaderMutation.SetHeaders = append(common.HeaderMutation.SetHeaders, overwrite(envoy.HeaderStreamUsage, "1"))
+	}
 	// The model for the access log, and the numbers the model's route turns into x-ratelimit-*
 	// response headers.
 	fields := ex.requestFields()
@@ -295,8 +306,13 @@ type responseHead struct {
 	encoding    string // content-encoding
 }
 
-// onResponseHeaders handles a response headers message, which Envoy sends when the filter is
-// configured to. The body mode it needs is then set for this request only.
+// onResponseHeaders handles a response headers message, which Envoy sends when it reads
+// streams' usage itself (envoy.ExtProcEnvoyUsageMode). A successful answer to a stream Envoy
+// reads is left to it: the usage comes with the trailers (a backend that answers it with JSON
+// included: its body must not be read here as well, and without trailers the request is
+// charged its reservation). Any other answer (JSON, the legacy completions API, a compressed
+// stream) tollgate reads itself, as it would without Envoy's help, and its body is switched on
+// for this request.
 func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	headers := msg.GetHeaders()
 	head := responseHead{
@@ -306,12 +322,45 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 	}
 	resp := responseHeadersResponse()
 	resp.DynamicMetadata = ex.onResponseHead(head, msg.GetEndOfStream())
+	if ex.streamViaEnvoy && (ex.bodyMode == bodyStreamed || ex.bodyMode == bodyJSON) && ex.encoding == llmapi.Identity {
+		ex.bodyMode = bodyUnsent
+		ex.stream, ex.decoder = nil, nil
+	}
 	switch ex.bodyMode {
+	case bodyUnsent:
+		// The trailers carry the usage. Until they come, the usage log holds the
+		// reservation: a stream that breaks off publishes no usage and is charged that.
+		resp.DynamicMetadata = ex.running.update(ex)
 	case bodyStreamed:
 		resp.ModeOverride = responseBodyModeOverride(extprocfilterv3.ProcessingMode_STREAMED)
 	case bodyJSON:
 		resp.ModeOverride = responseBodyModeOverride(extprocfilterv3.ProcessingMode_BUFFERED)
 		ex.jsonWhole = true
+	default:
+		// Settled already: neither the body nor trailers are needed.
+		resp.ModeOverride = responseBodyModeOverride(extprocfilterv3.ProcessingMode_NONE)
+	}
+	return resp
+}
+
+// onResponseTrailers settles a stream whose usage Envoy read: the trailers Envoy ended it with
+// carry the usage as typed metadata. A stream whose usage Envoy could not read in full is
+// charged as one that reported none: its prompt and its whole output allowance. Trailers also
+// end a body tollgate reads itself (its last chunk then has no end_of_stream).
+func (ex *exchange) onResponseTrailers(meta *corev3.Metadata) *extprocv3.ProcessingResponse {
+	resp := responseTrailersResponse()
+	switch ex.bodyMode {
+	case bodyUnsent:
+		usage, err := usageFromMetadata(meta)
+		if err != nil {
+			ex.logger.Warn("cannot read the usage Envoy published; usage unknown", "model", ex.model, "error", err)
+		}
+		resp.DynamicMetadata = ex.settle(usage, served{}, true)
+	case bodyStreamed:
+		resp.DynamicMetadata = ex.settle(ex.streamUsage(), ex.streamServed(), true)
+	case bodyJSON:
+		usage, out := ex.bufferedUsage()
+		resp.DynamicMetadata = ex.settle(usage, out, true)
 	}
 	return resp
 }
@@ -515,6 +564,14 @@ func (ex *exchange) bufferedUsage() (llmapi.Usage, served) {
 	return usage, served{outputTextBytes: ex.format.ResponseTextBytes(body)}
 }
 
+// streamReported is the usage a stream reported so far; none when tollgate does not read it.
+func (ex *exchange) streamReported() llmapi.Usage {
+	if ex.stream == nil {
+		return llmapi.Usage{}
+	}
+	return ex.stream.Usage()
+}
+
 func (ex *exchange) streamServed() served {
 	if ex.stream == nil {
 		return served{}
@@ -625,7 +682,7 @@ type runningCharge struct {
 // update sets the running charge of ex's stream and returns its metadata, or nil when it is
 // what was published last.
 func (r *runningCharge) update(ex *exchange) *structpb.Struct {
-	usage, basis := ex.billable(ex.stream.Usage(), ex.streamServed(), false)
+	usage, basis := ex.billable(ex.streamReported(), ex.streamServed(), false)
 	if r.metadata != nil && r.basis.StringValue == basis &&
 		r.input.NumberValue == float64(usage.InputTokens) && r.cached.NumberValue == float64(usage.CachedInputTokens) &&
 		r.output.NumberValue == float64(usage.OutputTokens) && r.total.NumberValue == float64(usage.TotalTokens) {
@@ -760,12 +817,8 @@ func (ex *exchange) close() {
 		return
 	}
 	if ex.llmCall {
-		var reported llmapi.Usage
-		if ex.stream != nil {
-			reported = ex.stream.Usage()
-		}
 		// No metadata can be published any more: the charge is all that is left to do.
-		ex.settle(reported, ex.streamServed(), false)
+		ex.settle(ex.streamReported(), ex.streamServed(), false)
 	}
 	ex.finish(outcomeCancelled)
 }

@@ -384,8 +384,9 @@ func TestHeaderModeKeepsClientIdentity(t *testing.T) {
 	if _, ok := setValue(t, m, policies.DefaultIdentityHeader); ok {
 		t.Errorf("header mode rewrote the identity header")
 	}
-	// Only the client's model header goes (the body's model replaces it); identity stays.
-	if fmt.Sprint(m.GetRemoveHeaders()) != "["+policies.DefaultModelHeader+"]" {
+	// Only the client's model header (the body's model replaces it) and stream usage mark
+	// (only the gateway sets it) go; identity stays.
+	if fmt.Sprint(m.GetRemoveHeaders()) != "["+policies.DefaultModelHeader+" "+envoy.HeaderStreamUsage+"]" {
 		t.Errorf("header mode removed %v", m.GetRemoveHeaders())
 	}
 }

@@ -112,26 +112,29 @@ func emptyResponseFor(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingRes
 			RequestTrailers: &extprocv3.TrailersResponse{},
 		}}
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
-			ResponseTrailers: &extprocv3.TrailersResponse{},
-		}}
+		return responseTrailersResponse()
 	default:
 		return nil
 	}
 }
 
-// responseBodyModeOverride switches how Envoy sends the response body for this request only.
-// Envoy replaces the whole processing mode with the override, so every field is spelled out
-// as the filter is configured, with only the response body mode changed.
+// responseBodyModeOverride switches how Envoy sends the rest of a response whose headers it
+// sent (envoy.ExtProcEnvoyUsageMode): its body in mode and, when the body is sent, the
+// trailers Envoy's usage filter may end it with, which then end the body. Envoy replaces the
+// whole processing mode with the override, so every field is spelled out.
 func responseBodyModeOverride(mode extprocfilterv3.ProcessingMode_BodySendMode) *extprocfilterv3.ProcessingMode {
-	return &extprocfilterv3.ProcessingMode{
-		RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
-		RequestBodyMode:     extprocfilterv3.ProcessingMode_BUFFERED,
-		RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
-		ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
-		ResponseBodyMode:    mode,
-		ResponseTrailerMode: extprocfilterv3.ProcessingMode_SKIP,
+	override := envoy.ExtProcEnvoyUsageMode()
+	override.ResponseBodyMode = mode
+	if mode == extprocfilterv3.ProcessingMode_NONE {
+		override.ResponseTrailerMode = extprocfilterv3.ProcessingMode_SKIP
 	}
+	return override
+}
+
+func responseTrailersResponse() *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+		ResponseTrailers: &extprocv3.TrailersResponse{},
+	}}
 }
 
 // OpenAI error types used in error bodies.

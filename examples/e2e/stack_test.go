@@ -59,7 +59,7 @@ func startSim(t testing.TB, name string, extra ...string) int {
 }
 
 // newStack prepares ports and a policy directory; render writes the policy from a template in
-// which {{listener}} (or {{listener_port}}), {{extproc}}, {{ratelimit_port}} and
+// which {{listener}} (or {{listener_port}}), {{extproc}} (or {{extproc_port}}), {{ratelimit_port}} and
 // {{backend:NAME}} are replaced.
 func newStack(t testing.TB, backends map[string]int) *stack {
 	t.Helper()
@@ -83,6 +83,7 @@ func (s *stack) render(tmpl string) string {
 		"{{listener}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.listenerPort),
 		"{{listener_port}}", fmt.Sprint(s.listenerPort),
 		"{{extproc}}", fmt.Sprintf("{address: 127.0.0.1, port: %d}", s.extProcPort),
+		"{{extproc_port}}", fmt.Sprint(s.extProcPort),
 		"{{ratelimit_port}}", fmt.Sprint(s.rateLimit),
 	)
 	out := r.Replace(tmpl)

@@ -5,10 +5,13 @@
 //
 // The one thing it must do for the request to be routed at all is what every ext_proc server
 // in front of tollgate's routes does: name the model in the routing header, with the route
-// cache cleared. It names the same fixed model on every request, read from nowhere.
+// cache cleared. It names the same fixed model on every request, read from nowhere. Behind a
+// configuration where Envoy reads streams' usage, it also marks a body that asks for a stream
+// (a substring test, not a parse), so that streams take the route Envoy reads them on.
 package nullproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tollgate-dev/tollgate/envoy"
 )
 
 // Server answers ext_proc streams. Every answer is built once and shared by all streams, as
@@ -28,25 +33,43 @@ import (
 type Server struct {
 	// routed answers a request body: the fixed model header, route cache cleared.
 	routed *extprocv3.ProcessingResponse
+	// routedStream answers a request body that asks for a stream when streams are marked:
+	// routed's header and envoy.HeaderStreamUsage; nil when they are not.
+	routedStream *extprocv3.ProcessingResponse
 	// routedOnHeaders answers request headers that end the request (no body follows).
 	routedOnHeaders *extprocv3.ProcessingResponse
 	// The answers that carry nothing.
 	requestHeaders, requestTrailers, responseHeaders, responseBody, responseTrailers *extprocv3.ProcessingResponse
 }
 
-// New returns a server that routes every request to model through modelHeader.
-func New(modelHeader, model string) *Server {
+// New returns a server that routes every request to model through modelHeader, and marks
+// streams with envoy.HeaderStreamUsage when markStreams is set.
+func New(modelHeader, model string, markStreams bool) *Server {
+	routeHeader := &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: modelHeader, RawValue: []byte(model)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
 	common := &extprocv3.CommonResponse{
-		HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
-			Header:       &corev3.HeaderValue{Key: modelHeader, RawValue: []byte(model)},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}}},
+		HeaderMutation:  &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{routeHeader}},
 		ClearRouteCache: true,
+	}
+	var routedStream *extprocv3.ProcessingResponse
+	if markStreams {
+		routedStream = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+			RequestBody: &extprocv3.BodyResponse{Response: &extprocv3.CommonResponse{
+				HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{routeHeader, {
+					Header:       &corev3.HeaderValue{Key: envoy.HeaderStreamUsage, RawValue: []byte("1")},
+					AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+				}}},
+				ClearRouteCache: true,
+			}},
+		}}
 	}
 	return &Server{
 		routed: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
 			RequestBody: &extprocv3.BodyResponse{Response: common},
 		}},
+		routedStream: routedStream,
 		routedOnHeaders: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 			RequestHeaders: &extprocv3.HeadersResponse{Response: common},
 		}},
@@ -78,6 +101,9 @@ func (s *Server) Answer(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingR
 		}
 		return s.requestHeaders
 	case *extprocv3.ProcessingRequest_RequestBody:
+		if s.routedStream != nil && bytes.Contains(m.RequestBody.GetBody(), []byte(`"stream":true`)) {
+			return s.routedStream
+		}
 		return s.routed
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return s.requestTrailers

@@ -4,12 +4,14 @@ import (
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/tollgate-dev/tollgate/envoy"
 )
 
 // The server routes on the request's last part and answers every other message with the
 // empty answer of its own kind, which is what Envoy requires.
 func TestAnswerRoutesOnTheLastPartOfTheRequest(t *testing.T) {
-	s := New("x-model", "qwen3")
+	s := New("x-model", "qwen3", false)
 	routedBy := func(resp *extprocv3.ProcessingResponse) string {
 		var common *extprocv3.CommonResponse
 		switch r := resp.GetResponse().(type) {
@@ -54,5 +56,27 @@ func TestAnswerRoutesOnTheLastPartOfTheRequest(t *testing.T) {
 		if resp := s.Answer(tc.req); !tc.kind(resp) || routedBy(resp) != "" {
 			t.Errorf("%s: answered %v", name, resp)
 		}
+	}
+}
+
+// With streams marked, a body asking for a stream also carries the mark that routes it where
+// Envoy reads its usage; any other body does not.
+func TestAnswerMarksStreams(t *testing.T) {
+	marked := func(s *Server, body string) bool {
+		resp := s.Answer(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
+			RequestBody: &extprocv3.HttpBody{Body: []byte(body), EndOfStream: true}}})
+		for _, h := range resp.GetRequestBody().GetResponse().GetHeaderMutation().GetSetHeaders() {
+			if h.GetHeader().GetKey() == envoy.HeaderStreamUsage {
+				return true
+			}
+		}
+		return false
+	}
+	const stream, json = `{"model":"m","stream":true}`, `{"model":"m"}`
+	if s := New("x-model", "qwen3", true); !marked(s, stream) || marked(s, json) {
+		t.Errorf("marking streams: stream marked %v, JSON marked %v", marked(s, stream), marked(s, json))
+	}
+	if s := New("x-model", "qwen3", false); marked(s, stream) {
+		t.Error("a stream marked without marking on")
 	}
 }

@@ -273,6 +273,9 @@ type PolicyOptions struct {
 	NullExtProc bool
 	// ExtProcSocket has Envoy reach the ext_proc server over a Unix socket instead of TCP.
 	ExtProcSocket bool
+	// EnvoyStreams has Envoy read streams' usage (the policy's extProc.streamUsage: envoy);
+	// with NullExtProc the do-nothing server then marks streams for it.
+	EnvoyStreams bool
 	// RedisSocket has tollgate and the ratelimit service reach Redis over a Unix socket.
 	RedisSocket bool
 	// MaxConcurrentRequests, when not 0, is the policy's listener.maxConcurrentRequests.
@@ -292,10 +295,14 @@ func (g *Gateway) Policy(o PolicyOptions) string {
 	if limit == 0 {
 		limit = MaxLimit
 	}
-	extProc := fmt.Sprintf("{address: 127.0.0.1, port: %d}", g.ports.extProc)
+	extProc := fmt.Sprintf("address: 127.0.0.1, port: %d", g.ports.extProc)
 	if o.ExtProcSocket {
-		extProc = fmt.Sprintf("{socket: %s}", g.extProcSocket())
+		extProc = "socket: " + g.extProcSocket()
 	}
+	if o.EnvoyStreams {
+		extProc += ", streamUsage: " + policies.StreamUsageEnvoy
+	}
+	extProc = "{" + extProc + "}"
 	listener := fmt.Sprintf("{address: 127.0.0.1, port: %d}", g.ports.listener)
 	if o.MaxConcurrentRequests > 0 {
 		listener = fmt.Sprintf("{address: 127.0.0.1, port: %d, maxConcurrentRequests: %d}", g.ports.listener, o.MaxConcurrentRequests)
@@ -413,7 +420,7 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	}
 	extProcAddr := g.extProcListen(opts)
 	if opts.NullExtProc {
-		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr); err != nil {
+		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr, opts.EnvoyStreams); err != nil {
 			return nil, err
 		}
 		extProcAddr = "" // the control plane serves none
@@ -538,12 +545,13 @@ func (g *Gateway) ExtProcMessages() (float64, error) {
 
 // startNullExtProc runs the do-nothing ext_proc server on addr and waits until it accepts
 // connections.
-func (e *Env) startNullExtProc(ctx context.Context, addr string) (*proc.Process, error) {
+func (e *Env) startNullExtProc(ctx context.Context, addr string, markStreams bool) (*proc.Process, error) {
 	if len(e.Bins.NullExtProc) == 0 {
 		return nil, errors.New("no command for the do-nothing ext_proc server")
 	}
 	args := append(append([]string(nil), e.Bins.NullExtProc[1:]...),
-		"--listen", addr, "--model-header", policies.DefaultModelHeader, "--model", "qwen3")
+		"--listen", addr, "--model-header", policies.DefaultModelHeader, "--model", "qwen3",
+		"--mark-streams="+strconv.FormatBool(markStreams))
 	p, err := e.startWithEnv("null-extproc", e.TollgateEnv, e.Bins.NullExtProc[0], args...)
 	if err != nil {
 		return nil, err

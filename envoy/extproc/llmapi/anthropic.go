@@ -6,9 +6,10 @@ package llmapi
 // in message_start (inside the message object) and the output's in message_delta.
 type anthropicMessages struct{}
 
-func (anthropicMessages) Name() string            { return "anthropic_messages" }
-func (anthropicMessages) Operation() string       { return "messages" }
-func (anthropicMessages) NeedsIncludeUsage() bool { return false }
+func (anthropicMessages) Name() string                { return "anthropic_messages" }
+func (anthropicMessages) Operation() string           { return "messages" }
+func (anthropicMessages) NeedsIncludeUsage() bool     { return false }
+func (anthropicMessages) EnvoyReadsStreamUsage() bool { return true }
 
 func (anthropicMessages) ParseRequest(body []byte, maxDepth int) (Request, error) {
 	return ParseRequest(body, maxDepth)

@@ -6,9 +6,10 @@ package llmapi
 // request set stream_options.include_usage.
 type chatCompletions struct{}
 
-func (chatCompletions) Name() string            { return "chat_completions" }
-func (chatCompletions) Operation() string       { return "chat" }
-func (chatCompletions) NeedsIncludeUsage() bool { return true }
+func (chatCompletions) Name() string                { return "chat_completions" }
+func (chatCompletions) Operation() string           { return "chat" }
+func (chatCompletions) NeedsIncludeUsage() bool     { return true }
+func (chatCompletions) EnvoyReadsStreamUsage() bool { return true }
 
 func (chatCompletions) ParseRequest(body []byte, maxDepth int) (Request, error) {
 	return ParseRequest(body, maxDepth)

@@ -7,3 +7,7 @@ type completions struct{ chatCompletions }
 
 func (completions) Name() string      { return "completions" }
 func (completions) Operation() string { return "text_completion" }
+
+// EnvoyReadsStreamUsage is false: Envoy's usage filter does not know the legacy API, whose
+// stream chunks therefore pass through the gateway's own parser.
+func (completions) EnvoyReadsStreamUsage() bool { return false }

@@ -20,6 +20,9 @@ type Format interface {
 	// NeedsIncludeUsage reports whether a streamed request reports usage only when it asks
 	// for it with stream_options.include_usage, so a gateway that charges usage must set it.
 	NeedsIncludeUsage() bool
+	// EnvoyReadsStreamUsage reports whether Envoy's ai_protocol_manager filter reads this
+	// API's stream usage, so a stream's chunks need not pass through the gateway's own parser.
+	EnvoyReadsStreamUsage() bool
 	// ParseRequest reads what the gateway needs from a request body; see the package function
 	// ParseRequest.
 	ParseRequest(body []byte, maxDepth int) (Request, error)

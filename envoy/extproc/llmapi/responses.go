@@ -8,9 +8,10 @@ import "bytes"
 // response.failed), inside the response object that event carries.
 type responses struct{}
 
-func (responses) Name() string            { return "responses" }
-func (responses) Operation() string       { return "responses" }
-func (responses) NeedsIncludeUsage() bool { return false }
+func (responses) Name() string                { return "responses" }
+func (responses) Operation() string           { return "responses" }
+func (responses) NeedsIncludeUsage() bool     { return false }
+func (responses) EnvoyReadsStreamUsage() bool { return true }
 
 func (responses) ParseRequest(body []byte, maxDepth int) (Request, error) {
 	return ParseRequest(body, maxDepth)
