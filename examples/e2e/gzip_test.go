@@ -13,19 +13,33 @@ import (
 	"testing"
 
 	"github.com/tollgate-dev/tollgate/internal/testutil"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // TestGzipResponsesChargedExactly: a backend that gzips its answer although tollgate asked for
 // identity encoding is still charged exactly the usage it reported, for a JSON answer and for an
 // event stream flushed through gzip event by event. The client gets the gzip bytes as the
-// backend sent them.
+// backend sent them. The same holds where Envoy reads streams' usage: it does not read a
+// compressed one, which tollgate then reads.
 func TestGzipResponsesChargedExactly(t *testing.T) {
 	testutil.Envoy(t)
+	for _, reader := range []string{policies.StreamUsageTollgate, policies.StreamUsageEnvoy} {
+		t.Run("streamUsage="+reader, func(t *testing.T) {
+			testGzipResponsesChargedExactly(t, reader)
+		})
+	}
+}
+
+func testGzipResponsesChargedExactly(t *testing.T, reader string) {
 	// The charging tests' policy (high limits: the test reads what was counted), with both of
 	// its backends one simulator.
 	sim := startSim(t, "sim", "--output-tokens", "23", "--input-tokens", "11")
 	s := newStack(t, map[string]int{"fast": sim, "slow": sim})
-	s.writePolicy(t, chargingPolicy)
+	policy := chargingPolicy
+	if reader == policies.StreamUsageEnvoy {
+		policy = withEnvoyReadingStreams(policy)
+	}
+	s.writePolicy(t, policy)
 	s.startTollgate(t)
 	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)

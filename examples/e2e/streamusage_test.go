@@ -19,15 +19,20 @@ import (
 // JSON answers and the legacy completions API still read by tollgate, and quotas enforced for
 // a back-to-back client.
 
+// withEnvoyReadingStreams turns a policy template with "extProc: {{extproc}}" into one where
+// Envoy reads streams' usage.
+func withEnvoyReadingStreams(policy string) string {
+	return strings.Replace(policy, "extProc: {{extproc}}", "extProc: {address: 127.0.0.1, port: {{extproc_port}}, streamUsage: envoy}", 1)
+}
+
 // envoyStreamsPolicy is chargingPolicy with Envoy reading streams' usage, a backend that
 // refuses every request (401), and a tight quota for the back-to-back client.
-var envoyStreamsPolicy = strings.NewReplacer(
-	"extProc: {{extproc}}", "extProc: {address: 127.0.0.1, port: {{extproc_port}}, streamUsage: envoy}",
+var envoyStreamsPolicy = withEnvoyReadingStreams(strings.NewReplacer(
 	"  - {name: slow, url: \"{{backend:slow}}\"}\n", "  - {name: slow, url: \"{{backend:slow}}\"}\n  - {name: locked, url: \"{{backend:locked}}\"}\n",
 	"  - {name: slowpoke, backend: slow}\n", "  - {name: slowpoke, backend: slow}\n  - {name: refused, backend: locked}\n  - {name: tight, backend: fast}\n",
 	"  - {name: slowpoke-hourly,", "  - {name: refused-hourly, model: refused, cost: tokens, limit: 1000000, per: hour}\n"+
 		"  - {name: tight-hourly, model: tight, cost: tokens, limit: 150, per: hour}\n  - {name: slowpoke-hourly,",
-).Replace(chargingPolicy)
+).Replace(chargingPolicy))
 
 func envoyStreamsStack(t *testing.T) *stack {
 	t.Helper()
