@@ -53,6 +53,7 @@ type reloadStatus struct {
 	Quotas        []string     `json:"quotas"`
 	RetiredQuotas []string     `json:"retired_quotas,omitempty"`
 	FailureMode   string       `json:"ratelimit_failure_mode"`
+	StreamUsage   string       `json:"stream_usage"` // extProc.streamUsage: who reads streams' usage
 	ListenerURL   string       `json:"listener_url"`
 	PolicyFile    string       `json:"policy_file"`
 	Limits        limitsStatus `json:"limits"`
@@ -125,6 +126,7 @@ func (r *reloader) apply(ctx context.Context, content []byte) error {
 	r.status.Models, r.status.Quotas = modelNames(p), quotaSummaries(p)
 	r.status.RetiredQuotas = retirement.summary()
 	r.status.FailureMode = p.RateLimit.FailureMode
+	r.status.StreamUsage = p.ExtProc.StreamUsage
 	r.status.ListenerURL = fmt.Sprintf("http://%s:%d", p.Listener.Address, p.Listener.Port)
 	r.status.Limits = policyLimits(p)
 	r.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tollgate-dev/tollgate/envoy"
+	"github.com/tollgate-dev/tollgate/policies"
 	"github.com/tollgate-dev/tollgate/xds"
 )
 
@@ -67,6 +68,7 @@ func printStatus(w io.Writer, st serveStatus) {
 	}
 	_, _ = fmt.Fprintf(w, "  last good:         %s\n", r.LastGoodAt.Format(time.RFC3339))
 	_, _ = fmt.Fprintf(w, "  models (%d):        %s\n", len(r.Models), strings.Join(r.Models, ", "))
+	_, _ = fmt.Fprintf(w, "  stream usage:      %s\n", streamUsageSummary(r.StreamUsage))
 	_, _ = fmt.Fprintf(w, "  quotas (%d), ratelimit failure mode %s:\n", len(r.Quotas), r.FailureMode)
 	for _, q := range r.Quotas {
 		_, _ = fmt.Fprintf(w, "    %s\n", q)
@@ -140,4 +142,15 @@ func shortType(typeURL string) string {
 		return typeURL[i+1:]
 	}
 	return typeURL
+}
+
+// streamUsageSummary says who reads streams' usage (extProc.streamUsage) and what it costs.
+func streamUsageSummary(reader string) string {
+	switch reader {
+	case policies.StreamUsageEnvoy:
+		return "read by Envoy (four ext_proc messages per stream; a stream left early is charged its reservation)"
+	case policies.StreamUsageTollgate:
+		return "read by tollgate (one ext_proc message per chunk; a stream left early is charged what it served)"
+	}
+	return reader
 }

@@ -77,6 +77,9 @@ func messagesSince(t *testing.T, s *stack, before map[string]int) map[string]int
 
 func TestEnvoyReadsStreamUsage(t *testing.T) {
 	s := envoyStreamsStack(t)
+	if st := runTollgate(t, "status", "--addr", addr(s.metricsPort)); !strings.Contains(st, "stream usage:      read by Envoy") {
+		t.Errorf("status does not say Envoy reads streams' usage:\n%s", st)
+	}
 	anthropic := map[string]string{"anthropic-version": "2023-06-01"}
 	tests := []struct {
 		name, path, model, body string

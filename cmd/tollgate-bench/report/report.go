@@ -194,6 +194,9 @@ func targets(b *strings.Builder, r *Report) {
 	if c, y := r.System("C"), r.System("Y"); c != nil && y != nil && y.Max > 0 {
 		rows = append(rows, row{"C max throughput ≥ 90% of Y (streamed)", maxRatio(c, y), verdict(c.Max >= 0.9*y.Max)})
 	}
+	if v, w := r.System("V"), r.System("W"); v != nil && w != nil && w.Max > 0 {
+		rows = append(rows, row{"V max throughput ≥ 90% of W (streamed, usage read by Envoy)", maxRatio(v, w), verdict(v.Max >= 0.9*w.Max)})
+	}
 	if a != nil && bs != nil && a.Max > 0 {
 		rows = append(rows, row{"B max throughput ≥ 45% of A", maxRatio(bs, a), verdict(bs.Max >= 0.45*a.Max)})
 		if pa, pb := pointAt(a, 0.5), pointAt(bs, 0.5); pa != nil && pb != nil {

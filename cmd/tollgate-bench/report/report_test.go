@@ -42,10 +42,12 @@ func sampleReport() *Report {
 			{Label: HalfMaxLabel("B"), Rate: 400, Result: result(400, 1200*time.Microsecond),
 				CPUPerRequest: map[string]time.Duration{"envoy": 600 * time.Microsecond, "null ext_proc": 300 * time.Microsecond}}}}
 	y := &System{Key: "Y", Name: "do-nothing ext_proc streamed", Floor: "A", Max: 320}
+	v := &System{Key: "V", Name: "tollgate streamed, usage read by Envoy", Floor: "W", Max: 250, MessagesPerRequest: 4}
+	w := &System{Key: "W", Name: "do-nothing ext_proc streamed, usage read by Envoy", Floor: "A", Max: 300}
 	return &Report{
 		Started: time.Unix(0, 0), Finished: time.Unix(60, 0),
 		Settings: Settings{Criteria: crit, StepDuration: 4 * time.Second, FixedDuration: 10 * time.Second},
-		Systems:  []*System{a, b, c, d, x, y},
+		Systems:  []*System{a, b, c, d, x, y, v, w},
 		Reload:   &Reload{Envoy: []time.Duration{100 * time.Millisecond, 120 * time.Millisecond}, RateLimit: []time.Duration{600 * time.Millisecond}},
 		Scale: &Scale{Sizes: []scale.Size{
 			{N: 100, Translate: time.Millisecond, Publish: time.Millisecond},
@@ -68,7 +70,9 @@ func TestMarkdownChecksTargets(t *testing.T) {
 		"| B CPU per request ≤ 1.3× X (all processes) at 50% of B's max | 1300 µs vs 900 µs = 1.44× | **missed** |",
 		"| C max throughput ≥ 90% of Y (streamed) | 300 / 320 req/s = 94% | met |",
 		"| B max throughput ≥ 45% of A | 800 / 2000 req/s = 40% | **missed** |",
-		"at a low rate): B 3.0, C 52.5.",
+		// 250 of 300 is 83%.
+		"| V max throughput ≥ 90% of W (streamed, usage read by Envoy) | 250 / 300 req/s = 83% | **missed** |",
+		"at a low rate): B 3.0, C 52.5, V 4.0.",
 		"| (context, no target) C vs D, plain Envoy streaming | 300 / 1000 req/s = 30% | – |",
 		"(context, no target) B p50 at 50% of A's max | 4.00 ms vs 1.00 ms (+3.00 ms) at 1000 req/s | – |",
 		"save → Envoy serves it) | 120.00 ms | met |",
