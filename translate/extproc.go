@@ -24,8 +24,8 @@ func extProcConfig(p *input) (*extproc.Config, error) {
 		MaxRequestBytes: p.Listener.MaxRequestBytes,
 		UserLabel:       p.Metrics.UserLabel,
 		CheckUserID:     checkUserID,
-		// The listener and routes read the same policy field (envoyReadsUsage).
-		EnvoyReadsStreams: envoyReadsUsage(p),
+		// The listener and routes read the same policy field (envoyReadsStreams).
+		EnvoyReadsStreams: envoyReadsStreams(p),
 	}
 	for _, m := range p.Models {
 		cfg.Models[m.Name] = m.Backend

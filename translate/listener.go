@@ -50,7 +50,7 @@ const (
 
 // listener builds the client-facing listener: one HTTP connection manager with the filter chain
 // buffer → ext_proc → router (buffer → ext_proc → ai_protocol_manager → router when Envoy reads
-// the usage; jwt_authn first in jwt identity mode), routes over RDS, and an access log
+// streams' usage; jwt_authn first in jwt identity mode), routes over RDS, and an access log
 // of every request's user, model and tokens. Quotas are the ext_proc server's: it checks them
 // with the ratelimit service before a request goes upstream and charges them when it ends, so
 // Envoy itself never calls the ratelimit service.
@@ -83,7 +83,7 @@ func listener(p *input) (*listenerv3.Listener, error) {
 		return nil, err
 	}
 	filters := []*hcmv3.HttpFilter{buffer, extProc, router}
-	if envoyReadsUsage(p) {
+	if envoyReadsStreams(p) {
 		usage, err := usageFilter()
 		if err != nil {
 			return nil, err
@@ -162,7 +162,7 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 		forwarded.Untyped = append(forwarded.Untyped, envoy.FilterJWTAuthn)
 	}
 	mode := envoy.ExtProcMode()
-	fromEnvoy := envoyReadsUsage(p)
+	fromEnvoy := envoyReadsStreams(p)
 	if fromEnvoy {
 		// The usage Envoy read, which arrives with the response trailers.
 		forwarded.Typed = []string{envoy.MetadataTokenUsage}
@@ -189,8 +189,8 @@ func extProcFilter(p *input) (*hcmv3.HttpFilter, error) {
 	})
 }
 
-// envoyReadsUsage says whether Envoy reads streams' usage (extProc.streamUsage).
-func envoyReadsUsage(p *input) bool {
+// envoyReadsStreams says whether Envoy reads streams' usage (extProc.streamUsage).
+func envoyReadsStreams(p *input) bool {
 	return p.ExtProc.StreamUsage == policies.StreamUsageEnvoy
 }
 
@@ -199,7 +199,7 @@ func envoyReadsUsage(p *input) bool {
 // usage instead of every chunk. It is on only in the routes of streams Envoy reads (see
 // envoy.HeaderStreamUsage). The API is told from the response itself.
 func usageFilter() (*hcmv3.HttpFilter, error) {
-	filter, err := httpFilter(envoy.FilterAIProtocolManager, &aiprotocolv3.AiProtocolManager{
+	return httpFilter(envoy.FilterAIProtocolManager, &aiprotocolv3.AiProtocolManager{
 		ResponseHandling: &aiprotocolv3.ResponseHandling{
 			TokenUsage: &aiprotocolv3.TokenUsageExtraction{
 				UsageSignal: aiprotocolv3.TokenUsageExtraction_SYNTHESIZE_TRAILERS,
@@ -211,10 +211,6 @@ func usageFilter() (*hcmv3.HttpFilter, error) {
 			},
 		},
 	})
-	if err != nil {
-		return nil, err
-	}
-	return filter, nil
 }
 
 // accessLog is the usage log: one JSON line per request (docs/operations.md lists the fields),

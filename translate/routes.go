@@ -36,7 +36,7 @@ func routeConfig(p *input) (*routev3.RouteConfiguration, error) {
 		if err != nil {
 			return nil, err
 		}
-		if envoyReadsUsage(p) {
+		if envoyReadsStreams(p) {
 			stream, err := streamUsageRoute(r)
 			if err != nil {
 				return nil, err

@@ -148,9 +148,9 @@ func shortType(typeURL string) string {
 func streamUsageSummary(reader string) string {
 	switch reader {
 	case policies.StreamUsageEnvoy:
-		return "read by Envoy (four ext_proc messages per stream; a stream left early is charged its reservation)"
+		return "read by Envoy, four ext_proc messages per stream; a stream left early is charged its reservation"
 	case policies.StreamUsageTollgate:
-		return "read by tollgate (one ext_proc message per chunk; a stream left early is charged what it served)"
+		return "read by tollgate, chunk by chunk"
 	}
 	return reader
 }
