@@ -64,11 +64,18 @@ const promptBound = len("user") + len(chargingPrompt) + 8
 func chargingStack(t *testing.T) *stack {
 	t.Helper()
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{
+	return startStack(t, chargingPolicy, map[string]int{
 		"fast": startSim(t, "fast", "--output-tokens", fmt.Sprint(simOutputTokens), "--token-delay", "40ms"),
 		"slow": startSim(t, "slow", "--ttft", "3s"),
 	})
-	s.writePolicy(t, chargingPolicy)
+}
+
+// startStack runs the whole gateway on policy (a template) in front of backends: tollgate
+// serve, the ratelimit service, Redis and Envoy.
+func startStack(t *testing.T, policy string, backends map[string]int) *stack {
+	t.Helper()
+	s := newStack(t, backends)
+	s.writePolicy(t, policy)
 	s.startTollgate(t)
 	s.startRateLimit(t, s.startRedis(t))
 	s.startEnvoy(t)

@@ -34,15 +34,11 @@ func testGzipResponsesChargedExactly(t *testing.T, reader string) {
 	// The charging tests' policy (high limits: the test reads what was counted), with both of
 	// its backends one simulator.
 	sim := startSim(t, "sim", "--output-tokens", "23", "--input-tokens", "11")
-	s := newStack(t, map[string]int{"fast": sim, "slow": sim})
 	policy := chargingPolicy
 	if reader == policies.StreamUsageEnvoy {
 		policy = withEnvoyReadingStreams(policy)
 	}
-	s.writePolicy(t, policy)
-	s.startTollgate(t)
-	s.startRateLimit(t, s.startRedis(t))
-	s.startEnvoy(t)
+	s := startStack(t, policy, map[string]int{"fast": sim, "slow": sim})
 
 	for _, tt := range []struct {
 		user   string

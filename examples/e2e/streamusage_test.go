@@ -37,16 +37,11 @@ var envoyStreamsPolicy = withEnvoyReadingStreams(strings.NewReplacer(
 func envoyStreamsStack(t *testing.T) *stack {
 	t.Helper()
 	testutil.Envoy(t)
-	s := newStack(t, map[string]int{
+	return startStack(t, envoyStreamsPolicy, map[string]int{
 		"fast":   startSim(t, "fast", "--output-tokens", fmt.Sprint(simOutputTokens), "--token-delay", "1ms"),
 		"slow":   startSim(t, "slow", "--ttft", "3s"),
 		"locked": startSim(t, "locked", "--require-key", "not-sent"),
 	})
-	s.writePolicy(t, envoyStreamsPolicy)
-	s.startTollgate(t)
-	s.startRateLimit(t, s.startRedis(t))
-	s.startEnvoy(t)
-	return s
 }
 
 // messageCounts reads tollgate_extproc_messages_total by message kind.
