@@ -137,6 +137,7 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 		}{
 			{cfg.extProcOnly, &gws.extProcOnly, "ext-proc-only", stack.PolicyOptions{NoQuotas: true}, nil},
 			{cfg.nullExtProc, &gws.null, "null-ext-proc", stack.PolicyOptions{NullExtProc: true}, nil},
+			{cfg.nullRedis, &gws.nullRedis, "null-redis", stack.PolicyOptions{NullExtProc: true, NullRedisPing: true}, nil},
 			{cfg.split && cfg.inProcess, &gws.split, "split", stack.PolicyOptions{}, func(e *stack.Env) { e.InProcess = false }},
 			{cfg.unixSocket, &gws.unixSocket, "unix-socket", stack.PolicyOptions{ExtProcSocket: true}, nil},
 			{cfg.envoyStreams, &gws.envoyStreams, "envoy-streams", stack.PolicyOptions{EnvoyStreams: true}, nil},

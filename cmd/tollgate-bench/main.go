@@ -78,6 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // the benchmark starts it as a process of its own, like every other part.
 const nullExtProcCommand = "null-extproc"
 
+// redisPingConns is how many connections to Redis the do-nothing server keeps open when it
+// pings: about as many as the ratelimit service's pool (10) and tollgate's own.
+const redisPingConns = 16
+
 func runNullExtProc(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tollgate-bench "+nullExtProcCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -85,13 +89,18 @@ func runNullExtProc(ctx context.Context, args []string, stderr io.Writer) int {
 	header := fs.String("model-header", policies.DefaultModelHeader, "the routing header it sets")
 	model := fs.String("model", "qwen3", "the model it names in the routing header")
 	markStreams := fs.Bool("mark-streams", false, "mark bodies asking for a stream with the header that routes them where Envoy reads their usage (extProc.streamUsage: envoy)")
+	redisPing := fs.String("redis-ping", "", "host:port of a Redis to PING once per request before answering its body: one round trip on each request's path, as a quota check has")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if err := nullproc.Serve(ctx, *listen, nullproc.New(*header, *model, *markStreams)); err != nil {
+	s := nullproc.New(*header, *model, *markStreams)
+	if *redisPing != "" {
+		s.RoundTrip = nullproc.RedisPinger(*redisPing, redisPingConns)
+	}
+	if err := nullproc.Serve(ctx, *listen, s); err != nil {
 		_, _ = fmt.Fprintln(stderr, "tollgate-bench null-extproc:", err)
 		return 1
 	}
@@ -122,6 +131,7 @@ type config struct {
 	compareGoMaxProcs           int
 	unixSocket                  bool
 	envoyStreams                bool
+	nullRedis                   bool
 	redisSocket                 bool
 	checkOnly                   bool
 	litellm                     bool
@@ -182,6 +192,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.inProcess, "in-process", true, "run B's gateway as `tollgate run` does: one tollgate process with the control plane, the ext_proc server and the ratelimit service, quota checks called in-process (false: `tollgate serve` and `tollgate ratelimit` as two processes, checks over gRPC)")
 	fs.BoolVar(&c.split, "split", true, "also measure B as a split deployment (system S): `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC")
 	fs.BoolVar(&c.envoyStreams, "envoy-streams", true, "also measure C with Envoy reading streams' usage (system V, extProc.streamUsage: envoy) and, with --null-ext-proc, its floor (W, the do-nothing server behind the same configuration)")
+	fs.BoolVar(&c.nullRedis, "null-redis", false, "also measure X with one Redis round trip (PING) per request on the do-nothing server (system Z): the floor of any gateway that checks a quota in Redis on each request's path")
 	fs.BoolVar(&c.unixSocket, "unix-socket", false, "also measure B with Envoy reaching the ext_proc server over a Unix socket (system U; the policy's extProc.socket)")
 	fs.BoolVar(&c.redisSocket, "redis-socket", false, "also measure B with tollgate and the ratelimit service reaching Redis over a Unix socket (system R; --redis unix:///...)")
 	fs.IntVar(&c.compareGoMaxProcs, "compare-gomaxprocs", 0, "also measure B with GOMAXPROCS set to this for tollgate (system G), to weigh it against Go's default in one run; 0: not measured")

@@ -118,10 +118,11 @@ const (
 // X's (a do-nothing ext_proc server) and B's variants: E's (no quotas), K's (checks only, no
 // reservations), S's (split into processes, quota checks over gRPC), G's (another
 // GOMAXPROCS), U's (the ext_proc server on a Unix socket), R's (Redis on a Unix socket), V's
-// (Envoy reads streams' usage) and W's (V's configuration with the do-nothing server).
+// (Envoy reads streams' usage), W's (V's configuration with the do-nothing server) and Z's (X
+// with a Redis round trip per request).
 type gateways struct {
 	main, extProcOnly, checkOnly, null, split, goMaxProcs, unixSocket, redisSocket *stack.Gateway
-	envoyStreams, nullEnvoyStreams                                                 *stack.Gateway
+	envoyStreams, nullEnvoyStreams, nullRedis                                      *stack.Gateway
 }
 
 // overheadSystems are A, B and C, and the floors and variants that run.
@@ -157,6 +158,12 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		systems = append(systems,
 			&loadedSystem{rep: &report.System{Key: "X", Name: "B's Envoy configuration with a do-nothing ext_proc server (B's floor)", Floor: "A"}, req: x, pids: pids},
 			&loadedSystem{rep: &report.System{Key: "Y", Name: "X" + streamNote + " (C's floor)", Floor: "A"}, req: y, pids: pids, streamed: true})
+	}
+	if gws.nullRedis != nil {
+		z := gwReq
+		z.URL = gws.nullRedis.URL + "/v1/chat/completions"
+		systems = append(systems, &loadedSystem{rep: &report.System{Key: "Z", Name: "X with one Redis round trip (PING) per request before the body is answered: the floor of a quota checked in Redis on the request's path", Floor: "X"},
+			req: z, pids: gatewayPids(gws.nullRedis)})
 	}
 	if gws.envoyStreams != nil {
 		// C's requests on a gateway where Envoy reads streams' usage, and its own floor.

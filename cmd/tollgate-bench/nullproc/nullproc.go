@@ -11,6 +11,7 @@
 package nullproc
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -40,6 +41,10 @@ type Server struct {
 	routedOnHeaders *extprocv3.ProcessingResponse
 	// The answers that carry nothing.
 	requestHeaders, requestTrailers, responseHeaders, responseBody, responseTrailers *extprocv3.ProcessingResponse
+	// RoundTrip, when set, is made once per request, before the request body is answered:
+	// the do-nothing server with one network round trip on each request's path, as a quota
+	// check has (a PING to Redis, see RedisPinger). A failed one fails the request.
+	RoundTrip func() error
 }
 
 // New returns a server that routes every request to model through modelHeader, and marks
@@ -101,6 +106,11 @@ func (s *Server) Answer(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingR
 		}
 		return s.requestHeaders
 	case *extprocv3.ProcessingRequest_RequestBody:
+		if s.RoundTrip != nil {
+			if err := s.RoundTrip(); err != nil {
+				return nil
+			}
+		}
 		if s.routedStream != nil && bytes.Contains(m.RequestBody.GetBody(), []byte(`"stream":true`)) {
 			return s.routedStream
 		}
@@ -128,6 +138,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return err
 		}
 		resp := s.Answer(req)
+		if resp == nil && req.GetRequestBody() != nil {
+			return status.Error(codes.Unavailable, "round trip failed")
+		}
 		if resp == nil || req.GetObservabilityMode() {
 			continue
 		}
@@ -162,4 +175,49 @@ func Serve(ctx context.Context, addr string, s *Server) error {
 		return err
 	}
 	return nil
+}
+
+// RedisPinger returns a RoundTrip that sends PING to the Redis at addr and reads its answer,
+// over connections kept open and reused (up to conns idle at once).
+func RedisPinger(addr string, conns int) func() error {
+	type conn struct {
+		net.Conn
+		r *bufio.Reader
+	}
+	idle := make(chan conn, conns)
+	ping := func(c conn) error {
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return err
+		}
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line != "+PONG\r\n" {
+			return fmt.Errorf("redis answered %q", line)
+		}
+		return nil
+	}
+	return func() error {
+		var c conn
+		select {
+		case c = <-idle:
+		default:
+			nc, err := net.Dial("tcp", addr)
+			if err != nil {
+				return err
+			}
+			c = conn{nc, bufio.NewReader(nc)}
+		}
+		if err := ping(c); err != nil {
+			_ = c.Close()
+			return err
+		}
+		select {
+		case idle <- c:
+		default: // enough idle connections already
+			_ = c.Close()
+		}
+		return nil
+	}
 }

@@ -1,6 +1,10 @@
 package nullproc
 
 import (
+	"bufio"
+	"errors"
+	"net"
+	"sync/atomic"
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -78,5 +82,62 @@ func TestAnswerMarksStreams(t *testing.T) {
 	}
 	if s := New("x-model", "qwen3", false); marked(s, stream) {
 		t.Error("a stream marked without marking on")
+	}
+}
+
+// With a round trip set, each request body waits for one before it is answered, and a failed
+// one fails the request; RedisPinger's round trip is a PING answered PONG, over connections it
+// reuses.
+func TestRoundTripPerRequestBody(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	var pings, conns atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer func() { _ = c.Close() }()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					answer := "-ERR unknown\r\n"
+					if line == "PING\r\n" {
+						pings.Add(1)
+						answer = "+PONG\r\n"
+					}
+					if _, err := c.Write([]byte(answer)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+
+	s := New("x-model", "qwen3", false)
+	s.RoundTrip = RedisPinger(l.Addr().String(), 2)
+	body := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{EndOfStream: true}}}
+	for range 3 {
+		if resp := s.Answer(body); resp.GetRequestBody() == nil {
+			t.Fatalf("request body answered %v", resp)
+		}
+	}
+	s.Answer(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{}}})
+	if pings.Load() != 3 || conns.Load() != 1 {
+		t.Errorf("%d pings over %d connections, want 3 over 1 (one per request body, reused)", pings.Load(), conns.Load())
+	}
+
+	s.RoundTrip = func() error { return errors.New("redis away") }
+	if resp := s.Answer(body); resp != nil {
+		t.Errorf("a failed round trip answered %v, want no answer (the request fails)", resp)
 	}
 }

@@ -273,6 +273,9 @@ type PolicyOptions struct {
 	NullExtProc bool
 	// ExtProcSocket has Envoy reach the ext_proc server over a Unix socket instead of TCP.
 	ExtProcSocket bool
+	// NullRedisPing, with NullExtProc, has the do-nothing server PING the gateway's Redis once
+	// per request before it answers the request body.
+	NullRedisPing bool
 	// EnvoyStreams has Envoy read streams' usage (the policy's extProc.streamUsage: envoy);
 	// with NullExtProc the do-nothing server then marks streams for it.
 	EnvoyStreams bool
@@ -420,7 +423,11 @@ func (e *Env) StartGateway(ctx context.Context, simPort int, opts PolicyOptions)
 	}
 	extProcAddr := g.extProcListen(opts)
 	if opts.NullExtProc {
-		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr, opts.EnvoyStreams); err != nil {
+		var redisPing string
+		if opts.NullRedisPing {
+			redisPing = proc.Addr(g.ports.redis)
+		}
+		if g.ExtProc, err = e.startNullExtProc(ctx, extProcAddr, opts.EnvoyStreams, redisPing); err != nil {
 			return nil, err
 		}
 		extProcAddr = "" // the control plane serves none
@@ -545,13 +552,13 @@ func (g *Gateway) ExtProcMessages() (float64, error) {
 
 // startNullExtProc runs the do-nothing ext_proc server on addr and waits until it accepts
 // connections.
-func (e *Env) startNullExtProc(ctx context.Context, addr string, markStreams bool) (*proc.Process, error) {
+func (e *Env) startNullExtProc(ctx context.Context, addr string, markStreams bool, redisPing string) (*proc.Process, error) {
 	if len(e.Bins.NullExtProc) == 0 {
 		return nil, errors.New("no command for the do-nothing ext_proc server")
 	}
 	args := append(append([]string(nil), e.Bins.NullExtProc[1:]...),
 		"--listen", addr, "--model-header", policies.DefaultModelHeader, "--model", "qwen3",
-		"--mark-streams="+strconv.FormatBool(markStreams))
+		"--mark-streams="+strconv.FormatBool(markStreams), "--redis-ping", redisPing)
 	p, err := e.startWithEnv("null-extproc", e.TollgateEnv, e.Bins.NullExtProc[0], args...)
 	if err != nil {
 		return nil, err
