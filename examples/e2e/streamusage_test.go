@@ -4,12 +4,15 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tollgate-dev/tollgate/internal/testutil"
+	"github.com/tollgate-dev/tollgate/policies"
 )
 
 // With extProc.streamUsage: envoy, Envoy reads a stream's usage and hands it to the ext_proc
@@ -192,4 +195,73 @@ func TestEnvoyReadsStreamUsage(t *testing.T) {
 		// The counter, read in Redis: the service's remaining count stops at the limit.
 		awaitCounter(t, addr(s.redisPort), "tight", served*(simInputTokens+simOutputTokens))
 	})
+}
+
+// TestStreamUsageFollowsReloads: switching extProc.streamUsage in a running gateway changes
+// who reads new streams (messages per stream tell which), and every stream is charged its
+// usage exactly across both switches, also those sent on a keep-alive connection opened
+// before the switch (Envoy drains it under the old listener while routes are already new).
+func TestStreamUsageFollowsReloads(t *testing.T) {
+	testutil.Envoy(t)
+	s := startStack(t, chargingPolicy, map[string]int{
+		"fast": startSim(t, "fast", "--output-tokens", fmt.Sprint(simOutputTokens), "--token-delay", "1ms"),
+		"slow": startSim(t, "slow", "--ttft", "3s"),
+	})
+	fresh := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	header := map[string]string{"x-user-id": "flipper"}
+	streams := 0
+	stream := func(t *testing.T, c *http.Client) map[string]int {
+		t.Helper()
+		before := messageCounts(t, s)
+		req, err := http.NewRequest("POST", s.url("/v1/chat/completions"), strings.NewReader(streamBody("qwen3")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("content-type", "application/json")
+		req.Header.Set("x-user-id", header["x-user-id"])
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("status %d, %v: %.200s", resp.StatusCode, err, body)
+		}
+		streams++
+		return messagesSince(t, s, before)
+	}
+	readBy := func(got map[string]int) string {
+		switch {
+		case got["response_trailers"] == 1 && got["response_body"] == 0:
+			return policies.StreamUsageEnvoy
+		case got["response_body"] >= simOutputTokens && got["response_trailers"] == 0:
+			return policies.StreamUsageTollgate
+		}
+		return fmt.Sprint(got)
+	}
+	awaitReader := func(t *testing.T, want string) {
+		t.Helper()
+		testutil.Eventually(t, 15*time.Second, "new streams read by "+want, func() error {
+			if got := readBy(stream(t, fresh)); got != want {
+				return fmt.Errorf("read by %s", got)
+			}
+			return nil
+		})
+	}
+
+	if got := readBy(stream(t, client)); got != policies.StreamUsageTollgate {
+		t.Fatalf("before the switch, a stream read by %s", got)
+	}
+	s.writePolicy(t, withEnvoyReadingStreams(chargingPolicy))
+	awaitReader(t, policies.StreamUsageEnvoy)
+	t.Logf("keep-alive stream after switching to envoy: read by %s", readBy(stream(t, client)))
+	s.writePolicy(t, chargingPolicy)
+	awaitReader(t, policies.StreamUsageTollgate)
+	t.Logf("keep-alive stream after switching back: read by %s", readBy(stream(t, client)))
+
+	want := streams * (simInputTokens + simOutputTokens)
+	if got := awaitSpent(t, s, "flipper", "qwen3", want); got != want {
+		t.Errorf("charged %d for %d streams, want their usage, %d", got, streams, want)
+	}
 }
