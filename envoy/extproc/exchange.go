@@ -126,7 +126,7 @@ const (
 	bodyIgnored  bodyHandler = iota // the body is not read
 	bodyJSON                        // a JSON body, collected until it ends
 	bodyStreamed                    // an SSE stream, parsed chunk by chunk
-	bodyUnsent                      // an SSE stream Envoy reads: its usage comes with the trailers
+	bodyUnsent                      // the answer to a stream Envoy reads: its usage comes with the trailers
 )
 
 func newExchange(ctx context.Context, cfg *Config, logger *slog.Logger, metrics *Metrics, rls *rlsclient.Client, inFlight *inFlight) *exchange {
@@ -321,11 +321,7 @@ func (ex *exchange) onResponseHeaders(msg *extprocv3.HttpHeaders) *extprocv3.Pro
 		encoding:    firstHeader(headers, "content-encoding"),
 	}
 	resp := responseHeadersResponse()
-	resp.DynamicMetadata = ex.onResponseHead(head, msg.GetEndOfStream())
-	if ex.streamViaEnvoy && (ex.bodyMode == bodyStreamed || ex.bodyMode == bodyJSON) && ex.encoding == llmapi.Identity {
-		ex.bodyMode = bodyUnsent
-		ex.stream, ex.decoder = nil, nil
-	}
+	resp.DynamicMetadata = ex.onResponseHead(head, msg.GetEndOfStream(), ex.streamViaEnvoy)
 	switch ex.bodyMode {
 	case bodyUnsent:
 		// The trailers carry the usage. Until they come, the usage log holds the
@@ -365,10 +361,11 @@ func (ex *exchange) onResponseTrailers(meta *corev3.Metadata) *extprocv3.Process
 	return resp
 }
 
-// onResponseHead reads a response's status and headers and decides how its body is read. A
+// onResponseHead reads a response's status and headers and decides how its body is read:
+// left unsent when Envoy reads its usage (envoyReads, for an answer in plain JSON or SSE). A
 // response that ends here (an error, no body, a body tollgate cannot read) is settled now, and
 // the metadata to publish for it is returned.
-func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structpb.Struct {
+func (ex *exchange) onResponseHead(head responseHead, endOfStream, envoyReads bool) *structpb.Struct {
 	ex.responseSeen = true
 	status, err := strconv.Atoi(head.status)
 	if err != nil || status < 200 || status > 299 {
@@ -403,12 +400,15 @@ func (ex *exchange) onResponseHead(head responseHead, endOfStream bool) *structp
 	}
 
 	mediaType, _, _ := mime.ParseMediaType(head.contentType)
+	isJSON := mediaType == "application/json" || strings.HasSuffix(mediaType, "+json")
 	switch {
+	case envoyReads && encoding == llmapi.Identity && (mediaType == "text/event-stream" || isJSON):
+		ex.bodyMode = bodyUnsent
 	case mediaType == "text/event-stream":
 		ex.bodyMode = bodyStreamed
 		ex.stream = llmapi.NewStream(ex.format, ex.cfg.MaxEventBytes)
 		ex.decoder = llmapi.NewStreamDecoder(ex.encoding, ex.stream)
-	case mediaType == "application/json" || strings.HasSuffix(mediaType, "+json"):
+	case isJSON:
 		ex.bodyMode = bodyJSON
 	default:
 		ex.logger.Warn("successful response is neither JSON nor an event stream; usage unknown",
@@ -431,7 +431,8 @@ func (ex *exchange) onResponseBody(msg *extprocv3.HttpBody, attributes map[strin
 			return resp // nothing to sniff yet
 		}
 		head := sniffResponse(ex.responseStatus, msg.GetBody(), ex.streamRequested)
-		resp.DynamicMetadata = ex.onResponseHead(head, len(msg.GetBody()) == 0)
+		// Envoy reads no usage for a response without a headers message.
+		resp.DynamicMetadata = ex.onResponseHead(head, len(msg.GetBody()) == 0, false)
 		if ex.finished {
 			return resp
 		}
