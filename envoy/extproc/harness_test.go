@@ -319,6 +319,14 @@ func histogram(t testing.TB, h *harness, name string, labelValues ...string) *dt
 		"gen_ai_server_request_duration_seconds":      h.srv.metrics.requestDuration,
 		"gen_ai_server_time_to_first_token_seconds":   h.srv.metrics.timeToFirstToken,
 		"gen_ai_server_time_per_output_token_seconds": h.srv.metrics.timePerOutputToken,
+		"tollgate_extproc_message_duration_seconds":   h.srv.metrics.messageDuration,
+	}
+	if name == "tollgate_quota_check_duration_seconds" {
+		var m dto.Metric
+		if err := h.srv.metrics.quotaCheckDuration.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram()
 	}
 	vec, ok := vecs[name]
 	if !ok {

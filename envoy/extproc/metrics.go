@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"errors"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,9 +61,18 @@ type Metrics struct {
 	activeStreams      prometheus.Gauge
 	chargeBacklog      prometheus.Gauge
 	messages           *prometheus.CounterVec
-	// messageKinds are messages' children, one per kind, resolved once: counting a message
-	// is then one atomic add.
+	messageDuration    *prometheus.HistogramVec
+	quotaCheckDuration prometheus.Histogram
+	// messageKinds and messageTimes are messages' and messageDuration's children, one per
+	// kind, resolved once: counting or timing a message is then a few atomic adds.
 	messageKinds [messageKindCount]prometheus.Counter
+	messageTimes [messageKindCount]prometheus.Observer
+}
+
+// latencyBuckets, 10 µs to 1 s, fit the time tollgate itself adds to a request: an answer
+// from memory takes microseconds, a quota check a Redis round trip.
+func latencyBuckets() []float64 {
+	return []float64{0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}
 }
 
 // The kinds of message Envoy sends, the values of tollgate_extproc_messages_total{message}.
@@ -162,6 +172,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tollgate_extproc_messages_total",
 			Help: "ext_proc messages received from Envoy, by kind: what one request costs in round trips.",
 		}, []string{"message"}),
+		messageDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tollgate_extproc_message_duration_seconds",
+			Help:    "Time from receiving an ext_proc message from Envoy to sending its answer, by kind: what tollgate adds to each of a request's round trips (a request body's includes its quota check).",
+			Buckets: latencyBuckets(),
+		}, []string{"message"}),
+		quotaCheckDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tollgate_quota_check_duration_seconds",
+			Help:    "Time a request waited for its quota check and reservation: the ratelimit service and its Redis round trip, and any wait for this gateway's pending charges to the same counters.",
+			Buckets: latencyBuckets(),
+		}),
 	}
 	defer m.resolveMessageKinds()
 	if reg == nil {
@@ -184,17 +204,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.activeStreams = registerOrReuse(reg, m.activeStreams)
 	m.chargeBacklog = registerOrReuse(reg, m.chargeBacklog)
 	m.messages = registerOrReuse(reg, m.messages)
+	m.messageDuration = registerOrReuse(reg, m.messageDuration)
+	m.quotaCheckDuration = registerOrReuse(reg, m.quotaCheckDuration)
 	return m
 }
 
 func (m *Metrics) resolveMessageKinds() {
 	for kind, name := range messageKindNames() {
 		m.messageKinds[kind] = m.messages.WithLabelValues(name)
+		m.messageTimes[kind] = m.messageDuration.WithLabelValues(name)
 	}
 }
 
-// countMessage counts one message from Envoy by its kind.
-func (m *Metrics) countMessage(req *extprocv3.ProcessingRequest) {
+// countMessage counts one message from Envoy by its kind, and returns the kind (-1: unknown).
+func (m *Metrics) countMessage(req *extprocv3.ProcessingRequest) int {
 	kind := -1
 	switch req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
@@ -212,6 +235,14 @@ func (m *Metrics) countMessage(req *extprocv3.ProcessingRequest) {
 	}
 	if kind >= 0 {
 		m.messageKinds[kind].Inc()
+	}
+	return kind
+}
+
+// timeMessage records how long a message of kind (countMessage's) took to answer.
+func (m *Metrics) timeMessage(kind int, took time.Duration) {
+	if kind >= 0 {
+		m.messageTimes[kind].Observe(took.Seconds())
 	}
 }
 

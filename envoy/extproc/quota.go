@@ -64,7 +64,9 @@ func (ex *exchange) admit(worst llmapi.Usage) (*rejection, map[string]*structpb.
 	timeout := ex.quotaTimeout()
 	ex.carryCalendarCounters(descriptors, timeout)
 	withGrants(ex.grants, ex.counters, ex.cfg.RateLimitDomain, quotas, descriptors, ex.user, ex.team)
+	asked := time.Now()
 	statuses, reservations, err := ex.rls.Admit(ex.ctx, ex.cfg.RateLimitAddress, ex.cfg.RateLimitDomain, descriptors, timeout)
+	ex.metrics.quotaCheckDuration.Observe(time.Since(asked).Seconds())
 	if err != nil {
 		if ex.ctx.Err() != nil {
 			// The client is gone; nothing is answered and nothing reached the backend.

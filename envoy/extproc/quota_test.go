@@ -50,6 +50,48 @@ func TestOverQuotaIsAnswered429(t *testing.T) {
 	}
 }
 
+// TestTimesOfMessagesAndChecks: each message's answer is timed by its kind, and a request
+// body's time includes the quota check it waited for, which is timed on its own.
+func TestTimesOfMessagesAndChecks(t *testing.T) {
+	const serviceTakes = 50 * time.Millisecond
+	fake := rlsclienttest.Start(t)
+	fake.Gate = make(chan struct{})
+	h := newHarness(t, chargedConfig(t, fake.Addr))
+	c := h.open(t)
+	if resp := c.send(chatHeaders(len(chatBody))); resp.GetRequestHeaders() == nil {
+		t.Fatalf("request headers: want a headers response, got %v", resp)
+	}
+	started := time.Now()
+	time.AfterFunc(serviceTakes, func() { close(fake.Gate) })
+	if resp := c.send(requestBody(chatBody)); resp.GetRequestBody() == nil {
+		t.Fatalf("want the request admitted, got %v", resp)
+	}
+	if waited := time.Since(started); waited < serviceTakes {
+		t.Fatalf("the request was answered after %v, before the service answered (%v)", waited, serviceTakes)
+	}
+	c.send(responseHeaders(false, ":status", "200", "content-type", "application/json"))
+	c.send(responseBody([]byte(`{"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}`), true))
+	c.end()
+
+	// The check began a moment after the service's time started to run.
+	checkTakes := serviceTakes * 4 / 5
+	checks := histogram(t, h, "tollgate_quota_check_duration_seconds")
+	if checks.GetSampleCount() != 1 || checks.GetSampleSum() < checkTakes.Seconds() {
+		t.Errorf("quota checks timed: %d taking %.3fs, want 1 taking at least %v", checks.GetSampleCount(), checks.GetSampleSum(), checkTakes)
+	}
+	for kind, want := range map[string]uint64{"request_headers": 1, "request_body": 1, "response_headers": 1, "response_body": 1} {
+		if n := histogramCount(t, h, "tollgate_extproc_message_duration_seconds", kind); n != want {
+			t.Errorf("%s messages timed: %d, want %d", kind, n, want)
+		}
+	}
+	if sum := histogramSum(t, h, "tollgate_extproc_message_duration_seconds", "request_body"); sum < checks.GetSampleSum() {
+		t.Errorf("the request body took %.3fs, less than the check it waited for (%.3fs)", sum, checks.GetSampleSum())
+	}
+	if sum := histogramSum(t, h, "tollgate_extproc_message_duration_seconds", "request_headers"); sum >= serviceTakes.Seconds() {
+		t.Errorf("the request headers took %.3fs: they wait for no check", sum)
+	}
+}
+
 // TestAdmittedRequestCarriesItsQuotaHeaders: an admitted request publishes the numbers of the
 // quota closest to its limit, which the route turns into x-ratelimit-* response headers, and
 // its check asked about every quota of the model without spending anything.

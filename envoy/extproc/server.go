@@ -155,13 +155,17 @@ func (p processor) Process(stream extprocv3.ExternalProcessor_ProcessServer) err
 			}
 			return err
 		}
-		p.s.metrics.countMessage(req)
+		received := time.Now()
+		kind := p.s.metrics.countMessage(req)
 		resp := ex.handle(req)
 		if resp == nil || req.GetObservabilityMode() {
 			// Observability mode ignores answers; an unknown message has none to give.
+			p.s.metrics.timeMessage(kind, time.Since(received))
 			continue
 		}
-		if err := stream.Send(resp); err != nil {
+		err = stream.Send(resp)
+		p.s.metrics.timeMessage(kind, time.Since(received))
+		if err != nil {
 			return err
 		}
 	}
