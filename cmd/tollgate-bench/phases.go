@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -158,7 +159,19 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 			fetches = append(fetches, struct{ name, url, file, sample string }{
 				fmt.Sprintf("%s under %s at %.0f req/s (allocated bytes)", extProcWhat, run.what, rate),
 				fmt.Sprintf("http://%s/debug/pprof/allocs?seconds=%d", extProcAt, secs),
-				filepath.Join(pdir, "extproc-"+run.key+"-allocs.pprof"), "alloc_space"})
+				filepath.Join(pdir, "extproc-"+run.key+"-allocs.pprof"), "alloc_space"},
+				// Where goroutines waited for a CPU: latency, which a CPU profile does not show.
+				struct{ name, url, file, sample string }{
+					fmt.Sprintf("%s under %s at %.0f req/s (scheduler latency, from a %ds execution trace)", extProcWhat, run.what, rate, traceSeconds),
+					fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%d", extProcAt, traceSeconds),
+					filepath.Join(pdir, "extproc-"+run.key+"-trace.out"), sampleSchedFromTrace})
+		}
+		metricsURL := "http://" + gw.MetricsAddr + "/metrics"
+		var before map[string]*histogramSeries
+		if run.key == "B" {
+			if before, err = scrapeHistograms(ctx, metricsURL, messageDurationMetric, checkDurationMetric); err != nil {
+				return fmt.Errorf("tollgate's latency histograms: %w", err)
+			}
 		}
 		var wg sync.WaitGroup
 		errs := make([]error, len(fetches))
@@ -173,15 +186,52 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 		r := load.Run(ctx, client, run.req, rate, time.Duration(secs)*time.Second+time.Second, load.Options{})
 		wg.Wait()
 		logger.Info("profiled", "system", run.key, "result", r.String())
+		if run.key == "B" {
+			after, err := scrapeHistograms(ctx, metricsURL, messageDurationMetric, checkDurationMetric)
+			if err != nil {
+				return fmt.Errorf("tollgate's latency histograms: %w", err)
+			}
+			rep.Timings = timings(before, after)
+			rep.TimingsUnder = fmt.Sprintf("under B's JSON requests at %.0f req/s for %s (%s)", rate, time.Duration(secs)*time.Second+time.Second, extProcWhat)
+		}
 		for i, f := range fetches {
 			if errs[i] != nil {
 				return fmt.Errorf("%s: %w", f.name, errs[i])
 			}
-			top := pprofTop(ctx, f.file, sampleArgs(f.sample)...)
-			rep.Profiles = append(rep.Profiles, report.Profile{Name: f.name, File: f.file, Top: top})
+			file, sample := f.file, f.sample
+			if sample == sampleSchedFromTrace {
+				if file, err = schedFromTrace(ctx, f.file); err != nil {
+					return fmt.Errorf("%s: %w", f.name, err)
+				}
+				sample = ""
+			}
+			top := pprofTop(ctx, file, sampleArgs(sample)...)
+			rep.Profiles = append(rep.Profiles, report.Profile{Name: f.name, File: file, Top: top})
 		}
 	}
 	return nil
+}
+
+// traceSeconds is the length of the execution trace taken under B: its file grows by about a
+// megabyte a second at a thousand requests a second.
+const traceSeconds = 2
+
+// sampleSchedFromTrace marks a fetch that is an execution trace, summarised by its scheduler
+// latency profile.
+const sampleSchedFromTrace = "sched-from-trace"
+
+// schedFromTrace writes the scheduler latency profile of an execution trace (how long
+// goroutines waited to run, by where they were made runnable) next to it, and returns its path.
+func schedFromTrace(ctx context.Context, trace string) (string, error) {
+	out := strings.TrimSuffix(trace, "-trace.out") + "-sched.pprof"
+	cmd := exec.CommandContext(ctx, "go", "tool", "trace", "-pprof=sched", trace)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	profile, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go tool trace -pprof=sched: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, os.WriteFile(out, profile, 0o644)
 }
 
 func sampleArgs(index string) []string {

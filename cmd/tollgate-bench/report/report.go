@@ -30,6 +30,10 @@ type Report struct {
 	Overload *Overload
 	// Profiles are the pprof summaries taken, in order.
 	Profiles []Profile
+	// Timings are tollgate's own histograms of its share of B's latency, read while B was
+	// profiled (TimingsUnder says at what load); empty when the profile phase did not run.
+	Timings      []Timing `json:",omitempty"`
+	TimingsUnder string   `json:",omitempty"`
 	// Notes are remarks the run wants a reader to see (skipped phases, errors).
 	Notes []string
 }
@@ -100,6 +104,14 @@ type Scale struct {
 	RateLimitLoad *scale.RateLimitLoad
 }
 
+// Timing is one of tollgate's latency histograms over a run: how many it timed, and its
+// quantiles, estimated from the buckets as Prometheus does.
+type Timing struct {
+	What          string
+	Count         int64
+	P50, P90, P99 time.Duration
+}
+
 // Profile is one pprof profile and its top functions.
 type Profile struct {
 	Name, File, Top string
@@ -159,6 +171,7 @@ func Markdown(w io.Writer, r *Report) error {
 	reloads(&b, r)
 	overloadSection(&b, r)
 	scaling(&b, r)
+	timings(&b, r)
 	profiles(&b, r)
 	if len(r.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
@@ -617,6 +630,20 @@ func scaling(b *strings.Builder, r *Report) {
 	if l := sc.RateLimitLoad; l != nil {
 		fmt.Fprintf(b, "\nRatelimit service at N = %d: Publish took %s ms with the service connected; the service answered "+
 			"with the new limit %s ms after Publish began.\n", l.N, msf(l.Publish), msf(l.Loaded))
+	}
+	b.WriteString("\n")
+}
+
+func timings(b *strings.Builder, r *Report) {
+	if len(r.Timings) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## Where tollgate's time goes\n\nFrom tollgate's own histograms (`tollgate_extproc_message_duration_seconds`, "+
+		"`tollgate_quota_check_duration_seconds`), %s. The rest of a request's latency is Envoy, the network, the backend "+
+		"and the wait for a CPU between them.\n\n| what | count | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|\n", r.TimingsUnder)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
+	for _, t := range r.Timings {
+		fmt.Fprintf(b, "| %s | %d | %s | %s | %s |\n", t.What, t.Count, ms(t.P50), ms(t.P90), ms(t.P99))
 	}
 	b.WriteString("\n")
 }
