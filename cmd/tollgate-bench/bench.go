@@ -143,8 +143,8 @@ func dataPlanePhases(ctx context.Context, cfg config, bins stack.Bins, dir strin
 			{cfg.envoyStreams, &gws.envoyStreams, "envoy-streams", stack.PolicyOptions{EnvoyStreams: true}, nil},
 			{cfg.envoyStreams && cfg.nullExtProc, &gws.nullEnvoyStreams, "null-envoy-streams", stack.PolicyOptions{NullExtProc: true, EnvoyStreams: true}, nil},
 			{cfg.redisSocket, &gws.redisSocket, "redis-socket", stack.PolicyOptions{RedisSocket: true}, nil},
-			{cfg.compareGoMaxProcs > 0, &gws.goMaxProcs, "gomaxprocs", stack.PolicyOptions{}, func(e *stack.Env) {
-				e.TollgateEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", cfg.compareGoMaxProcs)}
+			{len(cfg.comparedEnv()) > 0, &gws.compared, "compared-env", stack.PolicyOptions{}, func(e *stack.Env) {
+				e.TollgateEnv = append(e.TollgateEnv, cfg.comparedEnv()...)
 			}},
 			{cfg.checkOnly, &gws.checkOnly, "check-only", stack.PolicyOptions{}, func(e *stack.Env) { e.CheckOnly, e.InProcess = true, false }},
 		} {

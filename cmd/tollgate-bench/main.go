@@ -129,6 +129,7 @@ type config struct {
 	inProcess                   bool
 	split                       bool
 	compareGoMaxProcs           int
+	compareEnv                  string
 	unixSocket                  bool
 	envoyStreams                bool
 	nullRedis                   bool
@@ -196,6 +197,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.unixSocket, "unix-socket", false, "also measure B with Envoy reaching the ext_proc server over a Unix socket (system U; the policy's extProc.socket)")
 	fs.BoolVar(&c.redisSocket, "redis-socket", false, "also measure B with tollgate and the ratelimit service reaching Redis over a Unix socket (system R; --redis unix:///...)")
 	fs.IntVar(&c.compareGoMaxProcs, "compare-gomaxprocs", 0, "also measure B with GOMAXPROCS set to this for tollgate (system G), to weigh it against Go's default in one run; 0: not measured")
+	fs.StringVar(&c.compareEnv, "compare-env", "", "also measure B with these KEY=VALUE settings, space-separated, in tollgate's environment (system G, with --compare-gomaxprocs if given), e.g. GOGC=100 to weigh tollgate's own GC target against Go's default in one run")
 	fs.BoolVar(&c.nullExtProc, "null-ext-proc", true, "also measure the same Envoy configuration with a do-nothing ext_proc server (system X, and Y with C's streamed responses): B's and C's floor")
 	fs.BoolVar(&c.checkOnly, "check-only", false, "also measure a gateway that only checks quotas, reserving nothing (system K): what reservations cost")
 	fs.BoolVar(&c.litellm, "litellm", litellmDefault, "also measure the LiteLLM proxy, routing only, in front of the same llmsim (system L, floor A) and compare B with it; "+
@@ -271,6 +273,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	if c.compareGoMaxProcs < 0 {
 		return c, errors.New("--compare-gomaxprocs must be ≥ 0")
 	}
+	for _, kv := range strings.Fields(c.compareEnv) {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return c, fmt.Errorf("--compare-env: %q is not KEY=VALUE", kv)
+		}
+	}
 	if c.tollgateGoMaxProcs < 0 {
 		return c, errors.New("--tollgate-gomaxprocs must be ≥ 0")
 	}
@@ -292,6 +299,15 @@ func envBool(name string) (bool, error) {
 		return false, fmt.Errorf("%s=%q: want 1 or 0 (true or false)", name, v)
 	}
 	return b, nil
+}
+
+// comparedEnv is what system G adds to tollgate's environment; empty: G is not measured.
+func (c config) comparedEnv() []string {
+	var env []string
+	if c.compareGoMaxProcs > 0 {
+		env = append(env, fmt.Sprintf("GOMAXPROCS=%d", c.compareGoMaxProcs))
+	}
+	return append(env, strings.Fields(c.compareEnv)...)
 }
 
 // newEnv is a set of processes with the run's settings, its files in dir.

@@ -40,6 +40,8 @@ func TestBadFlagsAreRejected(t *testing.T) {
 		{"--sizes", "10,-1"},
 		{"--growth", "1"},
 		{"--tollgate-gomaxprocs", "-1"},
+		{"--compare-env", "GOGC=100 GOGC"},
+		{"--compare-env", "=100"},
 		{"stray"},
 	} {
 		if _, err := parseConfig(args, io.Discard); err == nil {
@@ -62,6 +64,19 @@ func TestGoMaxProcsReachesTollgateOnly(t *testing.T) {
 	}
 	if env := c.newEnv(stack.Bins{}, t.TempDir()); len(env.TollgateEnv) != 0 {
 		t.Errorf("default run sets %q: it should measure Go's defaults", env.TollgateEnv)
+	}
+}
+
+func TestComparedEnvironment(t *testing.T) {
+	c, err := parseConfig([]string{"--compare-gomaxprocs", "2", "--compare-env", " GOGC=100  GODEBUG=gctrace=1 "}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.comparedEnv(), " "); got != "GOMAXPROCS=2 GOGC=100 GODEBUG=gctrace=1" {
+		t.Errorf("G's environment %q", got)
+	}
+	if c, err = parseConfig(nil, io.Discard); err != nil || len(c.comparedEnv()) != 0 {
+		t.Errorf("by default G is measured with %q (%v); want not measured", c.comparedEnv(), err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/load"
@@ -121,8 +122,8 @@ const (
 // (Envoy reads streams' usage), W's (V's configuration with the do-nothing server) and Z's (X
 // with a Redis round trip per request).
 type gateways struct {
-	main, extProcOnly, checkOnly, null, split, goMaxProcs, unixSocket, redisSocket *stack.Gateway
-	envoyStreams, nullEnvoyStreams, nullRedis                                      *stack.Gateway
+	main, extProcOnly, checkOnly, null, split, compared, unixSocket, redisSocket *stack.Gateway
+	envoyStreams, nullEnvoyStreams, nullRedis                                    *stack.Gateway
 }
 
 // overheadSystems are A, B and C, and the floors and variants that run.
@@ -190,7 +191,7 @@ func overheadSystems(cfg config, plain *stack.Plain, gws gateways, sim *proc.Pro
 		{gws.split, "S", "B split: `tollgate serve` and `tollgate ratelimit` as processes of their own, quota checks over loopback gRPC"},
 		{gws.unixSocket, "U", "B with Envoy reaching the ext_proc server over a Unix socket"},
 		{gws.redisSocket, "R", "B with tollgate and the ratelimit service reaching Redis over a Unix socket"},
-		{gws.goMaxProcs, "G", fmt.Sprintf("B with GOMAXPROCS=%d for tollgate", cfg.compareGoMaxProcs)},
+		{gws.compared, "G", fmt.Sprintf("B with %s in tollgate's environment", strings.Join(cfg.comparedEnv(), " "))},
 		{gws.checkOnly, "K", "B checking quotas only: nothing reserved at admission, the whole cost charged at the end"},
 	}
 	for _, v := range variants {
