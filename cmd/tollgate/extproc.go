@@ -50,6 +50,7 @@ func extProcCommand(args []string, _, stderr io.Writer) int {
 		return code
 	}
 	o.charges.resolve(fs, o.listenAddr)
+	collectGarbageLessOften(os.LookupEnv)
 	return runUntilSignal("extproc", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {
 		return runExtProc(ctx, o, logger)
 	})

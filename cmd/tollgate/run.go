@@ -74,6 +74,9 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	if n, set := shareCPUsWithEnvoy(os.LookupEnv); set {
 		logger.Info("GOMAXPROCS set to half the CPUs: Envoy's workers, which run on all of them, get the rest (set GOMAXPROCS to choose)", "gomaxprocs", n)
 	}
+	if collectGarbageLessOften(os.LookupEnv) {
+		logger.Info("GOGC set: garbage is collected once the heap has grown by four times what is live (set GOGC to choose)", "gogc", gcPercent)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	signals := catchSignals(logger, cancel, func() { os.Exit(1) }, os.Interrupt, syscall.SIGTERM)

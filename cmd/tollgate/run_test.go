@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -430,5 +431,23 @@ func TestShareCPUsWithEnvoy(t *testing.T) {
 	runtime.GOMAXPROCS(4)
 	if _, set := shareCPUsWithEnvoy(func(string) (string, bool) { return "3", true }); set || runtime.GOMAXPROCS(0) != 4 {
 		t.Errorf("GOMAXPROCS given: changed to %d", runtime.GOMAXPROCS(0))
+	}
+}
+
+func TestCollectGarbageLessOftenUnlessGOGCIsSet(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(before)
+
+	if !collectGarbageLessOften(func(string) (string, bool) { return "", false }) {
+		t.Error("GOGC unset: the target was not set")
+	}
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GOGC unset: the target is %d, want %d", got, gcPercent)
+	}
+	if collectGarbageLessOften(func(string) (string, bool) { return "50", true }) {
+		t.Error("GOGC=50 given: tollgate set its own target")
+	}
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC given: the target changed to %d", got)
 	}
 }

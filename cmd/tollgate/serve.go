@@ -68,6 +68,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintf(stderr, "tollgate serve: --xds-tls-*: %v\n", err)
 		return 2
 	}
+	collectGarbageLessOften(os.LookupEnv)
 	return runUntilSignal("serve", stderr, o.logLevel, o.logFormat, func(ctx context.Context, logger *slog.Logger) error {
 		return serve(ctx, o, logger)
 	})
