@@ -166,11 +166,10 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 					fmt.Sprintf("http://%s/debug/pprof/trace?seconds=%d", extProcAt, traceSeconds),
 					filepath.Join(pdir, "extproc-"+run.key+"-trace.out"), sampleSchedFromTrace})
 		}
-		metricsURL := "http://" + gw.MetricsAddr + "/metrics"
 		var before map[string]*histogramSeries
 		if run.key == "B" {
-			if before, err = scrapeHistograms(ctx, metricsURL, messageDurationMetric, checkDurationMetric); err != nil {
-				return fmt.Errorf("tollgate's latency histograms: %w", err)
+			if before, err = latencyHistograms(gw); err != nil {
+				return err
 			}
 		}
 		var wg sync.WaitGroup
@@ -187,9 +186,9 @@ func profilePhase(ctx context.Context, cfg config, bins stack.Bins, out string, 
 		wg.Wait()
 		logger.Info("profiled", "system", run.key, "result", r.String())
 		if run.key == "B" {
-			after, err := scrapeHistograms(ctx, metricsURL, messageDurationMetric, checkDurationMetric)
+			after, err := latencyHistograms(gw)
 			if err != nil {
-				return fmt.Errorf("tollgate's latency histograms: %w", err)
+				return err
 			}
 			rep.Timings = timings(before, after)
 			rep.TimingsUnder = fmt.Sprintf("under B's JSON requests at %.0f req/s for %s (%s)", rate, time.Duration(secs)*time.Second+time.Second, extProcWhat)

@@ -1,17 +1,16 @@
 package main
 
 import (
-	"context"
+	"cmp"
 	"fmt"
-	"io"
 	"math"
-	"net/http"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/report"
+	"github.com/tollgate-dev/tollgate/cmd/tollgate-bench/stack"
 )
 
 // The histograms tollgate keeps of its own share of a request's latency.
@@ -20,35 +19,24 @@ const (
 	checkDurationMetric   = "tollgate_quota_check_duration_seconds"
 )
 
-// histogramSeries is one Prometheus histogram series read from a /metrics page: cumulative
-// counts by upper bound, ascending, +Inf last.
+// histogramSeries is one Prometheus histogram series read from a /metrics page: its buckets,
+// by ascending upper bound, +Inf last.
 type histogramSeries struct {
-	bounds []float64
-	counts []float64
+	buckets []bucket
 }
 
-// scrapeHistograms reads the histogram series of the families names from the /metrics page at
-// url (see parseHistograms).
-func scrapeHistograms(ctx context.Context, url string, names ...string) (map[string]*histogramSeries, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// bucket is a histogram bucket: its upper bound and the cumulative count up to it.
+type bucket struct {
+	le, count float64
+}
+
+// latencyHistograms reads tollgate's latency histograms from the gateway's /metrics.
+func latencyHistograms(gw *stack.Gateway) (map[string]*histogramSeries, error) {
+	page, err := gw.Metrics()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("tollgate's latency histograms: %w", err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	page, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %d", url, resp.StatusCode)
-	}
-	return parseHistograms(string(page), names...), nil
+	return parseHistograms(page, messageDurationMetric, checkDurationMetric), nil
 }
 
 // parseHistograms reads the bucket lines of the families names from a page in the Prometheus
@@ -71,20 +59,17 @@ func parseHistograms(page string, names ...string) map[string]*histogramSeries {
 				continue
 			}
 			var others []string
-			bound := math.NaN()
+			le := math.NaN()
 			for label := range strings.SplitSeq(labels, ",") {
-				if le, ok := strings.CutPrefix(label, `le="`); ok {
-					bound, err = strconv.ParseFloat(strings.TrimSuffix(le, `"`), 64)
-					if err != nil {
-						bound = math.NaN()
+				if v, ok := strings.CutPrefix(label, `le="`); ok {
+					if le, err = strconv.ParseFloat(strings.TrimSuffix(v, `"`), 64); err != nil {
+						le = math.NaN()
 					}
-					continue
-				}
-				if label != "" {
+				} else if label != "" {
 					others = append(others, label)
 				}
 			}
-			if math.IsNaN(bound) {
+			if math.IsNaN(le) {
 				continue
 			}
 			key := name + "{" + strings.Join(others, ",") + "}"
@@ -93,43 +78,33 @@ func parseHistograms(page string, names ...string) map[string]*histogramSeries {
 				s = &histogramSeries{}
 				out[key] = s
 			}
-			s.bounds = append(s.bounds, bound)
-			s.counts = append(s.counts, count)
+			s.buckets = append(s.buckets, bucket{le, count})
 		}
 	}
 	for _, s := range out {
-		sort.Sort(byBound{s})
+		slices.SortFunc(s.buckets, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
 	}
 	return out
 }
 
-type byBound struct{ s *histogramSeries }
-
-func (b byBound) Len() int           { return len(b.s.bounds) }
-func (b byBound) Less(i, j int) bool { return b.s.bounds[i] < b.s.bounds[j] }
-func (b byBound) Swap(i, j int) {
-	b.s.bounds[i], b.s.bounds[j] = b.s.bounds[j], b.s.bounds[i]
-	b.s.counts[i], b.s.counts[j] = b.s.counts[j], b.s.counts[i]
-}
-
 // since is what h counted after before (nil: from the start), bucket by bucket.
 func (h *histogramSeries) since(before *histogramSeries) *histogramSeries {
-	d := &histogramSeries{bounds: h.bounds, counts: append([]float64(nil), h.counts...)}
-	if before == nil || len(before.counts) != len(h.counts) {
+	d := &histogramSeries{buckets: slices.Clone(h.buckets)}
+	if before == nil || len(before.buckets) != len(h.buckets) {
 		return d
 	}
-	for i := range d.counts {
-		d.counts[i] -= before.counts[i]
+	for i := range d.buckets {
+		d.buckets[i].count -= before.buckets[i].count
 	}
 	return d
 }
 
 // total is the number of observations.
 func (h *histogramSeries) total() float64 {
-	if len(h.counts) == 0 {
+	if len(h.buckets) == 0 {
 		return 0
 	}
-	return h.counts[len(h.counts)-1]
+	return h.buckets[len(h.buckets)-1].count
 }
 
 // quantile estimates the q-quantile as Prometheus's histogram_quantile does: linearly within
@@ -142,18 +117,18 @@ func (h *histogramSeries) quantile(q float64) float64 {
 	}
 	rank := q * n
 	lower, below := 0.0, 0.0
-	for i, upper := range h.bounds {
-		if h.counts[i] >= rank {
-			if math.IsInf(upper, 1) {
+	for _, b := range h.buckets {
+		if b.count >= rank {
+			if math.IsInf(b.le, 1) {
 				return lower
 			}
-			inBucket := h.counts[i] - below
+			inBucket := b.count - below
 			if inBucket == 0 {
-				return upper
+				return b.le
 			}
-			return lower + (upper-lower)*(rank-below)/inBucket
+			return lower + (b.le-lower)*(rank-below)/inBucket
 		}
-		lower, below = upper, h.counts[i]
+		lower, below = b.le, b.count
 	}
 	return lower
 }

@@ -33,11 +33,11 @@ func TestParseHistograms(t *testing.T) {
 		t.Fatalf("%d series, want 3 (two message kinds, the checks): %v", len(got), got)
 	}
 	body := got[messageDurationMetric+`{message="request_body"}`]
-	if body == nil || len(body.bounds) != 3 || body.bounds[1] != 0.001 || !math.IsInf(body.bounds[2], 1) || body.total() != 100 {
+	if body == nil || len(body.buckets) != 3 || body.buckets[1].le != 0.001 || !math.IsInf(body.buckets[2].le, 1) || body.total() != 100 {
 		t.Fatalf("request_body series: %+v", body)
 	}
 	checks := got[checkDurationMetric+"{}"]
-	if checks == nil || checks.bounds[0] != 0.0001 || checks.counts[0] != 0 || checks.counts[1] != 40 {
+	if checks == nil || checks.buckets[0].le != 0.0001 || checks.buckets[0].count != 0 || checks.buckets[1].count != 40 {
 		t.Fatalf("the checks' buckets, sorted by bound: %+v", checks)
 	}
 }
@@ -68,11 +68,11 @@ func TestTimingsAreTheGrowthBetweenScrapes(t *testing.T) {
 	before := parseHistograms(metricsPage, messageDurationMetric, checkDurationMetric)
 	after := parseHistograms(metricsPage, messageDurationMetric, checkDurationMetric)
 	grown := after[messageDurationMetric+`{message="request_body"}`]
-	for i := range grown.counts {
-		grown.counts[i] += 20 // 20 more request bodies, all over 1 ms
+	for i := range grown.buckets {
+		grown.buckets[i].count += 20 // 20 more request bodies, all over 1 ms
 	}
-	grown.counts[0] -= 20
-	grown.counts[1] -= 20
+	grown.buckets[0].count -= 20
+	grown.buckets[1].count -= 20
 	rows := timings(before, after)
 	if len(rows) != 1 {
 		t.Fatalf("rows %+v, want one: only request bodies were answered between the scrapes", rows)

@@ -259,23 +259,23 @@ func TestOverloadSectionJudgesTheTargets(t *testing.T) {
 }
 
 func TestTimingsSectionOnlyWhenProfiled(t *testing.T) {
-	r := sampleReport()
-	var buf bytes.Buffer
-	if err := Markdown(&buf, r); err != nil {
-		t.Fatal(err)
+	markdown := func(r *Report) string {
+		var buf bytes.Buffer
+		if err := Markdown(&buf, r); err != nil {
+			t.Fatal(err)
+		}
+		return buf.String()
 	}
-	if strings.Contains(buf.String(), "Where tollgate's time goes") {
+	r := sampleReport()
+	if strings.Contains(markdown(r), "Where tollgate's time goes") {
 		t.Error("a run without the profile phase has a timings section")
 	}
 	r.Timings = []Timing{{What: "quota check and reservation", Count: 9000, P50: 243 * time.Microsecond, P90: 648 * time.Microsecond, P99: 2331 * time.Microsecond}}
 	r.TimingsUnder = "under B's JSON requests at 1350 req/s for 9s"
-	buf.Reset()
-	if err := Markdown(&buf, r); err != nil {
-		t.Fatal(err)
-	}
+	md := markdown(r)
 	for _, want := range []string{"## Where tollgate's time goes", "under B's JSON requests at 1350 req/s for 9s.",
 		"| quota check and reservation | 9000 | 0.243 | 0.648 | 2.331 |"} {
-		if !strings.Contains(buf.String(), want) {
+		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}
 	}

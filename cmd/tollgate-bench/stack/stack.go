@@ -522,17 +522,23 @@ func (g *Gateway) Pids() map[string]int {
 	return pids
 }
 
+// Metrics is the /metrics page of the gateway's tollgate (the process with the ext_proc server).
+func (g *Gateway) Metrics() (string, error) {
+	body, err := getBody(g.client, "http://"+g.MetricsAddr+"/metrics")
+	return string(body), err
+}
+
 // ExtProcMessages is the number of ext_proc messages the gateway's tollgate has received from
 // Envoy so far, all kinds together (tollgate_extproc_messages_total).
 func (g *Gateway) ExtProcMessages() (float64, error) {
-	body, err := getBody(g.client, "http://"+g.MetricsAddr+"/metrics")
+	page, err := g.Metrics()
 	if err != nil {
 		return 0, err
 	}
 	const name = "tollgate_extproc_messages_total{"
 	var total float64
 	found := false
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(page, "\n") {
 		if !strings.HasPrefix(line, name) {
 			continue
 		}
