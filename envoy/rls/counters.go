@@ -293,7 +293,7 @@ func evalCmd(into any, script string, keys []string, args ...string) radix.Actio
 
 // do runs action on the counters' Redis, within counterTimeout.
 func (c *Counters) do(ctx context.Context, action radix.Action) error {
-	client, err := c.connect(ctx)
+	client, err := c.connect()
 	if err != nil {
 		return err
 	}
@@ -361,15 +361,13 @@ func secondsLeft(unit string, at time.Time) int64 {
 const carriedSuffix = "_carried"
 
 // connect returns the client, connecting it on first use.
-func (c *Counters) connect(ctx context.Context) (redisClient, error) {
+func (c *Counters) connect() (redisClient, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.client != nil {
 		return c.client, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*redisDialTimeout)
-	defer cancel()
-	client, err := c.target.connect(ctx, c.tls, 2)
+	client, err := c.target.connectFollowing(c.tls, 2)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.target, err)
 	}

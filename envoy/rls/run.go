@@ -76,7 +76,7 @@ func run(ctx context.Context, logger *slog.Logger, opts Options, adjust func(*se
 	}
 
 	bridge := installLogBridge(logger, cfg.logLevel)
-	r, err := newRunner(s, opts.Local)
+	r, err := newRunner(s, opts.Local, logger, cfg.redis)
 	if err != nil {
 		return err
 	}

@@ -2,8 +2,10 @@ package rls
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/envoyproxy/ratelimit/src/limiter"
 	"github.com/envoyproxy/ratelimit/src/metrics"
 	"github.com/envoyproxy/ratelimit/src/redis"
 	"github.com/envoyproxy/ratelimit/src/server"
@@ -39,6 +42,8 @@ type runner struct {
 	settings     settings.Settings
 	statsManager stats.Manager
 	local        *Local
+	logger       *slog.Logger
+	redis        redisTarget
 
 	mu     sync.Mutex
 	srv    server.Server
@@ -47,7 +52,7 @@ type runner struct {
 
 // newRunner builds the runner and its stats store. A Prometheus sink registers its handler on
 // http.DefaultServeMux: a second one in one process panics, which is returned as an error.
-func newRunner(s settings.Settings, local *Local) (r *runner, err error) {
+func newRunner(s settings.Settings, local *Local, logger *slog.Logger, redisTarget redisTarget) (r *runner, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("starting the ratelimit service (metrics can be enabled once per process): %v", p)
@@ -61,7 +66,7 @@ func newRunner(s settings.Settings, local *Local) (r *runner, err error) {
 			prom.WithPath(s.PrometheusPath), prom.WithMapperYamlPath(s.PrometheusMapperYaml)), false)
 	}
 	go store.Start(time.NewTicker(s.StatsFlushInterval))
-	return &runner{settings: s, statsManager: stats.NewStatManager(store, s), local: local}, nil
+	return &runner{settings: s, statsManager: stats.NewStatManager(store, s), local: local, logger: logger, redis: redisTarget}, nil
 }
 
 // run serves until stop; the upstream code ends it with a logged Fatal when it cannot.
@@ -77,8 +82,7 @@ func (r *runner) run() {
 
 	reporter := metrics.NewServerReporter(r.statsManager.GetStatsStore().ScopeWithTags("ratelimit_server", s.ExtraTags))
 	srv := server.NewServer(s, "ratelimit", r.statsManager, nil, settings.GrpcUnaryInterceptor(reporter.UnaryServerInterceptor()))
-	limiter, closer := redis.NewRateLimiterCacheImplFromSettings(s, nil, srv, utils.NewTimeSourceImpl(),
-		rand.New(utils.NewLockedSource(time.Now().Unix())), s.ExpirationJitterMaxSeconds, r.statsManager)
+	limiter, closer := r.newLimiter(srv)
 	r.mu.Lock()
 	r.srv, r.closer = srv, closer
 	r.mu.Unlock()
@@ -99,6 +103,58 @@ func (r *runner) run() {
 	}
 	srv.Start()
 }
+
+// newLimiter is the upstream Redis limiter, as the upstream runner makes it. On a Redis
+// Cluster its client is replaced whenever the slots move to other primaries (see
+// followedCluster): the same upstream client and cache, made anew.
+func (r *runner) newLimiter(srv server.Server) (limiter.RateLimitCache, io.Closer) {
+	s := r.settings
+	timeSource := utils.NewTimeSourceImpl()
+	jitter := rand.New(utils.NewLockedSource(time.Now().Unix()))
+	if r.redis.Topology != topologyCluster {
+		return redis.NewRateLimiterCacheImplFromSettings(s, nil, srv, timeSource, jitter, s.ExpirationJitterMaxSeconds, r.statsManager)
+	}
+	scope := srv.Scope().Scope("redis_pool")
+	dial := func() (client redis.Client, err error) {
+		defer func() {
+			// The upstream client panics when it cannot connect.
+			if p := recover(); p != nil {
+				err = fmt.Errorf("%v", p)
+			}
+		}()
+		return redis.NewClientImpl(scope, s.RedisTls, s.RedisAuth, s.RedisSocketType, s.RedisType, s.RedisUrl, s.RedisPoolSize,
+			s.RedisPipelineWindow, s.RedisPipelineLimit, s.RedisTlsConfig, s.RedisHealthCheckActiveConnection, srv, s.RedisTimeout,
+			s.RedisPoolOnEmptyBehavior, s.RedisSentinelAuth), nil
+	}
+	var tlsConfig *tls.Config // the slot map is read with the same TLS and AUTH
+	if s.RedisTls {
+		tlsConfig = s.RedisTlsConfig
+	}
+	f, err := followCluster(r.logger, r.redis.String(), dialer(r.redis.Auth, tlsConfig), r.redis.Addrs, dial)
+	if err != nil {
+		// Ends the service with this reason (see installLogBridge).
+		logrus.Fatalf("connecting to redis: %v", err)
+	}
+	client := followingCacheClient{f}
+	return redis.NewFixedRateLimitCacheImpl(client, nil, timeSource, jitter, s.ExpirationJitterMaxSeconds, nil,
+		s.NearLimitRatio, s.CacheKeyPrefix, r.statsManager, s.StopCacheKeyIncrementWhenOverlimit), client
+}
+
+// followingCacheClient is the upstream cache's Redis client for a Cluster, following the
+// slots to their new primaries.
+type followingCacheClient struct{ *followedCluster[redis.Client] }
+
+func (c followingCacheClient) DoCmd(rcv any, cmd, key string, args ...any) error {
+	return c.client().DoCmd(rcv, cmd, key, args...)
+}
+
+func (c followingCacheClient) PipeAppend(p redis.Pipeline, rcv any, cmd, key string, args ...any) redis.Pipeline {
+	return c.client().PipeAppend(p, rcv, cmd, key, args...)
+}
+
+func (c followingCacheClient) PipeDo(p redis.Pipeline) error { return c.client().PipeDo(p) }
+
+func (c followingCacheClient) NumActiveConns() int { return c.client().NumActiveConns() }
 
 // stop stops the server and closes the Redis pool.
 func (r *runner) stop() {

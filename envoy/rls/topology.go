@@ -261,6 +261,31 @@ func (t redisTarget) connect(ctx context.Context, tlsConfig *tls.Config, poolSiz
 	}
 }
 
+// connectFollowing is connect for a client that stays open: a Cluster client is replaced
+// whenever the slots move to other primaries (see followedCluster).
+func (t redisTarget) connectFollowing(tlsConfig *tls.Config, poolSize int) (redisClient, error) {
+	dial := func() (redisClient, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*redisDialTimeout)
+		defer cancel()
+		return t.connect(ctx, tlsConfig, poolSize)
+	}
+	if t.Topology != topologyCluster {
+		return dial()
+	}
+	f, err := followCluster(nil, t.String(), dialer(t.Auth, tlsConfig), t.Addrs, dial)
+	if err != nil {
+		return nil, err
+	}
+	return followingClient{f}, nil
+}
+
+// followingClient is a Cluster client that follows the slots to their new primaries.
+type followingClient struct{ *followedCluster[redisClient] }
+
+func (c followingClient) Do(ctx context.Context, action radix.Action) error {
+	return c.client().Do(ctx, action)
+}
+
 // DescribeRedis describes the Redis a URL (any form Options.RedisURL takes) names, without its
 // secrets: "Redis at host:port", "Redis Cluster at …", `Redis primary "name" via sentinels …`.
 func DescribeRedis(redisURL string) (string, error) {

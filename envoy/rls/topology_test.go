@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/mediocregopher/radix/v4"
+
 	"github.com/tollgate-dev/tollgate/envoy/rlsclient"
 	"github.com/tollgate-dev/tollgate/internal/testutil"
 )
@@ -158,4 +161,84 @@ func TestServiceAndCountersOverTLSWithPasswords(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClientsFollowAClusterFailover: the primary holding a counter is killed and its replica
+// promoted. Within seconds of the promotion, without a restart, the ratelimit service counts
+// on the promoted replica and Counters reads the same counter there: what was counted before
+// the kill and what the service counted after it, and nothing that was sent to the dead node.
+// The killed primary is the first seed, the node the Cluster client dialled first: the one its
+// periodic re-read of the slot map favours.
+func TestClientsFollowAClusterFailover(t *testing.T) {
+	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3, ReplicasPerPrimary: 1, NodeTimeout: 2500 * time.Millisecond})
+	url := "redis+cluster://" + strings.Join(cluster.Seeds(), ",")
+	st := startStackOn(t, url, false)
+	counters, err := NewCounters(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = counters.Close() })
+	ctx := context.Background()
+
+	user := userOnNode(t, counters, cluster.Seeds()[0])
+	counter := []rlsclient.Counter{{Entries: qwen3(user).Entries, Unit: "HOUR"}}
+	if code := charge(t, st.conn, user, 7); code != rlsv3.RateLimitResponse_OK {
+		t.Fatalf("charge before the kill: %v", code)
+	}
+	if got, err := counters.Counts(ctx, testDomain, counter, time.Now()); err != nil || got[0] != 7 {
+		t.Fatalf("counter before the kill: %v %v, want 7", got, err)
+	}
+	time.Sleep(time.Second) // for the replica to have the counter
+
+	cluster.KillPrimary(t, 0)
+	promoted := cluster.AwaitPromotion(t)
+	promotedAt := time.Now()
+	const within = 6 * time.Second
+	testutil.Eventually(t, within, "the service counting on "+promoted, func() error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := rlsclient.CheckOnce(ctx, st.opts.GRPCAddr, testDomain, []rlsclient.Descriptor{qwen3Counter(user, 5)})
+		return err
+	})
+	t.Logf("the service counted again %s after the promotion", time.Since(promotedAt).Round(10*time.Millisecond))
+	testutil.Eventually(t, within, "Counters reading the counter on "+promoted, func() error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		got, err := counters.Counts(ctx, testDomain, counter, time.Now())
+		if err != nil {
+			return err
+		}
+		if got[0] != 12 {
+			return fmt.Errorf("counter %d, want 7 from before the kill and 5 after", got[0])
+		}
+		return nil
+	})
+}
+
+// userOnNode returns a user whose hourly qwen3 counter is in a slot the primary at addr serves.
+func userOnNode(t *testing.T, counters *Counters, addr string) string {
+	t.Helper()
+	reader := newSlotReader(radix.Dialer{}, []string{addr})
+	defer reader.close()
+	topo, err := reader.read(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		user := fmt.Sprintf("user-%d", i)
+		key, err := counters.Key(testDomain, qwen3(user).Entries, "HOUR", time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		slot := radix.ClusterSlot([]byte(key))
+		for _, n := range topo.Primaries() {
+			for _, s := range n.Slots {
+				if n.Addr == addr && slot >= s[0] && slot < s[1] {
+					return user
+				}
+			}
+		}
+	}
+	t.Fatalf("no user's counter in a slot of %s", addr)
+	return ""
 }
