@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mediocregopher/radix/v4"
@@ -137,13 +138,13 @@ type followedCluster[C io.Closer] struct {
 	logger *slog.Logger
 	where  string
 
-	mu      sync.Mutex
-	current C
+	current atomic.Pointer[C] // read on every command, so not behind mu
+
+	mu      sync.Mutex // guards closed, retired and the swap of current
 	closed  bool
 	retired []retiredClient[C]
 
 	stop context.CancelFunc
-	done chan struct{}
 }
 
 // retiredClient is a replaced client, closed when its timer fires.
@@ -169,23 +170,19 @@ func followCluster[C io.Closer](logger *slog.Logger, where string, dialer radix.
 		reader.close()
 		return nil, err
 	}
-	f := &followedCluster[C]{dial: dial, logger: logger, where: where, current: client, stop: stop, done: make(chan struct{})}
+	f := &followedCluster[C]{dial: dial, logger: logger, where: where, stop: stop}
+	f.current.Store(&client)
 	go f.follow(ctx, reader, owners)
 	return f, nil
 }
 
 // client is the current client.
-func (f *followedCluster[C]) client() C {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.current
-}
+func (f *followedCluster[C]) client() C { return *f.current.Load() }
 
 // follow reads the slot map every slotWatchEvery and replaces the client when it changed from
 // the map the current client was made with. A replacement that fails is tried again at the
 // next read.
 func (f *followedCluster[C]) follow(ctx context.Context, reader *slotReader, madeWith string) {
-	defer close(f.done)
 	defer reader.close()
 	tick := time.NewTicker(slotWatchEvery)
 	defer tick.Stop()
@@ -227,17 +224,16 @@ func (f *followedCluster[C]) replace() error {
 	if f.closed {
 		return client.Close()
 	}
-	old := f.current
-	f.current = client
+	old := *f.current.Swap(&client)
 	f.retired = slices.DeleteFunc(f.retired, func(r retiredClient[C]) bool { return time.Since(r.at) > retireAfter })
 	f.retired = append(f.retired, retiredClient[C]{time.AfterFunc(retireAfter, func() { _ = old.Close() }), old, time.Now()})
 	return nil
 }
 
-// Close stops following and closes the clients, the retired ones too.
+// Close stops following and closes the clients, the retired ones too. A client being made
+// then is closed as soon as it is made.
 func (f *followedCluster[C]) Close() error {
 	f.stop()
-	<-f.done
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -249,5 +245,5 @@ func (f *followedCluster[C]) Close() error {
 			_ = r.client.Close()
 		}
 	}
-	return f.current.Close()
+	return f.client().Close()
 }
