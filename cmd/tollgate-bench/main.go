@@ -205,7 +205,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.litellmBin, "litellm-bin", "", "the litellm command (default: .tools/litellm-venv/bin/litellm, then PATH)")
 	fs.IntVar(&c.litellmWorkers, "litellm-workers", runtime.NumCPU(), "LiteLLM's uvicorn worker processes (its --num_workers): the CPU count unless set")
 	fs.IntVar(&c.envoyConcurrency, "envoy-concurrency", 2, "Envoy worker threads (the same for every Envoy)")
-	fs.IntVar(&c.tollgateGoMaxProcs, "tollgate-gomaxprocs", 0, "GOMAXPROCS of tollgate's processes (control plane, ratelimit service); 0 keeps Go's default (the CPU count)")
+	fs.IntVar(&c.tollgateGoMaxProcs, "tollgate-gomaxprocs", 0, "GOMAXPROCS of tollgate's processes (control plane, ratelimit service); 0 leaves it to each command (tollgate run: half the CPUs; the others: the CPU count)")
 	fs.Uint64Var(&c.maxWorkers, "max-workers", 2000, "most requests in flight per system")
 	fs.IntVar(&c.edits, "edits", 50, "policy edits per reload measurement")
 	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "the control plane's --debounce (tollgate serve's default)")

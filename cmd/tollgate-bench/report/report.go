@@ -138,7 +138,7 @@ func (r *Report) System(k string) *System {
 
 func goMaxProcs(n int) string {
 	if n == 0 {
-		return "Go's default GOMAXPROCS (the CPU count)"
+		return "the GOMAXPROCS each command picks (`tollgate run`: half the CPUs, the others: the CPU count)"
 	}
 	return fmt.Sprintf("GOMAXPROCS=%d", n)
 }
