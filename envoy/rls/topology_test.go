@@ -134,12 +134,7 @@ func TestServiceAndCountersOverTLSWithPasswords(t *testing.T) {
 			"?sentinel_password=sentinel-pw&ca=" + files.CAFile,
 	} {
 		t.Run(name, func(t *testing.T) {
-			st := startStackOn(t, redisURL, false)
-			counters, err := NewCounters(redisURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = counters.Close() })
+			st, counters := startStackAndCounters(t, redisURL)
 			ctx := context.Background()
 			for i := range 6 {
 				user := fmt.Sprintf("user-%d", i)
@@ -172,12 +167,7 @@ func TestServiceAndCountersOverTLSWithPasswords(t *testing.T) {
 func TestClientsFollowAClusterFailover(t *testing.T) {
 	cluster := testutil.StartRedisCluster(t, testutil.RedisClusterOptions{Primaries: 3, ReplicasPerPrimary: 1, NodeTimeout: 2500 * time.Millisecond})
 	url := "redis+cluster://" + strings.Join(cluster.Seeds(), ",")
-	st := startStackOn(t, url, false)
-	counters, err := NewCounters(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = counters.Close() })
+	st, counters := startStackAndCounters(t, url)
 	ctx := context.Background()
 
 	user := userOnNode(t, counters, cluster.Seeds()[0])
@@ -213,6 +203,18 @@ func TestClientsFollowAClusterFailover(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// startStackAndCounters runs the service on the Redis at redisURL and opens Counters on it.
+func startStackAndCounters(t *testing.T, redisURL string) (*stack, *Counters) {
+	t.Helper()
+	st := startStackOn(t, redisURL, false)
+	counters, err := NewCounters(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = counters.Close() })
+	return st, counters
 }
 
 // userOnNode returns a user whose hourly qwen3 counter is in a slot the primary at addr serves.
