@@ -154,6 +154,28 @@ func TestServiceAndCountersOverTLSWithPasswords(t *testing.T) {
 			if err := counters.Ping(ctx); err != nil {
 				t.Errorf("ping: %v", err)
 			}
+			if name == "cluster" {
+				// The slot map a failover is followed by is read with the same TLS and password.
+				target, err := parseRedisURL(redisURL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tlsConfig, err := target.tlsConfig()
+				if err != nil {
+					t.Fatal(err)
+				}
+				reader := newSlotReader(dialer(target.Auth, tlsConfig), target.Addrs)
+				defer reader.close()
+				owners, err := reader.owners(ctx)
+				if err != nil {
+					t.Fatalf("slot map over TLS: %v", err)
+				}
+				for _, primary := range cluster.Seeds() {
+					if !strings.Contains(owners, ":"+primary) {
+						t.Errorf("slot map over TLS %q: no slots of %s", owners, primary)
+					}
+				}
+			}
 		})
 	}
 }
