@@ -64,8 +64,8 @@ func startSim(t testing.TB, name string, extra ...string) int {
 func newStack(t testing.TB, backends map[string]int) *stack {
 	t.Helper()
 	// Most tests count on hourly quotas and read the current hour's counter, which a test
-	// that straddles the hour would see split over two windows.
-	clearOfWindowEnd(t, time.Hour, 90*time.Second)
+	// that straddles the hour would see split over two windows; none takes two minutes.
+	clearOfWindowEnd(t, time.Hour, 2*time.Minute)
 	dir := t.TempDir()
 	return &stack{
 		dir:          dir,
@@ -78,6 +78,18 @@ func newStack(t testing.TB, backends map[string]int) *stack {
 		rateLimit:    testutil.FreePort(t),
 		redisPort:    testutil.FreePort(t),
 		backends:     backends,
+	}
+}
+
+// clearOfWindowEnd waits, when the current fixed window (aligned to the Unix epoch, as the
+// ratelimit service's are) ends within need, until the next one has begun.
+func clearOfWindowEnd(t testing.TB, window, need time.Duration) {
+	t.Helper()
+	now := time.Now()
+	end := now.Truncate(window).Add(window)
+	if left := end.Sub(now); left < need {
+		t.Logf("waiting %s for the next %s window, so the test does not straddle two", left.Round(time.Second), window)
+		time.Sleep(left + time.Second)
 	}
 }
 

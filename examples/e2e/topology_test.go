@@ -157,7 +157,6 @@ func TestRedisClusterTwoGatewaysOneQuota(t *testing.T) {
 	b.charges = true
 	a.startEnvoy(t)
 	b.startEnvoy(t)
-	clearOfWindowEnd(t, time.Hour, time.Minute)
 
 	users := make([]string, 10)
 	for i := range users {
@@ -226,7 +225,6 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 			s.startTollgateWith(t, "--redis", redisURL)
 			s.startRateLimit(t, redisURL)
 			s.startEnvoy(t)
-			clearOfWindowEnd(t, time.Hour, time.Minute)
 
 			l := startSteadyLoad(t, s, "steady", 3)
 			time.Sleep(time.Second)
@@ -264,7 +262,6 @@ func TestRedisClusterFailoverUnderLoad(t *testing.T) {
 	s.startTollgateWith(t, "--redis", redisURL)
 	s.startRateLimit(t, redisURL)
 	s.startEnvoy(t)
-	clearOfWindowEnd(t, time.Hour, time.Minute)
 	if got := sendN(t, s, "steady", "qwen3", 1, false)[0]; got != 200 {
 		t.Fatalf("first request: %d", got)
 	}

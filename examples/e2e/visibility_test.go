@@ -196,18 +196,6 @@ func TestSelfServiceQuota(t *testing.T) {
 	})
 }
 
-// clearOfWindowEnd waits, when the current fixed window (aligned to the Unix epoch, as the
-// ratelimit service's are) ends within need, until the next one has begun.
-func clearOfWindowEnd(t testing.TB, window, need time.Duration) {
-	t.Helper()
-	now := time.Now()
-	end := now.Truncate(window).Add(window)
-	if left := end.Sub(now); left < need {
-		t.Logf("waiting %s for the next %s window, so the test does not straddle two", left.Round(time.Second), window)
-		time.Sleep(left + time.Second)
-	}
-}
-
 // TestUsageLogMatchesCounters: 100 mixed requests (JSON, streams, streams the client leaves
 // after the first chunk) by four users; the usage log (a file, usageLog.path) has one line per
 // request with its id, user and model, and the tokens its lines show add up, per user, to the
@@ -229,7 +217,6 @@ quotas:
 	s.startEnvoy(t)
 	// The requests take about half a minute; an hour that ends meanwhile would split each
 	// user's spend over two counters.
-	clearOfWindowEnd(t, time.Hour, time.Minute)
 	users := []string{"u0", "u1", "u2", "u3"}
 	for i := range 100 {
 		user := users[i%len(users)]
